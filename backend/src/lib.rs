@@ -1,0 +1,10 @@
+//! Attune's backend library: everything the `attune` binary does, as modules by job.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
+
+pub mod model;
+pub mod serve;
+pub mod store;
+
+/// Version of this build, reported by `/api/v1/health` and the WebSocket hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

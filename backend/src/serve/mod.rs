@@ -1,0 +1,160 @@
+//! HTTP and WebSocket server: the only place (with `shared/`) that knows the wire format.
+//!
+//! [`app`] builds the router from an [`AppState`] (tests drive it with `tower::ServiceExt::oneshot`);
+//! [`serve`] runs it on a listener until a shutdown future resolves.
+
+mod api;
+mod auth;
+pub mod error;
+mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::trace::TraceLayer;
+
+use crate::store::{Store, StoreError};
+
+/// Everything `attune serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    /// The built frontend (Trunk's `dist/`).
+    pub dist_dir: PathBuf,
+    /// Bearer token required on `/api` and `/ws`; mandatory off loopback.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {addr} without a token: anyone on the network could use this server; \
+         pass --token (or set ATTUNE_TOKEN), or listen on 127.0.0.1"
+    )]
+    TokenRequired { addr: SocketAddr },
+    #[error("the token must be at least 8 characters of A-Z, a-z, 0-9, '-', '_', '.' or '~'")]
+    WeakToken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServeConfig {
+    /// Checks that the configuration is safe for the address it will listen on.
+    pub fn check_for(&self, addr: SocketAddr) -> Result<(), ServeError> {
+        match &self.token {
+            None if !addr.ip().is_loopback() => Err(ServeError::TokenRequired { addr }),
+            Some(token)
+                if token.len() < 8
+                    || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) =>
+            {
+                Err(ServeError::WeakToken)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    store: Store,
+    config: ServeConfig,
+    /// Cancelled when the server shuts down, so long-lived WebSockets close.
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Opens the store in `config.data_dir` and assembles the state.
+    pub async fn open(config: ServeConfig) -> Result<AppState, ServeError> {
+        let store = Store::open(&config.data_dir).await?;
+        Ok(AppState { inner: Arc::new(StateInner { store, config, shutdown: CancellationToken::new() }) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.inner.config.token.as_deref()
+    }
+
+    fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
+
+/// The whole application: `/api/v1/...`, `/ws`, and the frontend from `dist/`.
+pub fn app(state: AppState) -> Router {
+    let guarded = Router::new()
+        .nest("/api", api::router())
+        .route(attune_shared::WS_PATH, get(ws::upgrade))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    guarded
+        .fallback_service(frontend_service(&state.config().dist_dir))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the built frontend; unknown paths get `index.html` so client-side routes load.
+fn frontend_service(dist_dir: &Path) -> Router {
+    let index = dist_dir.join("index.html");
+    if index.is_file() {
+        Router::new().fallback_service(ServeDir::new(dist_dir).fallback(ServeFile::new(index)))
+    } else {
+        let message = format!(
+            "<!doctype html><title>Attune</title><h1>Attune</h1><p>The web app is not built: \
+             <code>{}</code> is missing. Run <code>make run</code>, which builds it; the API is up at \
+             <a href=\"/api/v1/health\">/api/v1/health</a>.</p>",
+            index.display()
+        );
+        Router::new().fallback(move || async move {
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::CACHE_CONTROL, "no-store")], Html(message)).into_response()
+        })
+    }
+}
+
+/// Runs the app on `listener` until `shutdown` resolves, then closes WebSockets, finishes
+/// in-flight requests and closes the database.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    config.check_for(addr)?;
+    let state = AppState::open(config).await?;
+    let cancel = state.shutdown_token().clone();
+    let store = state.store().clone();
+    tracing::info!("listening on http://{addr}");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        })
+        .await?;
+    store.close().await;
+    Ok(())
+}

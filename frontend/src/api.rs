@@ -1,0 +1,73 @@
+//! Calls to the REST API, with the error body turned into words for people.
+
+use gloo_net::http::Request;
+use serde::de::DeserializeOwned;
+
+use attune_shared::ErrorBody;
+
+use crate::endpoints::bearer;
+
+/// Why an API call failed, ready to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status, or 0 when the server could not be reached.
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds the error from a response status and body (the JSON error format, or anything).
+    pub fn from_response(status: u16, body: &str) -> ApiError {
+        match serde_json::from_str::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => ApiError { status, code: error.code, message: error.message },
+            Err(_) => ApiError {
+                status,
+                code: "unexpected_response".to_owned(),
+                message: format!("the server answered {status} with a body that is not an Attune error"),
+            },
+        }
+    }
+
+    pub fn unreachable(detail: impl std::fmt::Display) -> ApiError {
+        ApiError { status: 0, code: "unreachable".to_owned(), message: format!("cannot reach the server: {detail}") }
+    }
+}
+
+/// `GET` a JSON resource from the API.
+pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> Result<T, ApiError> {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header("Authorization", &bearer(token));
+    }
+    let response = request.send().await.map_err(ApiError::unreachable)?;
+    let status = response.status();
+    let body = response.text().await.map_err(ApiError::unreachable)?;
+    if response.ok() {
+        serde_json::from_str(&body).map_err(|e| ApiError {
+            status,
+            code: "unexpected_response".to_owned(),
+            message: format!("cannot read the server's answer: {e}"),
+        })
+    } else {
+        Err(ApiError::from_response(status, &body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_becomes_code_and_message() {
+        let e = ApiError::from_response(401, r#"{"error":{"code":"unauthorized","message":"token needed"}}"#);
+        assert_eq!((e.status, e.code.as_str(), e.message.as_str()), (401, "unauthorized", "token needed"));
+    }
+
+    #[test]
+    fn foreign_body_is_reported_not_swallowed() {
+        let e = ApiError::from_response(502, "<html>Bad gateway</html>");
+        assert_eq!(e.code, "unexpected_response");
+        assert!(e.message.contains("502"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The live link to the backend: one WebSocket, kept open, reconnected with backoff,
+//! its state exposed as a signal for the header's indicator.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use gloo_timers::callback::{Interval, Timeout};
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+
+use crate::backoff::Backoff;
+use crate::endpoints::ws_url;
+
+/// Interval between heartbeat pings.
+const HEARTBEAT_MS: u32 = 15_000;
+/// A link that has heard nothing for this long is considered dead and reopened.
+const SILENCE_LIMIT_MS: f64 = 40_000.0;
+
+/// What the indicator shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    /// Dropped; the next attempt starts in `in_ms`.
+    Retrying { in_ms: u32 },
+    /// The server speaks another protocol version: reload the page.
+    Incompatible { server_version: u32 },
+}
+
+impl LinkState {
+    /// Words for the indicator.
+    pub fn label(&self) -> String {
+        match self {
+            LinkState::Connecting => "connecting…".to_owned(),
+            LinkState::Connected => "connected".to_owned(),
+            LinkState::Retrying { in_ms } => format!("disconnected, retrying in {}s", in_ms.div_ceil(1000)),
+            LinkState::Incompatible { server_version } => {
+                format!("server speaks protocol {server_version}, this page {PROTOCOL_VERSION}: reload")
+            }
+        }
+    }
+
+    /// Stable name for styling and tests (`data-state`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Retrying { .. } => "retrying",
+            LinkState::Incompatible { .. } => "incompatible",
+        }
+    }
+}
+
+/// Handle to the live link, shared through Leptos context.
+#[derive(Clone, Copy)]
+pub struct Link {
+    /// Current state of the connection.
+    pub state: ReadSignal<LinkState>,
+    /// Counts successful connections; effects that refresh on reconnect read it.
+    pub connections: ReadSignal<u32>,
+}
+
+struct Inner {
+    url: String,
+    set_state: WriteSignal<LinkState>,
+    set_connections: WriteSignal<u32>,
+    backoff: RefCell<Backoff>,
+    last_heard_ms: Cell<f64>,
+    nonce: Cell<u64>,
+    current: RefCell<Option<Connection>>,
+    retry: RefCell<Option<Timeout>>,
+}
+
+/// One WebSocket and the callbacks that must live as long as it does.
+struct Connection {
+    socket: WebSocket,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    _heartbeat: Interval,
+}
+
+/// Opens the link (for the lifetime of the page) and returns its signals.
+pub fn start(token: Option<&str>) -> Link {
+    let (state, set_state) = signal(LinkState::Connecting);
+    let (connections, set_connections) = signal(0u32);
+    let location = web_sys::window().expect("a browser window").location();
+    let url = ws_url(
+        &location.protocol().unwrap_or_else(|_| "http:".into()),
+        &location.host().unwrap_or_default(),
+        token,
+    );
+    let inner = Rc::new(Inner {
+        url,
+        set_state,
+        set_connections,
+        backoff: RefCell::new(Backoff::default()),
+        last_heard_ms: Cell::new(js_sys::Date::now()),
+        nonce: Cell::new(0),
+        current: RefCell::new(None),
+        retry: RefCell::new(None),
+    });
+    connect(&inner);
+    // The page owns the link until it unloads.
+    std::mem::forget(inner);
+    Link { state, connections }
+}
+
+fn connect(inner: &Rc<Inner>) {
+    inner.set_state.set(LinkState::Connecting);
+    if let Some(old) = inner.current.borrow_mut().take() {
+        old.socket.set_onmessage(None);
+        old.socket.set_onclose(None);
+        let _ = old.socket.close();
+    }
+    let socket = match WebSocket::new(&inner.url) {
+        Ok(socket) => socket,
+        Err(_) => return schedule_retry(inner),
+    };
+    inner.last_heard_ms.set(js_sys::Date::now());
+
+    let weak = Rc::downgrade(inner);
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let Some(inner) = weak.upgrade() else { return };
+        inner.last_heard_ms.set(js_sys::Date::now());
+        let Some(text) = event.data().as_string() else { return };
+        match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(ServerMessage::Hello { protocol_version, .. }) if protocol_version == PROTOCOL_VERSION => {
+                inner.backoff.borrow_mut().reset();
+                inner.set_state.set(LinkState::Connected);
+                inner.set_connections.update(|n| *n += 1);
+            }
+            Ok(ServerMessage::Hello { protocol_version, .. }) => {
+                inner.set_state.set(LinkState::Incompatible { server_version: protocol_version });
+            }
+            Ok(_) => {}
+            Err(e) => leptos::logging::warn!("unreadable message from server: {e}"),
+        }
+    });
+    let weak = Rc::downgrade(inner);
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_event: CloseEvent| {
+        if let Some(inner) = weak.upgrade() {
+            schedule_retry(&inner);
+        }
+    });
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+
+    let weak: Weak<Inner> = Rc::downgrade(inner);
+    let heartbeat = Interval::new(HEARTBEAT_MS, move || {
+        let Some(inner) = weak.upgrade() else { return };
+        let current = inner.current.borrow();
+        let Some(connection) = current.as_ref() else { return };
+        if js_sys::Date::now() - inner.last_heard_ms.get() > SILENCE_LIMIT_MS {
+            // Silent for too long: closing fires `onclose`, which reconnects.
+            let _ = connection.socket.close();
+            return;
+        }
+        if connection.socket.ready_state() == WebSocket::OPEN {
+            let nonce = inner.nonce.get().wrapping_add(1);
+            inner.nonce.set(nonce);
+            let ping = serde_json::to_string(&ClientMessage::Ping { nonce }).expect("ping serialises");
+            let _ = connection.socket.send_with_str(&ping);
+        }
+    });
+    *inner.current.borrow_mut() =
+        Some(Connection { socket, _on_message: on_message, _on_close: on_close, _heartbeat: heartbeat });
+}
+
+fn schedule_retry(inner: &Rc<Inner>) {
+    if matches!(inner.current.borrow().as_ref(), Some(c) if c.socket.ready_state() == WebSocket::OPEN) {
+        return;
+    }
+    let delay = inner.backoff.borrow_mut().next_delay_ms(js_sys::Math::random());
+    inner.set_state.set(LinkState::Retrying { in_ms: delay });
+    let weak = Rc::downgrade(inner);
+    let timeout = Timeout::new(delay, move || {
+        if let Some(inner) = weak.upgrade() {
+            connect(&inner);
+        }
+    });
+    *inner.retry.borrow_mut() = Some(timeout);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_say_what_is_happening() {
+        assert_eq!(LinkState::Connected.label(), "connected");
+        assert_eq!(LinkState::Retrying { in_ms: 1500 }.label(), "disconnected, retrying in 2s");
+        assert_eq!(LinkState::Retrying { in_ms: 1500 }.key(), "retrying");
+        assert!(LinkState::Incompatible { server_version: 9 }.label().contains("protocol 9"));
+    }
+}
