@@ -107,11 +107,12 @@ impl AppState {
 
 /// The whole application: `/api/v1/...`, `/ws`, and the frontend from `dist/`.
 pub fn app(state: AppState) -> Router {
-    let guarded = Router::new()
-        .nest("/api", api::router())
-        .route(attune_shared::WS_PATH, get(ws::upgrade))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    guarded
+    let require_token = || middleware::from_fn_with_state(state.clone(), auth::require_token);
+    // `layer` (not `route_layer`) so the API's own 404/405 fallbacks are guarded too.
+    let api = api::router().layer(require_token());
+    Router::new()
+        .nest("/api", api)
+        .route(attune_shared::WS_PATH, get(ws::upgrade).layer(require_token()))
         .fallback_service(frontend_service(&state.config().dist_dir))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
