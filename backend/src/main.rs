@@ -60,9 +60,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Check before binding, so a refused configuration never opens a socket.
     config.check_for(args.addr)?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     serve(listener, config, shutdown_signal()).await?;
     Ok(())
 }

@@ -37,8 +37,8 @@ async fn call(app: &TestApp, request: Request<Body>) -> (StatusCode, Value) {
     let response = app.router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, body)
 }
 
@@ -194,12 +194,8 @@ async fn token_guards_api_and_ws_but_not_the_page() {
 
 #[test]
 fn off_loopback_requires_a_strong_token() {
-    let mut config = ServeConfig {
-        data_dir: "data".into(),
-        models_dir: "models".into(),
-        dist_dir: "dist".into(),
-        token: None,
-    };
+    let mut config =
+        ServeConfig { data_dir: "data".into(), models_dir: "models".into(), dist_dir: "dist".into(), token: None };
     assert!(config.check_for("127.0.0.1:8080".parse().unwrap()).is_ok());
     assert!(config.check_for("[::1]:8080".parse().unwrap()).is_ok());
     let refused = config.check_for("0.0.0.0:8080".parse().unwrap()).unwrap_err();

@@ -25,11 +25,15 @@ pub fn App() -> impl IntoView {
     let token = crate::token::from_page();
     let link = link::start(token.as_deref());
     provide_context(link);
-    // Health is fetched on load and again after every reconnection.
-    let health = LocalResource::new(move || {
+    // Health is fetched on load and again after every reconnection; the last answer stays
+    // on screen while a new one is on its way.
+    let health = RwSignal::new(None::<Result<Health, ApiError>>);
+    Effect::new(move |_| {
         link.connections.track();
         let token = token.clone();
-        async move { get_json::<Health>(&format!("{API_PREFIX}/health"), token.as_deref()).await }
+        leptos::task::spawn_local(async move {
+            health.set(Some(get_json::<Health>(&format!("{API_PREFIX}/health"), token.as_deref()).await));
+        });
     });
 
     view! {
@@ -71,7 +75,7 @@ pub fn App() -> impl IntoView {
 
 /// Models found and the compute device, or why the backend could not be asked.
 #[component]
-fn HealthSummary(health: LocalResource<Result<Health, ApiError>>) -> impl IntoView {
+fn HealthSummary(health: RwSignal<Option<Result<Health, ApiError>>>) -> impl IntoView {
     view! {
         <div class="health" aria-live="polite">
             {move || match health.get() {

@@ -26,9 +26,13 @@ pub enum LinkState {
     Connecting,
     Connected,
     /// Dropped; the next attempt starts in `in_ms`.
-    Retrying { in_ms: u32 },
+    Retrying {
+        in_ms: u32,
+    },
     /// The server speaks another protocol version: reload the page.
-    Incompatible { server_version: u32 },
+    Incompatible {
+        server_version: u32,
+    },
 }
 
 impl LinkState {
@@ -88,11 +92,8 @@ pub fn start(token: Option<&str>) -> Link {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, set_connections) = signal(0u32);
     let location = web_sys::window().expect("a browser window").location();
-    let url = ws_url(
-        &location.protocol().unwrap_or_else(|_| "http:".into()),
-        &location.host().unwrap_or_default(),
-        token,
-    );
+    let url =
+        ws_url(&location.protocol().unwrap_or_else(|_| "http:".into()), &location.host().unwrap_or_default(), token);
     let inner = Rc::new(Inner {
         url,
         set_state,

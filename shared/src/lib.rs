@@ -126,13 +126,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            chunk_tokens: 256,
-            chunk_overlap: 32,
-            questions_per_passage: 3,
-            llm_base_url: None,
-            llm_model: None,
-        }
+        Settings { chunk_tokens: 256, chunk_overlap: 32, questions_per_passage: 3, llm_base_url: None, llm_model: None }
     }
 }
 
@@ -149,10 +143,7 @@ impl Settings {
             ));
         }
         if !(1..=20).contains(&self.questions_per_passage) {
-            return Err(format!(
-                "questions_per_passage must be between 1 and 20 (got {})",
-                self.questions_per_passage
-            ));
+            return Err(format!("questions_per_passage must be between 1 and 20 (got {})", self.questions_per_passage));
         }
         if let Some(url) = &self.llm_base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -171,10 +162,7 @@ impl Settings {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// First message on every connection.
-    Hello {
-        protocol_version: u32,
-        server_version: String,
-    },
+    Hello { protocol_version: u32, server_version: String },
     /// Answer to [`ClientMessage::Ping`], echoing its nonce.
     Pong { nonce: u64 },
     /// The client sent something the server could not understand.

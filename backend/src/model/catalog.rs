@@ -63,12 +63,10 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
     }
 
     let config = fs::read_to_string(dir.join("config.json")).map_err(|e| format!("no readable config.json: {e}"))?;
-    let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| format!("config.json is not JSON: {e}"))?;
-    let model_type = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .ok_or("config.json has no model_type")?
-        .to_owned();
+    let config: serde_json::Value =
+        serde_json::from_str(&config).map_err(|e| format!("config.json is not JSON: {e}"))?;
+    let model_type =
+        config.get("model_type").and_then(|v| v.as_str()).ok_or("config.json has no model_type")?.to_owned();
     let kind = if RETRIEVER_ARCHITECTURES.contains(&model_type.as_str()) {
         ModelKind::Retriever
     } else if GENERATOR_ARCHITECTURES.contains(&model_type.as_str()) {
@@ -159,7 +157,10 @@ mod tests {
         write(&mut file, &[("general.architecture", &arch)], &[]).unwrap();
         drop(file);
         let info = describe(&model_dir).unwrap();
-        assert_eq!((info.kind, info.format, info.architecture.as_deref()), (ModelKind::Generator, WeightFormat::Gguf, Some("llama")));
+        assert_eq!(
+            (info.kind, info.format, info.architecture.as_deref()),
+            (ModelKind::Generator, WeightFormat::Gguf, Some("llama"))
+        );
 
         let mut file = fs::File::create(model_dir.join("tiny.gguf")).unwrap();
         let arch = Value::String("gpt2".into());

@@ -57,8 +57,7 @@ impl ServeConfig {
         match &self.token {
             None if !addr.ip().is_loopback() => Err(ServeError::TokenRequired { addr }),
             Some(token)
-                if token.len() < 8
-                    || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) =>
+                if token.len() < 8 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) =>
             {
                 Err(ServeError::WeakToken)
             }

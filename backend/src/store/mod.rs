@@ -59,8 +59,9 @@ impl Store {
 
     /// Answers whether the database responds, with the latest applied migration.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1").fetch_one(&self.pool).await?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(version.unwrap_or(0))
     }
 

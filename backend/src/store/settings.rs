@@ -22,10 +22,8 @@ impl Store {
 
     /// Replaces the project settings (callers validate first).
     pub async fn save_settings(&self, settings: &Settings) -> Result<(), StoreError> {
-        let json = serde_json::to_string(settings).map_err(|source| StoreError::Corrupt {
-            key: PROJECT_SETTINGS_KEY.to_owned(),
-            source,
-        })?;
+        let json = serde_json::to_string(settings)
+            .map_err(|source| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), source })?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)

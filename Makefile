@@ -1,0 +1,70 @@
+# Attune's two commands:
+#   make run    set up what is missing, fetch the default models, build, serve on 127.0.0.1:8080
+#   make test   set up what is missing, then every test: Rust (backend, shared, frontend), e2e in chromium
+# Both install tools once per machine and redo nothing that is already done.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ADDR ?= 127.0.0.1:8080
+DATA_DIR ?= ./data
+MODELS_DIR ?= ./models
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+# Trunk finds wasm-opt (npm's binaryen) here; cargo-installed tools in ~/.cargo/bin.
+export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+
+FRONTEND_SOURCES := $(shell find frontend shared style -type f -not -path '*/target/*') Cargo.toml Cargo.lock Trunk.toml
+
+.PHONY: help run test setup setup-test models frontend backend-release test-rust test-e2e fmt lint clean
+
+help:
+	@echo "make run   - install what is missing, fetch models, build, serve on http://$(ADDR)"
+	@echo "make test  - install what is missing, run Rust tests and browser (e2e) tests"
+	@echo "make lint  - clippy on every crate"
+
+setup:
+	@./scripts/setup-tools.sh
+
+setup-test:
+	@./scripts/setup-tools.sh --browser
+
+models:
+	@MODELS_DIR=$(MODELS_DIR) ./scripts/fetch-models.sh
+
+# The web app, release build, rebuilt only when its sources change.
+frontend: dist/index.html
+dist/index.html: $(FRONTEND_SOURCES) | setup
+	trunk build --release
+
+backend-release: setup
+	cargo build --release -p attune-backend --bin attune
+
+run: setup models frontend backend-release
+	$(TARGET_DIR)/release/attune serve --addr $(ADDR) --data-dir $(DATA_DIR) --models-dir $(MODELS_DIR) --dist-dir dist
+
+test: setup-test models
+	cargo fmt --all --check
+	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-e2e
+
+# Host-target tests of every crate, the frontend's included. The e2e server is the binary
+# these tests build (same profile), so nothing compiles twice.
+test-rust:
+	cargo test --workspace
+
+test-e2e: frontend
+	cargo build -p attune-backend --bin attune
+	mkdir -p e2e/artifacts
+	ATTUNE_BIN=$(TARGET_DIR)/debug/attune ATTUNE_DIST=$(CURDIR)/dist ATTUNE_MODELS=$(abspath $(MODELS_DIR)) \
+		node --test --test-concurrency=1 e2e/
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf dist e2e/artifacts
+	cargo clean
