@@ -1,6 +1,6 @@
 # Attune's two commands:
 #   make run    set up what is missing, fetch the default models, build, serve on 127.0.0.1:8080
-#   make test   set up what is missing, then every test: Rust (backend, shared, frontend), e2e in chromium
+#   make test   set up what is missing, then every test: Rust (host), frontend components and e2e in chromium
 # Both install tools once per machine and redo nothing that is already done.
 
 SHELL := /bin/bash
@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 
 FRONTEND_SOURCES := $(shell find frontend shared style -type f -not -path '*/target/*') Cargo.toml Cargo.lock Trunk.toml
 
-.PHONY: help run test setup setup-test models frontend backend-release test-rust test-e2e fmt lint clean
+.PHONY: help run test setup setup-test models frontend backend-release test-rust test-frontend test-e2e fmt lint clean
 
 help:
 	@echo "make run   - install what is missing, fetch models, build, serve on http://$(ADDR)"
@@ -46,12 +46,18 @@ run: setup models frontend backend-release
 test: setup-test models
 	cargo fmt --all --check
 	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-frontend
 	$(MAKE) --no-print-directory test-e2e
 
 # Host-target tests of every crate, the frontend's included. The e2e server is the binary
 # these tests build (same profile), so nothing compiles twice.
 test-rust:
 	cargo test --workspace
+
+# The frontend's components in headless chromium (wasm-bindgen-test-runner drives chromedriver).
+test-frontend:
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/frontend/webdriver.json \
+		cargo test -p attune-frontend --target wasm32-unknown-unknown --test browser
 
 test-e2e: frontend
 	cargo build -p attune-backend --bin attune

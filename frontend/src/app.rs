@@ -75,7 +75,7 @@ pub fn App() -> impl IntoView {
 
 /// Models found and the compute device, or why the backend could not be asked.
 #[component]
-fn HealthSummary(health: RwSignal<Option<Result<Health, ApiError>>>) -> impl IntoView {
+pub fn HealthSummary(health: RwSignal<Option<Result<Health, ApiError>>>) -> impl IntoView {
     view! {
         <div class="health" aria-live="polite">
             {move || match health.get() {
@@ -98,7 +98,7 @@ fn HealthSummary(health: RwSignal<Option<Result<Health, ApiError>>>) -> impl Int
 }
 
 #[component]
-fn HealthDetails(health: Health) -> impl IntoView {
+pub fn HealthDetails(health: Health) -> impl IntoView {
     let device = health.device.label();
     let database = if health.database.ok { "database ok" } else { "database unavailable" };
     let models = if health.models.is_empty() {
@@ -132,7 +132,7 @@ fn HealthDetails(health: Health) -> impl IntoView {
 
 /// A dot and words: is the live WebSocket up?
 #[component]
-fn LinkIndicator(link: Link) -> impl IntoView {
+pub fn LinkIndicator(link: Link) -> impl IntoView {
     view! {
         <div
             class="link"

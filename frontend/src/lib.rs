@@ -1,0 +1,15 @@
+//! Attune's web app as a library: the binary mounts [`app::App`]; browser tests mount parts of it.
+
+pub mod api;
+pub mod app;
+pub mod backoff;
+pub mod endpoints;
+pub mod link;
+pub mod pages;
+pub mod token;
+
+/// Mounts the whole application on the page body.
+pub fn mount() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(app::App);
+}
