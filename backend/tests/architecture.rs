@@ -43,8 +43,7 @@ fn offending(files: &[PathBuf], needles: &[&str]) -> Vec<String> {
 #[test]
 fn compute_modules_do_not_depend_on_tokio_axum_or_sqlx() {
     let src = workspace().join("backend/src");
-    let files: Vec<PathBuf> =
-        ["model", "train", "eval"].iter().flat_map(|m| rust_files(&src.join(m))).collect();
+    let files: Vec<PathBuf> = ["model", "train", "eval"].iter().flat_map(|m| rust_files(&src.join(m))).collect();
     assert!(!files.is_empty());
     let hits = offending(&files, &["tokio", "axum", "sqlx"]);
     assert!(hits.is_empty(), "model/, train/, eval/ must stay free of async and storage:\n{}", hits.join("\n"));
@@ -61,10 +60,8 @@ fn only_store_issues_sql() {
 #[test]
 fn only_serve_and_shared_know_the_wire_format() {
     let src = workspace().join("backend/src");
-    let files: Vec<PathBuf> = rust_files(&src)
-        .into_iter()
-        .filter(|f| !f.starts_with(src.join("serve")) && !f.ends_with("main.rs"))
-        .collect();
+    let files: Vec<PathBuf> =
+        rust_files(&src).into_iter().filter(|f| !f.starts_with(src.join("serve")) && !f.ends_with("main.rs")).collect();
     let hits = offending(&files, &["axum", "\"/api", "/ws\"", "ServerMessage", "ClientMessage", "ErrorBody"]);
     assert!(hits.is_empty(), "wire format outside serve/:\n{}", hits.join("\n"));
 }

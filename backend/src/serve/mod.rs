@@ -113,7 +113,10 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .route(attune_shared::WS_PATH, get(ws::upgrade).layer(require_token()))
         .fallback_service(frontend_service(&state.config().dist_dir))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: the query may carry the WebSocket token.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
         .with_state(state)
 }
 
