@@ -59,8 +59,11 @@ test-frontend:
 	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/frontend/webdriver.json \
 		cargo test -p attune-frontend --target wasm32-unknown-unknown --test browser
 
+# `cargo test --workspace --no-run` builds target/debug/attune with exactly the features
+# `cargo test` uses (a plain `cargo build -p attune-backend` would resolve features differently
+# and compile every dependency again); after test-rust it is a no-op.
 test-e2e: frontend
-	cargo build -p attune-backend --bin attune
+	cargo test --workspace --no-run --quiet
 	mkdir -p e2e/artifacts
 	ATTUNE_BIN=$(TARGET_DIR)/debug/attune ATTUNE_DIST=$(CURDIR)/dist ATTUNE_MODELS=$(abspath $(MODELS_DIR)) \
 		node --test --test-concurrency=1 e2e/
