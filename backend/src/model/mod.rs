@@ -1,10 +1,16 @@
-//! Models: finding model folders on disk (and, later, the candle model code).
+//! Models: finding model folders on disk, and the candle model code (encoder, decoder, layers).
 //!
 //! Nothing in here depends on tokio, axum or sqlx.
 
+pub mod bert;
 pub mod catalog;
+pub mod error;
+pub mod layers;
+pub mod retriever;
 
 use attune_shared::ComputeDevice;
+
+pub use error::ModelError;
 
 /// The device model math runs on in this build.
 pub fn compute_device() -> ComputeDevice {

@@ -1,0 +1,255 @@
+//! A BERT encoder (the retriever's backbone) written from differentiable ops, so it can be
+//! fine-tuned: every parameter receives a gradient, and dropout is real in training mode.
+//! Tensor names (`vb.pp`) equal Hugging Face checkpoint names.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::layers::{Dropout, LayerNorm, softmax_last_dim};
+
+/// The activation in BERT's feed-forward block (`hidden_act` in `config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum HiddenAct {
+    /// Exact GELU (with the error function), BERT's default.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU with the tanh approximation.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", rename = "gelu_approximate")]
+    GeluApproximate,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// `config.json` of a BERT-architecture model; fields not listed are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: HiddenAct,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_hidden_act() -> HiddenAct {
+    HiddenAct::Gelu
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+
+impl Config {
+    /// Checks what this encoder supports.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(kind) = &self.position_embedding_type {
+            if kind != "absolute" {
+                return Err(format!("position_embedding_type {kind:?} (only \"absolute\" is supported)"));
+            }
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Token ids of a batch, padded to one length, with their attention mask.
+#[derive(Debug, Clone)]
+pub struct EncoderInput {
+    /// `(batch, seq)` u32 token ids.
+    pub input_ids: Tensor,
+    /// `(batch, seq)` u32 segment ids.
+    pub token_type_ids: Tensor,
+    /// `(batch, seq)` f32: 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
+        Ok(BertEmbeddings {
+            word_embeddings: candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
+            position_embeddings: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: candle_nn::embedding(
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (_batch, seq_len) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        let words = self.word_embeddings.forward(input_ids)?;
+        let types = self.token_type_embeddings.forward(token_type_ids)?;
+        let positions = self.position_embeddings.forward(&positions)?;
+        let embeddings = (words + types)?.broadcast_add(&positions)?;
+        self.dropout.forward(&self.layer_norm.forward(&embeddings)?, train)
+    }
+}
+
+struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    dropout: Dropout,
+}
+
+impl BertSelfAttention {
+    fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(BertSelfAttention {
+            query: candle_nn::linear(h, h, vb.pp("query"))?,
+            key: candle_nn::linear(h, h, vb.pp("key"))?,
+            value: candle_nn::linear(h, h, vb.pp("value"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob),
+        })
+    }
+
+    /// `mask_bias`: `(batch, 1, 1, seq)`, 0 where attending is allowed and very negative elsewhere.
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (batch, seq_len, hidden) = xs.dims3()?;
+        let split_heads = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split_heads(self.query.forward(xs)?)?;
+        let k = split_heads(self.key.forward(xs)?)?;
+        let v = split_heads(self.value.forward(xs)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = self.dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, hidden))
+    }
+}
+
+/// A dense layer, dropout, then layer norm over the residual sum (BERT's "output" blocks).
+struct DenseResidualNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl DenseResidualNorm {
+    fn load(vb: VarBuilder<'_>, cfg: &Config, in_dim: usize) -> candle_core::Result<Self> {
+        Ok(DenseResidualNorm {
+            dense: candle_nn::linear(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let projected = self.dropout.forward(&self.dense.forward(xs)?, train)?;
+        self.layer_norm.forward(&(projected + residual)?)
+    }
+}
+
+struct BertLayer {
+    attention: BertSelfAttention,
+    attention_output: DenseResidualNorm,
+    intermediate: Linear,
+    activation: HiddenAct,
+    output: DenseResidualNorm,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
+        Ok(BertLayer {
+            attention: BertSelfAttention::load(vb.pp("attention").pp("self"), cfg)?,
+            attention_output: DenseResidualNorm::load(vb.pp("attention").pp("output"), cfg, cfg.hidden_size)?,
+            intermediate: candle_nn::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            activation: cfg.hidden_act,
+            output: DenseResidualNorm::load(vb.pp("output"), cfg, cfg.intermediate_size)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let attended = self.attention.forward(xs, mask_bias, train)?;
+        let attended = self.attention_output.forward(&attended, xs, train)?;
+        let intermediate = self.intermediate.forward(&attended)?;
+        let intermediate = match self.activation {
+            HiddenAct::Gelu => intermediate.gelu_erf()?,
+            HiddenAct::GeluApproximate => intermediate.gelu()?,
+            HiddenAct::Relu => intermediate.relu()?,
+        };
+        self.output.forward(&intermediate, &attended, train)
+    }
+}
+
+/// The BERT encoder: embeddings, then `num_hidden_layers` transformer layers. (The pooler is
+/// not loaded: retrievers pool the hidden states themselves.)
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    device: Device,
+}
+
+impl BertModel {
+    /// Loads from `vb` rooted at the checkpoint's BERT prefix (`""` or `"bert"`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp("encoder").pp("layer").pp(i), cfg))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(BertModel { embeddings, layers, device: vb.device().clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Last hidden states, `(batch, seq, hidden)`. `train` turns dropout on.
+    pub fn forward(&self, input: &EncoderInput, train: bool) -> candle_core::Result<Tensor> {
+        let mut hidden = self.embeddings.forward(&input.input_ids, &input.token_type_ids, train)?;
+        // 0 where the key is a real token, a large negative number where it is padding.
+        let mask_bias = ((input.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?;
+        let mask_bias = mask_bias.to_dtype(hidden.dtype())?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &mask_bias, train)?;
+        }
+        Ok(hidden)
+    }
+}

@@ -1,0 +1,80 @@
+//! The real all-MiniLM-L6-v2 (fetched by `make test`'s set-up into models/) against what
+//! sentence-transformers computes: tokenizer ids, mean-pooled states and normalised embeddings,
+//! from `tests/fixtures/minilm_reference.json` (written by scripts/reference/retriever_fixtures.py).
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use attune::model::retriever::{Pooling, Retriever, TextRole};
+
+#[derive(Deserialize)]
+struct Reference {
+    max_seq_length: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+    mean_pooled: Vec<f32>,
+    embedding: Vec<f32>,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn load() -> (Retriever, Reference) {
+    let dir = workspace().join("models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run `make models`", dir.display());
+    let retriever = Retriever::load(&dir, &Device::Cpu).unwrap();
+    let fixture = workspace().join("backend/tests/fixtures/minilm_reference.json");
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    (retriever, reference)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let (retriever, reference) = load();
+    let settings = retriever.settings();
+    assert_eq!(settings.pooling, Pooling::Mean);
+    assert!(settings.normalize);
+    assert_eq!(settings.max_length, reference.max_seq_length);
+    assert!(reference.cases.len() >= 32);
+
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    // Tokenizer: identical ids (checked one at a time, without padding).
+    for case in &reference.cases {
+        let input = retriever.tokenize(&[case.text.as_str()], TextRole::Passage).unwrap();
+        let ids = input.input_ids.squeeze(0).unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(ids, case.ids, "token ids of {:?}", case.text);
+    }
+
+    // Embeddings, batched with padding (batches of 8, as the reference encoded them).
+    let embeddings = retriever.embed(&texts, TextRole::Passage, 8).unwrap().to_vec2::<f32>().unwrap();
+    let mut worst = 0.0f32;
+    for (case, ours) in reference.cases.iter().zip(&embeddings) {
+        let diff = max_abs_diff(ours, &case.embedding);
+        assert!(diff <= 1e-4, "embedding of {:?} differs by {diff}", case.text);
+        worst = worst.max(diff);
+    }
+    eprintln!("worst embedding difference: {worst:e}");
+
+    // Before normalisation too, so a normalisation bug cannot hide a pooling one.
+    for case in reference.cases.iter().take(8) {
+        let input = retriever.tokenize(&[case.text.as_str()], TextRole::Passage).unwrap();
+        let hidden = retriever.model().forward(&input, false).unwrap();
+        let pooled = attune::model::retriever::pool(&hidden, &input.attention_mask, Pooling::Mean).unwrap();
+        let pooled = pooled.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let diff = max_abs_diff(&pooled, &case.mean_pooled);
+        assert!(diff <= 1e-4, "mean-pooled state of {:?} differs by {diff}", case.text);
+    }
+}
