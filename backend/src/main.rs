@@ -1,4 +1,4 @@
-//! The `attune` command line: `attune serve` runs the web app and its API.
+//! The `attune` command line: `attune serve` runs the web app and its API; `attune embed` embeds texts.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use attune::model::retriever::{Retriever, TextRole};
 use attune::serve::{ServeConfig, serve};
+
+/// Folder name of the default retriever inside the models directory.
+const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
 
 #[derive(Parser, Debug)]
 #[command(name = "attune", version, about = "Adapt a retrieval-augmented generation system to your documents.")]
@@ -21,6 +25,27 @@ struct Cli {
 enum Command {
     /// Serve the web app and its API.
     Serve(ServeArgs),
+    /// Embed texts with a retriever: one text per input line, one JSON array per output line.
+    Embed(EmbedArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EmbedArgs {
+    /// Retriever folder (Hugging Face format), or `default` for the default retriever.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Directory `default` is looked up in.
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// File with one text per line; standard input when absent.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Embed the texts as queries (applies the model's query prefix, if it has one).
+    #[arg(long)]
+    query: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => run_serve(args).await,
+        Command::Embed(args) => tokio::task::spawn_blocking(move || run_embed(args)).await?,
     }
 }
 
@@ -66,6 +92,44 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+
+    let dir =
+        if args.model == "default" { args.models_dir.join(DEFAULT_RETRIEVER) } else { PathBuf::from(&args.model) };
+    let retriever = Retriever::load(&dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let role = if args.query { TextRole::Query } else { TextRole::Passage };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut batch = Vec::with_capacity(args.batch_size);
+    let mut lines = reader.lines();
+    loop {
+        let line = lines.next().transpose().context("cannot read the input")?;
+        let done = line.is_none();
+        batch.extend(line);
+        if batch.len() == args.batch_size.max(1) || (done && !batch.is_empty()) {
+            let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let embeddings = retriever.embed(&texts, role, texts.len())?.to_vec2::<f32>()?;
+            for embedding in embeddings {
+                serde_json::to_writer(&mut out, &embedding)?;
+                out.write_all(b"\n")?;
+            }
+            batch.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -78,3 +78,39 @@ fn minilm_matches_sentence_transformers() {
         assert!(diff <= 1e-4, "mean-pooled state of {:?} differs by {diff}", case.text);
     }
 }
+
+#[test]
+fn embed_command_prints_one_json_array_per_line() {
+    let (_, reference) = load();
+    let cases: Vec<&Case> =
+        reference.cases.iter().filter(|c| !c.text.is_empty() && !c.text.contains('\n')).take(5).collect();
+    let input: String = cases.iter().map(|c| format!("{}\n", c.text)).collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attune"))
+        .args(["embed", "--model", "default", "--batch-size", "2", "--models-dir"])
+        .arg(workspace().join("models"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let lines: Vec<Vec<f32>> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), cases.len());
+    for (case, line) in cases.iter().zip(&lines) {
+        assert!(max_abs_diff(line, &case.embedding) <= 1e-4, "{:?}", case.text);
+    }
+}
+
+#[test]
+fn embed_command_fails_clearly_on_a_missing_model() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_attune"))
+        .args(["embed", "--model", "/nonexistent/retriever"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/retriever"), "{stderr}");
+}
