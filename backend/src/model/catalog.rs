@@ -16,8 +16,8 @@ const GENERATOR_ARCHITECTURES: &[&str] = &["llama"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("cannot read models directory {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read models directory {path}: {error}")]
+    ReadDir { path: PathBuf, error: std::io::Error },
 }
 
 /// Lists the supported model folders directly under `models_dir`, sorted by name.
@@ -26,7 +26,7 @@ pub fn scan(models_dir: &Path) -> Result<Vec<ModelInfo>, CatalogError> {
     let entries = match fs::read_dir(models_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(CatalogError::ReadDir { path: models_dir.to_owned(), source }),
+        Err(error) => return Err(CatalogError::ReadDir { path: models_dir.to_owned(), error }),
     };
     let mut models = Vec::new();
     for entry in entries.flatten() {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid model configuration: {source}")]
-    Config { path: PathBuf, source: serde_json::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path} is not a valid model configuration: {error}")]
+    Config { path: PathBuf, error: serde_json::Error },
     #[error("cannot load tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenization failed: {0}")]

@@ -111,10 +111,10 @@ struct StConfig {
 fn read_json_if_present<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read_to_string(path) {
         Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|source| ModelError::Config { path: path.to_owned(), source })
+            serde_json::from_str(&text).map(Some).map_err(|error| ModelError::Config { path: path.to_owned(), error })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ModelError::Read { path: path.to_owned(), source }),
+        Err(error) => Err(ModelError::Read { path: path.to_owned(), error }),
     }
 }
 
@@ -137,10 +137,10 @@ impl Retriever {
     /// Loads `config.json`, `model.safetensors` (or `pytorch_model.bin`) and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let text = fs::read_to_string(&config_path)
-            .map_err(|source| ModelError::Read { path: config_path.clone(), source })?;
+        let text =
+            fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
         let cfg: Config =
-            serde_json::from_str(&text).map_err(|source| ModelError::Config { path: config_path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
         cfg.validate().map_err(ModelError::Unsupported)?;
         let vb = weights(dir, device)?;
         // Some checkpoints (BertForMaskedLM and friends) keep the encoder under "bert.".

@@ -16,14 +16,14 @@ pub const DATABASE_FILE: &str = "attune.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create data directory {path}: {source}")]
-    CreateDataDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open database {path}: {source}")]
-    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot create data directory {path}: {error}")]
+    CreateDataDir { path: PathBuf, error: std::io::Error },
+    #[error("cannot open database {path}: {error}")]
+    Open { path: PathBuf, error: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored value under {key:?} is corrupt: {source}")]
-    Corrupt { key: String, source: serde_json::Error },
+    #[error("stored value under {key:?} is corrupt: {error}")]
+    Corrupt { key: String, error: serde_json::Error },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
 }
@@ -38,10 +38,10 @@ impl Store {
     /// Opens (creating if needed) `<data_dir>/attune.db` and applies pending migrations.
     pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::CreateDataDir { path: data_dir.to_owned(), source })?;
+            .map_err(|error| StoreError::CreateDataDir { path: data_dir.to_owned(), error })?;
         let path = data_dir.join(DATABASE_FILE);
         let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?
+            .map_err(|error| StoreError::Open { path: path.clone(), error })?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -52,7 +52,7 @@ impl Store {
             .max_connections(8)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+            .map_err(|error| StoreError::Open { path: path.clone(), error })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
     }

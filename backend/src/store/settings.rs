@@ -16,14 +16,14 @@ impl Store {
         match value {
             None => Ok(Settings::default()),
             Some(json) => serde_json::from_str(&json)
-                .map_err(|source| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), source }),
+                .map_err(|error| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), error }),
         }
     }
 
     /// Replaces the project settings (callers validate first).
     pub async fn save_settings(&self, settings: &Settings) -> Result<(), StoreError> {
         let json = serde_json::to_string(settings)
-            .map_err(|source| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), source })?;
+            .map_err(|error| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), error })?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)
