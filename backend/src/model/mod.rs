@@ -6,6 +6,7 @@ pub mod bert;
 pub mod catalog;
 pub mod error;
 pub mod layers;
+pub mod llama;
 pub mod retriever;
 
 use attune_shared::ComputeDevice;
