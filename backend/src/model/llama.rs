@@ -474,3 +474,115 @@ fn first_gguf(dir: &Path) -> Option<std::path::PathBuf> {
     files.sort();
     files.into_iter().next()
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    fn tiny_config() -> Config {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 40, "hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "max_position_embeddings": 64, "tie_word_embeddings": true
+        }))
+        .unwrap()
+    }
+
+    fn tiny_model() -> (Llama, VarMap) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        (Llama::load(vb, &tiny_config()).unwrap(), varmap)
+    }
+
+    fn ids(values: &[u32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn incremental_decoding_equals_the_full_forward() {
+        let (model, _) = tiny_model();
+        let tokens = [3u32, 17, 5, 29, 11, 2, 38, 7];
+        let full = model.forward(&ids(&tokens), &mut KvCache::default(), None).unwrap();
+        // Prompt of 3, then one token at a time, then the last 2 together.
+        let mut cache = KvCache::default();
+        let mut parts = vec![model.forward(&ids(&tokens[..3]), &mut cache, None).unwrap()];
+        for t in &tokens[3..6] {
+            parts.push(model.forward(&ids(&[*t]), &mut cache, None).unwrap());
+        }
+        parts.push(model.forward(&ids(&tokens[6..]), &mut cache, None).unwrap());
+        assert_eq!(cache.len(), tokens.len());
+        let incremental = Tensor::cat(&parts, 1).unwrap();
+        assert!(max_abs_diff(&full, &incremental) < 1e-5);
+    }
+
+    #[test]
+    fn causal_mask_hides_the_future() {
+        let (model, _) = tiny_model();
+        let a = model.forward(&ids(&[3, 17, 5, 29]), &mut KvCache::default(), None).unwrap();
+        let b = model.forward(&ids(&[3, 17, 9, 1]), &mut KvCache::default(), None).unwrap();
+        // Positions 0 and 1 cannot see the tokens that differ.
+        assert!(max_abs_diff(&a.narrow(1, 0, 2).unwrap(), &b.narrow(1, 0, 2).unwrap()) < 1e-6);
+        assert!(max_abs_diff(&a.narrow(1, 2, 2).unwrap(), &b.narrow(1, 2, 2).unwrap()) > 1e-4);
+    }
+
+    #[test]
+    fn right_padding_is_invisible_to_real_tokens() {
+        let (model, _) = tiny_model();
+        let alone = model.forward(&ids(&[3, 17, 5]), &mut KvCache::default(), None).unwrap();
+        let batch = Tensor::new(&[[3u32, 17, 5, 0, 0], [8, 9, 10, 11, 12]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+        let padded = model.forward(&batch, &mut KvCache::default(), Some(&mask)).unwrap();
+        let first = padded.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap();
+        assert!(max_abs_diff(&alone, &first) < 1e-5);
+    }
+
+    #[test]
+    fn every_parameter_receives_a_gradient() {
+        let (model, varmap) = tiny_model();
+        let logits = model.forward(&ids(&[3, 17, 5, 29, 11]), &mut KvCache::default(), None).unwrap();
+        let targets = Tensor::new(&[17u32, 5, 29, 11, 2], &Device::Cpu).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets).unwrap();
+        let grads = loss.backward().unwrap();
+        let vars: Vec<Var> = varmap.all_vars();
+        assert_eq!(vars.len(), 1 + 1 + 2 * 9, "embeddings, final norm, 9 tensors per layer (lm_head tied)");
+        for var in &vars {
+            let grad = grads.get(var).unwrap_or_else(|| panic!("no gradient for a {:?} parameter", var.shape()));
+            let magnitude = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(magnitude > 0.0, "zero gradient for a {:?} parameter", var.shape());
+        }
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // llama.cpp: reshape (heads, 2, head_dim/2, in), swap axes 1 and 2.
+        let (heads, head_dim, cols) = (3, 4, 5);
+        let original = Tensor::arange(0f32, (heads * head_dim * cols) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * head_dim, cols))
+            .unwrap();
+        let permuted = original
+            .reshape((heads, 2, head_dim / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((heads * head_dim, cols))
+            .unwrap();
+        assert!(max_abs_diff(&permuted, &original) > 0.0);
+        assert_eq!(max_abs_diff(&unpermute_rows(&permuted, heads).unwrap(), &original), 0.0);
+    }
+
+    #[test]
+    fn gguf_names_map_to_hugging_face_names() {
+        assert_eq!(hf_name("blk.12.attn_q.weight").as_deref(), Some("model.layers.12.self_attn.q_proj.weight"));
+        assert_eq!(hf_name("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
+        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+}
