@@ -81,3 +81,121 @@ fn smollm2_gguf_matches_transformers() {
     }
     eprintln!("worst logit difference: {worst:e}");
 }
+
+mod generator {
+    use std::ops::ControlFlow;
+
+    use super::*;
+    use attune::model::generator::{ChatMessage, GenerationConfig, Generator, StopReason};
+
+    #[derive(Deserialize)]
+    struct Full {
+        prompts: Vec<Prompt>,
+        tokenizer: Vec<TokenizerCase>,
+        chat: Vec<ChatCase>,
+    }
+
+    #[derive(Deserialize)]
+    struct TokenizerCase {
+        text: String,
+        ids: Vec<u32>,
+    }
+
+    #[derive(Deserialize)]
+    struct ChatCase {
+        messages: Vec<Message>,
+        rendered: String,
+    }
+
+    #[derive(Deserialize)]
+    struct Message {
+        role: String,
+        content: String,
+    }
+
+    fn load_generator() -> (Generator, Full) {
+        let dir = workspace().join("models/SmolLM2-135M-Instruct");
+        let generator = Generator::load(&dir, &Device::Cpu).unwrap();
+        let fixture = workspace().join("backend/tests/fixtures/smollm2_reference.json");
+        (generator, serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn tokenizer_rebuilt_from_gguf_matches_transformers() {
+        let (generator, reference) = load_generator();
+        assert!(reference.tokenizer.len() >= 50);
+        for case in &reference.tokenizer {
+            assert_eq!(generator.encode(&case.text).unwrap(), case.ids, "ids of {:?}", case.text);
+            // Decoding skips special tokens (generated text never shows them).
+            let without_specials = case.text.replace("<|im_start|>", "").replace("<|im_end|>", "");
+            assert_eq!(generator.decode(&case.ids).unwrap(), without_specials, "round trip of {:?}", case.text);
+        }
+    }
+
+    #[test]
+    fn chat_template_matches_transformers() {
+        let (generator, reference) = load_generator();
+        for case in &reference.chat {
+            let messages: Vec<ChatMessage> =
+                case.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+            assert_eq!(generator.render_chat(&messages).unwrap(), case.rendered);
+        }
+    }
+
+    #[test]
+    fn greedy_generation_streams_the_reference_continuation() {
+        let (generator, reference) = load_generator();
+        let prompt = &reference.prompts[1];
+        let config = GenerationConfig { max_new_tokens: prompt.greedy_continuation.len(), ..Default::default() };
+        let mut streamed = String::new();
+        let generation = generator
+            .generate(&prompt.ids, &config, |piece| {
+                streamed.push_str(piece);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let expected_tokens: Vec<u32> = prompt.greedy_continuation.iter().copied().take_while(|t| *t != 2).collect();
+        assert_eq!(generation.tokens, expected_tokens);
+        assert_eq!(generation.text, generator.decode(&expected_tokens).unwrap());
+        assert_eq!(streamed, generation.text, "the streamed pieces add up to the text");
+    }
+
+    #[test]
+    fn stop_strings_cancellation_and_seeded_sampling() {
+        let (generator, reference) = load_generator();
+        let prompt = &reference.prompts[0];
+        let greedy = generator
+            .generate(&prompt.ids, &GenerationConfig { max_new_tokens: 12, ..Default::default() }, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let stop_at = greedy.text.trim_start().chars().take(3).collect::<String>();
+        let stopped = generator
+            .generate(
+                &prompt.ids,
+                &GenerationConfig { max_new_tokens: 12, stop: vec![stop_at.clone()], ..Default::default() },
+                |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+        assert_eq!(stopped.stop_reason, StopReason::StopString);
+        assert!(!stopped.text.contains(&stop_at));
+
+        let mut pieces = 0;
+        let cancelled = generator
+            .generate(&prompt.ids, &GenerationConfig { max_new_tokens: 12, ..Default::default() }, |_| {
+                pieces += 1;
+                if pieces == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+            .unwrap();
+        assert_eq!(cancelled.stop_reason, StopReason::Cancelled);
+        assert!(cancelled.tokens.len() < 12);
+
+        let sampled = |seed| {
+            let config =
+                GenerationConfig { max_new_tokens: 10, temperature: 1.0, top_p: 0.95, seed, ..Default::default() };
+            generator.generate(&prompt.ids, &config, |_| ControlFlow::Continue(())).unwrap().tokens
+        };
+        assert_eq!(sampled(1), sampled(1), "same seed, same text");
+        assert!((2..6).any(|seed| sampled(seed) != sampled(1)), "different seeds vary");
+    }
+}

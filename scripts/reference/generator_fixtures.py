@@ -37,6 +37,13 @@ TOKENIZER_STRINGS = [
     "#hashtag @mention", "C++ and C#", "1e-9 -42 +7", "end.", "What is the boiling point of water?",
     "Paris is the capital and most populous city of France.",
 ]
+CHATS = [
+    [{"role": "user", "content": "What is the boiling point of water?"}],
+    [{"role": "system", "content": "Answer from the passage only."},
+     {"role": "user", "content": "Passage: Paris is the capital of France.\nQuestion: What is the capital of France?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke."}],
+]
 VOCAB_SAMPLE = list(range(0, 49152, 1537))  # 32 fixed ids spread over the vocabulary
 
 
@@ -66,6 +73,10 @@ def main() -> None:
         "vocab_sample": VOCAB_SAMPLE,
         "prompts": prompts,
         "tokenizer": [{"text": s, "ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in TOKENIZER_STRINGS],
+        "chat": [
+            {"messages": m, "rendered": tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)}
+            for m in CHATS
+        ],
     }, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")
 

@@ -5,6 +5,8 @@
 pub mod bert;
 pub mod catalog;
 pub mod error;
+pub mod generator;
+pub mod gguf_tokenizer;
 pub mod layers;
 pub mod llama;
 pub mod retriever;

@@ -1,0 +1,294 @@
+//! The generator: a Llama decoder with its tokenizer and chat template, and text generation with
+//! a KV cache — greedy or sampled (temperature, top-p, seed), stopping on EOS, stop strings or a
+//! token budget, streaming each piece of text to a callback that may stop it.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::SeedableRng;
+use rand::distr::{Distribution, weighted::WeightedIndex};
+use rand::rngs::StdRng;
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use super::error::{ModelError, Result};
+use super::gguf_tokenizer;
+use super::llama::{self, KvCache, Llama};
+
+/// One turn of a conversation, as chat templates expect it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage { role: role.to_owned(), content: content.to_owned() }
+    }
+}
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities sum to `top_p`.
+    pub top_p: f64,
+    pub seed: u64,
+    /// Generation stops before any of these strings; they are not part of the output.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndOfSequence,
+    StopString,
+    MaxNewTokens,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// What [`Generator::generate`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop_reason: StopReason,
+}
+
+/// A loaded generator, ready to continue prompts.
+pub struct Generator {
+    model: Llama,
+    tokenizer: Tokenizer,
+    chat_template: Option<String>,
+    eos_ids: Vec<u32>,
+    device: Device,
+}
+
+impl Generator {
+    /// Loads a GGUF file (or the first one in a folder), or a Hugging Face folder with
+    /// `config.json`, safetensors and `tokenizer.json`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let gguf = if path.is_file() { Some(path.to_owned()) } else { first_with_extension(path, "gguf") };
+        let (model, tokenizer, chat_template) = match gguf {
+            Some(file) => {
+                let (cfg, tensors) = llama::load_gguf(&file, device)?;
+                let mut reader =
+                    std::fs::File::open(&file).map_err(|error| ModelError::Read { path: file.clone(), error })?;
+                let content = gguf_file::Content::read(&mut reader)
+                    .map_err(|e| ModelError::Unsupported(format!("{}: {e}", file.display())))?;
+                let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
+                    Some(json) => load_tokenizer_json(&json)?,
+                    None => gguf_tokenizer::from_gguf(&content)?,
+                };
+                let template =
+                    content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+                (Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?, tokenizer, template)
+            }
+            None => {
+                let model = llama::load(path, device)?;
+                let tokenizer = load_tokenizer_json(&path.join("tokenizer.json"))?;
+                (model, tokenizer, read_chat_template(path))
+            }
+        };
+        let mut eos_ids: Vec<u32> = model.config().eos_token_id.into_iter().collect();
+        for marker in ["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"] {
+            if let Some(id) = tokenizer.token_to_id(marker) {
+                if !eos_ids.contains(&id)
+                    && (chat_template.as_deref().is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
+                {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        Ok(Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` (special tokens written in the text are recognised; no BOS is added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, false).map_err(|e| ModelError::Tokenize(e.to_string()))?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenize(e.to_string()))
+    }
+
+    /// Renders a conversation with the model's chat template, ready for the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| ModelError::Unsupported("this model has no chat template".to_owned()))?;
+        render_chat_template(template, messages)
+    }
+
+    /// Continues `prompt_ids`. `on_text` receives each new piece of text as soon as it is
+    /// complete (never half a UTF-8 character, never part of a stop string) and may stop.
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        config: &GenerationConfig,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        if prompt_ids.is_empty() {
+            return Err(ModelError::Tokenize("the prompt is empty".to_owned()));
+        }
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut cache = KvCache::default();
+        let mut input = Tensor::new(prompt_ids, &self.device)?.unsqueeze(0)?;
+        let mut tokens = Vec::new();
+        let mut emitted = 0usize; // bytes of `text` already given to the callback
+        let longest_stop = config.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut stop_reason = StopReason::MaxNewTokens;
+        let mut text = String::new();
+        while tokens.len() < config.max_new_tokens {
+            let logits = self.model.forward(&input, &mut cache, None)?;
+            let last = logits.get(0)?.get(logits.dim(1)? - 1)?.to_dtype(DType::F32)?;
+            let next = self.pick(&last, config, &mut rng)?;
+            if self.eos_ids.contains(&next) {
+                stop_reason = StopReason::EndOfSequence;
+                break;
+            }
+            tokens.push(next);
+            text = self.decode(&tokens)?;
+            if let Some(cut) = config.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                stop_reason = StopReason::StopString;
+                break;
+            }
+            // Hold back an incomplete character and anything that may still become a stop string.
+            let mut ready = text.len().saturating_sub(longest_stop.saturating_sub(1));
+            while !text.is_char_boundary(ready) {
+                ready -= 1;
+            }
+            if text[..ready].ends_with('\u{fffd}') {
+                ready = emitted.max(ready - '\u{fffd}'.len_utf8());
+            }
+            if ready > emitted {
+                let piece = &text[emitted..ready];
+                emitted = ready;
+                if on_text(piece).is_break() {
+                    stop_reason = StopReason::Cancelled;
+                    break;
+                }
+            }
+            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        }
+        if stop_reason != StopReason::Cancelled && text.len() > emitted {
+            let _ = on_text(&text[emitted..]);
+        }
+        Ok(Generation { tokens, text, stop_reason })
+    }
+
+    fn pick(&self, logits: &Tensor, config: &GenerationConfig, rng: &mut StdRng) -> Result<u32> {
+        if config.temperature <= 0.0 {
+            return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
+        }
+        let probs = candle_nn::ops::softmax(&(logits / config.temperature)?, D::Minus1)?.to_vec1::<f32>()?;
+        Ok(sample_top_p(&probs, config.top_p, rng))
+    }
+}
+
+/// Samples an index from `probs`, keeping only the smallest set of most likely entries whose
+/// probabilities reach `top_p`.
+pub fn sample_top_p(probs: &[f32], top_p: f64, rng: &mut StdRng) -> u32 {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut kept = Vec::new();
+    let mut total = 0.0f64;
+    for &i in &order {
+        kept.push(i);
+        total += f64::from(probs[i]);
+        if total >= top_p {
+            break;
+        }
+    }
+    let weights: Vec<f32> = kept.iter().map(|&i| probs[i]).collect();
+    match WeightedIndex::new(&weights) {
+        Ok(dist) => kept[dist.sample(rng)] as u32,
+        Err(_) => order[0] as u32,
+    }
+}
+
+/// Renders a Hugging Face (Jinja) chat template for `messages`, with the generation prompt.
+pub fn render_chat_template(template: &str, messages: &[ChatMessage]) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+    });
+    env.add_template("chat", template).map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))?;
+    let tmpl = env.get_template("chat").map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))?;
+    tmpl.render(
+        minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" },
+    )
+    .map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))
+}
+
+fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer { path: path.to_owned(), message: e.to_string() })
+}
+
+/// `chat_template` from `tokenizer_config.json`, when the folder has one.
+fn read_chat_template(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config.get("chat_template")?.as_str().map(str::to_owned)
+}
+
+fn first_with_extension(dir: &Path, extension: &str) -> Option<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let probs = [0.05f32, 0.6, 0.3, 0.05];
+        let mut rng = StdRng::seed_from_u64(7);
+        let picks: Vec<u32> = (0..500).map(|_| sample_top_p(&probs, 0.85, &mut rng)).collect();
+        assert!(picks.iter().all(|p| *p == 1 || *p == 2), "only the two most likely tokens reach 0.85");
+        assert!(picks.contains(&1) && picks.contains(&2));
+        let mut rng = StdRng::seed_from_u64(7);
+        assert!((0..50).all(|_| sample_top_p(&probs, 0.1, &mut rng) == 1));
+    }
+
+    #[test]
+    fn chat_template_renders_roles_and_generation_prompt() {
+        let template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let rendered = render_chat_template(template, &[ChatMessage::new("user", "hi")]).unwrap();
+        assert_eq!(rendered, "<user>hi\n<assistant>");
+        let failing = "{{ raise_exception('roles must alternate') }}";
+        let error = render_chat_template(failing, &[]).unwrap_err().to_string();
+        assert!(error.contains("roles must alternate"), "{error}");
+    }
+}
