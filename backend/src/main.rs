@@ -1,4 +1,5 @@
-//! The `attune` command line: `attune serve` runs the web app and its API; `attune embed` embeds texts.
+//! The `attune` command line: `attune serve` runs the web app and its API; `attune embed` embeds texts;
+//! `attune generate` continues a prompt.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,11 +10,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use attune::model::generator::{ChatMessage, GenerationConfig, Generator};
 use attune::model::retriever::{Retriever, TextRole};
 use attune::serve::{ServeConfig, serve};
 
 /// Folder name of the default retriever inside the models directory.
 const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
+/// Folder name of the default generator inside the models directory.
+const DEFAULT_GENERATOR: &str = "SmolLM2-135M-Instruct";
 
 #[derive(Parser, Debug)]
 #[command(name = "attune", version, about = "Adapt a retrieval-augmented generation system to your documents.")]
@@ -28,6 +32,37 @@ enum Command {
     Serve(ServeArgs),
     /// Embed texts with a retriever: one text per input line, one JSON array per output line.
     Embed(EmbedArgs),
+    /// Continue a prompt with a generator, streaming the text to standard output.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// Generator: a `.gguf` file, a folder holding one, a Hugging Face folder, or `default`.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Directory `default` is looked up in.
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// The prompt (or, with --chat, the user's message).
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling threshold (with a temperature above 0).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +121,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => run_serve(args).await,
             Command::Embed(args) => tokio::task::spawn_blocking(move || run_embed(args)).await?,
+            Command::Generate(args) => tokio::task::spawn_blocking(move || run_generate(args)).await?,
         }
     });
     match result {
@@ -148,6 +184,40 @@ fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::ops::ControlFlow;
+
+    let path =
+        if args.model == "default" { args.models_dir.join(DEFAULT_GENERATOR) } else { PathBuf::from(&args.model) };
+    let generator = Generator::load(&path, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot load the generator {}", path.display()))?;
+    let prompt =
+        if args.chat { generator.render_chat(&[ChatMessage::new("user", &args.prompt)])? } else { args.prompt.clone() };
+    let ids = generator.encode(&prompt)?;
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    generator.generate(&ids, &config, |piece| match out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => {
+            write_error = Some(e);
+            ControlFlow::Break(())
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write to standard output");
+    }
+    writeln!(out)?;
     Ok(())
 }
 

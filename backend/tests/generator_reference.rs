@@ -199,3 +199,21 @@ mod generator {
         assert!((2..6).any(|seed| sampled(seed) != sampled(1)), "different seeds vary");
     }
 }
+
+#[test]
+fn generate_command_streams_the_greedy_continuation() {
+    let (model_dir, reference) = (workspace().join("models"), load().1);
+    let prompt = &reference.prompts[0];
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_attune"))
+        .args(["generate", "--model", "default", "--max-new-tokens", "8", "--temperature", "0", "--prompt"])
+        .arg(&prompt.text)
+        .arg("--models-dir")
+        .arg(&model_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let generator =
+        attune::model::generator::Generator::load(&model_dir.join("SmolLM2-135M-Instruct"), &Device::Cpu).unwrap();
+    let expected = generator.decode(&prompt.greedy_continuation[..8]).unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), format!("{expected}\n"));
+}
