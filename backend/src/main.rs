@@ -44,6 +44,9 @@ struct GenerateArgs {
     /// Directory `default` is looked up in.
     #[arg(long, default_value = "./models")]
     models_dir: PathBuf,
+    /// A LoRA adapter (PEFT layout) to apply to the generator.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// The prompt (or, with --chat, the user's message).
     #[arg(long)]
     prompt: String,
@@ -73,6 +76,9 @@ struct EmbedArgs {
     /// Directory `default` is looked up in.
     #[arg(long, default_value = "./models")]
     models_dir: PathBuf,
+    /// A LoRA adapter (PEFT layout) to apply to the retriever.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// File with one text per line; standard input when absent.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -154,8 +160,11 @@ fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
 
     let dir =
         if args.model == "default" { args.models_dir.join(DEFAULT_RETRIEVER) } else { PathBuf::from(&args.model) };
-    let retriever = Retriever::load(&dir, &candle_core::Device::Cpu)
+    let mut retriever = Retriever::load(&dir, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
+    if let Some(adapter) = &args.adapter {
+        retriever.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
+    }
     let reader: Box<dyn BufRead> = match &args.input {
         Some(path) => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
@@ -193,8 +202,11 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let path =
         if args.model == "default" { args.models_dir.join(DEFAULT_GENERATOR) } else { PathBuf::from(&args.model) };
-    let generator = Generator::load(&path, &candle_core::Device::Cpu)
+    let mut generator = Generator::load(&path, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load the generator {}", path.display()))?;
+    if let Some(adapter) = &args.adapter {
+        generator.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
+    }
     let prompt =
         if args.chat { generator.render_chat(&[ChatMessage::new("user", &args.prompt)])? } else { args.prompt.clone() };
     let ids = generator.encode(&prompt)?;

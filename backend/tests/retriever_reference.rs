@@ -114,3 +114,56 @@ fn embed_command_fails_clearly_on_a_missing_model() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/retriever"), "{stderr}");
 }
+
+mod lora {
+    use super::*;
+    use attune::model::lora::{self, LoraConfig};
+
+    #[derive(Deserialize)]
+    struct LoraReference {
+        sentences: Vec<String>,
+        embeddings: Vec<Vec<f32>>,
+    }
+
+    fn fixture_dir() -> PathBuf {
+        workspace().join("backend/tests/fixtures/minilm_lora")
+    }
+
+    #[test]
+    fn adapter_written_by_peft_gives_pefts_embeddings() {
+        let (mut retriever, _) = load();
+        let config = retriever.load_adapter(&fixture_dir()).unwrap();
+        assert_eq!((config.r, config.target_modules.len()), (4, 2));
+        let reference: LoraReference =
+            serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap()).unwrap();
+        let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+        let ours = retriever.embed(&texts, TextRole::Passage, 8).unwrap().to_vec2::<f32>().unwrap();
+        for ((text, a), b) in texts.iter().zip(&ours).zip(&reference.embeddings) {
+            assert!(max_abs_diff(a, b) <= 1e-4, "{text:?}: {}", max_abs_diff(a, b));
+        }
+        // The adapter really changes the embeddings (so the comparison above means something).
+        let (base, _) = load();
+        let plain = base.embed(&texts, TextRole::Passage, 8).unwrap().to_vec2::<f32>().unwrap();
+        assert!(max_abs_diff(&plain[0], &ours[0]) > 1e-3);
+    }
+
+    #[test]
+    fn adapter_written_by_attune_has_pefts_tensor_names_and_shapes() {
+        let (mut retriever, _) = load();
+        let mut config = LoraConfig::new(4, 8.0, 0.0, &["query", "value"]);
+        config.base_model_name_or_path = Some("all-MiniLM-L6-v2".into());
+        let varmap = lora::attach_trainable(retriever.model_mut(), &config, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        lora::save(dir.path(), &varmap, &config).unwrap();
+        let shapes = |path: PathBuf| -> Vec<(String, Vec<usize>)> {
+            let mut v: Vec<_> = candle_core::safetensors::load(path, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| (k, t.dims().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(shapes(dir.path().join(lora::ADAPTER_WEIGHTS)), shapes(fixture_dir().join(lora::ADAPTER_WEIGHTS)));
+    }
+}

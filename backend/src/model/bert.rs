@@ -3,10 +3,12 @@
 //! Tensor names (`vb.pp`) equal Hugging Face checkpoint names.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{Dropout, LayerNorm, softmax_last_dim};
+use super::linear::Linear;
+use super::lora::HasLinears;
 
 /// The activation in BERT's feed-forward block (`hidden_act` in `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -139,9 +141,9 @@ impl BertSelfAttention {
     fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         Ok(BertSelfAttention {
-            query: candle_nn::linear(h, h, vb.pp("query"))?,
-            key: candle_nn::linear(h, h, vb.pp("key"))?,
-            value: candle_nn::linear(h, h, vb.pp("value"))?,
+            query: Linear::load(vb.pp("query"), h, h, true)?,
+            key: Linear::load(vb.pp("key"), h, h, true)?,
+            value: Linear::load(vb.pp("value"), h, h, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             dropout: Dropout::new(cfg.attention_probs_dropout_prob),
@@ -154,9 +156,9 @@ impl BertSelfAttention {
         let split_heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = split_heads(self.query.forward(xs)?)?;
-        let k = split_heads(self.key.forward(xs)?)?;
-        let v = split_heads(self.value.forward(xs)?)?;
+        let q = split_heads(self.query.forward_t(xs, train)?)?;
+        let k = split_heads(self.key.forward_t(xs, train)?)?;
+        let v = split_heads(self.value.forward_t(xs, train)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
         let probs = self.dropout.forward(&softmax_last_dim(&scores)?, train)?;
@@ -174,14 +176,14 @@ struct DenseResidualNorm {
 impl DenseResidualNorm {
     fn load(vb: VarBuilder<'_>, cfg: &Config, in_dim: usize) -> candle_core::Result<Self> {
         Ok(DenseResidualNorm {
-            dense: candle_nn::linear(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            dense: Linear::load(vb.pp("dense"), in_dim, cfg.hidden_size, true)?,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
     }
 
     fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let projected = self.dropout.forward(&self.dense.forward(xs)?, train)?;
+        let projected = self.dropout.forward(&self.dense.forward_t(xs, train)?, train)?;
         self.layer_norm.forward(&(projected + residual)?)
     }
 }
@@ -199,7 +201,12 @@ impl BertLayer {
         Ok(BertLayer {
             attention: BertSelfAttention::load(vb.pp("attention").pp("self"), cfg)?,
             attention_output: DenseResidualNorm::load(vb.pp("attention").pp("output"), cfg, cfg.hidden_size)?,
-            intermediate: candle_nn::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            intermediate: Linear::load(
+                vb.pp("intermediate").pp("dense"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                true,
+            )?,
             activation: cfg.hidden_act,
             output: DenseResidualNorm::load(vb.pp("output"), cfg, cfg.intermediate_size)?,
         })
@@ -208,13 +215,29 @@ impl BertLayer {
     fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let attended = self.attention.forward(xs, mask_bias, train)?;
         let attended = self.attention_output.forward(&attended, xs, train)?;
-        let intermediate = self.intermediate.forward(&attended)?;
+        let intermediate = self.intermediate.forward_t(&attended, train)?;
         let intermediate = match self.activation {
             HiddenAct::Gelu => intermediate.gelu_erf()?,
             HiddenAct::GeluApproximate => intermediate.gelu()?,
             HiddenAct::Relu => intermediate.relu()?,
         };
         self.output.forward(&intermediate, &attended, train)
+    }
+}
+
+impl HasLinears for BertModel {
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            out.push((format!("{p}.attention.self.query"), &mut layer.attention.query));
+            out.push((format!("{p}.attention.self.key"), &mut layer.attention.key));
+            out.push((format!("{p}.attention.self.value"), &mut layer.attention.value));
+            out.push((format!("{p}.attention.output.dense"), &mut layer.attention_output.dense));
+            out.push((format!("{p}.intermediate.dense"), &mut layer.intermediate));
+            out.push((format!("{p}.output.dense"), &mut layer.output.dense));
+        }
+        out
     }
 }
 

@@ -17,6 +17,7 @@ use tokenizers::Tokenizer;
 use super::error::{ModelError, Result};
 use super::gguf_tokenizer;
 use super::llama::{self, KvCache, Llama};
+use super::lora::{self, LoraConfig};
 
 /// One turn of a conversation, as chat templates expect it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,6 +120,15 @@ impl Generator {
 
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut Llama {
+        &mut self.model
+    }
+
+    /// Loads a PEFT LoRA adapter onto the decoder.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<LoraConfig> {
+        lora::load(dir, &mut self.model, &self.device)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -9,11 +9,13 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::error::{ModelError, Result};
 use super::layers::softmax_last_dim;
+use super::linear::Linear;
+use super::lora::HasLinears;
 
 /// `config.json` of a Llama-architecture model (or the same, read from GGUF metadata).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -166,10 +168,10 @@ impl Attention {
     fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         Ok(Attention {
-            q_proj: candle_nn::linear_no_bias(h, cfg.num_attention_heads * d, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_no_bias(h, cfg.num_kv_heads() * d, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_no_bias(h, cfg.num_kv_heads() * d, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_no_bias(cfg.num_attention_heads * d, h, vb.pp("o_proj"))?,
+            q_proj: Linear::load(vb.pp("q_proj"), h, cfg.num_attention_heads * d, false)?,
+            k_proj: Linear::load(vb.pp("k_proj"), h, cfg.num_kv_heads() * d, false)?,
+            v_proj: Linear::load(vb.pp("v_proj"), h, cfg.num_kv_heads() * d, false)?,
+            o_proj: Linear::load(vb.pp("o_proj"), cfg.num_attention_heads * d, h, false)?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_kv_heads(),
             head_dim: d,
@@ -183,14 +185,15 @@ impl Attention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
+        train: bool,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq_len, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((batch, seq_len, n, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = rotary.apply(&heads(self.q_proj.forward(xs)?, self.num_heads)?, offset)?;
-        let k = rotary.apply(&heads(self.k_proj.forward(xs)?, self.num_kv_heads)?, offset)?;
-        let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = rotary.apply(&heads(self.q_proj.forward_t(xs, train)?, self.num_heads)?, offset)?;
+        let k = rotary.apply(&heads(self.k_proj.forward_t(xs, train)?, self.num_kv_heads)?, offset)?;
+        let v = heads(self.v_proj.forward_t(xs, train)?, self.num_kv_heads)?;
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
             None => (k, v),
@@ -205,7 +208,7 @@ impl Attention {
         }
         let probs = softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward_t(&out, train)
     }
 }
 
@@ -233,15 +236,15 @@ impl Mlp {
     fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Mlp {
-            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), h, i, false)?,
+            up_proj: Linear::load(vb.pp("up_proj"), h, i, false)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, h, false)?,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    fn forward(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(xs, train)?)?;
+        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(xs, train)?)?, train)
     }
 }
 
@@ -284,12 +287,30 @@ impl KvCache {
     }
 }
 
+impl HasLinears for Llama {
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let attn = &mut layer.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut attn.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut attn.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut attn.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut attn.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut layer.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut layer.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut layer.mlp.down_proj));
+        }
+        out
+    }
+}
+
 /// The decoder with its language-model head.
 pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: candle_nn::Linear,
     rotary: Rotary,
     config: Config,
 }
@@ -299,7 +320,7 @@ impl Llama {
     pub fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model").pp("embed_tokens"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
@@ -329,6 +350,17 @@ impl Llama {
         cache: &mut KvCache,
         padding_mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        self.forward_t(input_ids, cache, padding_mask, false)
+    }
+
+    /// [`Llama::forward`] with `train` turning adapter dropout on.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        padding_mask: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = input_ids.dims2()?;
         let offset = cache.len();
         if cache.layers.is_empty() {
@@ -343,9 +375,10 @@ impl Llama {
                 offset,
                 mask.as_ref(),
                 layer_cache,
+                train,
             )?;
             hidden = (hidden + attended)?;
-            hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?)?)?;
+            hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?, train)?)?;
         }
         self.lm_head.forward(&self.norm.forward(&hidden)?)
     }

@@ -8,7 +8,9 @@ pub mod error;
 pub mod generator;
 pub mod gguf_tokenizer;
 pub mod layers;
+pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod retriever;
 
 use attune_shared::ComputeDevice;

@@ -11,6 +11,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::bert::{BertModel, Config, EncoderInput};
 use super::error::{ModelError, Result};
+use super::lora::{self, LoraConfig};
 
 /// How token states become one vector per text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +167,16 @@ impl Retriever {
 
     pub fn model(&self) -> &BertModel {
         &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut BertModel {
+        &mut self.model
+    }
+
+    /// Loads a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) onto the encoder.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<LoraConfig> {
+        let device = self.model.device().clone();
+        lora::load(dir, &mut self.model, &device)
     }
 
     /// Tokenizes a batch (with the role's prefix), padded to its longest text.
