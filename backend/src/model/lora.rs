@@ -308,4 +308,56 @@ mod tests {
         let dora = LoraConfig { use_dora: true, ..LoraConfig::new(4, 8.0, 0.0, &["value"]) };
         assert!(attach(&mut model, &dora, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).is_err());
     }
+
+    #[test]
+    fn adapter_gradients_match_finite_differences() {
+        // Everything in f64 so central differences are accurate to ~1e-8.
+        let random = VarMap::new();
+        BertModel::load(VarBuilder::from_varmap(&random, DType::F64, &Device::Cpu), &tiny_config()).unwrap();
+        let base: HashMap<String, Tensor> =
+            random.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+        let mut model =
+            BertModel::load(VarBuilder::from_tensors(base, DType::F64, &Device::Cpu), &tiny_config()).unwrap();
+        let varmap = VarMap::new();
+        let config = LoraConfig::new(2, 4.0, 0.0, &["query", "value"]);
+        attach(&mut model, &config, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu)).unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.contains("lora_B") {
+                var.set(&Tensor::randn(0f64, 0.5, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let weights = Tensor::randn(0f64, 1.0, (2, 16), &Device::Cpu).unwrap();
+        let loss = |m: &BertModel| -> Tensor {
+            let hidden = m.forward(&input(), false).unwrap();
+            let pooled =
+                crate::model::retriever::pool(&hidden, &input().attention_mask, crate::model::retriever::Pooling::Mean)
+                    .unwrap();
+            (pooled * &weights).unwrap().sum_all().unwrap()
+        };
+        let grads = loss(&model).backward().unwrap();
+        let h = 1e-5;
+        let mut checked = 0;
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let analytic = grads.get(var).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for index in [0, original.len() / 2, original.len() - 1] {
+                let at = |delta: f64| {
+                    let mut values = original.clone();
+                    values[index] += delta;
+                    var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    loss(&model).to_scalar::<f64>().unwrap()
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+                let tolerance = 1e-6 + 1e-4 * numeric.abs();
+                assert!(
+                    (numeric - analytic[index]).abs() <= tolerance,
+                    "{name}[{index}]: numeric {numeric} vs analytic {}",
+                    analytic[index]
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3 * 2 * 2 * tiny_config().num_hidden_layers);
+    }
 }
