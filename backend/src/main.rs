@@ -44,6 +44,9 @@ struct GenerateArgs {
     /// Directory `default` is looked up in.
     #[arg(long, default_value = "./models")]
     models_dir: PathBuf,
+    /// Where to run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// A LoRA adapter (PEFT layout) to apply to the generator.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -76,6 +79,9 @@ struct EmbedArgs {
     /// Directory `default` is looked up in.
     #[arg(long, default_value = "./models")]
     models_dir: PathBuf,
+    /// Where to run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// A LoRA adapter (PEFT layout) to apply to the retriever.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -160,8 +166,9 @@ fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
 
     let dir =
         if args.model == "default" { args.models_dir.join(DEFAULT_RETRIEVER) } else { PathBuf::from(&args.model) };
-    let mut retriever = Retriever::load(&dir, &candle_core::Device::Cpu)
-        .with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
+    let device = attune::model::device::select(&args.device)?;
+    let mut retriever =
+        Retriever::load(&dir, &device).with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
     if let Some(adapter) = &args.adapter {
         retriever.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
     }
@@ -202,8 +209,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let path =
         if args.model == "default" { args.models_dir.join(DEFAULT_GENERATOR) } else { PathBuf::from(&args.model) };
-    let mut generator = Generator::load(&path, &candle_core::Device::Cpu)
-        .with_context(|| format!("cannot load the generator {}", path.display()))?;
+    let device = attune::model::device::select(&args.device)?;
+    let mut generator =
+        Generator::load(&path, &device).with_context(|| format!("cannot load the generator {}", path.display()))?;
     if let Some(adapter) = &args.adapter {
         generator.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
     }

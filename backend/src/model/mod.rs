@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod catalog;
+pub mod device;
 pub mod error;
 pub mod generator;
 pub mod gguf_tokenizer;
