@@ -22,7 +22,7 @@ pub fn select(spec: &str) -> Result<Device> {
 }
 
 fn invalid(spec: &str) -> ModelError {
-    ModelError::Unsupported(format!("device {spec:?}: expected auto, cpu, cuda or cuda:N"))
+    ModelError::Device(format!("device {spec:?}: expected auto, cpu, cuda or cuda:N"))
 }
 
 #[cfg(feature = "cuda")]
@@ -32,8 +32,8 @@ fn cuda(ordinal: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_ordinal: usize) -> Result<Device> {
-    Err(ModelError::Unsupported(
-        "this build of attune has no CUDA support: build it with `--features cuda` (see `make cuda`)".to_owned(),
+    Err(ModelError::Device(
+        "this build of attune has no CUDA support: build it with `cargo build --features cuda`".to_owned(),
     ))
 }
 

@@ -12,6 +12,8 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    #[error("{0}")]
+    Device(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("tensor error: {0}")]
