@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
 
+pub mod bench;
 pub mod model;
 pub mod serve;
 pub mod store;

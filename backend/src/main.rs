@@ -34,6 +34,31 @@ enum Command {
     Embed(EmbedArgs),
     /// Continue a prompt with a generator, streaming the text to standard output.
     Generate(GenerateArgs),
+    /// Measure throughput beside PyTorch on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Retriever embeddings/s, generator prefill and decode tokens/s, and PyTorch's on the same work.
+    Model(BenchModelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchModelArgs {
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Python with torch, transformers and sentence-transformers, for the reference figures.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_reference: bool,
+    #[arg(long, default_value = "scripts/reference/bench_model.py")]
+    reference_script: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +159,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_serve(args).await,
             Command::Embed(args) => tokio::task::spawn_blocking(move || run_embed(args)).await?,
             Command::Generate(args) => tokio::task::spawn_blocking(move || run_generate(args)).await?,
+            Command::Bench(BenchCommand::Model(args)) => {
+                tokio::task::spawn_blocking(move || run_bench_model(args)).await?
+            }
         }
     });
     match result {
@@ -238,6 +266,31 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         return Err(e).context("cannot write to standard output");
     }
     writeln!(out)?;
+    Ok(())
+}
+
+fn run_bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
+    let device = attune::model::device::select(&args.device)?;
+    eprintln!("measuring attune on {device:?} ...");
+    let ours = attune::bench::measure(&args.models_dir, &device)?;
+    let config = attune::bench::BenchConfig {
+        models_dir: args.models_dir,
+        python: (!args.no_reference).then_some(args.python),
+        reference_script: args.reference_script,
+    };
+    let reference = if config.python.is_some() {
+        eprintln!("measuring the PyTorch reference ...");
+        match attune::bench::measure_reference(&config) {
+            Ok(reference) => Some(reference),
+            Err(e) => {
+                eprintln!("no PyTorch figures: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    print!("{}", attune::bench::report(&ours, reference.as_ref()));
     Ok(())
 }
 

@@ -21,6 +21,10 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if !needs_gradient(&[xs, &self.weight, &self.bias]) && fused_dtype(xs) {
+            // Nothing to differentiate: candle's fused kernel is several times faster.
+            return candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+        }
         let hidden = xs.dim(D::Minus1)? as f64;
         let mean = (xs.sum_keepdim(D::Minus1)? / hidden)?;
         let centered = xs.broadcast_sub(&mean)?;
@@ -46,7 +50,23 @@ impl Dropout {
     }
 }
 
-/// Softmax over the last dimension, differentiable (max-subtracted for stability).
+/// Softmax over the last dimension (max-subtracted for stability): differentiable when a
+/// gradient will be asked of it, candle's fused kernel otherwise.
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::softmax(xs, D::Minus1)
+    if needs_gradient(&[xs]) {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+    }
+}
+
+/// Whether candle's fused kernels handle this dtype (they do not take f64).
+pub fn fused_dtype(xs: &Tensor) -> bool {
+    xs.dtype() != candle_core::DType::F64
+}
+
+/// Whether any of `tensors` is a variable or was computed from one, i.e. whether backward
+/// through an op on them must work. (candle's fused norm and softmax kernels have no backward.)
+pub fn needs_gradient(tensors: &[&Tensor]) -> bool {
+    tensors.iter().any(|t| t.track_op())
 }

@@ -13,7 +13,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::error::{ModelError, Result};
-use super::layers::softmax_last_dim;
+use super::layers::{fused_dtype, needs_gradient, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -114,6 +114,9 @@ impl RmsNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if !needs_gradient(&[xs, &self.weight]) && fused_dtype(xs) {
+            return candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32);
+        }
         let dtype = xs.dtype();
         let xs = xs.to_dtype(DType::F32)?;
         let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;

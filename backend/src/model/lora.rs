@@ -290,7 +290,8 @@ mod tests {
 
         let mut reloaded = bert_from(&base);
         assert_eq!(load(dir.path(), &mut reloaded, &Device::Cpu).unwrap(), config);
-        assert_eq!(max_abs_diff(&adapted, &reloaded.forward(&input(), false).unwrap()), 0.0);
+        // Trainable (differentiable kernels) against loaded (fused kernels): same math, other rounding.
+        assert!(max_abs_diff(&adapted, &reloaded.forward(&input(), false).unwrap()) < 1e-5);
     }
 
     #[test]

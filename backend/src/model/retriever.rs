@@ -169,6 +169,14 @@ impl Retriever {
         &self.model
     }
 
+    /// Truncates inputs to `max_length` tokens from now on (at most the model's own maximum).
+    pub fn set_max_length(&mut self, max_length: usize) -> Result<()> {
+        let pad_id = self.tokenizer.get_padding().map_or(0, |p| p.pad_id);
+        self.settings.max_length = max_length.min(self.settings.max_length);
+        configure_tokenizer(&mut self.tokenizer, self.settings.max_length, pad_id)
+            .map_err(|message| ModelError::Tokenizer { path: PathBuf::from("tokenizer.json"), message })
+    }
+
     pub fn model_mut(&mut self) -> &mut BertModel {
         &mut self.model
     }
@@ -438,6 +446,7 @@ pub(crate) mod tests {
         let input = loaded.tokenize(&["a dog ran in the park"], TextRole::Passage).unwrap();
         let expected = original.forward(&input, false).unwrap();
         let actual = loaded.model().forward(&input, false).unwrap();
-        assert_eq!(max_abs_diff(&expected, &actual), 0.0);
+        // Random (variable) weights take the differentiable kernels, loaded ones the fused: same math.
+        assert!(max_abs_diff(&expected, &actual) < 1e-5);
     }
 }

@@ -1,0 +1,147 @@
+//! `attune bench model`: throughput of the model core on this machine — retriever embeddings/s,
+//! generator prefill and decode tokens/s — beside the same work done by PyTorch
+//! (`scripts/reference/bench_model.py`), as ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{D, Device, Tensor};
+
+use crate::model::generator::Generator;
+use crate::model::llama::KvCache;
+use crate::model::retriever::{Retriever, TextRole};
+
+/// Texts per retriever batch, and their length in tokens (longer texts are truncated).
+pub const EMBED_BATCH: usize = 32;
+pub const EMBED_MAX_TOKENS: usize = 128;
+/// Tokens generated greedily for the decode figure.
+pub const NEW_TOKENS: usize = 128;
+
+/// What to measure with.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub models_dir: PathBuf,
+    /// A Python with torch, transformers and sentence-transformers; `None` skips the comparison.
+    pub python: Option<PathBuf>,
+    pub reference_script: PathBuf,
+}
+
+/// Throughputs of one implementation.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Throughput {
+    pub embeddings_per_s: f64,
+    pub prompt_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// The workload both sides run (must equal the reference script's).
+pub fn texts() -> Vec<String> {
+    (0..128).map(|i| format!("Passage {i}: {}", "The quick brown fox jumps over the lazy dog. ".repeat(20))).collect()
+}
+
+pub fn prompt() -> String {
+    "The quick brown fox jumps over the lazy dog. ".repeat(12)
+}
+
+fn best_of<T>(runs: usize, mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        let start = Instant::now();
+        work()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Measures Attune's model core on `device`.
+pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<Throughput> {
+    let mut retriever = Retriever::load(&models_dir.join("all-MiniLM-L6-v2"), device)?;
+    retriever.set_max_length(EMBED_MAX_TOKENS)?;
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    retriever.embed(&refs[..EMBED_BATCH], TextRole::Passage, EMBED_BATCH)?;
+    let seconds = best_of(3, || Ok(retriever.embed(&refs, TextRole::Passage, EMBED_BATCH)?))?;
+    let embeddings_per_s = texts.len() as f64 / seconds;
+
+    let generator = Generator::load(&models_dir.join("SmolLM2-135M-Instruct"), device)?;
+    let ids = generator.encode(&prompt())?;
+    let input = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
+    let model = generator.model();
+    model.forward(&input, &mut KvCache::default(), None)?;
+    let prefill = best_of(3, || Ok(model.forward(&input, &mut KvCache::default(), None)?))?;
+    let whole = best_of(2, || {
+        // Greedy, never stopping early: exactly NEW_TOKENS steps after the prompt.
+        let mut cache = KvCache::default();
+        let mut logits = model.forward(&input, &mut cache, None)?;
+        for _ in 0..NEW_TOKENS {
+            let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
+            let next = last.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            logits = model.forward(&Tensor::new(&[next], device)?.unsqueeze(0)?, &mut cache, None)?;
+        }
+        Ok(())
+    })?;
+    Ok(Throughput {
+        embeddings_per_s,
+        prompt_tokens: ids.len(),
+        prefill_tokens_per_s: ids.len() as f64 / prefill,
+        decode_tokens_per_s: NEW_TOKENS as f64 / (whole - prefill).max(1e-9),
+    })
+}
+
+/// Runs the PyTorch reference script and reads its JSON line.
+pub fn measure_reference(config: &BenchConfig) -> anyhow::Result<Throughput> {
+    let python = config.python.as_ref().ok_or_else(|| anyhow::anyhow!("no Python given"))?;
+    let output = Command::new(python)
+        .arg(&config.reference_script)
+        .arg("--models-dir")
+        .arg(&config.models_dir)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} {} failed: {}",
+            python.display(),
+            config.reference_script.display(),
+            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("no JSON from the reference"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The table `attune bench model` prints.
+pub fn report(ours: &Throughput, reference: Option<&Throughput>) -> String {
+    let mut out = format!("{:<44} {:>12} {:>12} {:>8}\n", "model core (this machine)", "attune", "pytorch", "ratio");
+    let rows = [
+        (
+            format!("retriever embeddings/s (batch {EMBED_BATCH}, {EMBED_MAX_TOKENS} tokens)"),
+            ours.embeddings_per_s,
+            reference.map(|r| r.embeddings_per_s),
+        ),
+        (
+            format!("generator prefill tokens/s ({} tokens)", ours.prompt_tokens),
+            ours.prefill_tokens_per_s,
+            reference.map(|r| r.prefill_tokens_per_s),
+        ),
+        (
+            format!("generator decode tokens/s (greedy, {NEW_TOKENS} new)"),
+            ours.decode_tokens_per_s,
+            reference.map(|r| r.decode_tokens_per_s),
+        ),
+    ];
+    for (name, attune, torch) in rows {
+        match torch {
+            Some(torch) => out.push_str(&format!("{name:<44} {attune:>12.1} {torch:>12.1} {:>7.2}x\n", attune / torch)),
+            None => out.push_str(&format!("{name:<44} {attune:>12.1} {:>12} {:>8}\n", "-", "-")),
+        }
+    }
+    out.push_str("ratio = attune / pytorch throughput (above 1: attune is faster). f32 on CPU, weights dequantized.\n");
+    out
+}

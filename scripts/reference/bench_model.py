@@ -1,0 +1,62 @@
+"""The PyTorch side of `attune bench model`: the same work with sentence-transformers and transformers
+on this machine, printed as one JSON object. `attune bench model` runs it and prints the ratios.
+
+    python scripts/reference/bench_model.py [--models-dir models]
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# Must equal the workload in backend/src/bench.rs.
+TEXTS = [f"Passage {i}: " + "The quick brown fox jumps over the lazy dog. " * 20 for i in range(128)]
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 12
+NEW_TOKENS = 128
+
+
+def best_of(runs, fn):
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models-dir", default="models")
+    models = pathlib.Path(parser.parse_args().models_dir)
+    torch.manual_seed(0)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    st = SentenceTransformer(str(models / "all-MiniLM-L6-v2"), device="cpu")
+    st.max_seq_length = 128
+    with torch.inference_mode():
+        st.encode(TEXTS[:32], batch_size=32)
+        seconds = best_of(3, lambda: st.encode(TEXTS, batch_size=32))
+    result["embeddings_per_s"] = len(TEXTS) / seconds
+
+    gen_dir = models / "SmolLM2-135M-Instruct"
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(gen_dir, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(gen_dir, gguf_file=gguf, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer(PROMPT, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        model(ids)
+        prefill = best_of(3, lambda: model(ids))
+        whole = best_of(2, lambda: model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                                  do_sample=False, pad_token_id=tokenizer.eos_token_id))
+    result["prompt_tokens"] = ids.shape[1]
+    result["prefill_tokens_per_s"] = ids.shape[1] / prefill
+    result["decode_tokens_per_s"] = NEW_TOKENS / max(whole - prefill, 1e-9)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
