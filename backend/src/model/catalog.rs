@@ -48,7 +48,7 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let path = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()).display().to_string();
 
-    if let Some(gguf) = first_file_with_extension(dir, "gguf") {
+    if let Some(gguf) = super::files_with_extension(dir, "gguf").into_iter().next() {
         let architecture = gguf_architecture(&gguf)?;
         if !GENERATOR_ARCHITECTURES.contains(&architecture.as_str()) {
             return Err(format!("GGUF architecture {architecture:?} is not supported"));
@@ -74,25 +74,15 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
     } else {
         return Err(format!("model_type {model_type:?} is not supported"));
     };
-    let format = if dir.join("model.safetensors").is_file() || first_file_with_extension(dir, "safetensors").is_some() {
-        WeightFormat::Safetensors
-    } else if dir.join("pytorch_model.bin").is_file() {
-        WeightFormat::PytorchBin
-    } else {
-        return Err("no model.safetensors or pytorch_model.bin".to_owned());
-    };
+    let format =
+        if dir.join("model.safetensors").is_file() || !super::files_with_extension(dir, "safetensors").is_empty() {
+            WeightFormat::Safetensors
+        } else if dir.join("pytorch_model.bin").is_file() {
+            WeightFormat::PytorchBin
+        } else {
+            return Err("no model.safetensors or pytorch_model.bin".to_owned());
+        };
     Ok(ModelInfo { name, path, kind, format, architecture: Some(model_type) })
-}
-
-fn first_file_with_extension(dir: &Path, extension: &str) -> Option<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == extension))
-        .collect();
-    files.sort();
-    files.into_iter().next()
 }
 
 /// Reads `general.architecture` from a GGUF file's header (metadata only, no tensor data).

@@ -5,7 +5,6 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
@@ -17,6 +16,7 @@ use tokenizers::Tokenizer;
 use super::error::{ModelError, Result};
 use super::gguf_tokenizer;
 use super::llama::{self, KvCache, Llama};
+use super::load_tokenizer_file;
 use super::lora::{self, LoraConfig};
 
 /// One turn of a conversation, as chat templates expect it.
@@ -83,16 +83,11 @@ impl Generator {
     /// Loads a GGUF file (or the first one in a folder), or a Hugging Face folder with
     /// `config.json`, safetensors and `tokenizer.json`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let gguf = if path.is_file() { Some(path.to_owned()) } else { first_with_extension(path, "gguf") };
-        let (model, tokenizer, chat_template) = match gguf {
+        let (model, tokenizer, chat_template) = match super::gguf_file_at(path) {
             Some(file) => {
-                let (cfg, tensors) = llama::load_gguf(&file, device)?;
-                let mut reader =
-                    std::fs::File::open(&file).map_err(|error| ModelError::Read { path: file.clone(), error })?;
-                let content = gguf_file::Content::read(&mut reader)
-                    .map_err(|e| ModelError::Unsupported(format!("{}: {e}", file.display())))?;
+                let (cfg, tensors, content) = llama::load_gguf(&file, device)?;
                 let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
-                    Some(json) => load_tokenizer_json(&json)?,
+                    Some(json) => load_tokenizer_file(&json)?,
                     None => gguf_tokenizer::from_gguf(&content)?,
                 };
                 let template =
@@ -101,7 +96,7 @@ impl Generator {
             }
             None => {
                 let model = llama::load(path, device)?;
-                let tokenizer = load_tokenizer_json(&path.join("tokenizer.json"))?;
+                let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
                 (model, tokenizer, read_chat_template(path))
             }
         };
@@ -255,26 +250,11 @@ pub fn render_chat_template(template: &str, messages: &[ChatMessage]) -> Result<
     .map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))
 }
 
-fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer { path: path.to_owned(), message: e.to_string() })
-}
-
 /// `chat_template` from `tokenizer_config.json`, when the folder has one.
 fn read_chat_template(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     config.get("chat_template")?.as_str().map(str::to_owned)
-}
-
-fn first_with_extension(dir: &Path, extension: &str) -> Option<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == extension))
-        .collect();
-    files.sort();
-    files.into_iter().next()
 }
 
 #[cfg(test)]

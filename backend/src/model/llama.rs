@@ -415,8 +415,9 @@ fn attention_mask(
 }
 
 /// Reads every tensor of a GGUF file, dequantized to f32, under Hugging Face names, with the
-/// q/k rows llama.cpp's converter permuted put back in order. Returns the config too.
-pub fn load_gguf(path: &Path, device: &Device) -> Result<(Config, HashMap<String, Tensor>)> {
+/// q/k rows llama.cpp's converter permuted put back in order. Returns the config and the file's
+/// metadata (tokenizer, chat template) too.
+pub fn load_gguf(path: &Path, device: &Device) -> Result<(Config, HashMap<String, Tensor>, gguf_file::Content)> {
     let mut file = fs::File::open(path).map_err(|error| ModelError::Read { path: path.to_owned(), error })?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::Unsupported(format!("{} is not a readable GGUF file: {e}", path.display())))?;
@@ -435,7 +436,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Config, HashMap<String
         }
         tensors.insert(hf_name, tensor);
     }
-    Ok((cfg, tensors))
+    Ok((cfg, tensors, content))
 }
 
 /// Hugging Face's name for a llama.cpp tensor name.
@@ -474,22 +475,15 @@ fn unpermute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> 
 
 /// Loads a generator from a GGUF file or a Hugging Face folder (`config.json` + safetensors).
 pub fn load(path: &Path, device: &Device) -> Result<Llama> {
-    let gguf = if path.is_file() { Some(path.to_owned()) } else { first_gguf(path) };
-    if let Some(gguf) = gguf {
-        let (cfg, tensors) = load_gguf(&gguf, device)?;
+    if let Some(gguf) = super::gguf_file_at(path) {
+        let (cfg, tensors, _) = load_gguf(&gguf, device)?;
         return Ok(Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?);
     }
     let config_path = path.join("config.json");
     let text =
         fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
     let cfg: Config = serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path, error })?;
-    let mut files: Vec<_> = fs::read_dir(path)
-        .map_err(|error| ModelError::Read { path: path.to_owned(), error })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = super::files_with_extension(path, "safetensors");
     if files.is_empty() {
         return Err(ModelError::Unsupported(format!("{}: no .safetensors or .gguf file", path.display())));
     }
@@ -498,17 +492,6 @@ pub fn load(path: &Path, device: &Device) -> Result<Llama> {
         tensors.extend(candle_core::safetensors::load(&file, device)?);
     }
     Ok(Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?)
-}
-
-fn first_gguf(dir: &Path) -> Option<std::path::PathBuf> {
-    let mut files: Vec<_> = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    files.sort();
-    files.into_iter().next()
 }
 
 #[cfg(test)]
@@ -620,5 +603,29 @@ mod tests {
         assert_eq!(hf_name("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
         assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn loads_a_hugging_face_folder() {
+        let (model, varmap) = tiny_model();
+        let dir = tempfile::tempdir().unwrap();
+        varmap.save(dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({
+                "model_type": "llama", "vocab_size": 40, "hidden_size": 24, "intermediate_size": 48,
+                "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+                "max_position_embeddings": 64, "tie_word_embeddings": true
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let loaded = load(dir.path(), &Device::Cpu).unwrap();
+        let tokens = ids(&[3, 17, 5, 29]);
+        let expected = model.forward(&tokens, &mut KvCache::default(), None).unwrap();
+        let actual = loaded.forward(&tokens, &mut KvCache::default(), None).unwrap();
+        // Variables take the differentiable kernels, loaded tensors the fused ones: same math.
+        assert!(max_abs_diff(&expected, &actual) < 1e-5);
+        assert!(load(&dir.path().join("missing"), &Device::Cpu).is_err());
     }
 }

@@ -14,11 +14,36 @@ pub mod llama;
 pub mod lora;
 pub mod retriever;
 
+use std::path::{Path, PathBuf};
+
 use attune_shared::ComputeDevice;
+use tokenizers::Tokenizer;
 
 pub use error::ModelError;
 
 /// The device model math runs on in this build.
 pub fn compute_device() -> ComputeDevice {
     ComputeDevice::Cpu
+}
+
+/// Files directly in `dir` whose name ends in `.extension`, sorted by name (none if unreadable).
+pub(crate) fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The GGUF file `path` designates: `path` itself when it is a file, else the first `.gguf` in it.
+pub(crate) fn gguf_file_at(path: &Path) -> Option<PathBuf> {
+    if path.is_file() { Some(path.to_owned()) } else { files_with_extension(path, "gguf").into_iter().next() }
+}
+
+/// Loads a `tokenizer.json`.
+pub(crate) fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, ModelError> {
+    Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer { path: path.to_owned(), message: e.to_string() })
 }
