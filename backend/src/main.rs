@@ -61,9 +61,10 @@ struct BenchModelArgs {
     reference_script: PathBuf,
 }
 
+/// Which model to load, where, and with which adapter (shared by embed and generate).
 #[derive(clap::Args, Debug)]
-struct GenerateArgs {
-    /// Generator: a `.gguf` file, a folder holding one, a Hugging Face folder, or `default`.
+struct ModelArgs {
+    /// Model folder (Hugging Face format) or `.gguf` file, or `default` for the default model of this kind.
     #[arg(long, default_value = "default")]
     model: String,
     /// Directory `default` is looked up in.
@@ -72,9 +73,26 @@ struct GenerateArgs {
     /// Where to run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// A LoRA adapter (PEFT layout) to apply to the generator.
+    /// A LoRA adapter (PEFT layout) to apply to the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model's path: `default_folder` inside the models directory for `default`.
+    fn path(&self, default_folder: &str) -> PathBuf {
+        if self.model == "default" { self.models_dir.join(default_folder) } else { PathBuf::from(&self.model) }
+    }
+
+    fn device(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(attune::model::device::select(&self.device)?)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt (or, with --chat, the user's message).
     #[arg(long)]
     prompt: String,
@@ -98,18 +116,8 @@ struct GenerateArgs {
 
 #[derive(clap::Args, Debug)]
 struct EmbedArgs {
-    /// Retriever folder (Hugging Face format), or `default` for the default retriever.
-    #[arg(long, default_value = "default")]
-    model: String,
-    /// Directory `default` is looked up in.
-    #[arg(long, default_value = "./models")]
-    models_dir: PathBuf,
-    /// Where to run: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// A LoRA adapter (PEFT layout) to apply to the retriever.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// File with one text per line; standard input when absent.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -192,12 +200,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
 
-    let dir =
-        if args.model == "default" { args.models_dir.join(DEFAULT_RETRIEVER) } else { PathBuf::from(&args.model) };
-    let device = attune::model::device::select(&args.device)?;
-    let mut retriever =
-        Retriever::load(&dir, &device).with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
-    if let Some(adapter) = &args.adapter {
+    let dir = args.model.path(DEFAULT_RETRIEVER);
+    let mut retriever = Retriever::load(&dir, &args.model.device()?)
+        .with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
+    if let Some(adapter) = &args.model.adapter {
         retriever.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
     }
     let reader: Box<dyn BufRead> = match &args.input {
@@ -235,12 +241,10 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     use std::io::Write;
     use std::ops::ControlFlow;
 
-    let path =
-        if args.model == "default" { args.models_dir.join(DEFAULT_GENERATOR) } else { PathBuf::from(&args.model) };
-    let device = attune::model::device::select(&args.device)?;
-    let mut generator =
-        Generator::load(&path, &device).with_context(|| format!("cannot load the generator {}", path.display()))?;
-    if let Some(adapter) = &args.adapter {
+    let path = args.model.path(DEFAULT_GENERATOR);
+    let mut generator = Generator::load(&path, &args.model.device()?)
+        .with_context(|| format!("cannot load the generator {}", path.display()))?;
+    if let Some(adapter) = &args.model.adapter {
         generator.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
     }
     let prompt =
