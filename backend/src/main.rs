@@ -143,6 +143,9 @@ struct ServeArgs {
     /// The built web app (Trunk's output).
     #[arg(long, default_value = "./dist")]
     dist_dir: PathBuf,
+    /// Where model math runs: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Bearer token required on /api and /ws (at least 8 URL-safe characters).
     #[arg(long, env = "ATTUNE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -188,6 +191,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         models_dir: args.models_dir,
         dist_dir: args.dist_dir,
         token: args.token,
+        device: attune::model::describe_device(&attune::model::device::select(&args.device)?),
     };
     // Check before binding, so a refused configuration never opens a socket.
     config.check_for(args.addr)?;

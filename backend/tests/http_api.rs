@@ -11,6 +11,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use attune::serve::{AppState, ServeConfig, app};
+use attune_shared::ComputeDevice;
 
 struct TestApp {
     router: Router,
@@ -18,6 +19,10 @@ struct TestApp {
 }
 
 async fn test_app(token: Option<&str>) -> TestApp {
+    test_app_on(token, ComputeDevice::Cpu).await
+}
+
+async fn test_app_on(token: Option<&str>, device: ComputeDevice) -> TestApp {
     let dirs = tempfile::tempdir().unwrap();
     let models = dirs.path().join("models");
     std::fs::create_dir_all(models.join("tiny-bert")).unwrap();
@@ -28,6 +33,7 @@ async fn test_app(token: Option<&str>) -> TestApp {
         models_dir: models,
         dist_dir: dirs.path().join("dist"),
         token: token.map(str::to_owned),
+        device,
     };
     let state = AppState::open(config).await.unwrap();
     TestApp { router: app(state), _dirs: dirs }
@@ -69,6 +75,13 @@ async fn health_reports_version_models_device_and_database() {
     assert_eq!(models[0]["name"], "tiny-bert");
     assert_eq!(models[0]["kind"], "retriever");
     assert!(Path::new(models[0]["path"].as_str().unwrap()).is_absolute());
+}
+
+#[tokio::test]
+async fn health_reports_the_configured_device() {
+    let app = test_app_on(None, ComputeDevice::Cuda { ordinal: 3 }).await;
+    let (_, body) = call(&app, get("/api/v1/health")).await;
+    assert_eq!((body["device"]["type"].as_str(), body["device"]["ordinal"].as_u64()), (Some("cuda"), Some(3)));
 }
 
 #[tokio::test]
@@ -149,6 +162,7 @@ async fn frontend_routes_fall_back_to_index_html() {
         models_dir: dirs.path().join("models"),
         dist_dir: dist,
         token: None,
+        device: ComputeDevice::Cpu,
     };
     let router = app(AppState::open(config).await.unwrap());
     let test = TestApp { router, _dirs: dirs };
@@ -194,8 +208,13 @@ async fn token_guards_api_and_ws_but_not_the_page() {
 
 #[test]
 fn off_loopback_requires_a_strong_token() {
-    let mut config =
-        ServeConfig { data_dir: "data".into(), models_dir: "models".into(), dist_dir: "dist".into(), token: None };
+    let mut config = ServeConfig {
+        data_dir: "data".into(),
+        models_dir: "models".into(),
+        dist_dir: "dist".into(),
+        token: None,
+        device: ComputeDevice::Cpu,
+    };
     assert!(config.check_for("127.0.0.1:8080".parse().unwrap()).is_ok());
     assert!(config.check_for("[::1]:8080".parse().unwrap()).is_ok());
     let refused = config.check_for("0.0.0.0:8080".parse().unwrap()).unwrap_err();

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use attune::serve::{ServeConfig, ServeError, serve};
+use attune_shared::ComputeDevice;
 use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
 
 struct Running {
@@ -27,6 +28,7 @@ async fn start(token: Option<&str>) -> Running {
         models_dir: dirs.path().join("models"),
         dist_dir: dirs.path().join("dist"),
         token: token.map(str::to_owned),
+        device: ComputeDevice::Cpu,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,6 +111,7 @@ async fn serve_refuses_open_address_without_token() {
         models_dir: dirs.path().join("models"),
         dist_dir: dirs.path().join("dist"),
         token: None,
+        device: ComputeDevice::Cpu,
     };
     let result = serve(listener, config, std::future::pending()).await;
     assert!(matches!(result, Err(ServeError::TokenRequired { .. })), "{result:?}");

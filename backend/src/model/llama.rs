@@ -538,7 +538,9 @@ mod tests {
         parts.push(model.forward(&ids(&tokens[6..]), &mut cache, None).unwrap());
         assert_eq!(cache.len(), tokens.len());
         let incremental = Tensor::cat(&parts, 1).unwrap();
-        assert!(max_abs_diff(&full, &incremental) < 1e-5);
+        // Same kernels, other matrix shapes: f32 rounding only (seen up to ~1e-5 on O(1) logits).
+        let diff = max_abs_diff(&full, &incremental);
+        assert!(diff < 1e-4, "incremental decoding differs by {diff}");
     }
 
     #[test]
@@ -624,8 +626,10 @@ mod tests {
         let tokens = ids(&[3, 17, 5, 29]);
         let expected = model.forward(&tokens, &mut KvCache::default(), None).unwrap();
         let actual = loaded.forward(&tokens, &mut KvCache::default(), None).unwrap();
-        // Variables take the differentiable kernels, loaded tensors the fused ones: same math.
-        assert!(max_abs_diff(&expected, &actual) < 1e-5);
+        // Variables take the differentiable kernels, loaded tensors the fused ones: same math, other
+        // f32 rounding (up to ~1e-5 on these logits); a wrong or missing tensor would be off by O(1).
+        let diff = max_abs_diff(&expected, &actual);
+        assert!(diff < 1e-4, "loaded model differs by {diff}");
         assert!(load(&dir.path().join("missing"), &Device::Cpu).is_err());
     }
 }

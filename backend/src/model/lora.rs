@@ -240,7 +240,10 @@ mod tests {
         let before = model.forward(&input(), false).unwrap();
         let config = LoraConfig::new(4, 8.0, 0.0, &["query", "value"]);
         let varmap = attach_trainable(&mut model, &config, &Device::Cpu).unwrap();
-        assert!(max_abs_diff(&before, &model.forward(&input(), false).unwrap()) < 1e-6, "B starts at zero");
+        // B starts at zero. (Before: fused kernels; after: the differentiable ones, since the adapters
+        // are variables; same math, other rounding.)
+        let unchanged = max_abs_diff(&before, &model.forward(&input(), false).unwrap());
+        assert!(unchanged < 1e-5, "a fresh adapter changed the output by {unchanged}");
 
         randomise_b(&varmap);
         let loss = model.forward(&input(), true).unwrap().sqr().unwrap().sum_all().unwrap();
@@ -263,7 +266,10 @@ mod tests {
         let adapted = model.forward(&input(), false).unwrap();
         merge(&mut model).unwrap();
         assert!(model.linears_mut().iter().all(|(_, l)| l.lora().is_none()));
-        assert!(max_abs_diff(&adapted, &model.forward(&input(), false).unwrap()) < 1e-5);
+        let diff = max_abs_diff(&adapted, &model.forward(&input(), false).unwrap());
+        // Folding B·A into W changes f32 rounding through every layer: observed up to 1.5e-5 on O(1)
+        // outputs over 100 random draws, while the adapter itself moves them by O(0.1).
+        assert!(diff < 1e-4, "merging changed the output by {diff}");
     }
 
     #[test]
@@ -350,7 +356,9 @@ mod tests {
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
                 var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
-                let tolerance = 1e-6 + 1e-4 * numeric.abs();
+                // candle's f64 erf (in GELU) is an approximation good to ~1e-7, which shows in central
+                // differences; a wrong gradient (missing scale, wrong transpose) is off by O(1) relative.
+                let tolerance = 1e-5 + 1e-3 * numeric.abs();
                 assert!(
                     (numeric - analytic[index]).abs() <= tolerance,
                     "{name}[{index}]: numeric {numeric} vs analytic {}",

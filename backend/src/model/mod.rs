@@ -21,9 +21,12 @@ use tokenizers::Tokenizer;
 
 pub use error::ModelError;
 
-/// The device model math runs on in this build.
-pub fn compute_device() -> ComputeDevice {
-    ComputeDevice::Cpu
+/// How a candle device is reported on the wire.
+pub fn describe_device(device: &candle_core::Device) -> ComputeDevice {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => ComputeDevice::Cuda { ordinal: gpu_id },
+        _ => ComputeDevice::Cpu,
+    }
 }
 
 /// Files directly in `dir` whose name ends in `.extension`, sorted by name (none if unreadable).

@@ -10,7 +10,7 @@ use attune_shared::{DatabaseHealth, Health, Settings};
 
 use super::AppState;
 use super::error::{ApiJson, AppError};
-use crate::model::{catalog, compute_device};
+use crate::model::catalog;
 
 /// Routes relative to `/api`.
 pub fn router() -> Router<AppState> {
@@ -33,7 +33,7 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError>
             DatabaseHealth { ok: false, schema_version: 0 }
         }
     };
-    Ok(Json(Health { version: crate::VERSION.to_owned(), models, device: compute_device(), database }))
+    Ok(Json(Health { version: crate::VERSION.to_owned(), models, device: state.config().device.clone(), database }))
 }
 
 async fn get_settings(State(state): State<AppState>) -> Result<Json<Settings>, AppError> {

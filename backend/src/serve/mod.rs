@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub dist_dir: PathBuf,
     /// Bearer token required on `/api` and `/ws`; mandatory off loopback.
     pub token: Option<String>,
+    /// The device model math runs on (reported by `/api/v1/health`).
+    pub device: attune_shared::ComputeDevice,
 }
 
 #[derive(Debug, thiserror::Error)]
