@@ -74,14 +74,13 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
     } else {
         return Err(format!("model_type {model_type:?} is not supported"));
     };
-    let format =
-        if dir.join("model.safetensors").is_file() || !super::files_with_extension(dir, "safetensors").is_empty() {
-            WeightFormat::Safetensors
-        } else if dir.join("pytorch_model.bin").is_file() {
-            WeightFormat::PytorchBin
-        } else {
-            return Err("no model.safetensors or pytorch_model.bin".to_owned());
-        };
+    let format = if !super::files_with_extension(dir, "safetensors").is_empty() {
+        WeightFormat::Safetensors
+    } else if dir.join("pytorch_model.bin").is_file() {
+        WeightFormat::PytorchBin
+    } else {
+        return Err("no model.safetensors or pytorch_model.bin".to_owned());
+    };
     Ok(ModelInfo { name, path, kind, format, architecture: Some(model_type) })
 }
 

@@ -500,6 +500,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+    use crate::model::test_util::max_abs_diff;
 
     fn tiny_config() -> Config {
         serde_json::from_value(serde_json::json!({
@@ -518,10 +519,6 @@ mod tests {
 
     fn ids(values: &[u32]) -> Tensor {
         Tensor::new(values, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     #[test]

@@ -195,6 +195,7 @@ mod tests {
     use super::*;
     use crate::model::bert::{BertModel, EncoderInput};
     use crate::model::retriever::tests::tiny_config;
+    use crate::model::test_util::max_abs_diff;
 
     /// Random base weights for a tiny BERT, as plain tensors (frozen, as when loaded from a checkpoint).
     fn base_tensors() -> HashMap<String, Tensor> {
@@ -219,10 +220,6 @@ mod tests {
             token_type_ids: Tensor::zeros((2, 5), DType::U32, dev).unwrap(),
             attention_mask: Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 1., 0.]], dev).unwrap(),
         }
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Gives every B a random value, as training would, so the adapter changes the output.

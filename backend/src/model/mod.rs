@@ -50,3 +50,13 @@ pub(crate) fn gguf_file_at(path: &Path) -> Option<PathBuf> {
 pub(crate) fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, ModelError> {
     Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer { path: path.to_owned(), message: e.to_string() })
 }
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// Largest element-wise absolute difference of two f32 tensors of one shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+}

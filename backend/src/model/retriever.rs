@@ -302,6 +302,7 @@ pub(crate) mod tests {
     use tokenizers::processors::bert::BertProcessing;
 
     use super::*;
+    use crate::model::test_util::max_abs_diff;
 
     const WORDS: &[&str] = &[
         "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "##s",
@@ -345,10 +346,6 @@ pub(crate) mod tests {
             passage_prefix: None,
         };
         (Retriever::from_parts(model, tokenizer, settings, cfg.hidden_size), varmap)
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     #[test]
