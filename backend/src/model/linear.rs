@@ -5,6 +5,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::Dropout;
+use super::ops::frozen_linear;
 
 /// Low-rank update of a linear layer (PEFT's `lora_A`, `lora_B`).
 #[derive(Debug, Clone)]
@@ -69,7 +70,10 @@ impl Linear {
 
     /// The forward pass; `train` turns the adapter's dropout on.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let base = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(xs)?;
+        let mut base = frozen_linear(xs, &self.weight)?;
+        if let Some(bias) = &self.bias {
+            base = base.broadcast_add(bias)?;
+        }
         match &self.lora {
             None => Ok(base),
             Some(lora) => {

@@ -13,7 +13,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::error::{ModelError, Result};
-use super::layers::{fused_dtype, needs_gradient, softmax_last_dim};
+use super::layers::softmax_last_dim;
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -114,14 +114,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if !needs_gradient(&[xs, &self.weight]) && fused_dtype(xs) {
-            return candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32);
-        }
-        let dtype = xs.dtype();
-        let xs = xs.to_dtype(DType::F32)?;
-        let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xs.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+        super::ops::rms_norm(xs, &self.weight, self.eps)
     }
 }
 
@@ -313,7 +306,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: candle_nn::Linear,
+    lm_head: Linear,
     rotary: Rotary,
     config: Config,
 }
@@ -323,9 +316,9 @@ impl Llama {
     pub fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model").pp("embed_tokens"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)
+            Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(vb.pp("model").pp("layers").pp(i), cfg))
@@ -364,6 +357,19 @@ impl Llama {
         padding_mask: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
+        self.logits(&self.hidden_states_t(input_ids, cache, padding_mask, train)?)
+    }
+
+    /// The final (normalised) hidden states `(batch, seq, hidden)`: training computes logits only
+    /// where a loss needs them (the answer tokens), since the vocabulary projection is the most
+    /// expensive matmul of a small model.
+    pub fn hidden_states_t(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        padding_mask: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = input_ids.dims2()?;
         let offset = cache.len();
         if cache.layers.is_empty() {
@@ -383,7 +389,12 @@ impl Llama {
             hidden = (hidden + attended)?;
             hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?, train)?)?;
         }
-        self.lm_head.forward(&self.norm.forward(&hidden)?)
+        self.norm.forward(&hidden)
+    }
+
+    /// Logits `(…, vocab)` from final hidden states `(…, hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(hidden)
     }
 }
 

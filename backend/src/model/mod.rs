@@ -12,6 +12,7 @@ pub mod layers;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod ops;
 pub mod retriever;
 
 use std::path::{Path, PathBuf};

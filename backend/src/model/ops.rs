@@ -1,0 +1,566 @@
+//! Fused kernels with hand-written backward passes: a linear op on a frozen weight whose backward
+//! computes only the input gradient, and CPU softmax / layer norm / RMS norm kernels that stay
+//! differentiable (candle-nn's fused versions have no backward, so gradients would stop there).
+//!
+//! Backward passes recompute what they need from the op's inputs (normalisation statistics) or
+//! use its output (softmax) instead of keeping intermediates alive, so a training graph holds one
+//! tensor per op, not one per elementary step.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Module, Result, Shape, Storage,
+    Tensor, WithDType,
+};
+use num_traits::{Float, NumCast, One, Zero};
+use rayon::prelude::*;
+
+/// `xs Wᵀ` where `W` is frozen: candle's matmul backward would also compute `gradᵀ xs` for the
+/// weight (as much work as the forward pass, and memory for the result) even though nothing
+/// uses it.
+pub fn frozen_linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let supported = matches!(xs.device(), Device::Cpu | Device::Cuda(_));
+    if !xs.track_op() || weight.track_op() || !supported {
+        // No gradient will flow through here (or the weight trains): the plain op is right.
+        return candle_nn::Linear::new(weight.clone(), None).forward(xs);
+    }
+    let (out_dim, in_dim) = weight.dims2()?;
+    let rows = xs.elem_count() / in_dim.max(1);
+    let flat = xs.contiguous()?.reshape((rows, in_dim))?;
+    let out = flat.apply_op1(FrozenMatmul { weight: weight.contiguous()? })?;
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_dim;
+    }
+    out.reshape(dims)
+}
+
+struct FrozenMatmul {
+    /// `(out, in)`.
+    weight: Tensor,
+}
+
+impl FrozenMatmul {
+    fn fwd<S: BackendStorage>(
+        &self,
+        xs: &S,
+        xs_layout: &Layout,
+        weight: &S,
+        weight_layout: &Layout,
+    ) -> Result<(S, Shape)> {
+        let (m, k) = xs_layout.shape().dims2()?;
+        let (n, weight_k) = weight_layout.shape().dims2()?;
+        if k != weight_k {
+            candle_core::bail!("frozen-matmul: input has {k} features, weight expects {weight_k}");
+        }
+        let transposed = weight_layout.transpose(0, 1)?;
+        let out = xs.matmul(weight, (1, m, n, k), xs_layout, &transposed)?;
+        Ok((out, Shape::from((m, n))))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        match &*weight {
+            Storage::Cpu(weight) => self.fwd(storage, layout, weight, weight_layout),
+            _ => candle_core::bail!("frozen-matmul: input on the CPU, weight elsewhere"),
+        }
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        match &*weight {
+            Storage::Cuda(weight) => self.fwd(storage, layout, weight, weight_layout),
+            _ => candle_core::bail!("frozen-matmul: input on a GPU, weight elsewhere"),
+        }
+    }
+
+    fn bwd(&self, _xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() {
+        xs.contiguous()?.apply_op1(SoftmaxLastDim)
+    } else if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+    }
+}
+
+/// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) · weight + bias`.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if xs.device().is_cpu() {
+        xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps })
+    } else if xs.track_op() || weight.track_op() || bias.track_op() {
+        layer_norm_composed(xs, weight, bias, eps)
+    } else {
+        candle_nn::ops::layer_norm(&xs.contiguous()?, weight, bias, eps as f32)
+    }
+}
+
+/// RMS normalisation over the last dimension, as Hugging Face's Llama does it: statistics in f32,
+/// the normalised value cast back to the input's dtype, then scaled by `weight`.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if xs.device().is_cpu() {
+        xs.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps })
+    } else if xs.track_op() || weight.track_op() {
+        rms_norm_composed(xs, weight, eps)
+    } else {
+        candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)
+    }
+}
+
+/// Layer norm from elementary differentiable ops (the reference the fused kernel is tested against,
+/// and the path on devices without a fused kernel).
+pub fn layer_norm_composed(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(accumulator(dtype))?;
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// RMS norm from elementary differentiable ops.
+pub fn rms_norm_composed(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(accumulator(dtype))?;
+    let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xs.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// The dtype statistics are computed in: f64 stays f64, everything else uses f32.
+fn accumulator(dtype: DType) -> DType {
+    if dtype == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
+/// A float element type of CPU storage and the type its arithmetic is done in.
+trait Element: WithDType + Send + Sync {
+    type Acc: Float + Send + Sync;
+    fn widen(self) -> Self::Acc;
+    fn narrow(value: Self::Acc) -> Self;
+    fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+}
+
+macro_rules! element {
+    ($t:ty, $acc:ty, $variant:ident, $widen:expr, $narrow:expr) => {
+        impl Element for $t {
+            type Acc = $acc;
+            fn widen(self) -> $acc {
+                $widen(self)
+            }
+            fn narrow(value: $acc) -> $t {
+                $narrow(value)
+            }
+            fn slice(storage: &CpuStorage) -> Option<&[$t]> {
+                match storage {
+                    CpuStorage::$variant(data) => Some(data),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+element!(f32, f32, F32, |x| x, |x| x);
+element!(f64, f64, F64, |x| x, |x| x);
+element!(half::bf16, f32, BF16, half::bf16::to_f32, half::bf16::from_f32);
+element!(half::f16, f32, F16, half::f16::to_f32, half::f16::from_f32);
+
+/// Runs `$body` with `$t` bound to the element type of `$dtype`.
+macro_rules! with_element {
+    ($dtype:expr, $op:literal, |$t:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            DType::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            other => candle_core::bail!("{}: unsupported dtype {other:?}", $op),
+        }
+    };
+}
+
+/// The elements of a contiguous CPU tensor.
+fn contiguous<'a, T: Element>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    let data = T::slice(storage).ok_or_else(|| candle_core::Error::Msg(format!("{op}: mixed dtypes")))?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn cast<A: NumCast>(value: f64) -> A {
+    A::from(value).unwrap_or_else(|| unreachable!("f64 converts to every float type"))
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Element>(storage: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+            let src = contiguous::<T>(storage, layout, "softmax")?;
+            let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+            let mut dst = vec![T::narrow(<T as Element>::Acc::zero()); src.len()];
+            dst.par_chunks_mut(width).zip(src.par_chunks(width)).for_each(|(dst, src)| {
+                let max = src.iter().fold(T::Acc::neg_infinity(), |m, &x| m.max(x.widen()));
+                let mut sum = T::Acc::zero();
+                let mut exps: Vec<T::Acc> = Vec::with_capacity(width);
+                for &x in src {
+                    let e = (x.widen() - max).exp();
+                    sum = sum + e;
+                    exps.push(e);
+                }
+                let inv = T::Acc::one() / sum;
+                for (d, e) in dst.iter_mut().zip(exps) {
+                    *d = T::narrow(e * inv);
+                }
+            });
+            Ok(T::to_cpu_storage_owned(dst))
+        }
+        let out = with_element!(storage.dtype(), "softmax", |T| run::<T>(storage, layout)?);
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y ⊙ (g − Σ g ⊙ y)
+        let dtype = probs.dtype();
+        let probs = probs.to_dtype(accumulator(dtype))?;
+        let grad = grad.to_dtype(accumulator(dtype))?;
+        let dot = (&grad * &probs)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((grad.broadcast_sub(&dot)? * probs)?.to_dtype(dtype)?))
+    }
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let eps = self.eps;
+        let run = |dtype| -> Result<CpuStorage> {
+            with_element!(dtype, "layer-norm", |T| {
+                let src = contiguous::<T>(xs, xs_layout, "layer-norm")?;
+                let weight = contiguous::<T>(weight, weight_layout, "layer-norm")?;
+                let bias = contiguous::<T>(bias, bias_layout, "layer-norm")?;
+                let width = weight.len().max(1);
+                if src.len() % width != 0 || bias.len() != weight.len() {
+                    candle_core::bail!("layer-norm: weight/bias of {} do not match the input", weight.len());
+                }
+                let n: <T as Element>::Acc = cast(width as f64);
+                let eps: <T as Element>::Acc = cast(eps);
+                let mut dst = vec![T::narrow(<T as Element>::Acc::zero()); src.len()];
+                dst.par_chunks_mut(width).zip(src.par_chunks(width)).for_each(|(dst, src)| {
+                    let mean = src.iter().fold(<T as Element>::Acc::zero(), |s, &x| s + x.widen()) / n;
+                    let variance = src.iter().fold(<T as Element>::Acc::zero(), |s, &x| {
+                        let d = x.widen() - mean;
+                        s + d * d
+                    }) / n;
+                    let rstd = (variance + eps).sqrt().recip();
+                    for (((d, &x), &w), &b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
+                        *d = T::narrow((x.widen() - mean) * rstd * w.widen() + b.widen());
+                    }
+                });
+                Ok(T::to_cpu_storage_owned(dst))
+            })
+        };
+        Ok((run(xs.dtype())?, xs_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let acc = accumulator(xs.dtype());
+        let width = xs.dim(D::Minus1)?;
+        let rows = xs.elem_count() / width.max(1);
+        let x = xs.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let rstd = (centered.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let normed = centered.broadcast_mul(&rstd)?;
+        let grad_weight = (&g * &normed)?.reshape((rows, width))?.sum(0)?;
+        let grad_bias = g.reshape((rows, width))?.sum(0)?;
+        let grad_normed = g.broadcast_mul(&weight.to_dtype(acc)?)?;
+        let grad_x = input_gradient(&grad_normed, &normed, &rstd, true)?;
+        Ok((
+            Some(grad_x.to_dtype(xs.dtype())?),
+            Some(grad_weight.to_dtype(weight.dtype())?),
+            Some(grad_bias.to_dtype(bias.dtype())?),
+        ))
+    }
+}
+
+/// The gradient of a normalisation's input from the gradient of its normalised value:
+/// `rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`, without the `mean(ĝ)` term for RMS norm.
+fn input_gradient(grad_normed: &Tensor, normed: &Tensor, rstd: &Tensor, centred: bool) -> Result<Tensor> {
+    let projection = (grad_normed * normed)?.mean_keepdim(D::Minus1)?;
+    let mut grad = (grad_normed - normed.broadcast_mul(&projection)?)?;
+    if centred {
+        grad = grad.broadcast_sub(&grad_normed.mean_keepdim(D::Minus1)?)?;
+    }
+    grad.broadcast_mul(rstd)
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let eps = self.eps;
+        let run = |dtype| -> Result<CpuStorage> {
+            with_element!(dtype, "rms-norm", |T| {
+                let src = contiguous::<T>(xs, xs_layout, "rms-norm")?;
+                let weight = contiguous::<T>(weight, weight_layout, "rms-norm")?;
+                let width = weight.len().max(1);
+                if src.len() % width != 0 {
+                    candle_core::bail!("rms-norm: weight of {} does not match the input", weight.len());
+                }
+                let n: <T as Element>::Acc = cast(width as f64);
+                let eps: <T as Element>::Acc = cast(eps);
+                let mut dst = vec![T::narrow(<T as Element>::Acc::zero()); src.len()];
+                dst.par_chunks_mut(width).zip(src.par_chunks(width)).for_each(|(dst, src)| {
+                    let mean_square = src.iter().fold(<T as Element>::Acc::zero(), |s, &x| {
+                        let x = x.widen();
+                        s + x * x
+                    }) / n;
+                    let rstd = (mean_square + eps).sqrt().recip();
+                    for ((d, &x), &w) in dst.iter_mut().zip(src).zip(weight) {
+                        // Rounded to the input dtype before the scale, as transformers does.
+                        *d = T::narrow(T::narrow(x.widen() * rstd).widen() * w.widen());
+                    }
+                });
+                Ok(T::to_cpu_storage_owned(dst))
+            })
+        };
+        Ok((run(xs.dtype())?, xs_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let acc = accumulator(xs.dtype());
+        let width = xs.dim(D::Minus1)?;
+        let rows = xs.elem_count() / width.max(1);
+        let x = xs.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?;
+        let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let normed = x.broadcast_mul(&rstd)?;
+        let grad_weight = (&g * &normed)?.reshape((rows, width))?.sum(0)?;
+        let grad_normed = g.broadcast_mul(&weight.to_dtype(acc)?)?;
+        let grad_x = input_gradient(&grad_normed, &normed, &rstd, false)?;
+        Ok((Some(grad_x.to_dtype(xs.dtype())?), Some(grad_weight.to_dtype(weight.dtype())?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::*;
+    use crate::model::test_util::max_abs_diff;
+
+    /// Values and gradients (for `x`, and for each of `params`) of `f`, through a random
+    /// projection of its output so every output element carries a different gradient.
+    fn value_and_grads(
+        f: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
+        x: &Var,
+        params: &[Var],
+        projection: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let inputs: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
+        let out = f(x.as_tensor(), &inputs)?;
+        let loss = (&out * projection.to_dtype(out.dtype())?)?.sum_all()?;
+        let grads = loss.backward()?;
+        let mut all = vec![grads.get(x).expect("x gets a gradient").clone()];
+        for p in params {
+            all.push(grads.get(p).expect("every parameter gets a gradient").clone());
+        }
+        Ok((out, all))
+    }
+
+    /// Seeded normal(0.3, 1.1) values (candle's CPU generator cannot be seeded).
+    fn random(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let normal = rand_distr::Normal::new(0.3f32, 1.1).expect("valid normal");
+        let count = shape.iter().product();
+        let values: Vec<f32> = (0..count).map(|_| normal.sample(&mut rng)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)
+    }
+
+    /// Compares a fused op with its composed reference: outputs and every gradient.
+    fn check(
+        fused: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
+        param_shapes: &[&[usize]],
+        dtype: DType,
+        tolerance: f32,
+    ) -> Result<()> {
+        let shape = [3, 5, 16];
+        let x = Var::from_tensor(&random(&shape, dtype, 1)?)?;
+        let params: Vec<Var> = param_shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Var::from_tensor(&random(s, dtype, 10 + i as u64)?))
+            .collect::<Result<_>>()?;
+        let projection = random(&shape, dtype, 99)?;
+        let (out_f, grads_f) = value_and_grads(fused, &x, &params, &projection)?;
+        let (out_c, grads_c) = value_and_grads(composed, &x, &params, &projection)?;
+        let diff = max_abs_diff(&out_f.to_dtype(DType::F32)?, &out_c.to_dtype(DType::F32)?);
+        assert!(diff <= tolerance, "{dtype:?} outputs differ by {diff}");
+        for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
+            assert_eq!(gf.dims(), gc.dims());
+            let diff = max_abs_diff(&gf.to_dtype(DType::F32)?, &gc.to_dtype(DType::F32)?);
+            assert!(diff <= tolerance, "{dtype:?} gradient {i} differs by {diff}");
+            assert!(gf.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0, "gradient {i} is zero");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_ops_forward_and_backward() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            check(
+                |x, _| softmax_last_dim(&(x * 3.0)?),
+                |x, _| candle_nn::ops::softmax(&(x * 3.0)?, D::Minus1),
+                &[],
+                dtype,
+                tolerance,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composed_ops_forward_and_backward() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(
+                |x, p| layer_norm(x, &p[0], &p[1], 1e-5),
+                |x, p| layer_norm_composed(x, &p[0], &p[1], 1e-5),
+                &[&[16], &[16]],
+                dtype,
+                tolerance,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_composed_ops_forward_and_backward() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(
+                |x, p| rms_norm(x, &p[0], 1e-6),
+                |x, p| rms_norm_composed(x, &p[0], 1e-6),
+                &[&[16]],
+                dtype,
+                tolerance,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_kernels_in_bf16_stay_close_to_f32() -> Result<()> {
+        let x = random(&[4, 7, 32], DType::F32, 3)?;
+        let w = random(&[32], DType::F32, 4)?;
+        let b = random(&[32], DType::F32, 5)?;
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16);
+        let pairs = [
+            (softmax_last_dim(&x)?, softmax_last_dim(&bf(&x)?)?),
+            (layer_norm(&x, &w, &b, 1e-5)?, layer_norm(&bf(&x)?, &bf(&w)?, &bf(&b)?, 1e-5)?),
+            (rms_norm(&x, &w, 1e-6)?, rms_norm(&bf(&x)?, &bf(&w)?, 1e-6)?),
+        ];
+        for (i, (full, half)) in pairs.iter().enumerate() {
+            assert_eq!(half.dtype(), DType::BF16);
+            let diff = max_abs_diff(full, &half.to_dtype(DType::F32)?);
+            // bf16 keeps 8 significant bits: relative error 2^-8 of values up to ~4.
+            assert!(diff < 0.05, "kernel {i}: bf16 differs from f32 by {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_gives_the_input_gradient_and_no_weight_gradient() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let weight = random(&[8, 16], dtype, 7)?;
+            let x = Var::from_tensor(&random(&[3, 5, 16], dtype, 8)?)?;
+            let projection = random(&[3, 5, 8], dtype, 9)?;
+            // Something computed from a variable, so the op is on the gradient path.
+            let input = (x.as_tensor() * 2.0)?;
+            let fused = frozen_linear(&input, &weight)?;
+            let plain = input.broadcast_matmul(&weight.t()?)?;
+            assert_eq!(fused.dims(), &[3, 5, 8]);
+            assert!(max_abs_diff(&fused.to_dtype(DType::F32)?, &plain.to_dtype(DType::F32)?) <= tolerance);
+            let grads_fused = (&fused * &projection)?.sum_all()?.backward()?;
+            let grads_plain = (&plain * &projection)?.sum_all()?.backward()?;
+            let gx = grads_fused.get(&x).expect("input gradient");
+            let diff = max_abs_diff(&gx.to_dtype(DType::F32)?, &grads_plain.get(&x).unwrap().to_dtype(DType::F32)?);
+            assert!(diff <= tolerance, "{dtype:?} input gradients differ by {diff}");
+            // candle's matmul also computes a gradient for (the transpose of) the frozen weight:
+            // one more entry in its gradient store. The fused op computes none.
+            let computed = |g: &candle_core::backprop::GradStore| g.get_ids().count();
+            assert_eq!(computed(&grads_plain), computed(&grads_fused) + 1, "{dtype:?}");
+        }
+        Ok(())
+    }
+}
