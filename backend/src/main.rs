@@ -73,6 +73,9 @@ struct ModelArgs {
     /// Where to run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Precision of the weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     /// A LoRA adapter (PEFT layout) to apply to the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -84,8 +87,11 @@ impl ModelArgs {
         if self.model == "default" { self.models_dir.join(default_folder) } else { PathBuf::from(&self.model) }
     }
 
-    fn device(&self) -> anyhow::Result<candle_core::Device> {
-        Ok(attune::model::device::select(&self.device)?)
+    /// The device and precision to load the model with.
+    fn placement(&self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+        let device = attune::model::device::select(&self.device)?;
+        let dtype = attune::model::device::select_dtype(&self.dtype, &device)?;
+        Ok((device, dtype))
     }
 }
 
@@ -205,7 +211,8 @@ fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
 
     let dir = args.model.path(DEFAULT_RETRIEVER);
-    let mut retriever = Retriever::load(&dir, &args.model.device()?)
+    let (device, dtype) = args.model.placement()?;
+    let mut retriever = Retriever::load_as(&dir, &device, dtype)
         .with_context(|| format!("cannot load the retriever in {}", dir.display()))?;
     if let Some(adapter) = &args.model.adapter {
         retriever.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;
@@ -246,7 +253,8 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     use std::ops::ControlFlow;
 
     let path = args.model.path(DEFAULT_GENERATOR);
-    let mut generator = Generator::load(&path, &args.model.device()?)
+    let (device, dtype) = args.model.placement()?;
+    let mut generator = Generator::load_as(&path, &device, dtype)
         .with_context(|| format!("cannot load the generator {}", path.display()))?;
     if let Some(adapter) = &args.model.adapter {
         generator.load_adapter(adapter).with_context(|| format!("cannot load the adapter in {}", adapter.display()))?;

@@ -82,6 +82,27 @@ fn smollm2_gguf_matches_transformers() {
     eprintln!("worst logit difference: {worst:e}");
 }
 
+/// bf16 weights (the GPU default; run here on the CPU): the next-token choice agrees with
+/// transformers' f32 at nearly every position.
+#[test]
+fn smollm2_in_bf16_mostly_agrees_with_the_f32_reference() {
+    let (_, reference) = load();
+    let dir = workspace().join("models/SmolLM2-135M-Instruct");
+    let model = llama::load_as(&dir, &Device::Cpu, candle_core::DType::BF16).unwrap();
+    let (mut agree, mut total) = (0usize, 0usize);
+    for prompt in &reference.prompts {
+        let input = Tensor::new(prompt.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = model.forward(&input, &mut KvCache::default(), None).unwrap().squeeze(0).unwrap();
+        assert_eq!(logits.dtype(), candle_core::DType::BF16);
+        let argmax = logits.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
+        agree += argmax.iter().zip(&prompt.argmax).filter(|(a, b)| a == b).count();
+        total += argmax.len();
+    }
+    eprintln!("bf16: argmax agrees at {agree} of {total} positions");
+    // Near-ties flip under bf16 rounding; a broken bf16 path agrees almost nowhere.
+    assert!(agree * 10 >= total * 9, "argmax agrees at only {agree} of {total} positions");
+}
+
 mod generator {
     use std::ops::ControlFlow;
 

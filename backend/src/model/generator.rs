@@ -81,8 +81,13 @@ pub struct Generator {
 
 impl Generator {
     /// Loads a GGUF file (or the first one in a folder), or a Hugging Face folder with
-    /// `config.json`, safetensors and `tokenizer.json`.
+    /// `config.json`, safetensors and `tokenizer.json`, in the device's default precision.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(path, device, super::device::default_dtype(device))
+    }
+
+    /// [`Generator::load`] with the weights in `dtype`.
+    pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let (model, tokenizer, chat_template) = match super::gguf_file_at(path) {
             Some(file) => {
                 let (cfg, tensors, content) = llama::load_gguf(&file, device)?;
@@ -92,10 +97,10 @@ impl Generator {
                 };
                 let template =
                     content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-                (Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?, tokenizer, template)
+                (Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?, tokenizer, template)
             }
             None => {
-                let model = llama::load(path, device)?;
+                let model = llama::load_as(path, device, dtype)?;
                 let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
                 (model, tokenizer, read_chat_template(path))
             }

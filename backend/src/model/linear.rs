@@ -1,5 +1,6 @@
 //! A linear layer that can carry a LoRA adapter: `y = x Wᵀ + b + scale · dropout(x) Aᵀ Bᵀ`.
-//! The base weight stays frozen (a plain tensor, no gradient kept for it); only A and B train.
+//! The base weight stays frozen (a plain tensor, no gradient kept for it); only A and B train,
+//! in their own precision (f32) whatever the base weight's.
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -77,10 +78,13 @@ impl Linear {
         match &self.lora {
             None => Ok(base),
             Some(lora) => {
-                let dropped = lora.dropout.forward(xs, train)?;
+                // The low-rank path runs in the adapter's precision (f32 master weights even when
+                // the frozen base is bf16); only its result is cast to the base's dtype.
+                let dropped = lora.dropout.forward(&xs.to_dtype(lora.a.dtype())?, train)?;
                 let down = candle_nn::Linear::new(lora.a.clone(), None).forward(&dropped)?;
                 let up = candle_nn::Linear::new(lora.b.clone(), None).forward(&down)?;
-                base + (up * lora.scale)?
+                let dtype = base.dtype();
+                base + (up * lora.scale)?.to_dtype(dtype)?
             }
         }
     }
@@ -89,5 +93,51 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_t(xs, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Var};
+
+    use super::*;
+
+    /// A bf16 base (the GPU default) with f32 adapter weights: the output keeps the base's dtype and
+    /// the adapter's gradients come back in f32, matching an all-f32 layer closely.
+    #[test]
+    fn f32_adapter_on_a_bf16_base_trains_in_f32() -> candle_core::Result<()> {
+        let device = Device::Cpu;
+        let values =
+            |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|i| ((i * 37 % 17) as f32 - 8.0) * scale).collect() };
+        let weight = Tensor::from_vec(values(6 * 8, 0.05), (6, 8), &device)?;
+        let a = Var::from_tensor(&Tensor::from_vec(values(2 * 8, 0.1), (2, 8), &device)?)?;
+        let b = Var::from_tensor(&Tensor::from_vec(values(6 * 2, 0.07), (6, 2), &device)?)?;
+        let x = Var::from_tensor(&Tensor::from_vec(values(3 * 8, 0.2), (3, 8), &device)?)?;
+        let run = |dtype: DType| -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+            let mut layer = Linear::new(weight.to_dtype(dtype)?, None);
+            layer.set_lora(Some(LoraAdapter {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 2.0,
+                dropout: Dropout::new(0.0),
+            }));
+            let out = layer.forward_t(&x.as_tensor().to_dtype(dtype)?, true)?;
+            let grads = out.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
+            let ga = grads.get(&a).expect("lora_A gets a gradient").clone();
+            let gb = grads.get(&b).expect("lora_B gets a gradient").clone();
+            Ok((out, ga, gb))
+        };
+        let (out16, ga16, gb16) = run(DType::BF16)?;
+        let (out32, ga32, gb32) = run(DType::F32)?;
+        assert_eq!(out16.dtype(), DType::BF16);
+        assert_eq!((ga16.dtype(), gb16.dtype()), (DType::F32, DType::F32));
+        let relative = |x: &Tensor, y: &Tensor| -> candle_core::Result<f32> {
+            let diff = (x.to_dtype(DType::F32)? - y)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            Ok(diff / y.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert!(relative(&out16, &out32)? < 0.02);
+        assert!(relative(&ga16, &ga32)? < 0.02);
+        assert!(relative(&gb16, &gb32)? < 0.02);
+        Ok(())
     }
 }

@@ -484,11 +484,17 @@ fn unpermute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> 
     weight.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.reshape((rows, cols))
 }
 
-/// Loads a generator from a GGUF file or a Hugging Face folder (`config.json` + safetensors).
+/// Loads a generator from a GGUF file or a Hugging Face folder (`config.json` + safetensors), in
+/// the device's default precision.
 pub fn load(path: &Path, device: &Device) -> Result<Llama> {
+    load_as(path, device, super::device::default_dtype(device))
+}
+
+/// [`load`] with the weights in `dtype`.
+pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Llama> {
     if let Some(gguf) = super::gguf_file_at(path) {
         let (cfg, tensors, _) = load_gguf(&gguf, device)?;
-        return Ok(Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?);
+        return Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?);
     }
     let config_path = path.join("config.json");
     let text =
@@ -502,7 +508,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Llama> {
     for file in files {
         tensors.extend(candle_core::safetensors::load(&file, device)?);
     }
-    Ok(Llama::load(VarBuilder::from_tensors(tensors, DType::F32, device), &cfg)?)
+    Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?)
 }
 
 #[cfg(test)]

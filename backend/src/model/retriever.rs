@@ -53,23 +53,27 @@ impl RetrieverSettings {
             if let Some(pooling) = modules.iter().find(|m| m.kind.ends_with(".Pooling")) {
                 let path = dir.join(&pooling.path).join("config.json");
                 if let Some(config) = read_json_if_present::<StPooling>(&path)? {
-                    settings.pooling = match (config.pooling_mode_cls_token, config.pooling_mode_mean_tokens) {
-                        (true, false) => Pooling::Cls,
-                        (false, true) => Pooling::Mean,
-                        _ => {
-                            return Err(ModelError::Unsupported(format!(
-                                "{}: only mean or CLS pooling is supported",
-                                path.display()
-                            )));
-                        }
-                    };
+                    settings.pooling = config.pooling().ok_or_else(|| {
+                        ModelError::Unsupported(format!("{}: only mean or CLS pooling is supported", path.display()))
+                    })?;
+                    if config.include_prompt == Some(false) && settings.pooling == Pooling::Mean {
+                        return Err(ModelError::Unsupported(format!(
+                            "{}: mean pooling that leaves out the prompt's tokens (include_prompt: false)",
+                            path.display()
+                        )));
+                    }
                 }
             }
         }
-        if let Some(st) = read_json_if_present::<StBertConfig>(&dir.join("sentence_bert_config.json"))? {
-            if let Some(max) = st.max_seq_length {
-                settings.max_length = max.min(cfg.max_position_embeddings);
-            }
+        // sentence-transformers before v6 keeps the length in sentence_bert_config.json, v6 in the
+        // tokenizer's config.
+        let st_length = read_json_if_present::<StBertConfig>(&dir.join("sentence_bert_config.json"))?
+            .and_then(|st| st.max_seq_length);
+        let tokenizer_length = read_json_if_present::<serde_json::Value>(&dir.join("tokenizer_config.json"))?
+            .and_then(|t| t.get("model_max_length").and_then(serde_json::Value::as_u64))
+            .map(|n| n as usize);
+        if let Some(max) = st_length.or(tokenizer_length) {
+            settings.max_length = max.min(cfg.max_position_embeddings);
         }
         if let Some(st) = read_json_if_present::<StConfig>(&dir.join("config_sentence_transformers.json"))? {
             let prompt = |names: &[&str]| {
@@ -90,12 +94,40 @@ struct StModule {
     kind: String,
 }
 
+/// `1_Pooling/config.json`: sentence-transformers before v6 writes one boolean per mode, v6 and
+/// later one `pooling_mode` string (and `include_prompt`).
 #[derive(Deserialize)]
 struct StPooling {
+    #[serde(default)]
+    pooling_mode: Option<String>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
     pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    include_prompt: Option<bool>,
+}
+
+impl StPooling {
+    fn pooling(&self) -> Option<Pooling> {
+        if let Some(mode) = &self.pooling_mode {
+            return match mode.as_str() {
+                "cls" => Some(Pooling::Cls),
+                "mean" => Some(Pooling::Mean),
+                _ => None,
+            };
+        }
+        let others = self.pooling_mode_max_tokens || self.pooling_mode_mean_sqrt_len_tokens;
+        match (self.pooling_mode_cls_token, self.pooling_mode_mean_tokens, others) {
+            (true, false, false) => Some(Pooling::Cls),
+            (false, true, false) => Some(Pooling::Mean),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,15 +167,21 @@ pub struct Retriever {
 }
 
 impl Retriever {
-    /// Loads `config.json`, `model.safetensors` (or `pytorch_model.bin`) and `tokenizer.json` from `dir`.
+    /// Loads `config.json`, `model.safetensors` (or `pytorch_model.bin`) and `tokenizer.json` from `dir`,
+    /// in the device's default precision.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, device, super::device::default_dtype(device))
+    }
+
+    /// [`Retriever::load`] with the weights in `dtype` (embeddings still come out in f32).
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text =
             fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
         let cfg: Config =
             serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
         cfg.validate().map_err(ModelError::Unsupported)?;
-        let vb = weights(dir, device)?;
+        let vb = weights(dir, device, dtype)?;
         // Some checkpoints (BertForMaskedLM and friends) keep the encoder under "bert.".
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
         let model = BertModel::load(vb, &cfg)?;
@@ -216,7 +254,8 @@ impl Retriever {
     /// Pooled (and, if the model says so, normalised) embeddings, `(batch, hidden)`.
     /// `train` turns dropout on; gradients flow through either way.
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
-        let hidden = self.model.forward(input, train)?;
+        // Pooling and normalisation in f32 whatever the weights' precision.
+        let hidden = self.model.forward(input, train)?.to_dtype(DType::F32)?;
         let pooled = pool(&hidden, &input.attention_mask, self.settings.pooling)?;
         Ok(if self.settings.normalize { l2_normalize(&pooled)? } else { pooled })
     }
@@ -226,7 +265,7 @@ impl Retriever {
         let mut parts = Vec::new();
         for chunk in texts.chunks(batch_size.max(1)) {
             let input = self.tokenize(chunk, role)?;
-            parts.push(self.forward(&input, false)?.to_dtype(DType::F32)?);
+            parts.push(self.forward(&input, false)?);
         }
         if parts.is_empty() {
             return Ok(Tensor::zeros((0, self.hidden_size), DType::F32, self.model.device())?);
@@ -254,15 +293,15 @@ pub fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs.broadcast_div(&norms)
 }
 
-fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>> {
+fn weights(dir: &Path, device: &Device, dtype: DType) -> Result<VarBuilder<'static>> {
     let safetensors = dir.join("model.safetensors");
     if safetensors.is_file() {
         let tensors = candle_core::safetensors::load(&safetensors, device)?;
-        return Ok(VarBuilder::from_tensors(tensors, DType::F32, device));
+        return Ok(VarBuilder::from_tensors(tensors, dtype, device));
     }
     let bin = dir.join("pytorch_model.bin");
     if bin.is_file() {
-        return Ok(VarBuilder::from_pth(&bin, DType::F32, device)?);
+        return Ok(VarBuilder::from_pth(&bin, dtype, device)?);
     }
     Err(ModelError::Unsupported(format!("{}: no model.safetensors or pytorch_model.bin", dir.display())))
 }
