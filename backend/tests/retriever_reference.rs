@@ -71,7 +71,7 @@ fn minilm_matches_sentence_transformers() {
     // Before normalisation too, so a normalisation bug cannot hide a pooling one.
     for case in reference.cases.iter().take(8) {
         let input = retriever.tokenize(&[case.text.as_str()], TextRole::Passage).unwrap();
-        let hidden = retriever.model().forward(&input, false).unwrap();
+        let hidden = retriever.model().forward(&input, attune::model::layers::Mode::Inference).unwrap();
         let pooled = attune::model::retriever::pool(&hidden, &input.attention_mask, Pooling::Mean).unwrap();
         let pooled = pooled.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
         let diff = max_abs_diff(&pooled, &case.mean_pooled);

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{Dropout, LayerNorm, softmax_last_dim};
+use super::layers::{Dropout, LayerNorm, Mode, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -117,14 +117,14 @@ impl BertEmbeddings {
         })
     }
 
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
         let positions = self.position_embeddings.forward(&positions)?;
         let embeddings = (words + types)?.broadcast_add(&positions)?;
-        self.dropout.forward(&self.layer_norm.forward(&embeddings)?, train)
+        self.dropout.forward(&self.layer_norm.forward(&embeddings)?, mode)
     }
 }
 
@@ -151,17 +151,17 @@ impl BertSelfAttention {
     }
 
     /// `mask_bias`: `(batch, 1, 1, seq)`, 0 where attending is allowed and very negative elsewhere.
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let (batch, seq_len, hidden) = xs.dims3()?;
         let split_heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = split_heads(self.query.forward_t(xs, train)?)?;
-        let k = split_heads(self.key.forward_t(xs, train)?)?;
-        let v = split_heads(self.value.forward_t(xs, train)?)?;
+        let q = split_heads(self.query.forward_t(xs, mode)?)?;
+        let k = split_heads(self.key.forward_t(xs, mode)?)?;
+        let v = split_heads(self.value.forward_t(xs, mode)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = self.dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        let probs = self.dropout.forward(&softmax_last_dim(&scores)?, mode)?;
         probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, hidden))
     }
 }
@@ -182,8 +182,8 @@ impl DenseResidualNorm {
         })
     }
 
-    fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let projected = self.dropout.forward(&self.dense.forward_t(xs, train)?, train)?;
+    fn forward(&self, xs: &Tensor, residual: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let projected = self.dropout.forward(&self.dense.forward_t(xs, mode)?, mode)?;
         self.layer_norm.forward(&(projected + residual)?)
     }
 }
@@ -212,16 +212,16 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let attended = self.attention.forward(xs, mask_bias, train)?;
-        let attended = self.attention_output.forward(&attended, xs, train)?;
-        let intermediate = self.intermediate.forward_t(&attended, train)?;
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let attended = self.attention.forward(xs, mask_bias, mode)?;
+        let attended = self.attention_output.forward(&attended, xs, mode)?;
+        let intermediate = self.intermediate.forward_t(&attended, mode)?;
         let intermediate = match self.activation {
             HiddenAct::Gelu => intermediate.gelu_erf()?,
             HiddenAct::GeluApproximate => intermediate.gelu()?,
             HiddenAct::Relu => intermediate.relu()?,
         };
-        self.output.forward(&intermediate, &attended, train)
+        self.output.forward(&intermediate, &attended, mode)
     }
 }
 
@@ -265,13 +265,13 @@ impl BertModel {
     }
 
     /// Last hidden states, `(batch, seq, hidden)`. `train` turns dropout on.
-    pub fn forward(&self, input: &EncoderInput, train: bool) -> candle_core::Result<Tensor> {
-        let mut hidden = self.embeddings.forward(&input.input_ids, &input.token_type_ids, train)?;
+    pub fn forward(&self, input: &EncoderInput, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let mut hidden = self.embeddings.forward(&input.input_ids, &input.token_type_ids, mode)?;
         // 0 where the key is a real token, a large negative number where it is padding.
         let mask_bias = ((input.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?;
         let mask_bias = mask_bias.to_dtype(hidden.dtype())?;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &mask_bias, train)?;
+            hidden = layer.forward(&hidden, &mask_bias, mode)?;
         }
         Ok(hidden)
     }

@@ -1,8 +1,12 @@
 //! Building blocks shared by the encoder and decoder: layer norm, dropout and softmax, all of
 //! them differentiable (candle-nn's fused layer norm and softmax have no backward pass; ours do).
 
+use std::sync::Mutex;
+
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::ops;
 
@@ -27,6 +31,40 @@ impl LayerNorm {
     }
 }
 
+/// The random source of dropout masks. Seeded (candle's CPU generator cannot be), so a training
+/// run repeats exactly and resumes exactly: the trainer reseeds it from the run's seed and step.
+#[derive(Debug)]
+pub struct DropoutRng(Mutex<StdRng>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        DropoutRng(Mutex::new(StdRng::seed_from_u64(seed)))
+    }
+
+    pub fn reseed(&self, seed: u64) {
+        *self.lock() = StdRng::seed_from_u64(seed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        // A panic while drawing numbers leaves a usable generator behind.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How a forward pass runs: inference (no dropout), or training with dropout masks drawn from `rng`.
+/// Gradients flow either way; this only switches dropout.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    Inference,
+    Train(&'a DropoutRng),
+}
+
+impl Mode<'_> {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}
+
 /// Inverted dropout that is active only in training mode.
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
@@ -38,8 +76,19 @@ impl Dropout {
         Dropout { probability }
     }
 
-    pub fn forward(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if train && self.probability > 0.0 { candle_nn::ops::dropout(xs, self.probability) } else { Ok(xs.clone()) }
+    pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let Mode::Train(rng) = mode else { return Ok(xs.clone()) };
+        if self.probability <= 0.0 {
+            return Ok(xs.clone());
+        }
+        let keep = 1.0 - self.probability;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = {
+            let mut rng = rng.lock();
+            (0..xs.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect()
+        };
+        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+        xs * mask
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::Dropout;
+use super::layers::{Dropout, Mode};
 use super::ops::frozen_linear;
 
 /// Low-rank update of a linear layer (PEFT's `lora_A`, `lora_B`).
@@ -70,7 +70,7 @@ impl Linear {
     }
 
     /// The forward pass; `train` turns the adapter's dropout on.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    pub fn forward_t(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let mut base = frozen_linear(xs, &self.weight)?;
         if let Some(bias) = &self.bias {
             base = base.broadcast_add(bias)?;
@@ -80,7 +80,7 @@ impl Linear {
             Some(lora) => {
                 // The low-rank path runs in the adapter's precision (f32 master weights even when
                 // the frozen base is bf16); only its result is cast to the base's dtype.
-                let dropped = lora.dropout.forward(&xs.to_dtype(lora.a.dtype())?, train)?;
+                let dropped = lora.dropout.forward(&xs.to_dtype(lora.a.dtype())?, mode)?;
                 let down = candle_nn::Linear::new(lora.a.clone(), None).forward(&dropped)?;
                 let up = candle_nn::Linear::new(lora.b.clone(), None).forward(&down)?;
                 let dtype = base.dtype();
@@ -92,13 +92,15 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_t(xs, false)
+        self.forward_t(xs, Mode::Inference)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Var};
+
+    use crate::model::layers::DropoutRng;
 
     use super::*;
 
@@ -121,7 +123,7 @@ mod tests {
                 scale: 2.0,
                 dropout: Dropout::new(0.0),
             }));
-            let out = layer.forward_t(&x.as_tensor().to_dtype(dtype)?, true)?;
+            let out = layer.forward_t(&x.as_tensor().to_dtype(dtype)?, Mode::Train(&DropoutRng::new(0)))?;
             let grads = out.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
             let ga = grads.get(&a).expect("lora_A gets a gradient").clone();
             let gb = grads.get(&b).expect("lora_B gets a gradient").clone();

@@ -13,7 +13,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::error::{ModelError, Result};
-use super::layers::softmax_last_dim;
+use super::layers::{Mode, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -181,15 +181,15 @@ impl Attention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
-        train: bool,
+        mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq_len, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((batch, seq_len, n, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = rotary.apply(&heads(self.q_proj.forward_t(xs, train)?, self.num_heads)?, offset)?;
-        let k = rotary.apply(&heads(self.k_proj.forward_t(xs, train)?, self.num_kv_heads)?, offset)?;
-        let v = heads(self.v_proj.forward_t(xs, train)?, self.num_kv_heads)?;
+        let q = rotary.apply(&heads(self.q_proj.forward_t(xs, mode)?, self.num_heads)?, offset)?;
+        let k = rotary.apply(&heads(self.k_proj.forward_t(xs, mode)?, self.num_kv_heads)?, offset)?;
+        let v = heads(self.v_proj.forward_t(xs, mode)?, self.num_kv_heads)?;
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
             None => (k, v),
@@ -204,7 +204,7 @@ impl Attention {
         }
         let probs = softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, self.num_heads * self.head_dim))?;
-        self.o_proj.forward_t(&out, train)
+        self.o_proj.forward_t(&out, mode)
     }
 }
 
@@ -238,9 +238,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(xs, train)?)?;
-        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(xs, train)?)?, train)
+    fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(xs, mode)?)?;
+        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(xs, mode)?)?, mode)
     }
 }
 
@@ -346,7 +346,7 @@ impl Llama {
         cache: &mut KvCache,
         padding_mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        self.forward_t(input_ids, cache, padding_mask, false)
+        self.forward_t(input_ids, cache, padding_mask, Mode::Inference)
     }
 
     /// [`Llama::forward`] with `train` turning adapter dropout on.
@@ -355,9 +355,9 @@ impl Llama {
         input_ids: &Tensor,
         cache: &mut KvCache,
         padding_mask: Option<&Tensor>,
-        train: bool,
+        mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
-        self.logits(&self.hidden_states_t(input_ids, cache, padding_mask, train)?)
+        self.logits(&self.hidden_states_t(input_ids, cache, padding_mask, mode)?)
     }
 
     /// The final (normalised) hidden states `(batch, seq, hidden)`: training computes logits only
@@ -368,7 +368,7 @@ impl Llama {
         input_ids: &Tensor,
         cache: &mut KvCache,
         padding_mask: Option<&Tensor>,
-        train: bool,
+        mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = input_ids.dims2()?;
         let offset = cache.len();
@@ -384,10 +384,10 @@ impl Llama {
                 offset,
                 mask.as_ref(),
                 layer_cache,
-                train,
+                mode,
             )?;
             hidden = (hidden + attended)?;
-            hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?, train)?)?;
+            hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?, mode)?)?;
         }
         self.norm.forward(&hidden)
     }

@@ -194,6 +194,7 @@ mod tests {
 
     use super::*;
     use crate::model::bert::{BertModel, EncoderInput};
+    use crate::model::layers::{DropoutRng, Mode};
     use crate::model::retriever::tests::tiny_config;
     use crate::model::test_util::max_abs_diff;
 
@@ -234,16 +235,16 @@ mod tests {
     #[test]
     fn fresh_adapter_changes_nothing_and_only_adapters_train() {
         let mut model = frozen_bert();
-        let before = model.forward(&input(), false).unwrap();
+        let before = model.forward(&input(), Mode::Inference).unwrap();
         let config = LoraConfig::new(4, 8.0, 0.0, &["query", "value"]);
         let varmap = attach_trainable(&mut model, &config, &Device::Cpu).unwrap();
         // B starts at zero. (Before: fused kernels; after: the differentiable ones, since the adapters
         // are variables; same math, other rounding.)
-        let unchanged = max_abs_diff(&before, &model.forward(&input(), false).unwrap());
+        let unchanged = max_abs_diff(&before, &model.forward(&input(), Mode::Inference).unwrap());
         assert!(unchanged < 1e-5, "a fresh adapter changed the output by {unchanged}");
 
         randomise_b(&varmap);
-        let loss = model.forward(&input(), true).unwrap().sqr().unwrap().sum_all().unwrap();
+        let loss = model.forward(&input(), Mode::Train(&DropoutRng::new(0))).unwrap().sqr().unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let vars: Vec<Var> = varmap.all_vars();
         assert_eq!(vars.len(), 2 * 2 * tiny_config().num_hidden_layers, "A and B for query and value per layer");
@@ -260,10 +261,10 @@ mod tests {
             attach_trainable(&mut model, &LoraConfig::new(4, 8.0, 0.0, &["query", "key", "value"]), &Device::Cpu)
                 .unwrap();
         randomise_b(&varmap);
-        let adapted = model.forward(&input(), false).unwrap();
+        let adapted = model.forward(&input(), Mode::Inference).unwrap();
         merge(&mut model).unwrap();
         assert!(model.linears_mut().iter().all(|(_, l)| l.lora().is_none()));
-        let diff = max_abs_diff(&adapted, &model.forward(&input(), false).unwrap());
+        let diff = max_abs_diff(&adapted, &model.forward(&input(), Mode::Inference).unwrap());
         // Folding B·A into W changes f32 rounding through every layer: observed up to 1.5e-5 on O(1)
         // outputs over 100 random draws, while the adapter itself moves them by O(0.1).
         assert!(diff < 1e-4, "merging changed the output by {diff}");
@@ -276,7 +277,7 @@ mod tests {
         let config = LoraConfig::new(2, 4.0, 0.0, &["value"]);
         let varmap = attach_trainable(&mut model, &config, &Device::Cpu).unwrap();
         randomise_b(&varmap);
-        let adapted = model.forward(&input(), false).unwrap();
+        let adapted = model.forward(&input(), Mode::Inference).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &varmap, &config).unwrap();
 
@@ -294,7 +295,7 @@ mod tests {
         let mut reloaded = bert_from(&base);
         assert_eq!(load(dir.path(), &mut reloaded, &Device::Cpu).unwrap(), config);
         // Trainable (differentiable kernels) against loaded (fused kernels): same math, other rounding.
-        assert!(max_abs_diff(&adapted, &reloaded.forward(&input(), false).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&adapted, &reloaded.forward(&input(), Mode::Inference).unwrap()) < 1e-5);
     }
 
     #[test]
@@ -332,7 +333,7 @@ mod tests {
         }
         let weights = Tensor::randn(0f64, 1.0, (2, 16), &Device::Cpu).unwrap();
         let loss = |m: &BertModel| -> Tensor {
-            let hidden = m.forward(&input(), false).unwrap();
+            let hidden = m.forward(&input(), Mode::Inference).unwrap();
             let pooled =
                 crate::model::retriever::pool(&hidden, &input().attention_mask, crate::model::retriever::Pooling::Mean)
                     .unwrap();

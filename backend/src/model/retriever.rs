@@ -11,6 +11,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::bert::{BertModel, Config, EncoderInput};
 use super::error::{ModelError, Result};
+use super::layers::Mode;
 use super::lora::{self, LoraConfig};
 
 /// How token states become one vector per text.
@@ -253,9 +254,9 @@ impl Retriever {
 
     /// Pooled (and, if the model says so, normalised) embeddings, `(batch, hidden)`.
     /// `train` turns dropout on; gradients flow through either way.
-    pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, input: &EncoderInput, mode: Mode<'_>) -> Result<Tensor> {
         // Pooling and normalisation in f32 whatever the weights' precision.
-        let hidden = self.model.forward(input, train)?.to_dtype(DType::F32)?;
+        let hidden = self.model.forward(input, mode)?.to_dtype(DType::F32)?;
         let pooled = pool(&hidden, &input.attention_mask, self.settings.pooling)?;
         Ok(if self.settings.normalize { l2_normalize(&pooled)? } else { pooled })
     }
@@ -265,7 +266,7 @@ impl Retriever {
         let mut parts = Vec::new();
         for chunk in texts.chunks(batch_size.max(1)) {
             let input = self.tokenize(chunk, role)?;
-            parts.push(self.forward(&input, false)?);
+            parts.push(self.forward(&input, Mode::Inference)?);
         }
         if parts.is_empty() {
             return Ok(Tensor::zeros((0, self.hidden_size), DType::F32, self.model.device())?);
@@ -333,6 +334,7 @@ pub fn configure_tokenizer(tokenizer: &mut Tokenizer, max_length: usize, pad_id:
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use crate::model::layers::DropoutRng;
     use candle_core::{D, Var};
     use candle_nn::VarMap;
     use tokenizers::models::wordpiece::WordPiece;
@@ -408,7 +410,7 @@ pub(crate) mod tests {
     fn every_parameter_receives_a_gradient() {
         let (retriever, varmap) = tiny_retriever(Pooling::Mean);
         let input = retriever.tokenize(&["the cat sat on the mat .", "a dog ran"], TextRole::Query).unwrap();
-        let embeddings = retriever.forward(&input, true).unwrap();
+        let embeddings = retriever.forward(&input, Mode::Train(&DropoutRng::new(0))).unwrap();
         let weights = Tensor::randn(0f32, 1.0, embeddings.shape(), &Device::Cpu).unwrap();
         let loss = (embeddings * weights).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
@@ -425,12 +427,18 @@ pub(crate) mod tests {
     fn dropout_is_real_in_training_and_off_in_inference() {
         let (retriever, _) = tiny_retriever(Pooling::Mean);
         let input = retriever.tokenize(&["the cat sat on the mat ."], TextRole::Passage).unwrap();
-        let eval_a = retriever.forward(&input, false).unwrap();
-        let eval_b = retriever.forward(&input, false).unwrap();
+        let eval_a = retriever.forward(&input, Mode::Inference).unwrap();
+        let eval_b = retriever.forward(&input, Mode::Inference).unwrap();
         assert_eq!(max_abs_diff(&eval_a, &eval_b), 0.0);
-        let train_a = retriever.forward(&input, true).unwrap();
-        let train_b = retriever.forward(&input, true).unwrap();
+        let rng = DropoutRng::new(0);
+        let train_a = retriever.forward(&input, Mode::Train(&rng)).unwrap();
+        let train_b = retriever.forward(&input, Mode::Train(&rng)).unwrap();
         assert!(max_abs_diff(&train_a, &train_b) > 1e-4, "dropout changed nothing");
+        assert!(max_abs_diff(&train_a, &eval_a) > 1e-4, "dropout changed nothing");
+        // Seeded: the same seed draws the same masks (runs repeat and resume exactly).
+        rng.reseed(0);
+        let again = retriever.forward(&input, Mode::Train(&rng)).unwrap();
+        assert_eq!(max_abs_diff(&train_a, &again), 0.0);
     }
 
     #[test]
@@ -480,8 +488,8 @@ pub(crate) mod tests {
 
         // Same weights, same states: the loaded encoder is the saved one.
         let input = loaded.tokenize(&["a dog ran in the park"], TextRole::Passage).unwrap();
-        let expected = original.forward(&input, false).unwrap();
-        let actual = loaded.model().forward(&input, false).unwrap();
+        let expected = original.forward(&input, Mode::Inference).unwrap();
+        let actual = loaded.model().forward(&input, Mode::Inference).unwrap();
         // Random (variable) weights take the differentiable kernels, loaded ones the fused: same math.
         assert!(max_abs_diff(&expected, &actual) < 1e-5);
     }
