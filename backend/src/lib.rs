@@ -3,9 +3,11 @@
 //! See `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
 
 pub mod bench;
+pub mod eval;
 pub mod model;
 pub mod serve;
 pub mod store;
+pub mod train;
 
 /// Version of this build, reported by `/api/v1/health` and the WebSocket hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

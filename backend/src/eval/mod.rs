@@ -1,0 +1,6 @@
+//! Evaluation: retrieval metrics over an exact search of the whole corpus, and answer quality
+//! (exact match, token F1) of the generator with retrieved passages.
+//!
+//! Nothing in here depends on tokio, axum or sqlx.
+
+pub mod metrics;
