@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod eval;
 pub mod model;
+pub mod rag;
 pub mod serve;
 pub mod store;
 pub mod train;

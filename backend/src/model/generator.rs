@@ -118,8 +118,32 @@ impl Generator {
         Ok(Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() })
     }
 
+    /// Assembles a generator from parts (tests build tiny random ones this way).
+    pub fn from_parts(
+        model: Llama,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        eos_ids: Vec<u32>,
+        device: &Device,
+    ) -> Self {
+        Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() }
+    }
+
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token ids that end a reply; the first is the one training appends to answers.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
     }
 
     pub fn model_mut(&mut self) -> &mut Llama {

@@ -255,8 +255,9 @@ impl Retriever {
     /// Pooled (and, if the model says so, normalised) embeddings, `(batch, hidden)`.
     /// `train` turns dropout on; gradients flow through either way.
     pub fn forward(&self, input: &EncoderInput, mode: Mode<'_>) -> Result<Tensor> {
-        // Pooling and normalisation in f32 whatever the weights' precision.
-        let hidden = self.model.forward(input, mode)?.to_dtype(DType::F32)?;
+        // Pooling and normalisation in f32 (f64 stays f64) whatever the weights' precision.
+        let hidden = self.model.forward(input, mode)?;
+        let hidden = if hidden.dtype() == DType::F64 { hidden } else { hidden.to_dtype(DType::F32)? };
         let pooled = pool(&hidden, &input.attention_mask, self.settings.pooling)?;
         Ok(if self.settings.normalize { l2_normalize(&pooled)? } else { pooled })
     }
@@ -266,7 +267,7 @@ impl Retriever {
         let mut parts = Vec::new();
         for chunk in texts.chunks(batch_size.max(1)) {
             let input = self.tokenize(chunk, role)?;
-            parts.push(self.forward(&input, Mode::Inference)?);
+            parts.push(self.forward(&input, Mode::Inference)?.to_dtype(DType::F32)?);
         }
         if parts.is_empty() {
             return Ok(Tensor::zeros((0, self.hidden_size), DType::F32, self.model.device())?);

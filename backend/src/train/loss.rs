@@ -10,7 +10,7 @@ use super::error::Result;
 const MASKED: f32 = -1e4;
 
 /// Settings of the contrastive loss.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Contrastive {
     /// Multiplies cosine similarities before the softmax (sentence-transformers' default is 20).
     pub scale: f64,
@@ -70,9 +70,9 @@ pub fn log_sum_exp(xs: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// Log-probability of each target token: `logits` `(n, t, vocab)`, `targets` `(n, t)` → `(n, t)`
-/// in f32, as `logit[target] − logsumexp(logits)`.
+/// in f32 (f64 stays f64), as `logit[target] − logsumexp(logits)`.
 pub fn token_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
+    let logits = if logits.dtype() == DType::F64 { logits.clone() } else { logits.to_dtype(DType::F32)? };
     let picked = logits.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
     Ok((picked - log_sum_exp(&logits, 2)?)?)
 }

@@ -8,5 +8,8 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod optim;
+pub mod step;
+#[cfg(test)]
+pub(crate) mod test_models;
 
 pub use error::TrainError;
