@@ -11,5 +11,6 @@ pub mod optim;
 pub mod step;
 #[cfg(test)]
 pub(crate) mod test_models;
+pub mod trainer;
 
 pub use error::TrainError;

@@ -13,9 +13,39 @@ use crate::model::lora::{self, LoraConfig};
 use crate::model::retriever::tests::{tiny_config, tiny_tokenizer};
 use crate::model::retriever::{Pooling, Retriever, RetrieverSettings, configure_tokenizer};
 
-/// Frozen copies of a model's randomly initialised weights.
-fn frozen(varmap: &VarMap) -> HashMap<String, Tensor> {
-    varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+/// Deterministic pseudo-random values in [-scale, scale] (candle's CPU generator cannot be seeded).
+struct Lcg(u64);
+
+impl Lcg {
+    fn values(&mut self, count: usize, scale: f64) -> Vec<f64> {
+        (0..count)
+            .map(|_| {
+                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}
+
+/// Frozen, seeded weights in the shapes of a randomly initialised model (norms keep their
+/// constant initialisation).
+fn frozen(varmap: &VarMap, rng: &mut Lcg, dtype: DType) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let var = &data[name];
+            let tensor = if name.to_lowercase().contains("norm") {
+                var.as_tensor().detach()
+            } else {
+                let values = rng.values(var.elem_count(), 0.3);
+                Tensor::from_vec(values, var.shape(), var.device()).unwrap().to_dtype(dtype).unwrap()
+            };
+            (name.clone(), tensor)
+        })
+        .collect()
 }
 
 fn llama_config() -> llama::Config {
@@ -31,9 +61,12 @@ fn llama_config() -> llama::Config {
 /// random so the adapters matter from the start. Returns the adapters' variables too.
 pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, VarMap) {
     let device = Device::Cpu;
+    let mut rng = Lcg(seed);
     let random = VarMap::new();
     BertModel::load(VarBuilder::from_varmap(&random, dtype, &device), &tiny_config()).unwrap();
-    let mut bert = BertModel::load(VarBuilder::from_tensors(frozen(&random), dtype, &device), &tiny_config()).unwrap();
+    let mut bert =
+        BertModel::load(VarBuilder::from_tensors(frozen(&random, &mut rng, dtype), dtype, &device), &tiny_config())
+            .unwrap();
     let retriever_vars = VarMap::new();
     lora::attach(
         &mut bert,
@@ -54,7 +87,9 @@ pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, Va
 
     let random = VarMap::new();
     Llama::load(VarBuilder::from_varmap(&random, dtype, &device), &llama_config()).unwrap();
-    let mut decoder = Llama::load(VarBuilder::from_tensors(frozen(&random), dtype, &device), &llama_config()).unwrap();
+    let mut decoder =
+        Llama::load(VarBuilder::from_tensors(frozen(&random, &mut rng, dtype), dtype, &device), &llama_config())
+            .unwrap();
     let generator_vars = VarMap::new();
     lora::attach(
         &mut decoder,
@@ -64,19 +99,13 @@ pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, Va
     .unwrap();
     let generator = Generator::from_parts(decoder, tiny_tokenizer(), None, vec![3], &device);
 
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     for varmap in [&retriever_vars, &generator_vars] {
         let data = varmap.data().lock().unwrap();
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
         for name in names.into_iter().filter(|n| n.contains("lora_B")) {
             let var = &data[name];
-            let values: Vec<f64> = (0..var.elem_count())
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.8
-                })
-                .collect();
+            let values = rng.values(var.elem_count(), 0.4);
             var.set(&Tensor::from_vec(values, var.shape(), &device).unwrap().to_dtype(dtype).unwrap()).unwrap();
         }
     }
