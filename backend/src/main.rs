@@ -1,5 +1,5 @@
 //! The `attune` command line: `attune serve` runs the web app and its API; `attune embed` embeds texts;
-//! `attune generate` continues a prompt.
+//! `attune generate` continues a prompt; `attune train` fine-tunes; `attune eval` measures.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -14,10 +14,12 @@ use attune::model::generator::{ChatMessage, GenerationConfig, Generator};
 use attune::model::retriever::{Retriever, TextRole};
 use attune::serve::{ServeConfig, serve};
 
+mod cli;
+
 /// Folder name of the default retriever inside the models directory.
-const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
+pub(crate) const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
 /// Folder name of the default generator inside the models directory.
-const DEFAULT_GENERATOR: &str = "SmolLM2-135M-Instruct";
+pub(crate) const DEFAULT_GENERATOR: &str = "SmolLM2-135M-Instruct";
 
 #[derive(Parser, Debug)]
 #[command(name = "attune", version, about = "Adapt a retrieval-augmented generation system to your documents.")]
@@ -34,6 +36,10 @@ enum Command {
     Embed(EmbedArgs),
     /// Continue a prompt with a generator, streaming the text to standard output.
     Generate(GenerateArgs),
+    /// Fine-tune the retriever, the generator or both (LoRA) on question/passage/answer triples.
+    Train(Box<cli::train::TrainArgs>),
+    /// Retrieval metrics over the whole corpus and answer quality, base and tuned.
+    Eval(Box<cli::eval::EvalArgs>),
     /// Measure throughput beside PyTorch on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -43,6 +49,8 @@ enum Command {
 enum BenchCommand {
     /// Retriever embeddings/s, generator prefill and decode tokens/s, and PyTorch's on the same work.
     Model(BenchModelArgs),
+    /// Seconds per optimiser step in retriever and e2e mode, and PyTorch's on the same step.
+    Train(BenchTrainArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +66,22 @@ struct BenchModelArgs {
     #[arg(long)]
     no_reference: bool,
     #[arg(long, default_value = "scripts/reference/bench_model.py")]
+    reference_script: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchTrainArgs {
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Python with torch, transformers, sentence-transformers and peft, for the reference figures.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_reference: bool,
+    #[arg(long, default_value = "scripts/reference/bench_train.py")]
     reference_script: PathBuf,
 }
 
@@ -176,8 +200,13 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_serve(args).await,
             Command::Embed(args) => tokio::task::spawn_blocking(move || run_embed(args)).await?,
             Command::Generate(args) => tokio::task::spawn_blocking(move || run_generate(args)).await?,
+            Command::Train(args) => tokio::task::spawn_blocking(move || cli::train::run(*args)).await?,
+            Command::Eval(args) => tokio::task::spawn_blocking(move || cli::eval::run(*args)).await?,
             Command::Bench(BenchCommand::Model(args)) => {
                 tokio::task::spawn_blocking(move || run_bench_model(args)).await?
+            }
+            Command::Bench(BenchCommand::Train(args)) => {
+                tokio::task::spawn_blocking(move || run_bench_train(args)).await?
             }
         }
     });
@@ -307,6 +336,26 @@ fn run_bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
         None
     };
     print!("{}", attune::bench::report(&ours, reference.as_ref()));
+    Ok(())
+}
+
+fn run_bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    let device = attune::model::device::select(&args.device)?;
+    eprintln!("measuring attune's trainer on {device:?} ...");
+    let ours = attune::bench_train::measure(&args.models_dir, &device)?;
+    let reference = if args.no_reference {
+        None
+    } else {
+        eprintln!("measuring the PyTorch reference ...");
+        match attune::bench_train::measure_reference(&args.python, &args.reference_script, &args.models_dir) {
+            Ok(reference) => Some(reference),
+            Err(e) => {
+                eprintln!("no PyTorch figures: {e:#}");
+                None
+            }
+        }
+    };
+    print!("{}", attune::bench_train::report(&ours, reference.as_ref()));
     Ok(())
 }
 

@@ -3,4 +3,8 @@
 //!
 //! Nothing in here depends on tokio, axum or sqlx.
 
+pub mod error;
 pub mod metrics;
+pub mod run;
+
+pub use error::EvalError;

@@ -285,7 +285,8 @@ fn load_shared(files: &SharedFiles) -> Result<Dataset> {
     for (i, line) in corpus_text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let row: CorpusRow = serde_json::from_str(line)
             .map_err(|e| TrainError::Data(format!("{} line {}: {e}", files.corpus.display(), i + 1)))?;
-        corpus.push(row.text);
+        // Trimmed like the rows' passages, so the two match.
+        corpus.push(row.text.trim().to_owned());
     }
     // Every gold passage must be searchable, even if the corpus file forgot one.
     let known: HashSet<String> = corpus.iter().cloned().collect();

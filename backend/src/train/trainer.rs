@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{CsvColumns, SplitOptions, Triple};
 use super::error::{Result, TrainError};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule, clip_grad_norm};
-use super::step::{LossConfig, Models, TrainMode, batch_loss};
+use super::step::{LossConfig, Models, batch_loss};
 use crate::model::generator::Generator;
 use crate::model::layers::{DropoutRng, Mode};
 use crate::model::lora::{self, LoraConfig};
@@ -736,7 +736,7 @@ fn accumulated_gradients(trainer: &Trainer, batch: &[Triple], accum: usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::step::Marginalization;
+    use crate::train::step::{Marginalization, TrainMode};
     use crate::train::test_models::tiny_models;
 
     fn triples(n: usize) -> Vec<Triple> {

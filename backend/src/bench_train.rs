@@ -1,0 +1,169 @@
+//! `attune bench train`: seconds per optimiser step of the trainer on this machine, retriever mode
+//! (batch 16, ~32-token questions, 128-token passages) and e2e mode (batch 8, top-k 4, answers under
+//! 32 tokens), beside the same step done by PyTorch (`scripts/reference/bench_train.py`), as ratios.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::model::generator::Generator;
+use crate::model::retriever::Retriever;
+use crate::train::data::Triple;
+use crate::train::step::{LossConfig, TrainMode};
+use crate::train::trainer::{BaseModels, TrainConfig, TrainEvent, Trainer};
+
+pub const RETRIEVER_BATCH: usize = 16;
+pub const E2E_BATCH: usize = 8;
+pub const E2E_TOP_K: usize = 4;
+pub const PASSAGE_TOKENS: usize = 128;
+pub const ANSWER_TOKENS: usize = 32;
+
+/// Seconds per optimiser step (median of the measured steps, after a warm-up step).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimes {
+    pub retriever_step_s: f64,
+    pub e2e_step_s: f64,
+}
+
+/// The workload both sides run (must equal the reference script's): distinct passages long enough
+/// to be cut at 128 tokens, questions of about 32 tokens, short answers.
+pub fn workload(count: usize) -> Vec<Triple> {
+    (0..count)
+        .map(|i| Triple {
+            question: format!("question {i}: {}?", "what did the quick brown fox jump over ".repeat(3).trim()),
+            passage: format!(
+                "passage {i}: {}",
+                "the quick brown fox jumps over the lazy dog near the river bank. ".repeat(12)
+            ),
+            answer: format!("the lazy dog number {i}"),
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn time_steps(config: TrainConfig, models: BaseModels, examples: usize) -> anyhow::Result<f64> {
+    let dir = tempfile_dir()?;
+    let steps = config.max_steps.unwrap_or(1);
+    let mut trainer = Trainer::new(config, &dir, models, workload(examples), Vec::new(), &[], None)?;
+    let mut times = Vec::new();
+    trainer.run(&mut |event| {
+        if let TrainEvent::Step(report) = event {
+            if report.step > 1 {
+                times.push(report.step_seconds);
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(times.len() + 1 == steps, "the trainer ran {} steps", times.len() + 1);
+    Ok(median(times))
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("attune-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Measures the trainer's steps on `device` with the default models.
+pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<StepTimes> {
+    let retriever_path = models_dir.join("all-MiniLM-L6-v2");
+    let generator_path = models_dir.join("SmolLM2-135M-Instruct");
+    let base = TrainConfig {
+        retriever: retriever_path.clone(),
+        generator: generator_path.clone(),
+        epochs: 0,
+        lr: 1e-4,
+        // Dropout as in training; no checkpoints inside the timed steps.
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let retriever_config = TrainConfig {
+        loss: LossConfig { mode: TrainMode::Retriever, max_passage_tokens: PASSAGE_TOKENS, ..LossConfig::default() },
+        batch_size: RETRIEVER_BATCH,
+        max_steps: Some(4),
+        ..base.clone()
+    };
+    let models = BaseModels { retriever: Some(Retriever::load(&retriever_path, device)?), generator: None };
+    let retriever_step_s = time_steps(retriever_config, models, RETRIEVER_BATCH * 4)?;
+    let e2e_config = TrainConfig {
+        loss: LossConfig {
+            mode: TrainMode::E2e,
+            top_k: E2E_TOP_K,
+            max_passage_tokens: PASSAGE_TOKENS,
+            max_answer_tokens: ANSWER_TOKENS,
+            ..LossConfig::default()
+        },
+        batch_size: E2E_BATCH,
+        max_steps: Some(3),
+        ..base
+    };
+    let models = BaseModels {
+        retriever: Some(Retriever::load(&retriever_path, device)?),
+        generator: Some(Generator::load(&generator_path, device)?),
+    };
+    let e2e_step_s = time_steps(e2e_config, models, E2E_BATCH * 3)?;
+    Ok(StepTimes { retriever_step_s, e2e_step_s })
+}
+
+/// Runs the PyTorch reference script and reads its JSON line.
+pub fn measure_reference(python: &Path, script: &Path, models_dir: &Path) -> anyhow::Result<StepTimes> {
+    let output = Command::new(python)
+        .arg(script)
+        .arg("--models-dir")
+        .arg(models_dir)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} {} failed: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("no JSON from the reference"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The table `attune bench train` prints.
+pub fn report(ours: &StepTimes, reference: Option<&StepTimes>) -> String {
+    let mut out = format!(
+        "{:<58} {:>9} {:>9} {:>8}\n",
+        "seconds per optimiser step (this machine)", "attune", "pytorch", "ratio"
+    );
+    let rows = [
+        (
+            format!("retriever mode (batch {RETRIEVER_BATCH}, ~32-token questions, {PASSAGE_TOKENS}-token passages)"),
+            ours.retriever_step_s,
+            reference.map(|r| r.retriever_step_s),
+        ),
+        (
+            format!("e2e mode (batch {E2E_BATCH}, top-k {E2E_TOP_K}, answers < {ANSWER_TOKENS} tokens)"),
+            ours.e2e_step_s,
+            reference.map(|r| r.e2e_step_s),
+        ),
+    ];
+    for (name, attune, torch) in rows {
+        match torch {
+            Some(torch) => out.push_str(&format!("{name:<58} {attune:>9.2} {torch:>9.2} {:>7.2}x\n", torch / attune)),
+            None => out.push_str(&format!("{name:<58} {attune:>9.2} {:>9} {:>8}\n", "-", "-")),
+        }
+    }
+    out.push_str(
+        "ratio = pytorch seconds / attune seconds (above 1: attune is faster). f32 on CPU, LoRA r 8, AdamW.\n",
+    );
+    out
+}

@@ -1,0 +1,261 @@
+//! `attune eval`: retrieval metrics over the whole corpus and answer quality with retrieved
+//! passages, for base models and, when adapters are given, tuned ones beside them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use attune::eval::metrics::AnswerMetrics;
+use attune::eval::run::{self, GenerationSettings, RetrievalRun};
+use attune::model::generator::Generator;
+use attune::model::retriever::Retriever;
+use attune::rag::prompt::PromptLimits;
+use attune::train::data::{CsvColumns, SplitOptions, Triple, load_dataset};
+
+use super::{model_path, progress_bar};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Triples or the shared QA format (its .corpus.jsonl is searched).
+    #[arg(long)]
+    data: PathBuf,
+    /// Search this corpus instead (JSONL with a "text" field, or one passage a line); gold passages
+    /// missing from it are added.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Which rows to evaluate: test or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Evaluate the first N questions only.
+    #[arg(long)]
+    max_questions: Option<usize>,
+    #[arg(long, default_value = "default")]
+    retriever: String,
+    #[arg(long)]
+    retriever_adapter: Option<PathBuf>,
+    /// Also evaluate answers with this generator (`default` for the default one).
+    #[arg(long)]
+    generator: Option<String>,
+    #[arg(long)]
+    generator_adapter: Option<PathBuf>,
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// Cut-offs for hit@k and recall@k.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
+    k: Vec<usize>,
+    /// Retrieved passages in each generation prompt.
+    #[arg(long, default_value_t = 1)]
+    passages_per_prompt: usize,
+    #[arg(long, default_value_t = 128)]
+    max_passage_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// For triples without a split file (must match training's to hold the same rows out).
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "Question")]
+    question_column: String,
+    #[arg(long, default_value = "Abstract")]
+    passage_column: String,
+    #[arg(long, default_value = "Answer")]
+    answer_column: String,
+    /// Print one JSON object with every metric instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write every prediction (question, answer, prediction, passages) to this JSONL file.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+}
+
+/// Answer quality of one (retriever, generator) pairing.
+#[derive(Debug, Serialize)]
+struct GenerationRow {
+    retriever: &'static str,
+    generator: &'static str,
+    #[serde(flatten)]
+    metrics: AnswerMetrics,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    questions: usize,
+    corpus: usize,
+    /// The retriever as given (with its adapter, when there is one).
+    retriever: BTreeMap<String, f64>,
+    /// The base retriever, when an adapter was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retriever_base: Option<BTreeMap<String, f64>>,
+    /// The system as given: its generator with its retriever's passages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generator: Option<AnswerMetrics>,
+    /// Every pairing evaluated (base/tuned retriever × base/tuned generator).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    generation: Vec<GenerationRow>,
+}
+
+fn read_corpus(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let mut corpus = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if jsonl {
+            let value: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            let text = value
+                .get("text")
+                .and_then(|t| t.as_str())
+                .with_context(|| format!("{} line {}: no \"text\"", path.display(), i + 1))?;
+            corpus.push(text.to_owned());
+        } else {
+            corpus.push(line.to_owned());
+        }
+    }
+    Ok(corpus)
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let columns = CsvColumns {
+        passage: args.passage_column.clone(),
+        question: args.question_column.clone(),
+        answer: args.answer_column.clone(),
+    };
+    let split = SplitOptions { test_fraction: args.test_fraction, seed: args.seed };
+    let dataset =
+        load_dataset(&args.data, &columns, split).with_context(|| format!("reading {}", args.data.display()))?;
+    let mut rows: Vec<Triple> = dataset.split(&args.split)?.to_vec();
+    if let Some(max) = args.max_questions {
+        rows.truncate(max);
+    }
+    anyhow::ensure!(!rows.is_empty(), "no {} rows to evaluate in {}", args.split, args.data.display());
+    let mut corpus = match &args.corpus {
+        Some(path) => read_corpus(path)?,
+        None => dataset.corpus.clone(),
+    };
+    let known: std::collections::HashSet<String> = corpus.iter().cloned().collect();
+    let mut added = std::collections::HashSet::new();
+    for row in &rows {
+        if !known.contains(&row.passage) && added.insert(row.passage.clone()) {
+            corpus.push(row.passage.clone());
+        }
+    }
+    let device = attune::model::device::select(&args.device)?;
+    let dtype = attune::model::device::select_dtype(&args.dtype, &device)?;
+    let retriever_path = model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER);
+    let mut retriever = Retriever::load_as(&retriever_path, &device, dtype)
+        .with_context(|| format!("loading the retriever {}", retriever_path.display()))?;
+
+    let bar = progress_bar(0, "{spinner} {msg} {wide_bar} {pos}/{len}");
+    let mut progress = |phase: &str, done: usize, total: usize| {
+        bar.set_message(phase.to_owned());
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let mut runs: Vec<(&'static str, RetrievalRun)> = Vec::new();
+    if let Some(adapter) = &args.retriever_adapter {
+        runs.push(("base", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
+        retriever.load_adapter(adapter).with_context(|| format!("loading the adapter {}", adapter.display()))?;
+        runs.push(("tuned", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
+    } else {
+        runs.push(("base", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
+    }
+    let mut generation = Vec::new();
+    let mut system = None;
+    let mut all_predictions = Vec::new();
+    if let Some(generator) = &args.generator {
+        let path = model_path(generator, &args.models_dir, crate::DEFAULT_GENERATOR);
+        let mut generator = Generator::load_as(&path, &device, dtype)
+            .with_context(|| format!("loading the generator {}", path.display()))?;
+        let settings = GenerationSettings {
+            passages_per_prompt: args.passages_per_prompt,
+            limits: PromptLimits { max_passage_tokens: args.max_passage_tokens, ..PromptLimits::default() },
+            max_new_tokens: args.max_new_tokens,
+        };
+        let mut evaluate = |generator: &Generator,
+                            retriever_name: &'static str,
+                            generator_name: &'static str|
+         -> anyhow::Result<AnswerMetrics> {
+            let rankings = &runs.iter().find(|(n, _)| *n == retriever_name).expect("evaluated above").1.rankings;
+            let result = run::evaluate_generation(generator, &corpus, &rows, rankings, settings, &mut progress)?;
+            for p in &result.predictions {
+                all_predictions.push(
+                    serde_json::json!({"retriever": retriever_name, "generator": generator_name, "prediction": p}),
+                );
+            }
+            generation.push(GenerationRow {
+                retriever: retriever_name,
+                generator: generator_name,
+                metrics: result.metrics,
+            });
+            Ok(result.metrics)
+        };
+        let final_retriever = runs.last().expect("one run at least").0;
+        // The base generator with every retriever; then the tuned generator with the final retriever.
+        let mut last = None;
+        for (name, _) in runs.iter().map(|(n, r)| (*n, r)).collect::<Vec<_>>() {
+            last = Some(evaluate(&generator, name, "base")?);
+        }
+        if let Some(adapter) = &args.generator_adapter {
+            generator.load_adapter(adapter).with_context(|| format!("loading the adapter {}", adapter.display()))?;
+            last = Some(evaluate(&generator, final_retriever, "tuned")?);
+        }
+        system = last;
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.predictions {
+        let lines: String = all_predictions.iter().map(|p| format!("{p}\n")).collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let given = runs.last().expect("one run at least");
+    let report = Report {
+        questions: rows.len(),
+        corpus: corpus.len(),
+        retriever: given.1.metrics.flat(),
+        retriever_base: (runs.len() > 1).then(|| runs[0].1.metrics.flat()),
+        generator: system,
+        generation,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} questions ({} split of {}), corpus of {} passages",
+        report.questions,
+        args.split,
+        args.data.display(),
+        report.corpus
+    );
+    println!();
+    let names: Vec<&String> = report.retriever.keys().collect();
+    print!("{:<10}", "retriever");
+    for name in &names {
+        print!("{name:>11}");
+    }
+    println!();
+    for (label, run) in &runs {
+        print!("{label:<10}");
+        for (_, value) in run.metrics.flat() {
+            print!("{value:>11.4}");
+        }
+        println!();
+    }
+    if !report.generation.is_empty() {
+        println!();
+        println!("{:<10}{:<10}{:>8}{:>8}", "retriever", "generator", "EM", "F1");
+        for row in &report.generation {
+            println!(
+                "{:<10}{:<10}{:>8.4}{:>8.4}",
+                row.retriever, row.generator, row.metrics.exact_match, row.metrics.f1
+            );
+        }
+    }
+    Ok(())
+}

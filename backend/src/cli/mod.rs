@@ -1,0 +1,21 @@
+//! The `train` and `eval` commands' orchestration (arguments, loading, progress bars, reports).
+
+pub mod eval;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+/// A model argument: `default` means the named folder inside the models directory.
+pub fn model_path(value: &str, models_dir: &Path, default_folder: &str) -> PathBuf {
+    if value == "default" { models_dir.join(default_folder) } else { PathBuf::from(value) }
+}
+
+/// A progress bar in the house style, drawn on standard error (hidden when it is not a terminal).
+pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("█▉▊▋▌▍▎▏ ");
+    bar.set_style(style);
+    bar
+}

@@ -1,0 +1,159 @@
+//! `attune train` and `attune eval` end to end on the real default models: a few steps of each
+//! mode on 24 HaluEval triples (`tests/fixtures/halueval_24.csv`), adapters in PEFT's layout, an
+//! evaluation report in JSON, resuming, and clear failures on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn fixture() -> PathBuf {
+    workspace().join("backend/tests/fixtures/halueval_24.csv")
+}
+
+fn attune(args: &[&str]) -> Output {
+    let models = workspace().join("models");
+    assert!(models.join("all-MiniLM-L6-v2").is_dir(), "{} is missing: run `make models`", models.display());
+    Command::new(env!("CARGO_BIN_EXE_attune")).args(args).arg("--models-dir").arg(&models).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn retriever_mode_trains_evaluates_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let data = fixture();
+    let common = ["--data", path(&data), "--mode", "retriever", "--batch-size", "4", "--max-passage-tokens", "64"];
+    let mut args = vec!["train", "--out", path(&out), "--max-steps", "4", "--checkpoint-every", "2"];
+    args.extend(common);
+    let output = attune(&args);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(out.join("retriever/adapter_model.safetensors").is_file());
+    assert!(out.join("retriever/adapter_config.json").is_file());
+    assert!(!out.join("generator").exists(), "retriever mode trains no generator");
+    assert!(out.join("checkpoints/step-000002/optimizer.safetensors").is_file());
+    assert_eq!(std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().count(), 4);
+
+    // A finished run is not silently overwritten...
+    let again = attune(&args);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("--resume"), "{}", text(&again));
+    // ...and resuming it has nothing left to do but finish again at the same step.
+    let resumed = attune(&["train", "--resume", path(&out)]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("done: 4 steps"), "{}", text(&resumed));
+
+    let adapter = out.join("retriever");
+    let eval = attune(&["eval", "--data", path(&data), "--retriever-adapter", path(&adapter), "--k", "1,3", "--json"]);
+    assert!(eval.status.success(), "{}", text(&eval));
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for key in ["hit@1", "hit@3", "recall@3", "mrr@10", "ndcg@10"] {
+        let value = report["retriever"][key].as_f64().unwrap_or_else(|| panic!("no {key}: {report}"));
+        assert!((0.0..=1.0).contains(&value));
+        assert!(report["retriever_base"][key].is_number());
+    }
+    assert!(report["questions"].as_u64().unwrap() > 0);
+    // The whole corpus is searched: every distinct passage of the file, not only the test split's.
+    assert!(report["corpus"].as_u64().unwrap() > report["questions"].as_u64().unwrap());
+}
+
+#[test]
+fn e2e_and_generator_modes_train_both_adapters_and_eval_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture();
+    for mode in ["e2e", "generator"] {
+        let out = dir.path().join(mode);
+        let output = attune(&[
+            "train",
+            "--data",
+            path(&data),
+            "--out",
+            path(&out),
+            "--mode",
+            mode,
+            "--batch-size",
+            "2",
+            "--top-k",
+            "2",
+            "--max-steps",
+            "1",
+            "--max-passage-tokens",
+            "48",
+            "--max-answer-tokens",
+            "8",
+        ]);
+        assert!(output.status.success(), "{mode}: {}", text(&output));
+        assert!(out.join("generator/adapter_model.safetensors").is_file(), "{mode}");
+        assert_eq!(out.join("retriever").is_dir(), mode == "e2e");
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        let step: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        assert!(step["generator_loss"].as_f64().unwrap() > 0.0, "{step}");
+        assert_eq!(step["retriever_loss"].is_number(), mode == "e2e", "{step}");
+    }
+    let out = dir.path().join("e2e");
+    let eval = attune(&[
+        "eval",
+        "--data",
+        path(&data),
+        "--max-questions",
+        "2",
+        "--retriever-adapter",
+        path(&out.join("retriever")),
+        "--generator",
+        "default",
+        "--generator-adapter",
+        path(&out.join("generator")),
+        "--max-new-tokens",
+        "8",
+        "--max-passage-tokens",
+        "48",
+        "--json",
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval));
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let rows = report["generation"].as_array().unwrap();
+    // Base generator with the base and the tuned retriever, then the tuned generator with the tuned one.
+    let pairs: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["retriever"].as_str().unwrap().to_owned(), r["generator"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![("base".into(), "base".into()), ("tuned".into(), "base".into()), ("tuned".into(), "tuned".into())]
+    );
+    for row in rows {
+        assert_eq!(row["questions"], 2);
+        assert!((0.0..=1.0).contains(&row["f1"].as_f64().unwrap()));
+    }
+    assert!(report["generator"]["exact_match"].is_number());
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture();
+    let out = dir.path().join("x");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--data", "/nonexistent.csv", "--out", path(&out)], "/nonexistent.csv"),
+        (vec!["train", "--data", path(&data), "--out", path(&out), "--question-column", "Q"], "no column \"Q\""),
+        (vec!["train", "--data", path(&data), "--out", path(&out), "--batch-size", "0"], "batch size"),
+        (vec!["train", "--resume", "/nonexistent-run"], "no checkpoints"),
+        (vec!["eval", "--data", path(&data), "--split", "dev"], "unknown split"),
+    ];
+    for (args, expected) in cases {
+        let output = attune(&args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(expected), "{args:?}: {message}");
+        assert!(!message.contains("panicked"), "{args:?}: {message}");
+    }
+}

@@ -1,0 +1,160 @@
+"""The PyTorch side of `attune bench train`: the same optimiser steps on this machine, printed as one
+JSON object of seconds per step (median after a warm-up step).
+
+- retriever mode: all-MiniLM-L6-v2 with LoRA (r 8, alpha 16, dropout 0.05 on query/key/value),
+  sentence-transformers' MultipleNegativesRankingLoss (scale 20), batch 16, passages cut at 128 tokens,
+  AdamW, gradient clipping at 1.0;
+- e2e mode: the same retriever plus SmolLM2-135M-Instruct (from the GGUF, dequantized to f32) with
+  LoRA on q/k/v/o; contrastive loss plus RAG-Sequence NLL over each question's top-4 of the batch's
+  passages (gold always included), logits only at answer positions, batch 8, one AdamW step.
+
+    python scripts/reference/bench_train.py [--models-dir models]
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.losses import MultipleNegativesRankingLoss
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+INSTRUCTION = "Answer the question using the passage. Reply with the answer only."
+
+
+def workload(count):
+    """Must equal `workload` in backend/src/bench_train.rs."""
+    question = ("what did the quick brown fox jump over " * 3).strip()
+    passage = "the quick brown fox jumps over the lazy dog near the river bank. " * 12
+    return [
+        {"question": f"question {i}: {question}?", "passage": f"passage {i}: {passage}", "answer": f"the lazy dog number {i}"}
+        for i in range(count)
+    ]
+
+
+def retriever(models):
+    model = SentenceTransformer(str(models / "all-MiniLM-L6-v2"), device="cpu")
+    model.max_seq_length = 128
+    peft = get_peft_model(model[0].auto_model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                           target_modules=["query", "key", "value"]))
+    model[0].auto_model = peft
+    return model
+
+
+def timed(step, runs):
+    step()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_retriever(models):
+    model = retriever(models)
+    model.train()
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    rows = workload(16)
+
+    def step():
+        features = [model.tokenize([r["question"] for r in rows]), model.tokenize([r["passage"] for r in rows])]
+        value = loss(features, None)
+        optimizer.zero_grad()
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return timed(step, 3)
+
+
+def bench_e2e(models):
+    st = retriever(models)
+    st.train()
+    gen_dir = models / "SmolLM2-135M-Instruct"
+    gguf = next(p.name for p in gen_dir.glob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(gen_dir, gguf_file=gguf)
+    generator = AutoModelForCausalLM.from_pretrained(gen_dir, gguf_file=gguf, torch_dtype=torch.float32)
+    generator = get_peft_model(generator, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    generator.train()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    params = [p for p in list(st.parameters()) + list(generator.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    rows = workload(8)
+    k, scale = 4, 20.0
+
+    def cut(text, limit):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else tokenizer.decode(ids[:limit], skip_special_tokens=True)
+
+    def encode(question, passage, answer):
+        message = f"{INSTRUCTION}\n\nPassage: {cut(passage, 128).strip()}\n\nQuestion: {question.strip()}"
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = (tokenizer(answer.strip(), add_special_tokens=False)["input_ids"] + [eos])[:32]
+        return prompt_ids, answer_ids
+
+    def step():
+        qf = st.tokenize([r["question"] for r in rows])
+        pf = st.tokenize([r["passage"] for r in rows])
+        q = torch.nn.functional.normalize(st(qf)["sentence_embedding"], dim=-1)
+        p = torch.nn.functional.normalize(st(pf)["sentence_embedding"], dim=-1)
+        scores = q @ p.T * scale
+        labels = torch.arange(len(rows))
+        retriever_loss = torch.nn.functional.cross_entropy(scores, labels)
+        candidates = []
+        for i, row in enumerate(scores.detach()):
+            top = torch.argsort(row, descending=True, stable=True)[:k].tolist()
+            if i not in top:
+                top[-1] = i
+            candidates.append(top)
+        sequences = [encode(rows[i]["question"], rows[j]["passage"], rows[i]["answer"]) for i in range(len(rows)) for j in candidates[i]]
+        longest = max(len(a) + len(b) for a, b in sequences)
+        answer_len = max(len(b) for _, b in sequences)
+        ids = torch.zeros((len(sequences), longest), dtype=torch.long)
+        positions = torch.zeros((len(sequences), answer_len), dtype=torch.long)
+        targets = torch.zeros((len(sequences), answer_len), dtype=torch.long)
+        mask = torch.zeros((len(sequences), answer_len))
+        for s, (prompt, answer) in enumerate(sequences):
+            ids[s, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            for t, token in enumerate(answer):
+                positions[s, t] = len(prompt) + t - 1
+                targets[s, t] = token
+                mask[s, t] = 1.0
+        hidden = generator.base_model.model.model(input_ids=ids).last_hidden_state
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = generator.base_model.model.lm_head(picked)
+        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        answer_lp = (token_lp * mask).sum(-1).view(len(rows), k)
+        index = torch.tensor(candidates)
+        log_prior = torch.log_softmax(scores.gather(1, index), dim=-1)
+        generator_loss = -torch.logsumexp(log_prior + answer_lp, dim=-1).mean()
+        total = retriever_loss + generator_loss
+        optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return timed(step, 2)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models-dir", default="models")
+    models = pathlib.Path(parser.parse_args().models_dir)
+    torch.manual_seed(0)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    result["retriever_step_s"] = bench_retriever(models)
+    result["e2e_step_s"] = bench_e2e(models)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
