@@ -58,6 +58,8 @@ pub fn evaluate_retrieval(
     Ok(RetrievalRun { metrics: RetrievalMetrics::compute(&rankings, &relevant, ks), rankings })
 }
 
+/// Embeds `texts` in batches of similar length (sorted by length, so little padding is computed),
+/// returning rows in the original order.
 fn embed_in_batches(
     retriever: &Retriever,
     texts: &[String],
@@ -65,19 +67,27 @@ fn embed_in_batches(
     phase: &str,
     progress: Progress<'_>,
 ) -> Result<Tensor> {
+    if texts.is_empty() {
+        return Err(EvalError::Data(format!("nothing to embed ({phase})")));
+    }
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
     let mut parts = Vec::new();
     let mut done = 0;
     progress(phase, 0, texts.len());
-    for chunk in texts.chunks(64) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+    for chunk in order.chunks(32) {
+        let refs: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
         parts.push(retriever.embed(&refs, role, 32)?);
         done += chunk.len();
         progress(phase, done, texts.len());
     }
-    if parts.is_empty() {
-        return Err(EvalError::Data(format!("nothing to embed ({phase})")));
+    let sorted = Tensor::cat(&parts, 0)?;
+    // Row `order[j]` of the result is row `j` of `sorted`: invert the permutation.
+    let mut inverse = vec![0u32; order.len()];
+    for (j, &i) in order.iter().enumerate() {
+        inverse[i] = j as u32;
     }
-    Ok(Tensor::cat(&parts, 0)?)
+    Ok(sorted.index_select(&Tensor::new(inverse, sorted.device())?, 0)?)
 }
 
 /// The `depth` best passages for each query (by dot product of normalised embeddings).
