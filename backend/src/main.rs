@@ -16,10 +16,18 @@ use attune::serve::{ServeConfig, serve};
 
 mod cli;
 
-/// mimalloc keeps freed tensor buffers for reuse; with the system allocator, large buffers go back to
-/// the kernel and every new one is paid again in page faults and page zeroing (15% of a training step).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Keeps freed tensor buffers in the process for reuse. By default glibc gives every large buffer
+/// (tensors are mostly large) back to the kernel on free, and each new one is paid again in page
+/// faults and page zeroing: a quarter of a training step's time.
+#[allow(unsafe_code)] // one FFI call into glibc, nothing else
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes glibc's allocator; called first thing in main, before any threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
 
 /// Folder name of the default retriever inside the models directory.
 pub(crate) const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
@@ -187,6 +195,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_ansi(std::io::stderr().is_terminal())
