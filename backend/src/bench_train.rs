@@ -88,11 +88,11 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<StepTimes> 
     let retriever_config = TrainConfig {
         loss: LossConfig { mode: TrainMode::Retriever, max_passage_tokens: PASSAGE_TOKENS, ..LossConfig::default() },
         batch_size: RETRIEVER_BATCH,
-        max_steps: Some(4),
+        max_steps: Some(6),
         ..base.clone()
     };
     let models = BaseModels { retriever: Some(Retriever::load(&retriever_path, device)?), generator: None };
-    let retriever_step_s = time_steps(retriever_config, models, RETRIEVER_BATCH * 4)?;
+    let retriever_step_s = time_steps(retriever_config, models, RETRIEVER_BATCH * 6)?;
     let e2e_config = TrainConfig {
         loss: LossConfig {
             mode: TrainMode::E2e,

@@ -63,6 +63,9 @@ pub struct EvalArgs {
     passage_column: String,
     #[arg(long, default_value = "Answer")]
     answer_column: String,
+    /// With a retriever adapter: skip the base retriever's evaluation (and the base pairings).
+    #[arg(long)]
+    skip_base: bool,
     /// Print one JSON object with every metric instead of tables.
     #[arg(long)]
     json: bool,
@@ -160,7 +163,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let mut runs: Vec<(&'static str, RetrievalRun)> = Vec::new();
     if let Some(adapter) = &args.retriever_adapter {
-        runs.push(("base", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
+        if !args.skip_base {
+            runs.push(("base", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
+        }
         retriever.load_adapter(adapter).with_context(|| format!("loading the adapter {}", adapter.display()))?;
         runs.push(("tuned", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
     } else {
@@ -218,7 +223,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         questions: rows.len(),
         corpus: corpus.len(),
         retriever: given.1.metrics.flat(),
-        retriever_base: (runs.len() > 1).then(|| runs[0].1.metrics.flat()),
+        retriever_base: runs.iter().find(|(n, _)| *n == "base" && runs.len() > 1).map(|(_, r)| r.metrics.flat()),
         generator: system,
         generation,
     };

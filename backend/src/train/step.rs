@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::data::Triple;
@@ -232,16 +232,9 @@ struct GeneratorLoss {
     tokens: usize,
 }
 
-/// RAG marginalized NLL: each question's candidates are the top-k of the batch's passages by
-/// retriever score, the gold passage always among them; `p(z|q)` is the softmax of the (scaled)
-/// scores over the candidates, so the generator's likelihoods train the retriever too.
-fn marginalized_loss(
-    generator: &Generator,
-    batch: &[Triple],
-    encoded: &EncodedBatch,
-    config: &LossConfig,
-    mode: Mode<'_>,
-) -> Result<GeneratorLoss> {
+/// Each question's candidates (the top-k of the batch's passages by retriever score, the gold one
+/// always among them) and their differentiable scores `(b, k)`.
+fn candidates(encoded: &EncodedBatch, config: &LossConfig) -> Result<(Tensor, Vec<Vec<usize>>)> {
     if config.top_k == 0 {
         return Err(TrainError::Config("top-k must be at least 1".into()));
     }
@@ -251,24 +244,190 @@ fn marginalized_loss(
     let candidates: Vec<Vec<usize>> =
         values.iter().zip(&encoded.gold).map(|(row, &gold)| top_k_with_gold(row, k, gold)).collect();
     let index: Vec<u32> = candidates.iter().flatten().map(|&c| c as u32).collect();
-    let index = Tensor::from_vec(index, (batch.len(), k), scores.device())?;
-    let candidate_scores = scores.gather(&index, 1)?;
-    let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
-    let (log_probs, mask, tokens) = answer_log_probs(generator, batch, &passages, &candidates, config.limits(), mode)?;
+    let index = Tensor::from_vec(index, (encoded.gold.len(), k), scores.device())?;
+    Ok((scores.gather(&index, 1)?, candidates))
+}
+
+/// The marginalized NLL `(n,)` of `questions` given their candidates' scores `(n, k)`.
+fn marginalized_nll(
+    generator: &Generator,
+    questions: &[Triple],
+    passages: &[&str],
+    candidates: &[Vec<usize>],
+    candidate_scores: &Tensor,
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<(Tensor, usize)> {
+    let (n, k) = candidate_scores.dims2()?;
+    let (log_probs, mask, tokens) = answer_log_probs(generator, questions, passages, candidates, config.limits(), mode)?;
     let answer_len = log_probs.dim(1)?;
     let nll = match config.marginalization {
         Marginalization::Sequence => {
-            let sequence = (log_probs * &mask)?.sum(1)?.reshape((batch.len(), k))?;
-            loss::rag_sequence_nll(&candidate_scores, &sequence)?
+            let sequence = (log_probs * &mask)?.sum(1)?.reshape((n, k))?;
+            loss::rag_sequence_nll(candidate_scores, &sequence)?
         }
         Marginalization::Token => {
-            let per_token = log_probs.reshape((batch.len(), k, answer_len))?;
+            let per_token = log_probs.reshape((n, k, answer_len))?;
             // Every candidate of a question shares its answer tokens: the first one's mask serves.
-            let mask = mask.reshape((batch.len(), k, answer_len))?.narrow(1, 0, 1)?.squeeze(1)?;
-            loss::rag_token_nll(&candidate_scores, &per_token, &mask)?
+            let mask = mask.reshape((n, k, answer_len))?.narrow(1, 0, 1)?.squeeze(1)?;
+            loss::rag_token_nll(candidate_scores, &per_token, &mask)?
         }
     };
+    Ok((nll, tokens))
+}
+
+/// RAG marginalized NLL over the whole batch in one graph: `p(z|q)` is the softmax of the (scaled)
+/// scores over each question's candidates, so the generator's likelihoods train the retriever too.
+fn marginalized_loss(
+    generator: &Generator,
+    batch: &[Triple],
+    encoded: &EncodedBatch,
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<GeneratorLoss> {
+    let (candidate_scores, candidates) = candidates(encoded, config)?;
+    let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
+    let (nll, tokens) = marginalized_nll(generator, batch, &passages, &candidates, &candidate_scores, config, mode)?;
     Ok(GeneratorLoss { loss: nll.mean_all()?, tokens })
+}
+
+/// A batch's loss figures and the gradients of `weight` × its loss for each of `params`.
+pub struct BatchGradients {
+    pub loss: f64,
+    pub retriever: Option<f64>,
+    pub generator: Option<f64>,
+    pub tokens: usize,
+    pub grads: Vec<Option<Tensor>>,
+}
+
+/// Adds each of `params`' gradients in `store` to `grads`.
+fn accumulate(grads: &mut [Option<Tensor>], store: &candle_core::backprop::GradStore, params: &[Var]) -> Result<()> {
+    for (slot, var) in grads.iter_mut().zip(params) {
+        if let Some(g) = store.get(var) {
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Generator sequences held in one graph at a time.
+pub const SEQUENCES_PER_CHUNK: usize = 8;
+
+/// The gradients of `weight` × [`batch_loss`] — the same numbers — with the generator's graph built
+/// a few questions at a time (at most [`SEQUENCES_PER_CHUNK`] sequences, or one question), so memory
+/// stays bounded whatever the batch size and top-k. In e2e mode the generator's gradient with
+/// respect to the candidate scores is gathered chunk by chunk on a detached copy of the scores, then
+/// sent through the retriever in one backward pass with the contrastive loss (gradient caching).
+pub fn batch_gradients(
+    models: Models<'_>,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    config: &LossConfig,
+    mode: Mode<'_>,
+    weight: f64,
+    params: &[Var],
+) -> Result<BatchGradients> {
+    if batch.is_empty() {
+        return Err(TrainError::Config("empty batch".into()));
+    }
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+    // No parameters: the loss alone (held-out evaluation), without backward passes.
+    let backward = !params.is_empty();
+    let b = batch.len() as f64;
+    match config.mode {
+        TrainMode::Retriever => {
+            let out = batch_loss(models, batch, hard_negatives, config, mode)?;
+            if backward {
+                accumulate(&mut grads, &(&out.total * weight)?.backward()?, params)?;
+            }
+            Ok(BatchGradients { loss: scalar(&out.total)?, retriever: out.retriever, generator: None, tokens: out.tokens, grads })
+        }
+        TrainMode::Generator => {
+            let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
+            let (mut total, mut tokens) = (0.0, 0);
+            for chunk in batch.chunks(SEQUENCES_PER_CHUNK) {
+                let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
+                let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
+                let (log_probs, mask, n) = answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode)?;
+                let sum = (log_probs * &mask)?.sum_all()?.neg()?;
+                let part = (sum / b)?;
+                total += scalar(&part)?;
+                tokens += n;
+                if backward {
+                    accumulate(&mut grads, &(&part * weight)?.backward()?, params)?;
+                }
+            }
+            Ok(BatchGradients { loss: total, retriever: None, generator: Some(total), tokens, grads })
+        }
+        TrainMode::E2e => {
+            let retriever =
+                models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
+            let generator = models.generator.ok_or_else(|| TrainError::Config("e2e mode needs a generator".into()))?;
+            let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
+            let retriever_loss = loss::contrastive_loss(
+                &encoded.queries,
+                &encoded.positives_and_negatives()?,
+                &encoded.keys,
+                config.contrastive,
+            )?;
+            let (candidate_scores, candidates) = candidates(&encoded, config)?;
+            let k = candidate_scores.dim(1)?;
+            let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
+            // The generator's part, a few questions at a time, against a detached copy of the scores.
+            let detached = Var::from_tensor(&candidate_scores.detach())?;
+            let mut score_grads: Option<Tensor> = None;
+            let (mut generator_total, mut tokens) = (0.0, encoded.tokens);
+            let per_chunk = (SEQUENCES_PER_CHUNK / k).max(1);
+            let mut start = 0;
+            while start < batch.len() {
+                let len = per_chunk.min(batch.len() - start);
+                let scores = detached.as_tensor().narrow(0, start, len)?;
+                let (nll, n) = marginalized_nll(
+                    generator,
+                    &batch[start..start + len],
+                    &passages,
+                    &candidates[start..start + len],
+                    &scores,
+                    config,
+                    mode,
+                )?;
+                let part = (nll.sum_all()? / b)?;
+                generator_total += scalar(&part)?;
+                tokens += n;
+                start += len;
+                if !backward {
+                    continue;
+                }
+                let store = (&part * (weight * config.generator_weight))?.backward()?;
+                accumulate(&mut grads, &store, params)?;
+                if let Some(g) = store.get(&detached) {
+                    score_grads = Some(match score_grads.take() {
+                        Some(sum) => (sum + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            // One pass through the retriever: its own loss, plus the generator's pull on the scores.
+            let mut surrogate = (&retriever_loss * weight)?;
+            if let Some(g) = score_grads {
+                surrogate = (surrogate + (candidate_scores * g.detach())?.sum_all()?)?;
+            }
+            if backward {
+                accumulate(&mut grads, &surrogate.backward()?, params)?;
+            }
+            let retriever_value = scalar(&retriever_loss)?;
+            Ok(BatchGradients {
+                loss: retriever_value + config.generator_weight * generator_total,
+                retriever: Some(retriever_value),
+                generator: Some(generator_total),
+                tokens,
+                grads,
+            })
+        }
+    }
 }
 
 /// The `k` best-scoring indices of `row` (best first), with `gold` replacing the last if absent.
@@ -359,6 +518,43 @@ mod tests {
         let mut all: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// The chunked gradients (generator a few questions at a time, retriever through cached score
+    /// gradients) equal one big graph's, in every mode and marginalization.
+    #[test]
+    fn chunked_gradients_equal_the_whole_batch_graph() {
+        let (retriever, generator, retriever_vars, generator_vars) = tiny_models(DType::F64, 6);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        let params: Vec<Var> =
+            vars(&retriever_vars).into_iter().chain(vars(&generator_vars)).map(|(_, v)| v).collect();
+        // 12 questions, top-k 3: chunks of 2 questions (8 sequences at most), 6 backward passes.
+        let batch: Vec<Triple> = triples().into_iter().cycle().take(12).collect();
+        for (mode, marginalization) in [
+            (TrainMode::E2e, Marginalization::Sequence),
+            (TrainMode::E2e, Marginalization::Token),
+            (TrainMode::Generator, Marginalization::Sequence),
+            (TrainMode::Retriever, Marginalization::Sequence),
+        ] {
+            let config = LossConfig { mode, top_k: 3, marginalization, generator_weight: 0.7, ..Default::default() };
+            let whole = batch_loss(models, &batch, &[], &config, Mode::Inference).unwrap();
+            let store = (&whole.total * 0.5).unwrap().backward().unwrap();
+            let chunked = batch_gradients(models, &batch, &[], &config, Mode::Inference, 0.5, &params).unwrap();
+            assert!((chunked.loss - whole.total.to_scalar::<f64>().unwrap()).abs() < 1e-10, "{mode:?}");
+            let mut compared = 0;
+            for (var, grad) in params.iter().zip(&chunked.grads) {
+                match (store.get(var), grad) {
+                    (Some(a), Some(b)) => {
+                        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                        assert!(diff < 1e-10, "{mode:?} {marginalization:?}: gradients differ by {diff}");
+                        compared += 1;
+                    }
+                    (None, None) => {}
+                    (a, b) => panic!("{mode:?}: one side lacks a gradient ({} vs {})", a.is_some(), b.is_some()),
+                }
+            }
+            assert!(compared >= 8, "{mode:?}: compared {compared}");
+        }
     }
 
     #[test]

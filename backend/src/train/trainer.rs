@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::data::{CsvColumns, SplitOptions, Triple};
 use super::error::{Result, TrainError};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule, clip_grad_norm};
-use super::step::{LossConfig, Models, batch_loss};
+use super::step::{LossConfig, Models, batch_gradients};
+#[cfg(test)]
+use super::step::batch_loss;
 use crate::model::generator::Generator;
 use crate::model::layers::{DropoutRng, Mode};
 use crate::model::lora::{self, LoraConfig};
@@ -463,21 +465,20 @@ impl Trainer {
             self.dropout.reseed(mix(self.config.seed, self.step as u64, m as u64));
             let batch: Vec<Triple> = indices.iter().map(|&i| self.train[i].clone()).collect();
             let negatives: Vec<String> = indices.iter().flat_map(|&i| self.negatives[i].iter().cloned()).collect();
-            let out = batch_loss(models, &batch, &negatives, &self.config.loss, Mode::Train(&self.dropout))?;
             // Each micro-batch's mean loss weighs by its share of the step's examples, so the
             // summed gradients are those of the mean over all of them.
             let share = indices.len() as f64 / examples as f64;
-            let weighted = (&out.total * share)?;
-            let store = weighted.backward()?;
-            for (slot, var) in grads.iter_mut().zip(&params) {
-                if let Some(g) = store.get(var) {
+            let out =
+                batch_gradients(models, &batch, &negatives, &self.config.loss, Mode::Train(&self.dropout), share, &params)?;
+            for (slot, g) in grads.iter_mut().zip(out.grads) {
+                if let Some(g) = g {
                     *slot = Some(match slot.take() {
                         Some(sum) => (sum + g)?,
-                        None => g.clone(),
+                        None => g,
                     });
                 }
             }
-            loss += share * out.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            loss += share * out.loss;
             if let Some(r) = out.retriever {
                 *retriever_loss.get_or_insert(0.0) += share * r;
             }
@@ -524,9 +525,9 @@ impl Trainer {
         let (mut loss, mut retriever_loss, mut generator_loss) = (0.0, None, None);
         let chunks: Vec<&[Triple]> = examples.chunks(self.config.batch_size).collect();
         for chunk in &chunks {
-            let out = batch_loss(models, chunk, &[], &self.config.loss, Mode::Inference)?;
+            let out = batch_gradients(models, chunk, &[], &self.config.loss, Mode::Inference, 1.0, &[])?;
             let share = chunk.len() as f64 / examples.len() as f64;
-            loss += share * out.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            loss += share * out.loss;
             if let Some(r) = out.retriever {
                 *retriever_loss.get_or_insert(0.0) += share * r;
             }
@@ -735,6 +736,8 @@ fn accumulated_gradients(trainer: &Trainer, batch: &[Triple], accum: usize) -> V
 
 #[cfg(test)]
 mod tests {
+    use candle_core::DType;
+
     use super::*;
     use crate::train::step::{Marginalization, TrainMode};
     use crate::train::test_models::tiny_models;
