@@ -217,7 +217,7 @@ impl BertLayer {
         let attended = self.attention_output.forward(&attended, xs, mode)?;
         let intermediate = self.intermediate.forward_t(&attended, mode)?;
         let intermediate = match self.activation {
-            HiddenAct::Gelu => intermediate.gelu_erf()?,
+            HiddenAct::Gelu => super::ops::gelu_erf(&intermediate)?,
             HiddenAct::GeluApproximate => intermediate.gelu()?,
             HiddenAct::Relu => intermediate.relu()?,
         };

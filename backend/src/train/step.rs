@@ -259,7 +259,8 @@ fn marginalized_nll(
     mode: Mode<'_>,
 ) -> Result<(Tensor, usize)> {
     let (n, k) = candidate_scores.dims2()?;
-    let (log_probs, mask, tokens) = answer_log_probs(generator, questions, passages, candidates, config.limits(), mode)?;
+    let (log_probs, mask, tokens) =
+        answer_log_probs(generator, questions, passages, candidates, config.limits(), mode)?;
     let answer_len = log_probs.dim(1)?;
     let nll = match config.marginalization {
         Marginalization::Sequence => {
@@ -343,7 +344,13 @@ pub fn batch_gradients(
             if backward {
                 accumulate(&mut grads, &(&out.total * weight)?.backward()?, params)?;
             }
-            Ok(BatchGradients { loss: scalar(&out.total)?, retriever: out.retriever, generator: None, tokens: out.tokens, grads })
+            Ok(BatchGradients {
+                loss: scalar(&out.total)?,
+                retriever: out.retriever,
+                generator: None,
+                tokens: out.tokens,
+                grads,
+            })
         }
         TrainMode::Generator => {
             let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
@@ -351,7 +358,8 @@ pub fn batch_gradients(
             for chunk in batch.chunks(SEQUENCES_PER_CHUNK) {
                 let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
                 let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
-                let (log_probs, mask, n) = answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode)?;
+                let (log_probs, mask, n) =
+                    answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode)?;
                 let sum = (log_probs * &mask)?.sum_all()?.neg()?;
                 let part = (sum / b)?;
                 total += scalar(&part)?;
@@ -363,8 +371,7 @@ pub fn batch_gradients(
             Ok(BatchGradients { loss: total, retriever: None, generator: Some(total), tokens, grads })
         }
         TrainMode::E2e => {
-            let retriever =
-                models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
+            let retriever = models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
             let generator = models.generator.ok_or_else(|| TrainError::Config("e2e mode needs a generator".into()))?;
             let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
             let retriever_loss = loss::contrastive_loss(
@@ -526,8 +533,7 @@ mod tests {
     fn chunked_gradients_equal_the_whole_batch_graph() {
         let (retriever, generator, retriever_vars, generator_vars) = tiny_models(DType::F64, 6);
         let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
-        let params: Vec<Var> =
-            vars(&retriever_vars).into_iter().chain(vars(&generator_vars)).map(|(_, v)| v).collect();
+        let params: Vec<Var> = vars(&retriever_vars).into_iter().chain(vars(&generator_vars)).map(|(_, v)| v).collect();
         // 12 questions, top-k 3: chunks of 2 questions (8 sequences at most), 6 backward passes.
         let batch: Vec<Triple> = triples().into_iter().cycle().take(12).collect();
         for (mode, marginalization) in [

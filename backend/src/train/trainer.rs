@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::data::{CsvColumns, SplitOptions, Triple};
 use super::error::{Result, TrainError};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule, clip_grad_norm};
-use super::step::{LossConfig, Models, batch_gradients};
 #[cfg(test)]
 use super::step::batch_loss;
+use super::step::{LossConfig, Models, batch_gradients};
 use crate::model::generator::Generator;
 use crate::model::layers::{DropoutRng, Mode};
 use crate::model::lora::{self, LoraConfig};
@@ -468,8 +468,15 @@ impl Trainer {
             // Each micro-batch's mean loss weighs by its share of the step's examples, so the
             // summed gradients are those of the mean over all of them.
             let share = indices.len() as f64 / examples as f64;
-            let out =
-                batch_gradients(models, &batch, &negatives, &self.config.loss, Mode::Train(&self.dropout), share, &params)?;
+            let out = batch_gradients(
+                models,
+                &batch,
+                &negatives,
+                &self.config.loss,
+                Mode::Train(&self.dropout),
+                share,
+                &params,
+            )?;
             for (slot, g) in grads.iter_mut().zip(out.grads) {
                 if let Some(g) = g {
                     *slot = Some(match slot.take() {
