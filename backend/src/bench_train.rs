@@ -4,7 +4,6 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -115,27 +114,7 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<StepTimes> 
 
 /// Runs the PyTorch reference script and reads its JSON line.
 pub fn measure_reference(python: &Path, script: &Path, models_dir: &Path) -> anyhow::Result<StepTimes> {
-    let output = Command::new(python)
-        .arg(script)
-        .arg("--models-dir")
-        .arg(models_dir)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "{} {} failed: {}",
-            python.display(),
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .ok_or_else(|| anyhow::anyhow!("no JSON from the reference"))?;
-    Ok(serde_json::from_str(line)?)
+    crate::bench::run_reference(python, script, models_dir)
 }
 
 /// The table `attune bench train` prints.

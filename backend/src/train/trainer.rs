@@ -315,9 +315,7 @@ impl Trainer {
         if mode.trains_retriever() {
             let r = retriever.as_mut().expect("checked above");
             r.set_max_length(config.loss.max_passage_tokens)?;
-            let targets: Vec<&str> = config.retriever_targets.iter().map(String::as_str).collect();
-            let mut lora_config = LoraConfig::new(config.lora_r, config.lora_alpha, config.lora_dropout, &targets);
-            lora_config.base_model_name_or_path = Some(config.retriever.display().to_string());
+            let lora_config = lora_config(&config, Part::Retriever);
             let device = r.model().device().clone();
             let vars = lora::attach_trainable(r.model_mut(), &lora_config, &device)?;
             seeded_init(&vars, &mut init_rng)?;
@@ -326,9 +324,7 @@ impl Trainer {
         }
         if mode.trains_generator() {
             let g = generator.as_mut().expect("checked above");
-            let targets: Vec<&str> = config.generator_targets.iter().map(String::as_str).collect();
-            let mut lora_config = LoraConfig::new(config.lora_r, config.lora_alpha, config.lora_dropout, &targets);
-            lora_config.base_model_name_or_path = Some(config.generator.display().to_string());
+            let lora_config = lora_config(&config, Part::Generator);
             let device = g.device().clone();
             let vars = lora::attach_trainable(g.model_mut(), &lora_config, &device)?;
             seeded_init(&vars, &mut init_rng)?;
@@ -559,18 +555,11 @@ impl Trainer {
 
     /// Adapters in PEFT's layout: `<dir>/retriever/` and `<dir>/generator/`.
     fn save_adapters(&self, dir: &Path) -> Result<()> {
-        let config = &self.config;
         if let Some(vars) = &self.retriever_vars {
-            let targets: Vec<&str> = config.retriever_targets.iter().map(String::as_str).collect();
-            let mut lora_config = LoraConfig::new(config.lora_r, config.lora_alpha, config.lora_dropout, &targets);
-            lora_config.base_model_name_or_path = Some(config.retriever.display().to_string());
-            lora::save(&dir.join("retriever"), vars, &lora_config)?;
+            lora::save(&dir.join("retriever"), vars, &lora_config(&self.config, Part::Retriever))?;
         }
         if let Some(vars) = &self.generator_vars {
-            let targets: Vec<&str> = config.generator_targets.iter().map(String::as_str).collect();
-            let mut lora_config = LoraConfig::new(config.lora_r, config.lora_alpha, config.lora_dropout, &targets);
-            lora_config.base_model_name_or_path = Some(config.generator.display().to_string());
-            lora::save(&dir.join("generator"), vars, &lora_config)?;
+            lora::save(&dir.join("generator"), vars, &lora_config(&self.config, Part::Generator))?;
         }
         Ok(())
     }
@@ -637,6 +626,25 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// The model a run's adapter belongs to.
+#[derive(Clone, Copy)]
+enum Part {
+    Retriever,
+    Generator,
+}
+
+/// The run's LoRA settings for one model, naming its base model as PEFT does.
+fn lora_config(config: &TrainConfig, part: Part) -> LoraConfig {
+    let (targets, base) = match part {
+        Part::Retriever => (&config.retriever_targets, &config.retriever),
+        Part::Generator => (&config.generator_targets, &config.generator),
+    };
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let mut lora_config = LoraConfig::new(config.lora_r, config.lora_alpha, config.lora_dropout, &targets);
+    lora_config.base_model_name_or_path = Some(base.display().to_string());
+    lora_config
 }
 
 /// A seed for (run seed, a, b): splitmix-style, so nearby steps get unrelated streams.
