@@ -12,9 +12,9 @@ use attune::eval::run::{self, GenerationSettings, RetrievalRun};
 use attune::model::generator::Generator;
 use attune::model::retriever::Retriever;
 use attune::rag::prompt::PromptLimits;
-use attune::train::data::{CsvColumns, SplitOptions, Triple, load_dataset};
+use attune::train::data::{SplitOptions, Triple, load_dataset};
 
-use super::{model_path, progress_bar};
+use super::{ColumnArgs, model_path, progress_bar};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -57,12 +57,8 @@ pub struct EvalArgs {
     test_fraction: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "Question")]
-    question_column: String,
-    #[arg(long, default_value = "Abstract")]
-    passage_column: String,
-    #[arg(long, default_value = "Answer")]
-    answer_column: String,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// With a retriever adapter: skip the base retriever's evaluation (and the base pairings).
     #[arg(long)]
     skip_base: bool,
@@ -125,11 +121,7 @@ fn read_corpus(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let columns = CsvColumns {
-        passage: args.passage_column.clone(),
-        question: args.question_column.clone(),
-        answer: args.answer_column.clone(),
-    };
+    let columns = args.columns.columns();
     let split = SplitOptions { test_fraction: args.test_fraction, seed: args.seed };
     let dataset =
         load_dataset(&args.data, &columns, split).with_context(|| format!("reading {}", args.data.display()))?;

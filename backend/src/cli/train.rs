@@ -7,13 +7,13 @@ use anyhow::{Context, bail};
 
 use attune::model::generator::Generator;
 use attune::model::retriever::Retriever;
-use attune::train::data::{CsvColumns, SplitOptions, load_dataset};
+use attune::train::data::{SplitOptions, load_dataset};
 use attune::train::loss::Contrastive;
 use attune::train::optim::{AdamWConfig, Decay};
 use attune::train::step::{LossConfig, Marginalization, TrainMode};
 use attune::train::trainer::{self, BaseModels, Outcome, TrainConfig, TrainEvent, Trainer};
 
-use super::{model_path, progress_bar};
+use super::{ColumnArgs, model_path, progress_bar};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -96,12 +96,8 @@ pub struct TrainArgs {
     /// Train on the first N training rows only.
     #[arg(long)]
     max_train_examples: Option<usize>,
-    #[arg(long, default_value = "Question")]
-    question_column: String,
-    #[arg(long, default_value = "Abstract")]
-    passage_column: String,
-    #[arg(long, default_value = "Answer")]
-    answer_column: String,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Continue a run (its folder, or one of its checkpoints) exactly where it stopped.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -116,11 +112,7 @@ impl TrainArgs {
         let Some(data) = &self.data else { bail!("--data is required") };
         Ok(TrainConfig {
             data: data.clone(),
-            columns: CsvColumns {
-                passage: self.passage_column.clone(),
-                question: self.question_column.clone(),
-                answer: self.answer_column.clone(),
-            },
+            columns: self.columns.columns(),
             split: SplitOptions { test_fraction: self.test_fraction, seed: self.seed },
             max_train_examples: self.max_train_examples,
             retriever: model_path(&self.retriever, &self.models_dir, crate::DEFAULT_RETRIEVER),

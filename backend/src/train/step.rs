@@ -123,13 +123,7 @@ pub fn batch_loss(
         }
         TrainMode::Retriever | TrainMode::E2e => {
             let retriever = models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
-            let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
-            let retriever_loss = loss::contrastive_loss(
-                &encoded.queries,
-                &encoded.positives_and_negatives()?,
-                &encoded.keys,
-                config.contrastive,
-            )?;
+            let (encoded, retriever_loss) = contrastive(retriever, batch, hard_negatives, config, mode)?;
             let retriever_value = scalar(&retriever_loss)?;
             if config.mode == TrainMode::Retriever {
                 return Ok(BatchLoss {
@@ -155,6 +149,24 @@ pub fn batch_loss(
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The batch through the retriever, and its contrastive loss.
+fn contrastive(
+    retriever: &Retriever,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<(EncodedBatch, Tensor)> {
+    let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
+    let loss = loss::contrastive_loss(
+        &encoded.queries,
+        &encoded.positives_and_negatives()?,
+        &encoded.keys,
+        config.contrastive,
+    )?;
+    Ok((encoded, loss))
 }
 
 /// The batch through the retriever: queries, each distinct passage once, extra negatives.
@@ -301,14 +313,20 @@ pub struct BatchGradients {
     pub grads: Vec<Option<Tensor>>,
 }
 
+/// Adds `g` to the running sum in `slot` (which starts empty).
+pub fn add_gradient(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        Some(sum) => (sum + g)?,
+        None => g.clone(),
+    });
+    Ok(())
+}
+
 /// Adds each of `params`' gradients in `store` to `grads`.
 fn accumulate(grads: &mut [Option<Tensor>], store: &candle_core::backprop::GradStore, params: &[Var]) -> Result<()> {
     for (slot, var) in grads.iter_mut().zip(params) {
         if let Some(g) = store.get(var) {
-            *slot = Some(match slot.take() {
-                Some(sum) => (sum + g)?,
-                None => g.clone(),
-            });
+            add_gradient(slot, g)?;
         }
     }
     Ok(())
@@ -373,13 +391,7 @@ pub fn batch_gradients(
         TrainMode::E2e => {
             let retriever = models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
             let generator = models.generator.ok_or_else(|| TrainError::Config("e2e mode needs a generator".into()))?;
-            let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
-            let retriever_loss = loss::contrastive_loss(
-                &encoded.queries,
-                &encoded.positives_and_negatives()?,
-                &encoded.keys,
-                config.contrastive,
-            )?;
+            let (encoded, retriever_loss) = contrastive(retriever, batch, hard_negatives, config, mode)?;
             let (candidate_scores, candidates) = candidates(&encoded, config)?;
             let k = candidate_scores.dim(1)?;
             let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
@@ -411,10 +423,7 @@ pub fn batch_gradients(
                 let store = (&part * (weight * config.generator_weight))?.backward()?;
                 accumulate(&mut grads, &store, params)?;
                 if let Some(g) = store.get(&detached) {
-                    score_grads = Some(match score_grads.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g.clone(),
-                    });
+                    add_gradient(&mut score_grads, g)?;
                 }
             }
             // One pass through the retriever: its own loss, plus the generator's pull on the scores.

@@ -19,7 +19,7 @@ use super::error::{Result, TrainError};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule, clip_grad_norm};
 #[cfg(test)]
 use super::step::batch_loss;
-use super::step::{LossConfig, Models, batch_gradients};
+use super::step::{LossConfig, Models, add_gradient, batch_gradients};
 use crate::model::generator::Generator;
 use crate::model::layers::{DropoutRng, Mode};
 use crate::model::lora::{self, LoraConfig};
@@ -473,12 +473,9 @@ impl Trainer {
                 share,
                 &params,
             )?;
-            for (slot, g) in grads.iter_mut().zip(out.grads) {
+            for (slot, g) in grads.iter_mut().zip(&out.grads) {
                 if let Some(g) = g {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g,
-                    });
+                    add_gradient(slot, g)?;
                 }
             }
             loss += share * out.loss;
