@@ -16,12 +16,13 @@ export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 
 FRONTEND_SOURCES := $(shell find frontend shared style -type f -not -path '*/target/*') Cargo.toml Cargo.lock Trunk.toml
 
-.PHONY: help run test setup setup-test models frontend backend-release test-rust test-frontend test-e2e fmt lint clean
+.PHONY: help run test cuda setup setup-test models frontend backend-release test-rust test-frontend test-e2e fmt lint clean
 
 help:
 	@echo "make run   - install what is missing, fetch models, build, serve on http://$(ADDR)"
 	@echo "make test  - install what is missing, run Rust tests and browser (e2e) tests"
 	@echo "make lint  - clippy on every crate"
+	@echo "make cuda  - build attune with the CUDA backend into build/cuda/attune (toolkit from PyPI wheels; no GPU needed)"
 
 setup:
 	@./scripts/setup-tools.sh
@@ -67,6 +68,19 @@ test-e2e: frontend
 	mkdir -p e2e/artifacts
 	ATTUNE_BIN=$(TARGET_DIR)/debug/attune ATTUNE_DIST=$(CURDIR)/dist ATTUNE_MODELS=$(abspath $(MODELS_DIR)) \
 		node --test --test-concurrency=1 e2e/
+
+# The CUDA build: CUDA 13.0 from pinned PyPI wheels, a generated link stub for the driver library,
+# kernels for CUDA_COMPUTE_CAP (default 90: H100/H200). Its own target directory, so the CPU build's
+# cache stays valid. Never part of `make test`. The binary runs on the GPU machine through
+# scripts/gpu-check.sh, which points it at that machine's CUDA 13 libraries.
+CUDA_TARGET_DIR ?= $(CURDIR)/target/cuda
+cuda:
+	cargo fetch --quiet
+	eval "$$(./scripts/cuda-toolchain.sh)" && \
+		CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) cargo build --release -p attune-backend --bin attune --features cuda
+	mkdir -p build/cuda
+	strip -o build/cuda/attune $(CUDA_TARGET_DIR)/release/attune
+	@ls -l build/cuda/attune
 
 fmt:
 	cargo fmt --all

@@ -38,7 +38,12 @@ pub struct Throughput {
 
 /// The workload both sides run (must equal the reference script's).
 pub fn texts() -> Vec<String> {
-    (0..128).map(|i| format!("Passage {i}: {}", "The quick brown fox jumps over the lazy dog. ".repeat(20))).collect()
+    texts_of(128)
+}
+
+/// `count` passages of the benchmark workload (each longer than 128 tokens).
+pub fn texts_of(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("Passage {i}: {}", "The quick brown fox jumps over the lazy dog. ".repeat(20))).collect()
 }
 
 pub fn prompt() -> String {

@@ -47,22 +47,31 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn time_steps(config: TrainConfig, models: BaseModels, examples: usize) -> anyhow::Result<f64> {
+/// A timed optimiser step: seconds (median after the warm-up step) and the tokens it processed.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTiming {
+    pub seconds: f64,
+    pub tokens: f64,
+}
+
+/// Runs the trainer for `config.max_steps` steps on the benchmark workload and times them.
+pub fn time_steps(config: TrainConfig, models: BaseModels, examples: usize) -> anyhow::Result<StepTiming> {
     let dir = tempfile_dir()?;
     let steps = config.max_steps.unwrap_or(1);
     let mut trainer = Trainer::new(config, &dir, models, workload(examples), Vec::new(), &[], None)?;
-    let mut times = Vec::new();
+    let (mut times, mut tokens) = (Vec::new(), Vec::new());
     trainer.run(&mut |event| {
         if let TrainEvent::Step(report) = event {
             if report.step > 1 {
                 times.push(report.step_seconds);
+                tokens.push(report.tokens_per_second * report.step_seconds);
             }
         }
         ControlFlow::Continue(())
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(times.len() + 1 == steps, "the trainer ran {} steps", times.len() + 1);
-    Ok(median(times))
+    Ok(StepTiming { seconds: median(times), tokens: median(tokens) })
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -91,7 +100,7 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<StepTimes> 
         ..base.clone()
     };
     let models = BaseModels { retriever: Some(Retriever::load(&retriever_path, device)?), generator: None };
-    let retriever_step_s = time_steps(retriever_config, models, RETRIEVER_BATCH * 6)?;
+    let retriever_step_s = time_steps(retriever_config, models, RETRIEVER_BATCH * 6)?.seconds;
     let e2e_config = TrainConfig {
         loss: LossConfig {
             mode: TrainMode::E2e,
@@ -108,7 +117,7 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<StepTimes> 
         retriever: Some(Retriever::load(&retriever_path, device)?),
         generator: Some(Generator::load(&generator_path, device)?),
     };
-    let e2e_step_s = time_steps(e2e_config, models, E2E_BATCH * 3)?;
+    let e2e_step_s = time_steps(e2e_config, models, E2E_BATCH * 3)?.seconds;
     Ok(StepTimes { retriever_step_s, e2e_step_s })
 }
 

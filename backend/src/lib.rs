@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
 
 pub mod bench;
+pub mod bench_gpu;
 pub mod bench_train;
 pub mod eval;
 pub mod model;

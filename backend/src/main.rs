@@ -67,6 +67,9 @@ enum Command {
     /// Measure throughput beside PyTorch on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a generator's config.json, tokenizer and chat template without its weights, for
+    /// `--random-init` runs on a machine that has no copy of the model.
+    ExportShape(ExportShapeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +78,81 @@ enum BenchCommand {
     Model(BenchModelArgs),
     /// Seconds per optimiser step in retriever and e2e mode, and PyTorch's on the same step.
     Train(BenchTrainArgs),
+    /// Accelerator figures with given model folders (random weights allowed): embeddings/s,
+    /// retriever and e2e optimiser steps, prefill and decode tokens/s; one JSON line.
+    Device(Box<BenchDeviceArgs>),
+    /// Does a device compute what the CPU computes? Tiny models from the folders' configs with
+    /// seeded weights: embeddings, logits, the e2e loss and every LoRA gradient.
+    Agree(BenchAgreeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchDeviceArgs {
+    /// Retriever folder (`default`: the default one in --models-dir).
+    #[arg(long, default_value = "default")]
+    retriever: String,
+    /// Generator folder or GGUF (`default`: the default one in --models-dir).
+    #[arg(long, default_value = "default")]
+    generator: String,
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16. LoRA weights stay f32.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Seeded random weights in the shapes of the folders' config.json (no checkpoint needed).
+    #[arg(long)]
+    random_init: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// What to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "embed,retriever-step,e2e-step,decode")]
+    parts: Vec<attune::bench_gpu::Part>,
+    #[arg(long, default_value_t = 1024)]
+    embed_texts: usize,
+    #[arg(long, default_value_t = 128)]
+    embed_batch: usize,
+    #[arg(long, default_value_t = 64)]
+    retriever_batch: usize,
+    #[arg(long, default_value_t = 8)]
+    e2e_batch: usize,
+    #[arg(long, default_value_t = 4)]
+    top_k: usize,
+    #[arg(long, default_value_t = 32)]
+    sequences_per_chunk: usize,
+    /// Timed optimiser steps (after a warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchAgreeArgs {
+    /// A retriever folder whose config.json (a small one) and tokenizer.json shape the tiny model.
+    #[arg(long)]
+    retriever: PathBuf,
+    /// A generator folder (Hugging Face config.json and tokenizer.json).
+    #[arg(long)]
+    generator: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportShapeArgs {
+    /// Generator folder or GGUF file (`default`: the default one in --models-dir).
+    #[arg(long, default_value = "default")]
+    generator: String,
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// The folder to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -233,6 +311,13 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Train(args)) => {
                 tokio::task::spawn_blocking(move || run_bench_train(args)).await?
             }
+            Command::Bench(BenchCommand::Device(args)) => {
+                tokio::task::spawn_blocking(move || run_bench_device(*args)).await?
+            }
+            Command::Bench(BenchCommand::Agree(args)) => {
+                tokio::task::spawn_blocking(move || run_bench_agree(args)).await?
+            }
+            Command::ExportShape(args) => tokio::task::spawn_blocking(move || run_export_shape(args)).await?,
         }
     });
     match result {
@@ -383,6 +468,53 @@ fn run_bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     eprintln!("measuring attune's trainer on {device:?} ...");
     let ours = attune::bench_train::measure(&args.models_dir, &device)?;
     print!("{}", attune::bench_train::report(&ours, reference.as_ref()));
+    Ok(())
+}
+
+fn run_bench_device(args: BenchDeviceArgs) -> anyhow::Result<()> {
+    let device = attune::model::device::select(&args.device)?;
+    let config = attune::bench_gpu::DeviceBenchConfig {
+        retriever: cli::model_path(&args.retriever, &args.models_dir, DEFAULT_RETRIEVER),
+        generator: cli::model_path(&args.generator, &args.models_dir, DEFAULT_GENERATOR),
+        weights: if args.random_init {
+            attune::model::random::WeightSource::Random { seed: args.seed }
+        } else {
+            attune::model::random::WeightSource::Checkpoint
+        },
+        dtype: attune::model::device::select_dtype(&args.dtype, &device)?,
+        parts: args.parts,
+        embed_texts: args.embed_texts,
+        embed_batch: args.embed_batch,
+        retriever_batch: args.retriever_batch,
+        e2e_batch: args.e2e_batch,
+        top_k: args.top_k,
+        sequences_per_chunk: args.sequences_per_chunk,
+        steps: args.steps,
+        new_tokens: args.new_tokens,
+    };
+    let figures = attune::bench_gpu::measure(&config, &device)?;
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+fn run_bench_agree(args: BenchAgreeArgs) -> anyhow::Result<()> {
+    let device = attune::model::device::select(&args.device)?;
+    let rows = attune::bench_gpu::agree(&args.retriever, &args.generator, &device)?;
+    print!("{}", attune::bench_gpu::agreement_report(&rows));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    anyhow::ensure!(failed == 0, "{failed} of {} comparisons are outside their tolerance", rows.len());
+    Ok(())
+}
+
+fn run_export_shape(args: ExportShapeArgs) -> anyhow::Result<()> {
+    let path = cli::model_path(&args.generator, &args.models_dir, DEFAULT_GENERATOR);
+    let generator = Generator::load(&path, &attune::model::device::select("cpu")?)?;
+    generator.save_shape(&args.out)?;
+    eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 

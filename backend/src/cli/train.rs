@@ -82,6 +82,10 @@ pub struct TrainArgs {
     max_passage_tokens: usize,
     #[arg(long, default_value_t = 32)]
     max_answer_tokens: usize,
+    /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
+    /// on a GPU, fewer needs less memory. Gradients are the same either way.
+    #[arg(long, default_value_t = attune::train::step::SEQUENCES_PER_CHUNK)]
+    sequences_per_chunk: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Save a checkpoint every N optimiser steps (0: only at the end).
@@ -127,6 +131,7 @@ impl TrainArgs {
                 marginalization: self.marginalization,
                 max_passage_tokens: self.max_passage_tokens,
                 max_answer_tokens: self.max_answer_tokens,
+                sequences_per_chunk: self.sequences_per_chunk,
             },
             epochs: self.epochs,
             max_steps: self.max_steps,

@@ -39,6 +39,18 @@ pub fn select_dtype(spec: &str, device: &Device) -> Result<DType> {
     }
 }
 
+/// Device memory `(in use, total)` in bytes as the driver sees it (every process's use of that
+/// GPU); `None` on the CPU.
+pub fn memory(device: &Device) -> Option<(usize, usize)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(gpu) = device {
+        let (free, total) = gpu.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total.saturating_sub(free), total));
+    }
+    let _ = device;
+    None
+}
+
 fn invalid(spec: &str) -> ModelError {
     ModelError::Device(format!("device {spec:?}: expected auto, cpu, cuda or cuda:N"))
 }

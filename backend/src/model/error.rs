@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot read {path}: {error}")]
     Read { path: PathBuf, error: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a valid model configuration: {error}")]
     Config { path: PathBuf, error: serde_json::Error },
     #[error("cannot load tokenizer {path}: {message}")]

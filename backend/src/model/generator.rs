@@ -18,6 +18,7 @@ use super::gguf_tokenizer;
 use super::llama::{self, KvCache, Llama};
 use super::load_tokenizer_file;
 use super::lora::{self, LoraConfig};
+use super::random::WeightSource;
 
 /// One turn of a conversation, as chat templates expect it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,7 +89,17 @@ impl Generator {
 
     /// [`Generator::load`] with the weights in `dtype`.
     pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let (model, tokenizer, chat_template) = match super::gguf_file_at(path) {
+        Self::load_with(path, device, dtype, WeightSource::Checkpoint)
+    }
+
+    /// [`Generator::load_as`] with the weights from `source`; random weights take a Hugging Face
+    /// folder with `config.json` and `tokenizer.json`.
+    pub fn load_with(path: &Path, device: &Device, dtype: DType, source: WeightSource) -> Result<Self> {
+        let gguf = match source {
+            WeightSource::Checkpoint => super::gguf_file_at(path),
+            WeightSource::Random { .. } => None,
+        };
+        let (model, tokenizer, chat_template) = match gguf {
             Some(file) => {
                 let (cfg, tensors, content) = llama::load_gguf(&file, device)?;
                 let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
@@ -100,7 +111,7 @@ impl Generator {
                 (Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?, tokenizer, template)
             }
             None => {
-                let model = llama::load_as(path, device, dtype)?;
+                let model = llama::load_with(path, device, dtype, source)?;
                 let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
                 (model, tokenizer, read_chat_template(path))
             }
@@ -140,6 +151,30 @@ impl Generator {
     /// Token ids that end a reply; the first is the one training appends to answers.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
+    }
+
+    /// Writes what `--random-init` needs to rebuild this generator's architecture elsewhere, without
+    /// its weights: a Hugging Face `config.json` (Llama), `tokenizer.json`, and the chat template in
+    /// `tokenizer_config.json`.
+    pub fn save_shape(&self, dir: &Path) -> Result<()> {
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|error| ModelError::Write { path, error })
+        };
+        std::fs::create_dir_all(dir).map_err(|error| ModelError::Write { path: dir.to_owned(), error })?;
+        let mut config = serde_json::to_value(self.model.config()).unwrap_or_default();
+        if let Some(object) = config.as_object_mut() {
+            object.insert("model_type".into(), "llama".into());
+            object.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        }
+        write("config.json", serde_json::to_string_pretty(&config).unwrap_or_default())?;
+        let tokenizer = self
+            .tokenizer
+            .to_string(false)
+            .map_err(|e| ModelError::Tokenize(format!("cannot serialise the tokenizer: {e}")))?;
+        write("tokenizer.json", tokenizer)?;
+        let tokenizer_config = serde_json::json!({ "chat_template": self.chat_template });
+        write("tokenizer_config.json", serde_json::to_string_pretty(&tokenizer_config).unwrap_or_default())
     }
 
     pub fn has_chat_template(&self) -> bool {

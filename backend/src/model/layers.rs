@@ -83,6 +83,15 @@ impl Dropout {
         }
         let keep = 1.0 - self.probability;
         let scale = 1.0 / keep;
+        if !xs.device().is_cpu() {
+            // On an accelerator the mask is drawn there (uploading a mask per call would cost more
+            // than the layer), from a seed our generator draws: still determined by the run's seed.
+            let seed = rng.lock().random::<u64>();
+            xs.device().set_seed(seed)?;
+            let uniform = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
+            let mask = (uniform.lt(keep as f64)?.to_dtype(xs.dtype())? * scale as f64)?;
+            return xs * mask;
+        }
         let mask: Vec<f32> = {
             let mut rng = rng.lock();
             (0..xs.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect()

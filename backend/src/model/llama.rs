@@ -16,9 +16,10 @@ use super::error::{ModelError, Result};
 use super::layers::{Mode, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
+use super::random::{RandomWeights, WeightSource};
 
 /// `config.json` of a Llama-architecture model (or the same, read from GGUF metadata).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Config {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -492,14 +493,29 @@ pub fn load(path: &Path, device: &Device) -> Result<Llama> {
 
 /// [`load`] with the weights in `dtype`.
 pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Llama> {
+    load_with(path, device, dtype, WeightSource::Checkpoint)
+}
+
+/// A Hugging Face folder's `config.json`.
+fn read_config(path: &Path) -> Result<Config> {
+    let config_path = path.join("config.json");
+    let text =
+        fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
+    serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path, error })
+}
+
+/// [`load_as`] with the weights from `source`; random weights need a Hugging Face folder's
+/// `config.json` (not a GGUF file).
+pub fn load_with(path: &Path, device: &Device, dtype: DType, source: WeightSource) -> Result<Llama> {
+    if let WeightSource::Random { seed } = source {
+        let cfg = read_config(path)?;
+        return Ok(Llama::load(RandomWeights::var_builder(seed, dtype, device), &cfg)?);
+    }
     if let Some(gguf) = super::gguf_file_at(path) {
         let (cfg, tensors, _) = load_gguf(&gguf, device)?;
         return Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?);
     }
-    let config_path = path.join("config.json");
-    let text =
-        fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
-    let cfg: Config = serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path, error })?;
+    let cfg = read_config(path)?;
     let files = super::files_with_extension(path, "safetensors");
     if files.is_empty() {
         return Err(ModelError::Unsupported(format!("{}: no .safetensors or .gguf file", path.display())));

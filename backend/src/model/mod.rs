@@ -13,6 +13,7 @@ pub mod linear;
 pub mod llama;
 pub mod lora;
 pub mod ops;
+pub mod random;
 pub mod retriever;
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@ use super::bert::{BertModel, Config, EncoderInput};
 use super::error::{ModelError, Result};
 use super::layers::Mode;
 use super::lora::{self, LoraConfig};
+use super::random::{RandomWeights, WeightSource};
 
 /// How token states become one vector per text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,13 +177,22 @@ impl Retriever {
 
     /// [`Retriever::load`] with the weights in `dtype` (embeddings still come out in f32).
     pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(dir, device, dtype, WeightSource::Checkpoint)
+    }
+
+    /// [`Retriever::load_as`] with the weights from `source`: the folder's checkpoint, or seeded
+    /// random values (then the folder needs only `config.json` and `tokenizer.json`).
+    pub fn load_with(dir: &Path, device: &Device, dtype: DType, source: WeightSource) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text =
             fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
         let cfg: Config =
             serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
         cfg.validate().map_err(ModelError::Unsupported)?;
-        let vb = weights(dir, device, dtype)?;
+        let vb = match source {
+            WeightSource::Checkpoint => weights(dir, device, dtype)?,
+            WeightSource::Random { seed } => RandomWeights::var_builder(seed, dtype, device),
+        };
         // Some checkpoints (BertForMaskedLM and friends) keep the encoder under "bert.".
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
         let model = BertModel::load(vb, &cfg)?;

@@ -59,6 +59,13 @@ pub struct LossConfig {
     pub marginalization: Marginalization,
     pub max_passage_tokens: usize,
     pub max_answer_tokens: usize,
+    /// Generator sequences held in one graph at a time (memory against speed: a GPU wants more).
+    #[serde(default = "default_sequences_per_chunk")]
+    pub sequences_per_chunk: usize,
+}
+
+fn default_sequences_per_chunk() -> usize {
+    SEQUENCES_PER_CHUNK
 }
 
 impl Default for LossConfig {
@@ -71,6 +78,7 @@ impl Default for LossConfig {
             marginalization: Marginalization::Sequence,
             max_passage_tokens: 128,
             max_answer_tokens: 32,
+            sequences_per_chunk: SEQUENCES_PER_CHUNK,
         }
     }
 }
@@ -332,11 +340,11 @@ fn accumulate(grads: &mut [Option<Tensor>], store: &candle_core::backprop::GradS
     Ok(())
 }
 
-/// Generator sequences held in one graph at a time.
+/// Generator sequences held in one graph at a time, by default.
 pub const SEQUENCES_PER_CHUNK: usize = 8;
 
 /// The gradients of `weight` × [`batch_loss`] — the same numbers — with the generator's graph built
-/// a few questions at a time (at most [`SEQUENCES_PER_CHUNK`] sequences, or one question), so memory
+/// a few questions at a time (at most `config.sequences_per_chunk` sequences, or one question), so memory
 /// stays bounded whatever the batch size and top-k. In e2e mode the generator's gradient with
 /// respect to the candidate scores is gathered chunk by chunk on a detached copy of the scores, then
 /// sent through the retriever in one backward pass with the contrastive loss (gradient caching).
@@ -373,7 +381,7 @@ pub fn batch_gradients(
         TrainMode::Generator => {
             let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
             let (mut total, mut tokens) = (0.0, 0);
-            for chunk in batch.chunks(SEQUENCES_PER_CHUNK) {
+            for chunk in batch.chunks(config.sequences_per_chunk.max(1)) {
                 let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
                 let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
                 let (log_probs, mask, n) =
@@ -399,7 +407,7 @@ pub fn batch_gradients(
             let detached = Var::from_tensor(&candidate_scores.detach())?;
             let mut score_grads: Option<Tensor> = None;
             let (mut generator_total, mut tokens) = (0.0, encoded.tokens);
-            let per_chunk = (SEQUENCES_PER_CHUNK / k).max(1);
+            let per_chunk = (config.sequences_per_chunk / k).max(1);
             let mut start = 0;
             while start < batch.len() {
                 let len = per_chunk.min(batch.len() - start);
