@@ -91,15 +91,15 @@ fn every_source_file_says_what_it_is_for() {
 }
 
 #[test]
-fn unsafe_code_lives_only_in_the_binarys_runtime_tuning() {
+fn unsafe_code_lives_only_in_the_binarys_runtime_tuning_and_the_cuda_kernel_launches() {
     let root = workspace();
     let files: Vec<PathBuf> = ["backend/src", "shared/src", "frontend/src"]
         .iter()
         .flat_map(|d| rust_files(&root.join(d)))
-        .filter(|f| !f.ends_with("backend/src/main.rs"))
+        .filter(|f| !f.ends_with("backend/src/main.rs") && !f.ends_with("backend/src/model/cuda_ops.rs"))
         .collect();
     let hits = offending(&files, &["unsafe", "allow(unsafe_code)"]);
-    assert!(hits.is_empty(), "unsafe outside main.rs's tune_runtime:\n{}", hits.join("\n"));
+    assert!(hits.is_empty(), "unsafe outside main.rs's tune_runtime and model/cuda_ops.rs:\n{}", hits.join("\n"));
     let main = fs::read_to_string(root.join("backend/src/main.rs")).unwrap();
     assert_eq!(main.matches("#[allow(unsafe_code)]").count(), 1, "one function may use unsafe");
 }

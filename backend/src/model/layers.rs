@@ -34,18 +34,26 @@ impl LayerNorm {
 /// The random source of dropout masks. Seeded (candle's CPU generator cannot be), so a training
 /// run repeats exactly and resumes exactly: the trainer reseeds it from the run's seed and step.
 #[derive(Debug)]
-pub struct DropoutRng(Mutex<StdRng>);
+pub struct DropoutRng(Mutex<DropoutState>);
+
+#[derive(Debug)]
+struct DropoutState {
+    rng: StdRng,
+    /// Whether an accelerator's generator was seeded from `rng` since the last reseed. Seeding
+    /// there builds a new generator (milliseconds), so it happens once per reseed, not per mask.
+    device_seeded: bool,
+}
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
-        DropoutRng(Mutex::new(StdRng::seed_from_u64(seed)))
+        DropoutRng(Mutex::new(DropoutState { rng: StdRng::seed_from_u64(seed), device_seeded: false }))
     }
 
     pub fn reseed(&self, seed: u64) {
-        *self.lock() = StdRng::seed_from_u64(seed);
+        *self.lock() = DropoutState { rng: StdRng::seed_from_u64(seed), device_seeded: false };
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, StdRng> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DropoutState> {
         // A panic while drawing numbers leaves a usable generator behind.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -85,16 +93,21 @@ impl Dropout {
         let scale = 1.0 / keep;
         if !xs.device().is_cpu() {
             // On an accelerator the mask is drawn there (uploading a mask per call would cost more
-            // than the layer), from a seed our generator draws: still determined by the run's seed.
-            let seed = rng.lock().random::<u64>();
-            xs.device().set_seed(seed)?;
+            // than the layer), by its generator seeded from ours once per reseed: masks are still
+            // determined by the run's seed and the order of the calls.
+            let mut state = rng.lock();
+            if !state.device_seeded {
+                let seed = state.rng.random::<u64>();
+                xs.device().set_seed(seed)?;
+                state.device_seeded = true;
+            }
             let uniform = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
             let mask = (uniform.lt(keep as f64)?.to_dtype(xs.dtype())? * scale as f64)?;
             return xs * mask;
         }
         let mask: Vec<f32> = {
-            let mut rng = rng.lock();
-            (0..xs.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect()
+            let mut state = rng.lock();
+            (0..xs.elem_count()).map(|_| if state.rng.random::<f32>() < keep { scale } else { 0.0 }).collect()
         };
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         xs * mask

@@ -4,6 +4,8 @@
 
 pub mod bert;
 pub mod catalog;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
 pub mod device;
 pub mod error;
 pub mod generator;

@@ -84,9 +84,15 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// Whether the fused kernels (forward and backward) run on `device`: the CPU, and CUDA GPUs in a
+/// build with the `cuda` feature (forward by candle-kernels' row-wise kernels, see `cuda_ops.rs`).
+fn fused(device: &Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() {
+    if fused(xs.device()) {
         xs.contiguous()?.apply_op1(SoftmaxLastDim)
     } else if xs.track_op() {
         candle_nn::ops::softmax(xs, D::Minus1)
@@ -97,7 +103,7 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) · weight + bias`.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if xs.device().is_cpu() {
+    if fused(xs.device()) {
         xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps })
     } else if xs.track_op() || weight.track_op() || bias.track_op() {
         layer_norm_composed(xs, weight, bias, eps)
@@ -109,7 +115,7 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
 /// RMS normalisation over the last dimension, as Hugging Face's Llama does it: statistics in f32,
 /// the normalised value cast back to the input's dtype, then scaled by `weight`.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if xs.device().is_cpu() {
+    if fused(xs.device()) {
         xs.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps })
     } else if xs.track_op() || weight.track_op() {
         rms_norm_composed(xs, weight, eps)
@@ -278,6 +284,11 @@ impl CustomOp1 for SoftmaxLastDim {
         "softmax-last-dim"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        super::cuda_ops::softmax_last_dim(storage, layout)
+    }
+
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         fn run<T: Element>(storage: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
             let src = contiguous::<T>(storage, layout, "softmax")?;
@@ -320,6 +331,19 @@ struct LayerNorm {
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xs_layout: &Layout,
+        weight: &CudaStorage,
+        weight_layout: &Layout,
+        bias: &CudaStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        super::cuda_ops::layer_norm(xs, xs_layout, weight, weight_layout, bias, bias_layout, self.eps)
     }
 
     fn cpu_fwd(
@@ -408,6 +432,17 @@ struct RmsNorm {
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "rms-norm"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xs_layout: &Layout,
+        weight: &CudaStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        super::cuda_ops::rms_norm(xs, xs_layout, weight, weight_layout, self.eps)
     }
 
     fn cpu_fwd(
