@@ -331,39 +331,57 @@ pub fn agree(
     for &(dtype, forward_tolerance, gradient_tolerance) in dtypes {
         let ours = outputs(&seeded_pair(retriever_dir, generator_dir, device, dtype, seed)?, device)?;
         let label = format!("{dtype:?}").to_lowercase();
-        let mut push = |what: String, error: f64, tolerance: f64| {
-            rows.push(Agreement { what, relative_error: error, tolerance, pass: error <= tolerance });
-        };
-        push(format!("{label}: retriever embeddings"), relative_error(&ours.embeddings, &cpu.embeddings)?, forward_tolerance);
-        push(format!("{label}: generator logits"), relative_error(&ours.logits, &cpu.logits)?, forward_tolerance);
-        push(
-            format!("{label}: e2e loss (contrastive + RAG-Sequence)"),
-            (ours.loss - cpu.loss).abs() / cpu.loss.abs().max(1e-30),
-            forward_tolerance,
-        );
-        // All adapters' gradients as one vector; the worst single tensor is named in the label.
-        let (mut diff, mut norm, mut worst) = (0.0f64, 0.0f64, (String::new(), 0.0f64));
-        for ((name, g), (_, reference)) in ours.grads.iter().zip(&cpu.grads) {
-            let error = relative_error(g, reference)?;
-            let reference_norm = reference.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-            diff += error.powi(2) * reference_norm;
-            norm += reference_norm;
-            if error >= worst.1 {
-                worst = (name.rsplit_once(".lora_").map_or(name.as_str(), |(layer, _)| layer).to_owned(), error);
-            }
-        }
-        push(
-            format!("{label}: LoRA gradients, {} tensors (worst {:.1e}: {})", ours.grads.len(), worst.1, worst.0),
-            (diff / norm.max(1e-30)).sqrt(),
-            gradient_tolerance,
-        );
+        rows.extend(compare(&label, &ours, &cpu, forward_tolerance, gradient_tolerance)?);
     }
+    Ok(rows)
+}
+
+/// The rows comparing `ours` with the CPU's `cpu`.
+fn compare(
+    label: &str,
+    ours: &Outputs,
+    cpu: &Outputs,
+    forward_tolerance: f64,
+    gradient_tolerance: f64,
+) -> anyhow::Result<Vec<Agreement>> {
+    let mut rows = Vec::new();
+    let mut push = |what: String, error: f64, tolerance: f64| {
+        rows.push(Agreement { what, relative_error: error, tolerance, pass: error <= tolerance });
+    };
+    push(
+        format!("{label}: retriever embeddings"),
+        relative_error(&ours.embeddings, &cpu.embeddings)?,
+        forward_tolerance,
+    );
+    push(format!("{label}: generator logits"), relative_error(&ours.logits, &cpu.logits)?, forward_tolerance);
+    push(
+        format!("{label}: e2e loss (contrastive + RAG-Sequence)"),
+        (ours.loss - cpu.loss).abs() / cpu.loss.abs().max(1e-30),
+        forward_tolerance,
+    );
+    // All adapters' gradients as one vector; the worst single tensor is named in the label.
+    let (mut diff, mut norm, mut worst) = (0.0f64, 0.0f64, (String::new(), 0.0f64));
+    for ((name, g), (_, reference)) in ours.grads.iter().zip(&cpu.grads) {
+        let error = relative_error(g, reference)?;
+        let reference_norm = reference.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        diff += error.powi(2) * reference_norm;
+        norm += reference_norm;
+        if error >= worst.1 {
+            worst = (name.rsplit_once(".lora_").map_or(name.as_str(), |(layer, _)| layer).to_owned(), error);
+        }
+    }
+    push(
+        format!("{label}: LoRA gradients, {} tensors (worst {:.1e}: {})", ours.grads.len(), worst.1, worst.0),
+        (diff / norm.max(1e-30)).sqrt(),
+        gradient_tolerance,
+    );
     Ok(rows)
 }
 
 /// The table `attune bench agree` prints.
 pub fn agreement_report(rows: &[Agreement]) -> String {
-    let mut out = format!("{:<92} {:>10} {:>9}  result\n", "device vs CPU, same seeded weights", "rel. error", "tolerance");
+    let mut out =
+        format!("{:<92} {:>10} {:>9}  result\n", "device vs CPU, same seeded weights", "rel. error", "tolerance");
     for row in rows {
         out.push_str(&format!(
             "{:<92} {:>10.2e} {:>9.0e}  {}\n",
@@ -374,4 +392,27 @@ pub fn agreement_report(rows: &[Agreement]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::test_models::tiny_shapes;
+
+    #[test]
+    fn agreement_passes_for_the_same_weights_and_fails_for_other_ones() {
+        let (dir, retriever, generator) = tiny_shapes();
+        let pair = |seed| seeded_pair(&retriever, &generator, &Device::Cpu, DType::F32, seed).unwrap();
+        let reference = outputs(&pair(17), &Device::Cpu).unwrap();
+        let same = compare("f32", &outputs(&pair(17), &Device::Cpu).unwrap(), &reference, 1e-4, 1e-3).unwrap();
+        assert_eq!(same.len(), 4);
+        assert!(same.iter().all(|r| r.pass && r.relative_error == 0.0), "{same:?}");
+        let other = compare("f32", &outputs(&pair(18), &Device::Cpu).unwrap(), &reference, 1e-4, 1e-3).unwrap();
+        assert!(other.iter().all(|r| !r.pass), "other weights must disagree everywhere: {other:?}");
+        // bf16 on the CPU: within the loose tolerances, but not equal.
+        let bf16 = seeded_pair(&retriever, &generator, &Device::Cpu, DType::BF16, 17).unwrap();
+        let rows = compare("bf16", &outputs(&bf16, &Device::Cpu).unwrap(), &reference, 3e-2, 5e-2).unwrap();
+        assert!(rows.iter().all(|r| r.pass && r.relative_error > 0.0), "{rows:?}");
+        drop(dir);
+    }
 }

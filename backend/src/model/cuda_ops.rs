@@ -40,7 +40,12 @@ fn norm_block(columns: usize) -> u32 {
 struct Softmax;
 
 impl Map1 for Softmax {
-    fn f<T: DeviceRepr + WithDType>(&self, src: &CudaSlice<T>, dev: &CudaDevice, layout: &Layout) -> Result<CudaSlice<T>> {
+    fn f<T: DeviceRepr + WithDType>(
+        &self,
+        src: &CudaSlice<T>,
+        dev: &CudaDevice,
+        layout: &Layout,
+    ) -> Result<CudaSlice<T>> {
         let src = contiguous(src, layout, "softmax input")?;
         let (rows, columns) = rows_and_columns(layout);
         let func = dev.get_or_load_func(&kernel_name::<T>("softmax"), &kernels::REDUCE)?;

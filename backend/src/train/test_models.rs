@@ -111,3 +111,29 @@ pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, Va
     }
     (retriever, generator, retriever_vars, generator_vars)
 }
+
+/// Folders holding only a `config.json` and `tokenizer.json` (the tiny vocabulary) for a tiny
+/// BERT retriever and a tiny Llama generator, as `--random-init` takes them. Returns the temporary
+/// directory that owns them and the two folders.
+pub fn tiny_shapes() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let retriever = dir.path().join("tiny-bert");
+    let generator = dir.path().join("tiny-llama");
+    let mut bert = serde_json::to_value(serde_json::json!({
+        "vocab_size": 19, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 32, "max_position_embeddings": 512, "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1
+    }))
+    .unwrap();
+    let mut llama = serde_json::json!({
+        "vocab_size": 19, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 1024, "tie_word_embeddings": true
+    });
+    for (folder, config) in [(&retriever, &mut bert), (&generator, &mut llama)] {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(folder.join("config.json"), config.to_string()).unwrap();
+        tiny_tokenizer().save(folder.join("tokenizer.json"), false).unwrap();
+    }
+    (dir, retriever, generator)
+}
