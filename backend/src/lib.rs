@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_gpu;
 pub mod bench_train;
 pub mod eval;
+pub mod ingest;
 pub mod model;
 pub mod rag;
 pub mod serve;

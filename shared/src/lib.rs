@@ -157,6 +157,9 @@ impl Settings {
     }
 }
 
+mod corpus;
+pub use corpus::*;
+
 /// Messages the server sends on `/ws`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -167,6 +170,12 @@ pub enum ServerMessage {
     Pong { nonce: u64 },
     /// The client sent something the server could not understand.
     Error { code: String, message: String },
+    /// A synthesis run changed: progress, or a new state. `eta_seconds` while it runs.
+    SynthProgress {
+        run: SynthRun,
+        #[serde(default)]
+        eta_seconds: Option<f64>,
+    },
 }
 
 /// Messages a client sends on `/ws`.

@@ -3,6 +3,7 @@
 //! The database lives at `<data-dir>/attune.db`, in WAL mode, and its schema grows only
 //! through the migrations embedded from `backend/migrations/`.
 
+pub mod corpus;
 mod settings;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value under {key:?} is corrupt: {error}")]
     Corrupt { key: String, error: serde_json::Error },
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// An update named a version that is no longer current; carries the current triple.
+    #[error("this triple was changed by someone else (now at version {})", .0.version)]
+    Conflict(Box<attune_shared::Triple>),
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
 }
@@ -86,10 +92,10 @@ mod tests {
         let store = Store::open(&dir.path().join("nested/data")).await.unwrap();
         assert!(dir.path().join("nested/data").join(DATABASE_FILE).is_file());
         assert_eq!(store.journal_mode().await.unwrap(), "wal");
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
         store.close().await;
         // Re-opening applies nothing new and keeps the data.
         let again = Store::open(&dir.path().join("nested/data")).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 1);
+        assert_eq!(again.schema_version().await.unwrap(), 2);
     }
 }

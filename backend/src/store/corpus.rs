@@ -1,0 +1,618 @@
+//! Documents, passages, triples (with optimistic concurrency and an edit history) and synthesis
+//! runs. Every multi-row write is one transaction.
+
+use attune_shared::{
+    Document, JobStatus, Passage, SynthReport, SynthRun, Triple, TripleCounts, TripleEdit, TripleOrigin, TriplePage,
+    TripleStatus, TripleUpdate,
+};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError};
+
+/// A parsed, chunked document to store.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub name: String,
+    pub kind: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub pages: Option<u32>,
+    pub chunk_tokens: u32,
+    pub chunk_overlap: u32,
+    pub passages: Vec<NewPassage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPassage {
+    pub text: String,
+    pub char_start: u64,
+    pub char_end: u64,
+    pub page_start: Option<u32>,
+    pub page_end: Option<u32>,
+    pub tokens: u32,
+    pub section: Option<String>,
+}
+
+/// A triple to insert.
+#[derive(Debug, Clone)]
+pub struct NewTripleRow {
+    pub question: String,
+    pub answer: String,
+    pub passage: String,
+    pub passage_id: Option<i64>,
+    pub document_id: Option<i64>,
+    pub origin: TripleOrigin,
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub synth_run_id: Option<i64>,
+}
+
+/// What happens to a deleted document's triples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriplesOfDeleted {
+    /// They stay, with the passage text they hold.
+    Keep,
+    Delete,
+}
+
+/// Which triples a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct TripleFilter {
+    pub status: Option<TripleStatus>,
+    pub document_id: Option<i64>,
+    pub origin: Option<TripleOrigin>,
+    /// Words that must occur in the question, answer or passage (case-insensitive).
+    pub search: Option<String>,
+    pub sort: TripleSort,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TripleSort {
+    #[default]
+    Oldest,
+    Newest,
+    RecentlyUpdated,
+    Question,
+}
+
+const DOCUMENT_COLUMNS: &str = "d.id, d.name, d.kind, d.sha256, d.bytes, d.pages, d.created_at,
+    (SELECT COUNT(*) FROM passages p WHERE p.document_id = d.id) AS passage_count,
+    (SELECT COUNT(*) FROM triples t WHERE t.document_id = d.id AND t.status = 'pending') AS pending,
+    (SELECT COUNT(*) FROM triples t WHERE t.document_id = d.id AND t.status = 'approved') AS approved,
+    (SELECT COUNT(*) FROM triples t WHERE t.document_id = d.id AND t.status = 'rejected') AS rejected";
+
+const TRIPLE_COLUMNS: &str = "id, question, answer, passage, passage_id, document_id, status, origin, model, prompt,
+    synth_run_id, version, created_at, updated_at";
+
+fn document(row: &SqliteRow) -> Result<Document, sqlx::Error> {
+    Ok(Document {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        sha256: row.try_get("sha256")?,
+        bytes: row.try_get::<i64, _>("bytes")? as u64,
+        pages: row.try_get::<Option<i64>, _>("pages")?.map(|p| p as u32),
+        passages: row.try_get::<i64, _>("passage_count")? as u32,
+        triples: TripleCounts {
+            pending: row.try_get::<i64, _>("pending")? as u64,
+            approved: row.try_get::<i64, _>("approved")? as u64,
+            rejected: row.try_get::<i64, _>("rejected")? as u64,
+        },
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn passage(row: &SqliteRow) -> Result<Passage, sqlx::Error> {
+    Ok(Passage {
+        id: row.try_get("id")?,
+        document_id: row.try_get("document_id")?,
+        ord: row.try_get::<i64, _>("ord")? as u32,
+        text: row.try_get("text")?,
+        char_start: row.try_get::<i64, _>("char_start")? as u64,
+        char_end: row.try_get::<i64, _>("char_end")? as u64,
+        page_start: row.try_get::<Option<i64>, _>("page_start")?.map(|p| p as u32),
+        page_end: row.try_get::<Option<i64>, _>("page_end")?.map(|p| p as u32),
+        tokens: row.try_get::<i64, _>("tokens")? as u32,
+        section: row.try_get("section")?,
+    })
+}
+
+fn triple(row: &SqliteRow) -> Result<Triple, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let origin: String = row.try_get("origin")?;
+    Ok(Triple {
+        id: row.try_get("id")?,
+        question: row.try_get("question")?,
+        answer: row.try_get("answer")?,
+        passage: row.try_get("passage")?,
+        passage_id: row.try_get("passage_id")?,
+        document_id: row.try_get("document_id")?,
+        status: TripleStatus::parse(&status).unwrap_or(TripleStatus::Pending),
+        origin: TripleOrigin::parse(&origin).unwrap_or(TripleOrigin::Manual),
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
+        synth_run_id: row.try_get("synth_run_id")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The synthesis run's stored configuration (`synth_runs.config`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SynthRunConfig {
+    pub llm: attune_shared::LlmChoice,
+    pub model: String,
+    pub questions_per_passage: u32,
+    pub prompts: attune_shared::SynthPrompts,
+}
+
+fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
+    let config: String = row.try_get("config")?;
+    let config: SynthRunConfig =
+        serde_json::from_str(&config).map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
+    let report: String = row.try_get("report")?;
+    let report: SynthReport =
+        serde_json::from_str(&report).map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
+    let status: String = row.try_get("status")?;
+    Ok(SynthRun {
+        id: row.try_get("id")?,
+        status: job_status(&status),
+        llm: config.llm,
+        model: config.model,
+        questions_per_passage: config.questions_per_passage,
+        prompts: config.prompts,
+        passages_total: row.try_get::<i64, _>("passages_total")? as u64,
+        report,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn job_status(text: &str) -> JobStatus {
+    match text {
+        "queued" => JobStatus::Queued,
+        "running" => JobStatus::Running,
+        "succeeded" => JobStatus::Succeeded,
+        "failed" => JobStatus::Failed,
+        "cancelled" => JobStatus::Cancelled,
+        _ => JobStatus::Interrupted,
+    }
+}
+
+pub fn job_status_str(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Queued => "queued",
+        JobStatus::Running => "running",
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+        JobStatus::Interrupted => "interrupted",
+    }
+}
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+impl Store {
+    /// Stores a document and all its passages in one transaction.
+    pub async fn insert_document(&self, new: &NewDocument) -> Result<Document, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO documents (name, kind, sha256, bytes, pages, chunk_tokens, chunk_overlap)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&new.name)
+        .bind(&new.kind)
+        .bind(&new.sha256)
+        .bind(new.bytes as i64)
+        .bind(new.pages.map(i64::from))
+        .bind(i64::from(new.chunk_tokens))
+        .bind(i64::from(new.chunk_overlap))
+        .fetch_one(&mut *tx)
+        .await?;
+        for (ord, p) in new.passages.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO passages (document_id, ord, text, char_start, char_end, page_start, page_end, tokens, section)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(ord as i64)
+            .bind(&p.text)
+            .bind(p.char_start as i64)
+            .bind(p.char_end as i64)
+            .bind(p.page_start.map(i64::from))
+            .bind(p.page_end.map(i64::from))
+            .bind(i64::from(p.tokens))
+            .bind(&p.section)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.document(id).await?.ok_or(StoreError::NotFound("document"))
+    }
+
+    pub async fn document(&self, id: i64) -> Result<Option<Document>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {DOCUMENT_COLUMNS} FROM documents d WHERE d.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(document).transpose()?)
+    }
+
+    pub async fn document_by_sha256(&self, sha256: &str) -> Result<Option<Document>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {DOCUMENT_COLUMNS} FROM documents d WHERE d.sha256 = ?"))
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(document).transpose()?)
+    }
+
+    /// Every document, newest first.
+    pub async fn documents(&self) -> Result<Vec<Document>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DOCUMENT_COLUMNS} FROM documents d ORDER BY d.id DESC"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(document).collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a document and its passages; its triples are kept (with their passage text) or
+    /// deleted. `false` if there was no such document.
+    pub async fn delete_document(&self, id: i64, triples: TriplesOfDeleted) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if triples == TriplesOfDeleted::Delete {
+            sqlx::query("DELETE FROM triples WHERE document_id = ?").bind(id).execute(&mut *tx).await?;
+        }
+        let deleted = sqlx::query("DELETE FROM documents WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// A document's passages in order.
+    pub async fn passages(&self, document_id: i64) -> Result<Vec<Passage>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM passages WHERE document_id = ? ORDER BY ord")
+            .bind(document_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(passage).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn passage(&self, id: i64) -> Result<Option<Passage>, StoreError> {
+        let row = sqlx::query("SELECT * FROM passages WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(passage).transpose()?)
+    }
+
+    /// The ids of every passage (of one document, if given), in document and passage order.
+    pub async fn passage_ids(&self, document_id: Option<i64>) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM passages WHERE (?1 IS NULL OR document_id = ?1) ORDER BY document_id, ord",
+        )
+        .bind(document_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Inserts triples in one transaction; returns their ids.
+    pub async fn insert_triples(&self, rows: &[NewTripleRow]) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(insert_triple(&mut tx, row).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn triple(&self, id: i64) -> Result<Option<Triple>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(triple).transpose()?)
+    }
+
+    /// One page (1-based) of the triples matching `filter`, with the total and per-status counts.
+    pub async fn triples(&self, filter: &TripleFilter, page: u32, per_page: u32) -> Result<TriplePage, StoreError> {
+        let page = page.max(1);
+        let per_page = per_page.clamp(1, 500);
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE 1 = 1"));
+        push_filter(&mut query, filter, true);
+        query.push(match filter.sort {
+            TripleSort::Oldest => " ORDER BY id",
+            TripleSort::Newest => " ORDER BY id DESC",
+            TripleSort::RecentlyUpdated => " ORDER BY updated_at DESC, id DESC",
+            TripleSort::Question => " ORDER BY question COLLATE NOCASE, id",
+        });
+        query.push(" LIMIT ").push_bind(i64::from(per_page));
+        query.push(" OFFSET ").push_bind(i64::from((page - 1) * per_page));
+        let items = query.build().fetch_all(&self.pool).await?.iter().map(triple).collect::<Result<Vec<_>, _>>()?;
+
+        let mut counting = QueryBuilder::<Sqlite>::new("SELECT status, COUNT(*) AS n FROM triples WHERE 1 = 1");
+        push_filter(&mut counting, filter, false);
+        counting.push(" GROUP BY status");
+        let mut counts = TripleCounts::default();
+        for row in counting.build().fetch_all(&self.pool).await? {
+            let n = row.try_get::<i64, _>("n")? as u64;
+            match TripleStatus::parse(&row.try_get::<String, _>("status")?) {
+                Some(TripleStatus::Pending) => counts.pending = n,
+                Some(TripleStatus::Approved) => counts.approved = n,
+                Some(TripleStatus::Rejected) => counts.rejected = n,
+                None => {}
+            }
+        }
+        let total = match filter.status {
+            Some(TripleStatus::Pending) => counts.pending,
+            Some(TripleStatus::Approved) => counts.approved,
+            Some(TripleStatus::Rejected) => counts.rejected,
+            None => counts.pending + counts.approved + counts.rejected,
+        };
+        Ok(TriplePage { items, total, counts, page, per_page })
+    }
+
+    /// Every triple with one of `statuses` (all when empty), oldest first.
+    pub async fn all_triples(&self, statuses: &[TripleStatus]) -> Result<Vec<Triple>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {TRIPLE_COLUMNS} FROM triples"));
+        if !statuses.is_empty() {
+            query.push(" WHERE status IN (");
+            let mut list = query.separated(", ");
+            for status in statuses {
+                list.push_bind(status.as_str());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY id");
+        Ok(query.build().fetch_all(&self.pool).await?.iter().map(triple).collect::<Result<_, _>>()?)
+    }
+
+    /// Applies `update` if the triple is still at `update.version`: the old state goes to the edit
+    /// history and the version increases. A stale version is a [`StoreError::Conflict`] carrying the
+    /// current triple.
+    pub async fn update_triple(&self, id: i64, update: &TripleUpdate) -> Result<Triple, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let current = row.as_ref().map(triple).transpose()?.ok_or(StoreError::NotFound("triple"))?;
+        if current.version != update.version {
+            return Err(StoreError::Conflict(Box::new(current)));
+        }
+        sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(current.version)
+            .bind(&current.question)
+            .bind(&current.answer)
+            .bind(current.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let question = update.question.as_deref().unwrap_or(&current.question);
+        let answer = update.answer.as_deref().unwrap_or(&current.answer);
+        let status = update.status.unwrap_or(current.status);
+        sqlx::query(&format!(
+            "UPDATE triples SET question = ?, answer = ?, status = ?, version = version + 1, updated_at = {NOW}
+             WHERE id = ?"
+        ))
+        .bind(question)
+        .bind(answer)
+        .bind(status.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?")).bind(id).fetch_one(&mut *tx).await?;
+        let updated = triple(&row)?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// A triple's earlier states, oldest first.
+    pub async fn triple_history(&self, id: i64) -> Result<Vec<TripleEdit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, question, answer, status, edited_at FROM triple_edits WHERE triple_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TripleEdit {
+                    version: row.try_get("version")?,
+                    question: row.try_get("question")?,
+                    answer: row.try_get("answer")?,
+                    status: TripleStatus::parse(&row.try_get::<String, _>("status")?).unwrap_or(TripleStatus::Pending),
+                    edited_at: row.try_get("edited_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the status of many triples in one transaction (each change recorded in its history).
+    pub async fn set_status(&self, ids: &[i64], status: TripleStatus) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        for id in ids {
+            let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = row.as_ref().map(triple).transpose()? else { continue };
+            if current.status == status {
+                continue;
+            }
+            sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)")
+                .bind(id)
+                .bind(current.version)
+                .bind(&current.question)
+                .bind(&current.answer)
+                .bind(current.status.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "UPDATE triples SET status = ?, version = version + 1, updated_at = {NOW} WHERE id = ?"
+            ))
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Deletes triples; returns how many existed.
+    pub async fn delete_triples(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += sqlx::query("DELETE FROM triples WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// The questions already stored for a passage (for duplicate filtering).
+    pub async fn questions_of_passage(&self, passage_id: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT question FROM triples WHERE passage_id = ?")
+            .bind(passage_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Creates a synthesis run over `passage_ids` (in that order), queued.
+    pub async fn create_synth_run(&self, config: &SynthRunConfig, passage_ids: &[i64]) -> Result<SynthRun, StoreError> {
+        let json = serde_json::to_string(config)
+            .map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO synth_runs (status, config, passages_total) VALUES ('queued', ?, ?) RETURNING id")
+                .bind(json)
+                .bind(passage_ids.len() as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+        for (ord, passage_id) in passage_ids.iter().enumerate() {
+            sqlx::query("INSERT OR IGNORE INTO synth_run_passages (run_id, passage_id, ord) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(passage_id)
+                .bind(ord as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.synth_run(id).await?.ok_or(StoreError::NotFound("synthesis run"))
+    }
+
+    pub async fn synth_run(&self, id: i64) -> Result<Option<SynthRun>, StoreError> {
+        let row = sqlx::query("SELECT * FROM synth_runs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(synth_run).transpose()
+    }
+
+    pub async fn synth_runs(&self) -> Result<Vec<SynthRun>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM synth_runs ORDER BY id DESC").fetch_all(&self.pool).await?;
+        rows.iter().map(synth_run).collect()
+    }
+
+    /// The run's passages not done yet, in order.
+    pub async fn pending_synth_passages(&self, run_id: i64) -> Result<Vec<Passage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.* FROM synth_run_passages r JOIN passages p ON p.id = r.passage_id
+             WHERE r.run_id = ? AND r.done = 0 ORDER BY r.ord",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(passage).collect::<Result<_, _>>()?)
+    }
+
+    /// Records one finished passage of a run in one transaction: its kept triples, the passage
+    /// marked done, the run's report.
+    pub async fn finish_synth_passage(
+        &self,
+        run_id: i64,
+        passage_id: i64,
+        triples: &[NewTripleRow],
+        report: &SynthReport,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(report)
+            .map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
+        let mut tx = self.pool.begin().await?;
+        for row in triples {
+            insert_triple(&mut tx, row).await?;
+        }
+        sqlx::query("UPDATE synth_run_passages SET done = 1 WHERE run_id = ? AND passage_id = ?")
+            .bind(run_id)
+            .bind(passage_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("UPDATE synth_runs SET report = ?, updated_at = {NOW} WHERE id = ?"))
+            .bind(json)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_synth_status(&self, run_id: i64, status: JobStatus, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(&format!("UPDATE synth_runs SET status = ?, error = ?, updated_at = {NOW} WHERE id = ?"))
+            .bind(job_status_str(status))
+            .bind(error)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks runs left `running` or `queued` by a stopped server as interrupted; returns how many.
+    pub async fn interrupt_unfinished_synth_runs(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE synth_runs SET status = 'interrupted', updated_at = {NOW} WHERE status IN ('running', 'queued')"
+        ))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}
+
+async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRow) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO triples (question, answer, passage, passage_id, document_id, origin, model, prompt, synth_run_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&row.question)
+    .bind(&row.answer)
+    .bind(&row.passage)
+    .bind(row.passage_id)
+    .bind(row.document_id)
+    .bind(row.origin.as_str())
+    .bind(&row.model)
+    .bind(&row.prompt)
+    .bind(row.synth_run_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &TripleFilter, with_status: bool) {
+    if let (true, Some(status)) = (with_status, filter.status) {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(document_id) = filter.document_id {
+        query.push(" AND document_id = ").push_bind(document_id);
+    }
+    if let Some(origin) = filter.origin {
+        query.push(" AND origin = ").push_bind(origin.as_str());
+    }
+    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        for word in search.split_whitespace() {
+            let pattern = format!("%{}%", word.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            query
+                .push(" AND (question LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR answer LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR passage LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Wire types of the corpus: documents, their passages, (question, passage, answer) triples under
+//! review, and synthesis runs with their reports (`/api/v1/documents`, `/triples`, `/synth/runs`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorDetail;
+
+/// An ingested document with its counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: i64,
+    pub name: String,
+    /// `pdf`, `text` or `markdown`.
+    pub kind: String,
+    pub sha256: String,
+    pub bytes: u64,
+    #[serde(default)]
+    pub pages: Option<u32>,
+    pub passages: u32,
+    #[serde(default)]
+    pub triples: TripleCounts,
+    pub created_at: String,
+}
+
+/// Triples per review status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TripleCounts {
+    pub pending: u64,
+    pub approved: u64,
+    pub rejected: u64,
+}
+
+/// A passage of a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Passage {
+    pub id: i64,
+    pub document_id: i64,
+    pub ord: u32,
+    pub text: String,
+    pub char_start: u64,
+    pub char_end: u64,
+    #[serde(default)]
+    pub page_start: Option<u32>,
+    #[serde(default)]
+    pub page_end: Option<u32>,
+    pub tokens: u32,
+    #[serde(default)]
+    pub section: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TripleStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl TripleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripleStatus::Pending => "pending",
+            TripleStatus::Approved => "approved",
+            TripleStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TripleStatus> {
+        match text {
+            "pending" => Some(TripleStatus::Pending),
+            "approved" => Some(TripleStatus::Approved),
+            "rejected" => Some(TripleStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TripleOrigin {
+    Synthetic,
+    Imported,
+    Manual,
+}
+
+impl TripleOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripleOrigin::Synthetic => "synthetic",
+            TripleOrigin::Imported => "imported",
+            TripleOrigin::Manual => "manual",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TripleOrigin> {
+        match text {
+            "synthetic" => Some(TripleOrigin::Synthetic),
+            "imported" => Some(TripleOrigin::Imported),
+            "manual" => Some(TripleOrigin::Manual),
+            _ => None,
+        }
+    }
+}
+
+/// A (question, passage, answer) triple and its review state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Triple {
+    pub id: i64,
+    pub question: String,
+    pub answer: String,
+    /// The passage text the triple was made from (kept when its document is deleted).
+    pub passage: String,
+    #[serde(default)]
+    pub passage_id: Option<i64>,
+    #[serde(default)]
+    pub document_id: Option<i64>,
+    pub status: TripleStatus,
+    pub origin: TripleOrigin,
+    /// The model and prompt that wrote it (synthetic triples).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub synth_run_id: Option<i64>,
+    /// Increases on every change; an update must name the version it read.
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One page of a triple listing, with the counts of everything matching the filter's other terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriplePage {
+    pub items: Vec<Triple>,
+    /// Triples matching the whole filter.
+    pub total: u64,
+    /// Triples matching the filter except its status, per status.
+    #[serde(default)]
+    pub counts: TripleCounts,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+/// A triple as it was before one change (its edit history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripleEdit {
+    pub version: i64,
+    pub question: String,
+    pub answer: String,
+    pub status: TripleStatus,
+    pub edited_at: String,
+}
+
+/// `POST /triples`: a triple written by hand for a passage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTriple {
+    pub passage_id: i64,
+    pub question: String,
+    pub answer: String,
+}
+
+/// `PATCH /triples/{id}`: the fields to change and the version they were read at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripleUpdate {
+    pub version: i64,
+    #[serde(default)]
+    pub question: Option<String>,
+    #[serde(default)]
+    pub answer: Option<String>,
+    #[serde(default)]
+    pub status: Option<TripleStatus>,
+}
+
+/// `POST /triples/bulk`: one action on many triples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum BulkAction {
+    SetStatus { ids: Vec<i64>, status: TripleStatus },
+    Delete { ids: Vec<i64> },
+}
+
+/// What one bulk action changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkResult {
+    pub changed: u64,
+}
+
+/// What happened to each uploaded file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum UploadOutcome {
+    Ingested { document: Document },
+    /// The same bytes were ingested before (same SHA-256): nothing new was stored.
+    Duplicate { document: Document },
+    Failed { name: String, error: ErrorDetail },
+}
+
+/// `POST /documents` (multipart, several files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub files: Vec<UploadOutcome>,
+}
+
+/// `POST /triples/import`: how many rows became triples, and the rows skipped with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub imported: u64,
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+/// Which LLM writes synthetic triples.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LlmChoice {
+    /// The local default generator.
+    Local,
+    /// An OpenAI-compatible chat-completions server (API key from `ATTUNE_LLM_API_KEY` on the server).
+    OpenAi { base_url: String, model: String },
+}
+
+/// The two prompt templates of a synthesis run (minijinja): questions from `{{ passage }}` with
+/// `{{ n }}`, then an answer from `{{ passage }}` and `{{ question }}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynthPrompts {
+    pub questions: String,
+    pub answer: String,
+}
+
+/// `POST /synth/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthRequest {
+    /// A whole document, or the listed passages, or (neither) every passage.
+    #[serde(default)]
+    pub document_id: Option<i64>,
+    #[serde(default)]
+    pub passage_ids: Vec<i64>,
+    #[serde(default)]
+    pub questions_per_passage: Option<u32>,
+    #[serde(default)]
+    pub llm: Option<LlmChoice>,
+    /// Custom templates; the defaults otherwise (`GET /synth/prompts`).
+    #[serde(default)]
+    pub prompts: Option<SynthPrompts>,
+    /// At most this many passages.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The server stopped while it ran; it can be resumed.
+    Interrupted,
+}
+
+/// Questions a synthesis run threw away, per filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilterCounts {
+    /// Empty question or answer.
+    pub empty: u64,
+    /// The same question again for the passage (or already stored).
+    pub duplicate: u64,
+    /// Not ending in "?".
+    pub not_a_question: u64,
+    /// Copies a long span of the passage word for word.
+    pub copies_passage: u64,
+    /// The answer's words are not found in the passage.
+    pub ungrounded: u64,
+    /// The answer is longer than allowed.
+    pub answer_too_long: u64,
+}
+
+/// A synthesis run's running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SynthReport {
+    pub passages_done: u64,
+    pub questions_seen: u64,
+    pub kept: u64,
+    pub filtered: FilterCounts,
+    /// Passages whose LLM calls failed (after retries).
+    pub failed_passages: u64,
+    pub seconds: f64,
+}
+
+/// A synthesis run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthRun {
+    pub id: i64,
+    pub status: JobStatus,
+    pub llm: LlmChoice,
+    pub model: String,
+    pub questions_per_passage: u32,
+    pub prompts: SynthPrompts,
+    pub passages_total: u64,
+    #[serde(default)]
+    pub report: SynthReport,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
