@@ -11,6 +11,7 @@ pub mod model;
 pub mod rag;
 pub mod serve;
 pub mod store;
+pub mod synth;
 pub mod train;
 
 /// Version of this build, reported by `/api/v1/health` and the WebSocket hello.

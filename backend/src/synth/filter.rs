@@ -1,0 +1,159 @@
+//! The filters a synthetic question and its answer pass to be kept; each rejection is counted in
+//! the run's report. Words are compared lower-cased and stripped of punctuation.
+
+use attune_shared::FilterCounts;
+use serde::{Deserialize, Serialize};
+
+/// Thresholds of the filters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FilterSettings {
+    /// A question copying this many consecutive words of the passage is rejected.
+    pub max_copied_words: usize,
+    /// At least this share of the answer's content words must occur in the passage.
+    pub min_grounding: f64,
+    /// Answers longer than this many words are rejected.
+    pub max_answer_words: usize,
+}
+
+impl Default for FilterSettings {
+    fn default() -> Self {
+        FilterSettings { max_copied_words: 10, min_grounding: 0.5, max_answer_words: 40 }
+    }
+}
+
+/// Why a question or answer was thrown away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Empty,
+    Duplicate,
+    NotAQuestion,
+    CopiesPassage,
+    Ungrounded,
+    AnswerTooLong,
+}
+
+impl Rejection {
+    pub fn count(self, counts: &mut FilterCounts) {
+        let slot = match self {
+            Rejection::Empty => &mut counts.empty,
+            Rejection::Duplicate => &mut counts.duplicate,
+            Rejection::NotAQuestion => &mut counts.not_a_question,
+            Rejection::CopiesPassage => &mut counts.copies_passage,
+            Rejection::Ungrounded => &mut counts.ungrounded,
+            Rejection::AnswerTooLong => &mut counts.answer_too_long,
+        };
+        *slot += 1;
+    }
+}
+
+/// Lower-case words without punctuation.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The form two questions are compared in for duplicates.
+pub fn normalise_question(question: &str) -> String {
+    words(question).join(" ")
+}
+
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "of", "in", "on", "at", "to", "for", "by", "with", "and", "or", "is", "are", "was", "were", "be",
+    "it", "its", "this", "that", "as", "from", "which", "who", "what", "their", "they", "he", "she", "has", "have",
+    "had", "not", "can", "also", "into", "than", "then", "there", "these", "those", "such",
+];
+
+/// The longest run of consecutive words `a` shares with `b`.
+fn longest_shared_run(a: &[String], b: &[String]) -> usize {
+    let mut best = 0;
+    let mut previous = vec![0usize; b.len() + 1];
+    for x in a {
+        let mut current = vec![0usize; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            if x == y {
+                current[j + 1] = previous[j] + 1;
+                best = best.max(current[j + 1]);
+            }
+        }
+        previous = current;
+    }
+    best
+}
+
+/// Checks a question against the passage and the questions already kept (normalised).
+pub fn check_question(question: &str, passage: &str, seen: &[String], settings: &FilterSettings) -> Result<(), Rejection> {
+    let question = question.trim();
+    let question_words = words(question);
+    if question_words.is_empty() {
+        return Err(Rejection::Empty);
+    }
+    if !question.ends_with('?') {
+        return Err(Rejection::NotAQuestion);
+    }
+    if seen.contains(&question_words.join(" ")) {
+        return Err(Rejection::Duplicate);
+    }
+    if longest_shared_run(&question_words, &words(passage)) >= settings.max_copied_words {
+        return Err(Rejection::CopiesPassage);
+    }
+    Ok(())
+}
+
+/// Checks an answer: present, short enough, and grounded in the passage.
+pub fn check_answer(answer: &str, passage: &str, settings: &FilterSettings) -> Result<(), Rejection> {
+    let answer_words = words(answer);
+    if answer_words.is_empty() {
+        return Err(Rejection::Empty);
+    }
+    if answer_words.len() > settings.max_answer_words {
+        return Err(Rejection::AnswerTooLong);
+    }
+    let passage_words: std::collections::HashSet<String> = words(passage).into_iter().collect();
+    let content: Vec<&String> = answer_words.iter().filter(|w| !STOP_WORDS.contains(&w.as_str())).collect();
+    let considered: Vec<&String> = if content.is_empty() { answer_words.iter().collect() } else { content };
+    let grounded = considered.iter().filter(|w| passage_words.contains(w.as_str())).count();
+    if (grounded as f64) < settings.min_grounding * considered.len() as f64 {
+        return Err(Rejection::Ungrounded);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSAGE: &str = "Biopython is a set of freely available tools for biological computation written in Python \
+                           by an international team of developers. It reads FASTA and GenBank files.";
+
+    #[test]
+    fn questions() {
+        let s = FilterSettings::default();
+        assert_eq!(check_question("Who wrote Biopython?", PASSAGE, &[], &s), Ok(()));
+        assert_eq!(check_question("  ", PASSAGE, &[], &s), Err(Rejection::Empty));
+        assert_eq!(check_question("Explain Biopython", PASSAGE, &[], &s), Err(Rejection::NotAQuestion));
+        let seen = vec![normalise_question("Who wrote Biopython?")];
+        assert_eq!(check_question("who wrote  biopython ?", PASSAGE, &seen, &s), Err(Rejection::Duplicate));
+        let copy = "Is Biopython a set of freely available tools for biological computation written in Python?";
+        assert_eq!(check_question(copy, PASSAGE, &[], &s), Err(Rejection::CopiesPassage));
+        // Nine shared words are allowed with the default of ten.
+        let nine = "Is it a set of freely available tools for biological work?";
+        assert_eq!(check_question(nine, PASSAGE, &[], &s), Ok(()));
+    }
+
+    #[test]
+    fn answers() {
+        let s = FilterSettings::default();
+        assert_eq!(check_answer("FASTA and GenBank files", PASSAGE, &s), Ok(()));
+        assert_eq!(check_answer("", PASSAGE, &s), Err(Rejection::Empty));
+        assert_eq!(check_answer("Rust and Haskell compilers", PASSAGE, &s), Err(Rejection::Ungrounded));
+        let long = "an international team ".repeat(15);
+        assert_eq!(check_answer(&long, PASSAGE, &s), Err(Rejection::AnswerTooLong));
+        let mut counts = FilterCounts::default();
+        Rejection::Ungrounded.count(&mut counts);
+        Rejection::Ungrounded.count(&mut counts);
+        Rejection::Duplicate.count(&mut counts);
+        assert_eq!((counts.ungrounded, counts.duplicate, counts.empty), (2, 1, 0));
+    }
+}
