@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_gpu;
 pub mod bench_train;
+pub mod engine;
 pub mod eval;
 pub mod ingest;
 pub mod model;

@@ -41,9 +41,9 @@ fn tune_runtime() {
 }
 
 /// Folder name of the default retriever inside the models directory.
-pub(crate) const DEFAULT_RETRIEVER: &str = "all-MiniLM-L6-v2";
+pub(crate) const DEFAULT_RETRIEVER: &str = attune::model::catalog::DEFAULT_RETRIEVER_NAME;
 /// Folder name of the default generator inside the models directory.
-pub(crate) const DEFAULT_GENERATOR: &str = "SmolLM2-135M-Instruct";
+pub(crate) const DEFAULT_GENERATOR: &str = attune::model::catalog::DEFAULT_GENERATOR_NAME;
 
 #[derive(Parser, Debug)]
 #[command(name = "attune", version, about = "Adapt a retrieval-augmented generation system to your documents.")]
@@ -60,6 +60,13 @@ enum Command {
     Embed(EmbedArgs),
     /// Continue a prompt with a generator, streaming the text to standard output.
     Generate(GenerateArgs),
+    /// Parse documents (PDF, .txt, .md) into passages in the project's database.
+    Ingest(cli::corpus::IngestArgs),
+    /// Write synthetic question/answer triples for ingested passages with an LLM.
+    Synth(Box<cli::corpus::SynthArgs>),
+    /// Export or import triples.
+    #[command(subcommand)]
+    Triples(cli::corpus::TriplesCommand),
     /// Fine-tune the retriever, the generator or both (LoRA) on question/passage/answer triples.
     Train(Box<cli::train::TrainArgs>),
     /// Retrieval metrics over the whole corpus and answer quality, base and tuned.
@@ -278,6 +285,9 @@ struct ServeArgs {
     /// Where model math runs: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Largest file accepted by uploads, in MB.
+    #[arg(long, default_value_t = cli::corpus::DEFAULT_MAX_UPLOAD_MB)]
+    max_upload_mb: u64,
     /// Bearer token required on /api and /ws (at least 8 URL-safe characters).
     #[arg(long, env = "ATTUNE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -286,7 +296,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     tune_runtime();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pdf_extract=error")))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
@@ -303,6 +313,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_serve(args).await,
             Command::Embed(args) => tokio::task::spawn_blocking(move || run_embed(args)).await?,
             Command::Generate(args) => tokio::task::spawn_blocking(move || run_generate(args)).await?,
+            Command::Ingest(args) => cli::corpus::ingest(args).await,
+            Command::Synth(args) => cli::corpus::synth(*args).await,
+            Command::Triples(command) => cli::corpus::triples(command).await,
             Command::Train(args) => tokio::task::spawn_blocking(move || cli::train::run(*args)).await?,
             Command::Eval(args) => tokio::task::spawn_blocking(move || cli::eval::run(*args)).await?,
             Command::Bench(BenchCommand::Model(args)) => {
@@ -337,6 +350,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         dist_dir: args.dist_dir,
         token: args.token,
         device: attune::model::describe_device(&attune::model::device::select(&args.device)?),
+        device_spec: args.device.clone(),
+        max_upload_bytes: args.max_upload_mb * 1024 * 1024,
     };
     // Check before binding, so a refused configuration never opens a socket.
     config.check_for(args.addr)?;

@@ -29,6 +29,8 @@ async fn test_app_on(token: Option<&str>, device: ComputeDevice) -> TestApp {
     std::fs::write(models.join("tiny-bert/config.json"), r#"{"model_type":"bert"}"#).unwrap();
     std::fs::write(models.join("tiny-bert/model.safetensors"), b"").unwrap();
     let config = ServeConfig {
+        device_spec: "cpu".into(),
+        max_upload_bytes: 50 << 20,
         data_dir: dirs.path().join("data"),
         models_dir: models,
         dist_dir: dirs.path().join("dist"),
@@ -69,7 +71,7 @@ async fn health_reports_version_models_device_and_database() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["device"]["type"], "cpu");
     assert_eq!(body["database"]["ok"], true);
-    assert_eq!(body["database"]["schema_version"], 1);
+    assert_eq!(body["database"]["schema_version"], 2);
     let models = body["models"].as_array().unwrap();
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["name"], "tiny-bert");
@@ -158,6 +160,8 @@ async fn frontend_routes_fall_back_to_index_html() {
     std::fs::write(dist.join("index.html"), "<!doctype html><title>shell</title>").unwrap();
     std::fs::write(dist.join("app.css"), "body{}").unwrap();
     let config = ServeConfig {
+        device_spec: "cpu".into(),
+        max_upload_bytes: 50 << 20,
         data_dir: dirs.path().join("data"),
         models_dir: dirs.path().join("models"),
         dist_dir: dist,
@@ -209,6 +213,8 @@ async fn token_guards_api_and_ws_but_not_the_page() {
 #[test]
 fn off_loopback_requires_a_strong_token() {
     let mut config = ServeConfig {
+        device_spec: "cpu".into(),
+        max_upload_bytes: 50 << 20,
         data_dir: "data".into(),
         models_dir: "models".into(),
         dist_dir: "dist".into(),

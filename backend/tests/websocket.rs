@@ -24,6 +24,8 @@ struct Running {
 async fn start(token: Option<&str>) -> Running {
     let dirs = tempfile::tempdir().unwrap();
     let config = ServeConfig {
+        device_spec: "cpu".into(),
+        max_upload_bytes: 50 << 20,
         data_dir: dirs.path().join("data"),
         models_dir: dirs.path().join("models"),
         dist_dir: dirs.path().join("dist"),
@@ -107,6 +109,8 @@ async fn serve_refuses_open_address_without_token() {
     let dirs = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let config = ServeConfig {
+        device_spec: "cpu".into(),
+        max_upload_bytes: 50 << 20,
         data_dir: dirs.path().join("data"),
         models_dir: dirs.path().join("models"),
         dist_dir: dirs.path().join("dist"),

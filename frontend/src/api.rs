@@ -20,7 +20,7 @@ impl ApiError {
     /// Builds the error from a response status and body (the JSON error format, or anything).
     pub fn from_response(status: u16, body: &str) -> ApiError {
         match serde_json::from_str::<ErrorBody>(body) {
-            Ok(ErrorBody { error }) => ApiError { status, code: error.code, message: error.message },
+            Ok(ErrorBody { error, .. }) => ApiError { status, code: error.code, message: error.message },
             Err(_) => ApiError {
                 status,
                 code: "unexpected_response".to_owned(),

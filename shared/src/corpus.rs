@@ -191,10 +191,17 @@ pub struct BulkResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum UploadOutcome {
-    Ingested { document: Document },
+    Ingested {
+        document: Document,
+    },
     /// The same bytes were ingested before (same SHA-256): nothing new was stored.
-    Duplicate { document: Document },
-    Failed { name: String, error: ErrorDetail },
+    Duplicate {
+        document: Document,
+    },
+    Failed {
+        name: String,
+        error: ErrorDetail,
+    },
 }
 
 /// `POST /documents` (multipart, several files).

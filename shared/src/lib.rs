@@ -21,9 +21,12 @@ pub const WS_PATH: &str = "/ws";
 pub const WS_TOKEN_PARAM: &str = "token";
 
 /// Body of every error response: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// With a `version_conflict` (409): the triple as it is now, so the client can show both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Box<Triple>>,
 }
 
 /// A machine-readable `code` (snake_case, stable) and a sentence for people.

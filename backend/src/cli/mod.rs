@@ -1,5 +1,6 @@
-//! The `train` and `eval` commands' orchestration (arguments, loading, progress bars, reports).
+//! The `ingest`, `synth`, `triples`, `train` and `eval` commands' orchestration (arguments, loading, progress bars, reports).
 
+pub mod corpus;
 pub mod eval;
 pub mod train;
 

@@ -153,9 +153,8 @@ mod tests {
                 let shared: Vec<usize> = passages
                     .windows(2)
                     .map(|pair| {
-                        let text: String = chars[pair[1].char_start..pair[0].char_end.max(pair[1].char_start)]
-                            .iter()
-                            .collect();
+                        let text: String =
+                            chars[pair[1].char_start..pair[0].char_end.max(pair[1].char_start)].iter().collect();
                         tokenizer.encode(text, false).unwrap().get_ids().len()
                     })
                     .collect();

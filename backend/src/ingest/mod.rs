@@ -12,11 +12,15 @@ pub use parse::{DocumentKind, ParsedDocument, parse};
 /// Why a file could not become passages. Every variant names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("{name}: unsupported file type; Attune reads .pdf, .txt and .md documents (triples: .csv and .jsonl through import)")]
+    #[error(
+        "{name}: unsupported file type; Attune reads .pdf, .txt and .md documents (triples: .csv and .jsonl through import)"
+    )]
     Unsupported { name: String },
     #[error("{name} is empty")]
     Empty { name: String },
-    #[error("{name} is not UTF-8 text (the first invalid byte is at offset {offset}); save it as UTF-8 and upload it again")]
+    #[error(
+        "{name} is not UTF-8 text (the first invalid byte is at offset {offset}); save it as UTF-8 and upload it again"
+    )]
     Encoding { name: String, offset: usize },
     #[error(
         "{name}: this PDF has no extractable text in its {pages} page(s), so it is probably scanned images; \

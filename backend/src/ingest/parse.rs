@@ -120,8 +120,7 @@ fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut blank_run = 0;
     for line in text.replace("\r\n", "\n").replace('\r', "\n").split('\n') {
-        let line: String =
-            line.chars().map(|c| if c.is_control() && c != '\t' { ' ' } else { c }).collect::<String>();
+        let line: String = line.chars().map(|c| if c.is_control() && c != '\t' { ' ' } else { c }).collect::<String>();
         let line = line.trim_end();
         if line.trim().is_empty() {
             blank_run += 1;
@@ -250,7 +249,8 @@ mod tests {
     fn text_is_decoded_and_normalised() {
         let doc = parse("a.txt", b"\xEF\xBB\xBFFirst line  \r\nsecond\r\n\r\n\r\n\r\nthird\x07").unwrap();
         assert_eq!(doc.text, "First line\nsecond\n\nthird");
-        let utf16: Vec<u8> = [0xFF, 0xFE].into_iter().chain("héllo".encode_utf16().flat_map(u16::to_le_bytes)).collect();
+        let utf16: Vec<u8> =
+            [0xFF, 0xFE].into_iter().chain("héllo".encode_utf16().flat_map(u16::to_le_bytes)).collect();
         assert_eq!(parse("b.txt", &utf16).unwrap().text, "héllo");
     }
 
@@ -268,7 +268,10 @@ mod tests {
     fn markdown_keeps_headings_as_text_and_sections() {
         let source = "# Guide\n\nIntro *text* with a [link](http://x).\n\n## Install\n\n- one\n- two\n\n```\ncode here\n```\n\n## Use\n\nRun it.";
         let doc = parse("guide.md", source.as_bytes()).unwrap();
-        assert_eq!(doc.text, "Guide\n\nIntro text with a link.\n\nInstall\n\n- one\n- two\n\ncode here\n\nUse\n\nRun it.");
+        assert_eq!(
+            doc.text,
+            "Guide\n\nIntro text with a link.\n\nInstall\n\n- one\n- two\n\ncode here\n\nUse\n\nRun it."
+        );
         let offset_of = |needle: &str| doc.text[..doc.text.find(needle).unwrap()].chars().count();
         assert_eq!(doc.section_at(offset_of("Intro")), Some("Guide"));
         assert_eq!(doc.section_at(offset_of("- two")), Some("Guide › Install"));

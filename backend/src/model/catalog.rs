@@ -4,6 +4,11 @@
 //! generator when its `config.json` names a Llama-family one or it holds a GGUF file whose
 //! `general.architecture` is Llama-family. Anything else is skipped with a log line.
 
+/// Folder name of the default retriever inside the models directory.
+pub const DEFAULT_RETRIEVER_NAME: &str = "all-MiniLM-L6-v2";
+/// Folder name of the default generator inside the models directory.
+pub const DEFAULT_GENERATOR_NAME: &str = "SmolLM2-135M-Instruct";
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -2,21 +2,38 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{OriginalUri, State};
 use axum::http::Method;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use attune_shared::{DatabaseHealth, Health, Settings};
 
 use super::AppState;
+use super::corpus;
 use super::error::{ApiJson, AppError};
 use crate::model::catalog;
 
-/// Routes relative to `/api`.
-pub fn router() -> Router<AppState> {
+/// Routes relative to `/api`; uploads may carry several files of up to `max_upload_bytes` each.
+pub fn router(max_upload_bytes: u64) -> Router<AppState> {
+    let uploads = DefaultBodyLimit::max((max_upload_bytes as usize).saturating_mul(4).saturating_add(1 << 20));
     let v1 = Router::new()
         .route("/health", get(health))
         .route("/settings", get(get_settings).put(put_settings))
+        .route("/documents", get(corpus::list_documents).post(corpus::upload).layer(uploads.clone()))
+        .route("/documents/{id}", get(corpus::get_document).delete(corpus::delete_document))
+        .route("/documents/{id}/passages", get(corpus::list_passages))
+        .route("/triples", get(corpus::list_triples).post(corpus::create_triple))
+        .route("/triples/bulk", post(corpus::bulk))
+        .route("/triples/export", get(corpus::export))
+        .route("/triples/import", post(corpus::import).layer(uploads))
+        .route("/triples/{id}", get(corpus::get_triple).patch(corpus::update_triple).delete(corpus::delete_triple))
+        .route("/triples/{id}/history", get(corpus::triple_history))
+        .route("/synth/prompts", get(corpus::default_prompts))
+        .route("/synth/runs", get(corpus::list_synth_runs).post(corpus::start_synth))
+        .route("/synth/runs/{id}", get(corpus::get_synth_run))
+        .route("/synth/runs/{id}/cancel", post(corpus::cancel_synth_run))
+        .route("/synth/runs/{id}/resume", post(corpus::resume_synth_run))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new().nest("/v1", v1).fallback(not_found)
 }

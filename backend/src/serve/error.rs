@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use attune_shared::{ErrorBody, ErrorDetail};
 
+use crate::engine::EngineError;
+use crate::ingest::IngestError;
 use crate::model::catalog::CatalogError;
 use crate::store::StoreError;
 
@@ -28,13 +30,64 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request conflicts with the current state (a stale version, a document with triples).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String, current: Option<Box<attune_shared::Triple>> },
+    /// The default models are not in the models directory.
+    #[error("{0}")]
+    ModelsMissing(String),
     /// A bug or an unexpected failure on the server's side.
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => AppError::NotFound(format!("no such {what}")),
+            StoreError::Conflict(current) => AppError::Conflict {
+                code: "version_conflict",
+                message: format!(
+                    "this triple was changed since you read it (it is now at version {}); the response holds the                      current version: merge your change into it and save again",
+                    current.version
+                ),
+                current: Some(current),
+            },
+            other => AppError::Store(other),
+        }
+    }
+}
+
+impl From<IngestError> for AppError {
+    fn from(error: IngestError) -> Self {
+        let message = error.to_string();
+        match error {
+            IngestError::Unsupported { .. } => AppError::UnsupportedMediaType(message),
+            IngestError::Empty { .. } => AppError::Invalid { code: "empty_file", message },
+            IngestError::Encoding { .. } => AppError::Invalid { code: "not_utf8", message },
+            IngestError::NoText { .. } => AppError::Invalid { code: "no_text_in_pdf", message },
+            IngestError::Pdf { .. } => AppError::Invalid { code: "unreadable_pdf", message },
+            IngestError::NoPassages { .. } => AppError::Invalid { code: "no_passages", message },
+            IngestError::Settings(_) => AppError::Invalid { code: "invalid_settings", message },
+        }
+    }
+}
+
+impl From<EngineError> for AppError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Ingest(e) => e.into(),
+            EngineError::Store(e) => e.into(),
+            EngineError::TooLarge { .. } => AppError::PayloadTooLarge(error.to_string()),
+            EngineError::Invalid(message) => AppError::Invalid { code: "invalid_input", message },
+            EngineError::Synth(e) => AppError::Invalid { code: "synthesis_failed", message: e.to_string() },
+            EngineError::Task(message) => AppError::Internal(message),
+        }
+    }
 }
 
 impl AppError {
@@ -48,6 +101,8 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::ModelsMissing(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) | AppError::Store(_) | AppError::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,7 +110,10 @@ impl AppError {
     /// The stable, machine-readable code of the error body.
     pub fn code(&self) -> &'static str {
         match self {
-            AppError::BadRequest { code, .. } | AppError::Invalid { code, .. } => code,
+            AppError::BadRequest { code, .. } | AppError::Invalid { code, .. } | AppError::Conflict { code, .. } => {
+                code
+            }
+            AppError::ModelsMissing(_) => "models_missing",
             AppError::NotFound(_) => "not_found",
             AppError::Unauthorized => "unauthorized",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
@@ -74,7 +132,12 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } };
+        let current = match &self {
+            AppError::Conflict { current, .. } => current.clone(),
+            _ => None,
+        };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() }, current };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

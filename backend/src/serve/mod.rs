@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod corpus;
 pub mod error;
 mod ws;
 
@@ -36,6 +37,25 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// The device model math runs on (reported by `/api/v1/health`).
     pub device: attune_shared::ComputeDevice,
+    /// The `--device` spec jobs load models with (`auto`, `cpu`, `cuda:N`).
+    pub device_spec: String,
+    /// Largest uploaded file, in bytes (413 beyond).
+    pub max_upload_bytes: u64,
+}
+
+impl ServeConfig {
+    /// A configuration for `data_dir` with the defaults of `attune serve`.
+    pub fn new(data_dir: PathBuf, models_dir: PathBuf, dist_dir: PathBuf) -> Self {
+        ServeConfig {
+            data_dir,
+            models_dir,
+            dist_dir,
+            token: None,
+            device: attune_shared::ComputeDevice::Cpu,
+            device_spec: "cpu".into(),
+            max_upload_bytes: 50 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,19 +94,47 @@ pub struct AppState {
     inner: Arc<StateInner>,
 }
 
-#[derive(Debug)]
 struct StateInner {
     store: Store,
     config: ServeConfig,
     /// Cancelled when the server shuts down, so long-lived WebSockets close.
     shutdown: CancellationToken,
+    /// Job events every WebSocket session forwards.
+    events: tokio::sync::broadcast::Sender<attune_shared::ServerMessage>,
+    /// Cancel flags of the synthesis runs in progress, by run id.
+    jobs: std::sync::Mutex<std::collections::HashMap<i64, Arc<std::sync::atomic::AtomicBool>>>,
+    /// The retriever's tokenizer, loaded on first use, for chunking uploads.
+    tokenizer: std::sync::OnceLock<tokenizers::Tokenizer>,
+}
+
+impl std::fmt::Debug for StateInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateInner").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl AppState {
     /// Opens the store in `config.data_dir` and assembles the state.
     pub async fn open(config: ServeConfig) -> Result<AppState, ServeError> {
         let store = Store::open(&config.data_dir).await?;
-        Ok(AppState { inner: Arc::new(StateInner { store, config, shutdown: CancellationToken::new() }) })
+        // Runs a stopped server left behind can be resumed; they are not running any more.
+        let interrupted = store.interrupt_unfinished_synth_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                "{interrupted} synthesis run(s) were interrupted by a stop; resume them with POST /api/v1/synth/runs/ID/resume"
+            );
+        }
+        let (events, _) = tokio::sync::broadcast::channel(256);
+        Ok(AppState {
+            inner: Arc::new(StateInner {
+                store,
+                config,
+                shutdown: CancellationToken::new(),
+                events,
+                jobs: Default::default(),
+                tokenizer: Default::default(),
+            }),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -95,6 +143,29 @@ impl AppState {
 
     pub fn config(&self) -> &ServeConfig {
         &self.inner.config
+    }
+
+    pub fn events(&self) -> &tokio::sync::broadcast::Sender<attune_shared::ServerMessage> {
+        &self.inner.events
+    }
+
+    fn jobs(&self) -> &std::sync::Mutex<std::collections::HashMap<i64, Arc<std::sync::atomic::AtomicBool>>> {
+        &self.inner.jobs
+    }
+
+    /// The default retriever's tokenizer (chunking measures passages with it).
+    fn chunking_tokenizer(&self) -> Result<tokenizers::Tokenizer, error::AppError> {
+        if let Some(tokenizer) = self.inner.tokenizer.get() {
+            return Ok(tokenizer.clone());
+        }
+        let path = self.config().models_dir.join(crate::model::catalog::DEFAULT_RETRIEVER_NAME).join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            error::AppError::ModelsMissing(format!(
+                "cannot load the retriever's tokenizer {}: {e}; run `make models`",
+                path.display()
+            ))
+        })?;
+        Ok(self.inner.tokenizer.get_or_init(|| tokenizer).clone())
     }
 
     fn token(&self) -> Option<&str> {
@@ -110,7 +181,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let require_token = || middleware::from_fn_with_state(state.clone(), auth::require_token);
     // `layer` (not `route_layer`) so the API's own 404/405 fallbacks are guarded too.
-    let api = api::router().layer(require_token());
+    let api = api::router(state.config().max_upload_bytes).layer(require_token());
     Router::new()
         .nest("/api", api)
         .route(attune_shared::WS_PATH, get(ws::upgrade).layer(require_token()))

@@ -28,8 +28,21 @@ async fn session(mut socket: WebSocket, state: AppState) {
         return;
     }
     let shutdown = state.shutdown_token().clone();
+    let mut events = state.events().subscribe();
     loop {
         tokio::select! {
+            event = events.recv() => {
+                match event {
+                    Ok(message) => {
+                        if send(&mut socket, &message).await.is_err() {
+                            break;
+                        }
+                    }
+                    // A slow client missed some progress; later events carry the whole state.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
             () = shutdown.cancelled() => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                 let _ = socket.send(Message::Close(Some(frame))).await;

@@ -150,11 +150,11 @@ pub struct SynthRunConfig {
 
 fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
     let config: String = row.try_get("config")?;
-    let config: SynthRunConfig =
-        serde_json::from_str(&config).map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
+    let config: SynthRunConfig = serde_json::from_str(&config)
+        .map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
     let report: String = row.try_get("report")?;
-    let report: SynthReport =
-        serde_json::from_str(&report).map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
+    let report: SynthReport = serde_json::from_str(&report)
+        .map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
     let status: String = row.try_get("status")?;
     Ok(SynthRun {
         id: row.try_get("id")?,
@@ -399,7 +399,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?")).bind(id).fetch_one(&mut *tx).await?;
+        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         let updated = triple(&row)?;
         tx.commit().await?;
         Ok(updated)
@@ -439,14 +442,16 @@ impl Store {
             if current.status == status {
                 continue;
             }
-            sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)")
-                .bind(id)
-                .bind(current.version)
-                .bind(&current.question)
-                .bind(&current.answer)
-                .bind(current.status.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(current.version)
+            .bind(&current.question)
+            .bind(&current.answer)
+            .bind(current.status.as_str())
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(&format!(
                 "UPDATE triples SET status = ?, version = version + 1, updated_at = {NOW} WHERE id = ?"
             ))
@@ -465,7 +470,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut deleted = 0;
         for id in ids {
-            deleted += sqlx::query("DELETE FROM triples WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
+            deleted +=
+                sqlx::query("DELETE FROM triples WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(deleted)
@@ -484,12 +490,13 @@ impl Store {
         let json = serde_json::to_string(config)
             .map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
         let mut tx = self.pool.begin().await?;
-        let id: i64 =
-            sqlx::query_scalar("INSERT INTO synth_runs (status, config, passages_total) VALUES ('queued', ?, ?) RETURNING id")
-                .bind(json)
-                .bind(passage_ids.len() as i64)
-                .fetch_one(&mut *tx)
-                .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO synth_runs (status, config, passages_total) VALUES ('queued', ?, ?) RETURNING id",
+        )
+        .bind(json)
+        .bind(passage_ids.len() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
         for (ord, passage_id) in passage_ids.iter().enumerate() {
             sqlx::query("INSERT OR IGNORE INTO synth_run_passages (run_id, passage_id, ord) VALUES (?, ?, ?)")
                 .bind(id)
@@ -553,7 +560,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_synth_status(&self, run_id: i64, status: JobStatus, error: Option<&str>) -> Result<(), StoreError> {
+    pub async fn set_synth_status(
+        &self,
+        run_id: i64,
+        status: JobStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(&format!("UPDATE synth_runs SET status = ?, error = ?, updated_at = {NOW} WHERE id = ?"))
             .bind(job_status_str(status))
             .bind(error)

@@ -48,10 +48,7 @@ impl Rejection {
 
 /// Lower-case words without punctuation.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 /// The form two questions are compared in for duplicates.
@@ -83,7 +80,12 @@ fn longest_shared_run(a: &[String], b: &[String]) -> usize {
 }
 
 /// Checks a question against the passage and the questions already kept (normalised).
-pub fn check_question(question: &str, passage: &str, seen: &[String], settings: &FilterSettings) -> Result<(), Rejection> {
+pub fn check_question(
+    question: &str,
+    passage: &str,
+    seen: &[String],
+    settings: &FilterSettings,
+) -> Result<(), Rejection> {
     let question = question.trim();
     let question_words = words(question);
     if question_words.is_empty() {

@@ -120,7 +120,11 @@ impl OpenAiLlm {
                     let status = response.status();
                     let text = response.text().unwrap_or_default();
                     let message = format!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
-                    if status.as_u16() == 429 || status.is_server_error() { message } else { return Err(error(message)) }
+                    if status.as_u16() == 429 || status.is_server_error() {
+                        message
+                    } else {
+                        return Err(error(message));
+                    }
                 }
                 Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => e.to_string(),
                 Err(e) => return Err(error(e.to_string())),

@@ -59,10 +59,8 @@ pub fn synthesize(
             Err(rejection) => rejection.count(&mut out.filtered),
         }
     }
-    let answer_prompts = candidates
-        .iter()
-        .map(|q| prompt::render_answer(&prompts.answer, passage, q))
-        .collect::<Result<Vec<_>, _>>()?;
+    let answer_prompts =
+        candidates.iter().map(|q| prompt::render_answer(&prompts.answer, passage, q)).collect::<Result<Vec<_>, _>>()?;
     let answers = llm.complete(&answer_prompts, 64)?;
     for (question, answer) in candidates.into_iter().zip(answers) {
         let answer = parse::answer(&answer?);
@@ -90,7 +88,11 @@ mod tests {
             "scripted".into()
         }
 
-        fn complete(&self, prompts: &[String], _max_tokens: usize) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        fn complete(
+            &self,
+            prompts: &[String],
+            _max_tokens: usize,
+        ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
             self.prompts.lock().unwrap().extend(prompts.iter().cloned());
             let mut replies = self.replies.lock().unwrap();
             Ok(prompts.iter().map(|_| Ok(replies.remove(0))).collect())

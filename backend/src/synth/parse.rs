@@ -52,7 +52,8 @@ pub fn answer(text: &str) -> String {
 
 fn looks_like_question(text: &str) -> bool {
     let first = text.split_whitespace().next().unwrap_or("").to_lowercase();
-    ["what", "who", "when", "where", "why", "how", "which", "is", "are", "does", "do", "can", "in"].contains(&first.as_str())
+    ["what", "who", "when", "where", "why", "how", "which", "is", "are", "does", "do", "can", "in"]
+        .contains(&first.as_str())
 }
 
 /// Drops list markers: "1.", "2)", "-", "*", "•", "Q1:", "Question 3 -", "(4)".

@@ -1,0 +1,324 @@
+//! `attune ingest`, `attune synth` and `attune triples export|import`: the corpus from the command
+//! line, on the same database `attune serve` uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use attune::engine::ingest::{Ingested, ingest_file};
+use attune::engine::synth::SynthJob;
+use attune::engine::triples_io::{self, ExportFormat};
+use attune::ingest::ChunkSettings;
+use attune::model::generator::Generator;
+use attune::store::Store;
+use attune::store::corpus::SynthRunConfig;
+use attune::synth::{FilterSettings, Llm, LocalLlm, OpenAiLlm, OpenAiSettings, prompt};
+use attune_shared::{LlmChoice, TripleStatus};
+
+use super::{model_path, progress_bar};
+
+/// Files larger than this are refused (`--max-upload-mb`).
+pub const DEFAULT_MAX_UPLOAD_MB: u64 = 50;
+
+#[derive(clap::Args, Debug)]
+pub struct IngestArgs {
+    /// PDF, .txt or .md files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// The retriever whose tokenizer measures passages.
+    #[arg(long, default_value = "default")]
+    retriever: String,
+    /// Passage length in tokens (default: the project's settings, 256).
+    #[arg(long)]
+    chunk_tokens: Option<usize>,
+    /// Tokens shared by consecutive passages (default: the project's settings, 32).
+    #[arg(long)]
+    chunk_overlap: Option<usize>,
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_MB)]
+    max_upload_mb: u64,
+}
+
+/// The retriever's tokenizer, for chunking.
+pub fn chunking_tokenizer(retriever: &str, models_dir: &std::path::Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    let path = model_path(retriever, models_dir, crate::DEFAULT_RETRIEVER).join("tokenizer.json");
+    tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e} (run `make models`?)", path.display()))
+}
+
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.data_dir).await?;
+    let saved = store.settings().await?;
+    let settings = ChunkSettings {
+        max_tokens: args.chunk_tokens.unwrap_or(saved.chunk_tokens as usize),
+        overlap: args.chunk_overlap.unwrap_or(saved.chunk_overlap as usize),
+    };
+    let tokenizer = chunking_tokenizer(&args.retriever, &args.models_dir)?;
+    let mut failures = 0;
+    for path in &args.files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned();
+        let started = Instant::now();
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", path.display());
+                failures += 1;
+                continue;
+            }
+        };
+        match ingest_file(&store, &tokenizer, &name, bytes, settings, args.max_upload_mb * 1024 * 1024).await {
+            Ok(Ingested::New(document)) => {
+                let passages = store.passages(document.id).await?;
+                let mut tokens: Vec<u32> = passages.iter().map(|p| p.tokens).collect();
+                tokens.sort_unstable();
+                let at = |q: f64| tokens[((tokens.len() - 1) as f64 * q).round() as usize];
+                println!(
+                    "{name}: document {} — {} passages{} in {:.1} s; tokens per passage min {} / median {} / p90 {} / max {}",
+                    document.id,
+                    document.passages,
+                    document.pages.map(|p| format!(" from {p} pages")).unwrap_or_default(),
+                    started.elapsed().as_secs_f64(),
+                    at(0.0),
+                    at(0.5),
+                    at(0.9),
+                    at(1.0),
+                );
+            }
+            Ok(Ingested::Duplicate(document)) => {
+                println!("{name}: already ingested as document {} ({}); skipped", document.id, document.name)
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failures += 1;
+            }
+        }
+    }
+    store.close().await;
+    if failures > 0 {
+        bail!("{failures} of {} files were not ingested", args.files.len());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LlmKind {
+    Local,
+    Openai,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// Only this document's passages.
+    #[arg(long)]
+    document: Option<i64>,
+    /// Questions asked per passage (default: the project's settings, 3).
+    #[arg(long)]
+    questions_per_passage: Option<u32>,
+    /// At most this many passages.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Skip this many passages first (in document order).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[arg(long, value_enum, default_value = "local")]
+    llm: LlmKind,
+    /// The local generator (with --llm local).
+    #[arg(long, default_value = "default")]
+    generator: String,
+    /// Base URL of the OpenAI-compatible server, up to /v1 (with --llm openai). API key: ATTUNE_LLM_API_KEY.
+    #[arg(long)]
+    llm_base_url: Option<String>,
+    #[arg(long)]
+    llm_model: Option<String>,
+    /// Continue an interrupted or cancelled run instead of starting one.
+    #[arg(long)]
+    resume: Option<i64>,
+    /// Template files replacing the default prompts (minijinja: {{ passage }}, {{ n }}, {{ question }}).
+    #[arg(long)]
+    questions_prompt: Option<PathBuf>,
+    #[arg(long)]
+    answer_prompt: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// Builds the LLM a run asks.
+pub fn build_llm(choice: &LlmChoice, generator: &std::path::Path, device: &str) -> anyhow::Result<Box<dyn Llm>> {
+    Ok(match choice {
+        LlmChoice::Local => {
+            let device = attune::model::device::select(device)?;
+            let name = generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
+            Box::new(LocalLlm { generator: Generator::load(generator, &device)?, name })
+        }
+        LlmChoice::OpenAi { base_url, model } => Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model))?),
+    })
+}
+
+pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.data_dir).await?;
+    let saved = store.settings().await?;
+    let generator = model_path(&args.generator, &args.models_dir, crate::DEFAULT_GENERATOR);
+    let run = match args.resume {
+        Some(id) => store.synth_run(id).await?.with_context(|| format!("no synthesis run {id}"))?,
+        None => {
+            let llm = match args.llm {
+                LlmKind::Local => LlmChoice::Local,
+                LlmKind::Openai => {
+                    let (Some(base_url), Some(model)) = (args.llm_base_url.clone(), args.llm_model.clone()) else {
+                        bail!("--llm openai needs --llm-base-url and --llm-model");
+                    };
+                    LlmChoice::OpenAi { base_url, model }
+                }
+            };
+            let mut prompts = prompt::defaults();
+            if let Some(path) = &args.questions_prompt {
+                prompts.questions = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            }
+            if let Some(path) = &args.answer_prompt {
+                prompts.answer = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            }
+            prompt::validate(&prompts)?;
+            let model = match &llm {
+                LlmChoice::Local => generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned(),
+                LlmChoice::OpenAi { model, .. } => model.clone(),
+            };
+            let mut passages = store.passage_ids(args.document).await?;
+            passages.drain(..args.offset.min(passages.len()));
+            if let Some(limit) = args.limit {
+                passages.truncate(limit as usize);
+            }
+            if passages.is_empty() {
+                bail!("no passages to synthesise from: ingest documents first (attune ingest FILES)");
+            }
+            let config = SynthRunConfig {
+                llm,
+                model,
+                questions_per_passage: args.questions_per_passage.unwrap_or(saved.questions_per_passage),
+                prompts,
+            };
+            store.create_synth_run(&config, &passages).await?
+        }
+    };
+    let llm = build_llm(&run.llm, &generator, &args.device)?;
+    let bar = progress_bar(
+        run.passages_total,
+        "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
+    );
+    bar.set_position(run.report.passages_done);
+    let job = SynthJob {
+        run_id: run.id,
+        store: store.clone(),
+        llm,
+        filters: FilterSettings::default(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let progress_bar = bar.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        job.run(|run, _eta| {
+            progress_bar.set_position(run.report.passages_done);
+            progress_bar.set_message(format!("{} kept", run.report.kept));
+        })
+    })
+    .await??;
+    bar.finish_and_clear();
+    let r = &run.report;
+    let f = &r.filtered;
+    println!(
+        "synthesis run {}: {:?}; {} passages, {} questions, {} kept; filtered: {} empty, {} duplicate, {} not a question, \
+         {} copying the passage, {} ungrounded answers, {} answers too long; {} passages failed; {:.1} min ({:.1} kept triples/min)",
+        run.id,
+        run.status,
+        r.passages_done,
+        r.questions_seen,
+        r.kept,
+        f.empty,
+        f.duplicate,
+        f.not_a_question,
+        f.copies_passage,
+        f.ungrounded,
+        f.answer_too_long,
+        r.failed_passages,
+        r.seconds / 60.0,
+        r.kept as f64 / (r.seconds / 60.0).max(1e-9),
+    );
+    if let Some(error) = &run.error {
+        eprintln!("{error}");
+    }
+    store.close().await;
+    Ok(())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TriplesCommand {
+    /// Write triples as CSV (DALM's columns Abstract,Question,Answer) or JSONL.
+    Export(ExportArgs),
+    /// Add triples from a CSV (DALM's columns) or JSONL file, as imported and pending review.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusChoice {
+    Approved,
+    Pending,
+    Rejected,
+    All,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    #[arg(long, value_enum, default_value = "approved")]
+    status: StatusChoice,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    file: PathBuf,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+pub async fn triples(command: TriplesCommand) -> anyhow::Result<()> {
+    match command {
+        TriplesCommand::Export(args) => {
+            let store = Store::open(&args.data_dir).await?;
+            let statuses: &[TripleStatus] = match args.status {
+                StatusChoice::Approved => &[TripleStatus::Approved],
+                StatusChoice::Pending => &[TripleStatus::Pending],
+                StatusChoice::Rejected => &[TripleStatus::Rejected],
+                StatusChoice::All => &[],
+            };
+            let triples = store.all_triples(statuses).await?;
+            let bytes = triples_io::export(&triples, args.format)?;
+            std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+            println!("wrote {} triples to {}", triples.len(), args.out.display());
+            store.close().await;
+        }
+        TriplesCommand::Import(args) => {
+            let store = Store::open(&args.data_dir).await?;
+            let (rows, skipped) = triples_io::import(&args.file)?;
+            for s in &skipped {
+                eprintln!("row {}: {}", s.row, s.reason);
+            }
+            let ids = store.insert_triples(&rows).await?;
+            println!("imported {} triples ({} rows skipped)", ids.len(), skipped.len());
+            store.close().await;
+        }
+    }
+    Ok(())
+}

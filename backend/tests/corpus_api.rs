@@ -1,0 +1,370 @@
+//! The corpus API end to end through `app(state)`: uploads of every format and every bad input,
+//! duplicate documents, passages, triples (paging, filters, search, optimistic concurrency with
+//! history, bulk actions), export → import round trip, deleting a document with triples, and a
+//! synthesis run against a local stand-in for an OpenAI-compatible server (which fails its first
+//! request, to exercise the retries). Needs the default retriever's tokenizer (`make models`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use attune::serve::{AppState, ServeConfig, app};
+
+fn workspace() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(workspace().join("backend/tests/fixtures").join(name)).unwrap()
+}
+
+struct TestApp {
+    router: Router,
+    _dirs: tempfile::TempDir,
+}
+
+async fn test_app(max_upload_bytes: u64) -> TestApp {
+    let dirs = tempfile::tempdir().unwrap();
+    let models = workspace().join("models");
+    assert!(models.join("all-MiniLM-L6-v2/tokenizer.json").is_file(), "run `make models`");
+    let mut config = ServeConfig::new(dirs.path().join("data"), models, dirs.path().join("dist"));
+    config.max_upload_bytes = max_upload_bytes;
+    let state = AppState::open(config).await.unwrap();
+    TestApp { router: app(state), _dirs: dirs }
+}
+
+async fn call(app: &TestApp, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// A multipart/form-data request with one field per file.
+fn multipart(uri: &str, files: &[(&str, &[u8])]) -> Request<Body> {
+    let boundary = "attune-test-boundary";
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.len() > 10), "body: {body}");
+}
+
+const MARKDOWN: &str = "# Guide\n\nCats sleep for most of the day and groom themselves often.\n\n## Dogs\n\n\
+                        Dogs were domesticated first, and some herd sheep.";
+
+#[tokio::test]
+async fn uploads_of_every_format_and_every_bad_input() {
+    let app = test_app(64 * 1024).await;
+    // Several files at once: each gets its outcome.
+    let pdf = fixture("two_pages.pdf");
+    let (status, body) = call(
+        &app,
+        multipart(
+            "/api/v1/documents",
+            &[("pets.pdf", &pdf), ("guide.md", MARKDOWN.as_bytes()), ("notes.txt", b"Plain notes about parrots.")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let files = body["files"].as_array().unwrap();
+    assert!(files.iter().all(|f| f["outcome"] == "ingested"), "{body}");
+    assert_eq!(files[0]["document"]["kind"], "pdf");
+    assert_eq!(files[0]["document"]["pages"], 2);
+    assert_eq!(files[1]["document"]["kind"], "markdown");
+
+    // Passages keep pages (PDF) and sections (Markdown); offsets point into the text.
+    let pdf_id = files[0]["document"]["id"].as_i64().unwrap();
+    let (_, passages) = call(&app, get(&format!("/api/v1/documents/{pdf_id}/passages"))).await;
+    let passages = passages.as_array().unwrap();
+    assert!(!passages.is_empty());
+    assert_eq!(passages[0]["page_start"], 1);
+    assert_eq!(passages.last().unwrap()["page_end"], 2);
+    assert!(passages.iter().any(|p| p["text"].as_str().unwrap().contains("Basenji")));
+    let md_id = files[1]["document"]["id"].as_i64().unwrap();
+    let (_, md_passages) = call(&app, get(&format!("/api/v1/documents/{md_id}/passages"))).await;
+    assert_eq!(md_passages[0]["section"], "Guide");
+
+    // The same bytes again: a duplicate, nothing stored twice.
+    let (status, body) = call(&app, multipart("/api/v1/documents", &[("again.pdf", &pdf)])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["files"][0]["outcome"], "duplicate");
+    assert_eq!(body["files"][0]["document"]["id"], pdf_id);
+    let (_, documents) = call(&app, get("/api/v1/documents")).await;
+    assert_eq!(documents.as_array().unwrap().len(), 3);
+
+    // Each bad input alone: its own status and a message.
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("slides.pptx", b"PK\x03\x04".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("empty.txt", b"   \n".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "empty_file"),
+        ("latin1.txt", b"caf\xe9".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "not_utf8"),
+        ("scanned.pdf", fixture("scanned.pdf"), StatusCode::UNPROCESSABLE_ENTITY, "no_text_in_pdf"),
+        ("broken.pdf", b"%PDF-1.4 garbage".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "unreadable_pdf"),
+        ("big.txt", "word ".repeat(20_000).into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+    ];
+    for (name, bytes, expected, code) in cases {
+        let (status, body) = call(&app, multipart("/api/v1/documents", &[(name, &bytes)])).await;
+        assert_eq!(status, expected, "{name}: {body}");
+        assert_error(&body, code);
+    }
+    let (_, body) = call(&app, get("/api/v1/documents/999")).await;
+    assert_error(&body, "not_found");
+    // Nothing of the failed uploads was stored.
+    let (_, documents) = call(&app, get("/api/v1/documents")).await;
+    assert_eq!(documents.as_array().unwrap().len(), 3);
+}
+
+fn jsonl(rows: &[(&str, &str, &str)]) -> Vec<u8> {
+    rows.iter()
+        .map(|(q, p, a)| json!({"question": q, "passage": p, "answer": a}).to_string() + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn triples_review_concurrency_bulk_export_and_import() {
+    let app = test_app(1 << 20).await;
+    let rows: Vec<(String, String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("Question {i} about \"quotes\", commas?"),
+                format!("Passage {i},\nwith a line break."),
+                format!("answer {i}"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(q, p, a)| (q.as_str(), p.as_str(), a.as_str())).collect();
+    let (status, body) = call(&app, multipart("/api/v1/triples/import", &[("triples.jsonl", &jsonl(&refs))])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["imported"], 12);
+
+    // Pages, counts, search.
+    let (_, page) = call(&app, get("/api/v1/triples?per_page=5&page=3")).await;
+    assert_eq!(page["total"], 12);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["counts"]["pending"], 12);
+    let (_, found) = call(&app, get("/api/v1/triples?q=Question%2011")).await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["items"][0]["origin"], "imported");
+
+    // Optimistic concurrency: an update at the read version wins, a stale one gets 409 with the current triple.
+    let triple = &page["items"][0];
+    let id = triple["id"].as_i64().unwrap();
+    let (status, updated) =
+        call(&app, json_request("PATCH", &format!("/api/v1/triples/{id}"), json!({"version": 1, "answer": "fixed"})))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["answer"], "fixed");
+    let (status, conflict) = call(
+        &app,
+        json_request("PATCH", &format!("/api/v1/triples/{id}"), json!({"version": 1, "question": "stale edit?"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error(&conflict, "version_conflict");
+    assert_eq!(conflict["current"]["answer"], "fixed");
+    assert_eq!(conflict["current"]["version"], 2);
+    let (status, body) =
+        call(&app, json_request("PATCH", &format!("/api/v1/triples/{id}"), json!({"version": 2, "question": "  "})))
+            .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, history) = call(&app, get(&format!("/api/v1/triples/{id}/history"))).await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["answer"], "answer 10", "{history}");
+
+    // Bulk status, then counts by status.
+    let ids: Vec<i64> = found["items"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    let mut approve: Vec<i64> = (1..=5).collect();
+    approve.extend(&ids);
+    let (_, result) = call(
+        &app,
+        json_request(
+            "POST",
+            "/api/v1/triples/bulk",
+            json!({"action": "set_status", "ids": approve, "status": "approved"}),
+        ),
+    )
+    .await;
+    assert_eq!(result["changed"], 6);
+    let (_, result) = call(
+        &app,
+        json_request("POST", "/api/v1/triples/bulk", json!({"action": "set_status", "ids": [6], "status": "rejected"})),
+    )
+    .await;
+    assert_eq!(result["changed"], 1);
+    let (_, approved) = call(&app, get("/api/v1/triples?status=approved")).await;
+    assert_eq!(approved["total"], 6);
+    assert_eq!(approved["counts"], json!({"pending": 5, "approved": 6, "rejected": 1}));
+    let (_, result) =
+        call(&app, json_request("POST", "/api/v1/triples/bulk", json!({"action": "delete", "ids": [7, 8, 999]}))).await;
+    assert_eq!(result["changed"], 2);
+
+    // Export (approved only by default) → import elsewhere → the same triples.
+    for format in ["csv", "jsonl"] {
+        let response =
+            app.router.clone().oneshot(get(&format!("/api/v1/triples/export?format={format}"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let exported = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+        if format == "csv" {
+            assert!(exported.starts_with(b"Abstract,Question,Answer\n"), "{}", String::from_utf8_lossy(&exported));
+        }
+        let other = test_app(1 << 20).await;
+        let (status, body) =
+            call(&other, multipart("/api/v1/triples/import", &[(&format!("t.{format}"), &exported)])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["imported"], 6);
+        let (_, original) = call(&app, get("/api/v1/triples?status=approved&per_page=100")).await;
+        let (_, copy) = call(&other, get("/api/v1/triples?per_page=100")).await;
+        let fields = |page: &Value| -> Vec<(String, String, String)> {
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t["question"].to_string(), t["passage"].to_string(), t["answer"].to_string()))
+                .collect()
+        };
+        assert_eq!(fields(&original), fields(&copy), "{format} round trip");
+    }
+    let (status, body) = call(&app, get("/api/v1/triples/export?format=xml")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = call(&app, multipart("/api/v1/triples/import", &[("t.xlsx", b"nope")])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+/// A stand-in OpenAI-compatible server: questions for question prompts, answers taken from the
+/// passage for answer prompts; its first request fails with 503.
+async fn stand_in_llm() -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let router = Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "warming up"})));
+                }
+                assert_eq!(body["model"], "stand-in-7b");
+                let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+                let content = if prompt.contains("different questions") {
+                    "Sure, here they are:\n1. How long does a domestic cat sleep?\n2) What do cats groom themselves with?\n\
+                     3. Cats are small carnivorous mammals that people keep as pets?"
+                } else if prompt.contains("How long") {
+                    "Answer: about fifteen hours a day"
+                } else {
+                    "Rust compilers and borrow checkers"
+                };
+                (StatusCode::OK, axum::Json(json!({"choices": [{"message": {"role": "assistant", "content": content}}]})))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}/v1"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples() {
+    let app = test_app(1 << 20).await;
+    let (status, body) = call(&app, multipart("/api/v1/documents", &[("pets.pdf", &fixture("two_pages.pdf"))])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let document = body["files"][0]["document"]["id"].as_i64().unwrap();
+    let (base_url, calls) = stand_in_llm().await;
+
+    let (status, body) = call(
+        &app,
+        json_request(
+            "POST",
+            "/api/v1/synth/runs",
+            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let run_id = body["id"].as_i64().unwrap();
+    let mut run = body;
+    for _ in 0..200 {
+        let (_, now) = call(&app, get(&format!("/api/v1/synth/runs/{run_id}"))).await;
+        run = now;
+        if run["status"] != "running" && run["status"] != "queued" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let report = &run["report"];
+    // Per passage: 3 questions; the copied one is filtered, one answer is ungrounded, one is kept.
+    let passages = report["passages_done"].as_u64().unwrap();
+    assert!(passages >= 1);
+    assert_eq!(report["kept"], passages, "{report}");
+    assert_eq!(report["filtered"]["copies_passage"], passages, "{report}");
+    assert_eq!(report["filtered"]["ungrounded"], passages, "{report}");
+    assert!(calls.load(Ordering::SeqCst) > 1 + 3 * passages as usize - 1, "the 503 was retried");
+
+    let (_, triples) = call(&app, get(&format!("/api/v1/triples?document_id={document}"))).await;
+    let first = &triples["items"][0];
+    assert_eq!(first["question"], "How long does a domestic cat sleep?");
+    assert_eq!(first["answer"], "about fifteen hours a day");
+    assert_eq!(first["origin"], "synthetic");
+    assert_eq!(first["model"], "stand-in-7b");
+    assert!(first["prompt"].as_str().unwrap().contains("different questions"));
+
+    // A finished run cannot be resumed or cancelled.
+    let (status, body) =
+        call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/cancel"), json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Deleting the document asks what to do with its triples.
+    let (status, body) =
+        call(&app, Request::delete(format!("/api/v1/documents/{document}")).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error(&body, "document_has_triples");
+    let (status, _) =
+        call(&app, Request::delete(format!("/api/v1/documents/{document}?triples=keep")).body(Body::empty()).unwrap())
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, kept) = call(&app, get("/api/v1/triples")).await;
+    assert_eq!(kept["total"], passages, "triples stay, with their passage text");
+    assert!(kept["items"][0]["passage"].as_str().unwrap().contains("cat"));
+    assert_eq!(kept["items"][0]["document_id"], Value::Null);
+}
