@@ -106,7 +106,8 @@ pub fn check_question(
 /// Checks an answer: present, short enough, and grounded in the passage.
 pub fn check_answer(answer: &str, passage: &str, settings: &FilterSettings) -> Result<(), Rejection> {
     let answer_words = words(answer);
-    if answer_words.is_empty() {
+    // Nothing, or only a lead-in to an answer that never came ("The output is:").
+    if answer_words.is_empty() || answer.trim_end().ends_with(':') {
         return Err(Rejection::Empty);
     }
     if answer_words.len() > settings.max_answer_words {
@@ -149,6 +150,7 @@ mod tests {
         let s = FilterSettings::default();
         assert_eq!(check_answer("FASTA and GenBank files", PASSAGE, &s), Ok(()));
         assert_eq!(check_answer("", PASSAGE, &s), Err(Rejection::Empty));
+        assert_eq!(check_answer("The FASTA files are:", PASSAGE, &s), Err(Rejection::Empty));
         assert_eq!(check_answer("Rust and Haskell compilers", PASSAGE, &s), Err(Rejection::Ungrounded));
         let long = "an international team ".repeat(15);
         assert_eq!(check_answer(&long, PASSAGE, &s), Err(Rejection::AnswerTooLong));

@@ -47,7 +47,8 @@ pub fn synthesize(
     let questions_prompt = prompt::render_questions(&prompts.questions, passage, n)?;
     let raw = llm.complete(&[questions_prompt], 48 * n as usize + 32)?.remove(0)?;
     let questions = parse::questions(&raw);
-    out.questions_seen = questions.len() as u64;
+    // Small models often write more than asked: the first `n` are considered (and counted).
+    out.questions_seen = questions.len().min(n as usize) as u64;
     let mut seen: Vec<String> = known.iter().map(|q| filter::normalise_question(q)).collect();
     let mut candidates = Vec::new();
     for question in questions.into_iter().take(n as usize) {
@@ -99,6 +100,13 @@ mod tests {
         }
     }
 
+    fn llm_again() -> Scripted {
+        Scripted {
+            replies: Mutex::new(vec!["1. Who designed it?\n2. How tall is it?\n3. Where is it?".into(), "Gustave Eiffel".into(), "330 metres".into()]),
+            prompts: Mutex::new(Vec::new()),
+        }
+    }
+
     #[test]
     fn questions_then_answers_filtered_and_counted() {
         let passage = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It is 330 metres tall \
@@ -123,6 +131,8 @@ mod tests {
             ]
         );
         assert_eq!(out.questions_seen, 5);
+        let three = synthesize(&llm_again(), &prompts, passage, 2, &[], &FilterSettings::default()).unwrap();
+        assert_eq!(three.questions_seen, 2, "only the first n questions count");
         assert_eq!(out.filtered.duplicate, 1);
         assert_eq!(out.filtered.not_a_question, 1);
         assert_eq!(out.filtered.copies_passage, 1);

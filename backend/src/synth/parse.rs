@@ -6,7 +6,8 @@ pub fn questions(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = strip_marker(line.trim());
-        if line.is_empty() {
+        // Empty, or numbering debris without a word ("1.1.1.", "1-10").
+        if !line.chars().any(char::is_alphabetic) {
             continue;
         }
         let lower = line.to_lowercase();
@@ -78,8 +79,10 @@ fn strip_marker(line: &str) -> &str {
     line.trim()
 }
 
-/// Drops wrapping quotes, bold/italic markers and surrounding whitespace; collapses spaces.
+/// Drops wrapping quotes, bold/italic markers, leading stray symbols (`= "` of a code line) and
+/// surrounding whitespace; collapses spaces.
 fn clean(text: &str) -> String {
+    let text = text.trim().trim_start_matches(|c: char| !c.is_alphanumeric() && !"(¿[\"“'".contains(c));
     let text = text.trim().trim_matches(['"', '“', '”', '\'', '*', '_', '`']).trim();
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -111,8 +114,34 @@ mod tests {
         assert_eq!(questions("1. What is X? 2. Who made X?"), vec!["What is X?", "Who made X?"]);
         // A line without "?" is still returned: the not-a-question filter counts it.
         assert_eq!(questions("1. Describe the method"), vec!["Describe the method"]);
+        // A stray code prefix the local model copied from a passage.
+        assert_eq!(questions("= \"What is the sequence of the Alpha sequence?"), vec!["What is the sequence of the Alpha sequence?"]);
         assert!(questions("").is_empty());
         assert!(questions("Sure! Here you go:").is_empty());
+    }
+
+    /// Real outputs of the local model (SmolLM2-135M-Instruct, greedy) for the default questions
+    /// prompt on three passages of the Biopython tutorial; captured with `attune generate --chat`.
+    #[test]
+    fn real_outputs_of_the_local_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_question_outputs.jsonl");
+        let outputs: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["output"].as_str().unwrap().to_owned())
+            .collect();
+        // A list of "Question: …" lines between debris ("1. 1.1.1.1.", "Answer:").
+        let first = questions(&outputs[0]);
+        assert!(first.len() >= 3, "{first:?}");
+        // (The last one was cut off by the token limit: no "?", so the filters count it.)
+        assert!(first.iter().all(|q| q.starts_with("What is the best way to write alignments using Bio.AlignIO")), "{first:?}");
+        assert_eq!(first[0], "What is the best way to write alignments using Bio.AlignIO?");
+        // A stray "Q10-1-10" line, then one question.
+        assert_eq!(questions(&outputs[1]), vec!["What is the difference between aegis and dgsl?"]);
+        // No questions at all, only an explanation with code: every line is a statement the
+        // not-a-question filter will count.
+        let third = questions(&outputs[2]);
+        assert!(!third.is_empty() && third.iter().all(|q| !q.ends_with('?')), "{third:?}");
     }
 
     #[test]
