@@ -270,18 +270,38 @@ async fn triples_review_concurrency_bulk_export_and_import() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
+/// How the stand-in LLM server behaves.
+#[derive(Clone, Default)]
+struct StandIn {
+    calls: Arc<AtomicUsize>,
+    /// Requests from this one on fail with 400 (not retried); 0: never.
+    fail_from: Arc<AtomicUsize>,
+    /// Milliseconds each reply takes.
+    delay_ms: u64,
+}
+
 /// A stand-in OpenAI-compatible server: questions for question prompts, answers taken from the
 /// passage for answer prompts; its first request fails with 503.
 async fn stand_in_llm() -> (String, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
+    let stand_in = StandIn::default();
+    let calls = stand_in.calls.clone();
+    (stand_in_server(stand_in).await, calls)
+}
+
+async fn stand_in_server(stand_in: StandIn) -> String {
     let router = Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let counter = counter.clone();
+            let stand_in = stand_in.clone();
             async move {
-                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                let call = stand_in.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(stand_in.delay_ms)).await;
+                if call == 0 {
                     return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "warming up"})));
+                }
+                let fail_from = stand_in.fail_from.load(Ordering::SeqCst);
+                if fail_from > 0 && call >= fail_from {
+                    return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "context length exceeded"})));
                 }
                 assert_eq!(body["model"], "stand-in-7b");
                 let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
@@ -300,7 +320,151 @@ async fn stand_in_llm() -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}/v1"), calls)
+    format!("http://{addr}/v1")
+}
+
+/// Waits until the run leaves `running`/`queued` (or `until` holds), returning it.
+async fn wait_for_run(app: &TestApp, run_id: i64, until: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..400 {
+        let (_, run) = call(app, get(&format!("/api/v1/synth/runs/{run_id}"))).await;
+        if until(&run) {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("synthesis run {run_id} did not get there");
+}
+
+fn finished(run: &Value) -> bool {
+    run["status"] != "running" && run["status"] != "queued"
+}
+
+/// A document cut into several small passages.
+async fn several_passages(app: &TestApp) -> (i64, u64) {
+    let (status, body) = call(
+        app,
+        json_request("PUT", "/api/v1/settings", json!({"chunk_tokens": 16, "chunk_overlap": 0, "questions_per_passage": 3})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = (0..6).map(|i| format!("Cats of house {i} sleep for about fifteen hours a day.")).collect::<Vec<_>>().join("\n\n");
+    let (status, body) = call(app, multipart("/api/v1/documents", &[("cats.txt", text.as_bytes())])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let document = &body["files"][0]["document"];
+    (document["id"].as_i64().unwrap(), document["passages"].as_u64().unwrap())
+}
+
+async fn start_run(app: &TestApp, document: i64, base_url: &str) -> i64 {
+    let (status, body) = call(
+        app,
+        json_request(
+            "POST",
+            "/api/v1/synth/runs",
+            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+async fn triples_per_passage(app: &TestApp, document: i64) -> Vec<u64> {
+    let (_, passages) = call(app, get(&format!("/api/v1/documents/{document}/passages"))).await;
+    let (_, triples) = call(app, get(&format!("/api/v1/triples?document_id={document}&per_page=500"))).await;
+    passages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| triples["items"].as_array().unwrap().iter().filter(|t| t["passage_id"] == p["id"]).count() as u64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_resumes_where_it_stopped() {
+    let app = test_app(1 << 20).await;
+    let (document, passages) = several_passages(&app).await;
+    assert!(passages >= 4, "{passages}");
+    // The 503, then two passages of 4 calls each (questions, three answers), then every request fails.
+    let stand_in = StandIn { fail_from: Arc::new(AtomicUsize::new(9)), ..StandIn::default() };
+    let base_url = stand_in_server(stand_in.clone()).await;
+    let run_id = start_run(&app, document, &base_url).await;
+    let run = wait_for_run(&app, run_id, finished).await;
+    assert_eq!(run["report"]["passages_done"], 2, "{run}");
+    assert_eq!(run["report"]["failed_passages"], passages - 2, "{run}");
+    assert!(run["error"].as_str().unwrap().contains("context length exceeded"), "{run}");
+
+    stand_in.fail_from.store(0, Ordering::SeqCst);
+    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let run = wait_for_run(&app, run_id, |r| finished(r) && r["report"]["passages_done"] == passages).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // Done passages were skipped: one kept triple per passage, none twice.
+    assert_eq!(triples_per_passage(&app, document).await, vec![1; passages as usize]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_between_passages_and_progress_reaches_the_websocket() {
+    use futures_util::StreamExt;
+    let dirs = tempfile::tempdir().unwrap();
+    let config = ServeConfig::new(dirs.path().join("data"), workspace().join("models"), dirs.path().join("dist"));
+    let state = AppState::open(config).await.unwrap();
+    let app = TestApp { router: app(state.clone()), _dirs: dirs };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = attune::serve::app(state);
+    tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    socket.next().await.unwrap().unwrap(); // hello
+
+    let (document, passages) = several_passages(&app).await;
+    let base_url = stand_in_server(StandIn { delay_ms: 40, ..StandIn::default() }).await;
+    let run_id = start_run(&app, document, &base_url).await;
+    wait_for_run(&app, run_id, |r| r["report"]["passages_done"].as_u64().unwrap_or(0) >= 1).await;
+    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/cancel"), json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let run = wait_for_run(&app, run_id, finished).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let done = run["report"]["passages_done"].as_u64().unwrap();
+    assert!(done >= 1 && done < passages, "{run}");
+
+    // The WebSocket saw the run start, progress with an ETA, and stop.
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(std::time::Duration::from_millis(500), socket.next()).await {
+        let message: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        if message["type"] == "synth_progress" {
+            seen.push(message);
+        }
+    }
+    assert_eq!(seen.first().unwrap()["run"]["status"], "running");
+    assert!(seen.iter().any(|m| m["eta_seconds"].as_f64().is_some() && m["run"]["report"]["passages_done"] == 1), "{seen:?}");
+    assert_eq!(seen.last().unwrap()["run"]["status"], "cancelled");
+
+    // Resuming finishes the rest.
+    let (status, _) = call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let run = wait_for_run(&app, run_id, |r| finished(r) && r["report"]["passages_done"] == passages).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(triples_per_passage(&app, document).await, vec![1; passages as usize]);
+}
+
+#[tokio::test]
+async fn runs_left_running_by_a_stopped_server_are_interrupted() {
+    let dirs = tempfile::tempdir().unwrap();
+    let config = ServeConfig::new(dirs.path().join("data"), workspace().join("models"), dirs.path().join("dist"));
+    let state = AppState::open(config.clone()).await.unwrap();
+    let run_config = attune::store::corpus::SynthRunConfig {
+        llm: attune_shared::LlmChoice::Local,
+        model: "m".into(),
+        questions_per_passage: 3,
+        prompts: attune::synth::prompt::defaults(),
+    };
+    let run = state.store().create_synth_run(&run_config, &[]).await.unwrap();
+    state.store().set_synth_status(run.id, attune_shared::JobStatus::Running, None).await.unwrap();
+    state.store().close().await;
+    drop(state);
+    let app = TestApp { router: app(AppState::open(config).await.unwrap()), _dirs: dirs };
+    let (_, run) = call(&app, get(&format!("/api/v1/synth/runs/{}", run.id))).await;
+    assert_eq!(run["status"], "interrupted", "{run}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,8 @@ impl SynthJob {
             .ok_or(EngineError::Invalid("no such synthesis run".into()))?;
         self.runtime.block_on(store.set_synth_status(run.id, JobStatus::Running, None))?;
         run.status = JobStatus::Running;
+        // Passages that failed before are pending again: they are counted afresh.
+        run.report.failed_passages = 0;
         progress(&run, None);
         let pending = self.runtime.block_on(store.pending_synth_passages(run.id))?;
         let prompt_record = serde_json::to_string(&run.prompts).unwrap_or_default();
@@ -105,6 +107,7 @@ impl SynthJob {
             Some(error) => (JobStatus::Succeeded, Some(format!("some passages failed; the last error: {error}"))),
             None => (JobStatus::Succeeded, None),
         };
+        self.runtime.block_on(store.save_synth_report(run.id, &run.report))?;
         self.runtime.block_on(store.set_synth_status(run.id, status, error.as_deref()))?;
         run.status = status;
         run.error = error;

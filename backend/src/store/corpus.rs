@@ -560,6 +560,18 @@ impl Store {
         Ok(())
     }
 
+    /// Saves a run's report (the running totals are otherwise saved with each finished passage).
+    pub async fn save_synth_report(&self, run_id: i64, report: &SynthReport) -> Result<(), StoreError> {
+        let json = serde_json::to_string(report)
+            .map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
+        sqlx::query(&format!("UPDATE synth_runs SET report = ?, updated_at = {NOW} WHERE id = ?"))
+            .bind(json)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_synth_status(
         &self,
         run_id: i64,
