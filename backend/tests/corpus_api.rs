@@ -343,11 +343,18 @@ fn finished(run: &Value) -> bool {
 async fn several_passages(app: &TestApp) -> (i64, u64) {
     let (status, body) = call(
         app,
-        json_request("PUT", "/api/v1/settings", json!({"chunk_tokens": 16, "chunk_overlap": 0, "questions_per_passage": 3})),
+        json_request(
+            "PUT",
+            "/api/v1/settings",
+            json!({"chunk_tokens": 16, "chunk_overlap": 0, "questions_per_passage": 3}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let text = (0..6).map(|i| format!("Cats of house {i} sleep for about fifteen hours a day.")).collect::<Vec<_>>().join("\n\n");
+    let text = (0..6)
+        .map(|i| format!("Cats of house {i} sleep for about fifteen hours a day."))
+        .collect::<Vec<_>>()
+        .join("\n\n");
     let (status, body) = call(app, multipart("/api/v1/documents", &[("cats.txt", text.as_bytes())])).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let document = &body["files"][0]["document"];
@@ -394,7 +401,8 @@ async fn a_failed_run_resumes_where_it_stopped() {
     assert!(run["error"].as_str().unwrap().contains("context length exceeded"), "{run}");
 
     stand_in.fail_from.store(0, Ordering::SeqCst);
-    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}))).await;
+    let (status, body) =
+        call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let run = wait_for_run(&app, run_id, |r| finished(r) && r["report"]["passages_done"] == passages).await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -420,7 +428,8 @@ async fn a_run_is_cancelled_between_passages_and_progress_reaches_the_websocket(
     let base_url = stand_in_server(StandIn { delay_ms: 40, ..StandIn::default() }).await;
     let run_id = start_run(&app, document, &base_url).await;
     wait_for_run(&app, run_id, |r| r["report"]["passages_done"].as_u64().unwrap_or(0) >= 1).await;
-    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/cancel"), json!({}))).await;
+    let (status, body) =
+        call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/cancel"), json!({}))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let run = wait_for_run(&app, run_id, finished).await;
     assert_eq!(run["status"], "cancelled", "{run}");
@@ -436,7 +445,10 @@ async fn a_run_is_cancelled_between_passages_and_progress_reaches_the_websocket(
         }
     }
     assert_eq!(seen.first().unwrap()["run"]["status"], "running");
-    assert!(seen.iter().any(|m| m["eta_seconds"].as_f64().is_some() && m["run"]["report"]["passages_done"] == 1), "{seen:?}");
+    assert!(
+        seen.iter().any(|m| m["eta_seconds"].as_f64().is_some() && m["run"]["report"]["passages_done"] == 1),
+        "{seen:?}"
+    );
     assert_eq!(seen.last().unwrap()["run"]["status"], "cancelled");
 
     // Resuming finishes the rest.

@@ -55,7 +55,8 @@ fn ingest_import_export_and_clear_failures() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("imported 24 triples"), "{}", text(&output));
     let all = dir.path().join("all.jsonl");
-    let output = attune(&data, &["triples", "export", "--format", "jsonl", "--status", "all", "--out", all.to_str().unwrap()]);
+    let output =
+        attune(&data, &["triples", "export", "--format", "jsonl", "--status", "all", "--out", all.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(std::fs::read_to_string(&all).unwrap().lines().count(), 24);
     // Approved only by default: none are approved yet.

@@ -102,7 +102,11 @@ mod tests {
 
     fn llm_again() -> Scripted {
         Scripted {
-            replies: Mutex::new(vec!["1. Who designed it?\n2. How tall is it?\n3. Where is it?".into(), "Gustave Eiffel".into(), "330 metres".into()]),
+            replies: Mutex::new(vec![
+                "1. Who designed it?\n2. How tall is it?\n3. Where is it?".into(),
+                "Gustave Eiffel".into(),
+                "330 metres".into(),
+            ]),
             prompts: Mutex::new(Vec::new()),
         }
     }

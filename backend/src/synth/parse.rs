@@ -115,7 +115,10 @@ mod tests {
         // A line without "?" is still returned: the not-a-question filter counts it.
         assert_eq!(questions("1. Describe the method"), vec!["Describe the method"]);
         // A stray code prefix the local model copied from a passage.
-        assert_eq!(questions("= \"What is the sequence of the Alpha sequence?"), vec!["What is the sequence of the Alpha sequence?"]);
+        assert_eq!(
+            questions("= \"What is the sequence of the Alpha sequence?"),
+            vec!["What is the sequence of the Alpha sequence?"]
+        );
         assert!(questions("").is_empty());
         assert!(questions("Sure! Here you go:").is_empty());
     }
@@ -134,7 +137,10 @@ mod tests {
         let first = questions(&outputs[0]);
         assert!(first.len() >= 3, "{first:?}");
         // (The last one was cut off by the token limit: no "?", so the filters count it.)
-        assert!(first.iter().all(|q| q.starts_with("What is the best way to write alignments using Bio.AlignIO")), "{first:?}");
+        assert!(
+            first.iter().all(|q| q.starts_with("What is the best way to write alignments using Bio.AlignIO")),
+            "{first:?}"
+        );
         assert_eq!(first[0], "What is the best way to write alignments using Bio.AlignIO?");
         // A stray "Q10-1-10" line, then one question.
         assert_eq!(questions(&outputs[1]), vec!["What is the difference between aegis and dgsl?"]);
