@@ -486,27 +486,8 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let document = body["files"][0]["document"]["id"].as_i64().unwrap();
     let (base_url, calls) = stand_in_llm().await;
-
-    let (status, body) = call(
-        &app,
-        json_request(
-            "POST",
-            "/api/v1/synth/runs",
-            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"}}),
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let run_id = body["id"].as_i64().unwrap();
-    let mut run = body;
-    for _ in 0..200 {
-        let (_, now) = call(&app, get(&format!("/api/v1/synth/runs/{run_id}"))).await;
-        run = now;
-        if run["status"] != "running" && run["status"] != "queued" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let run_id = start_run(&app, document, &base_url).await;
+    let run = wait_for_run(&app, run_id, finished).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let report = &run["report"];
     // Per passage: 3 questions; the copied one is filtered, one answer is ungrounded, one is kept.

@@ -34,25 +34,11 @@ import statistics
 import sys
 import time
 
-INSTRUCTION = "Answer the question using the passage. Reply with the answer only."
+from workloads import INSTRUCTION, PROMPT, texts_of, workload
 
 
-def workload(count):
-    """Must equal `workload` in backend/src/bench_train.rs."""
-    question = ("what did the quick brown fox jump over " * 3).strip()
-    passage = "the quick brown fox jumps over the lazy dog near the river bank. " * 12
-    return [
-        {"question": f"question {i}: {question}?", "passage": f"passage {i}: {passage}", "answer": f"the lazy dog number {i}"}
-        for i in range(count)
-    ]
 
 
-def texts_of(count):
-    """Must equal `texts_of` in backend/src/bench.rs."""
-    return [f"Passage {i}: " + "The quick brown fox jumps over the lazy dog. " * 20 for i in range(count)]
-
-
-PROMPT = "The quick brown fox jumps over the lazy dog. " * 12  # `prompt()` in backend/src/bench.rs
 
 
 def measure(args):

@@ -13,9 +13,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-# Must equal the workload in backend/src/bench.rs.
-TEXTS = [f"Passage {i}: " + "The quick brown fox jumps over the lazy dog. " * 20 for i in range(128)]
-PROMPT = "The quick brown fox jumps over the lazy dog. " * 12
+from workloads import PROMPT, texts_of
+
+TEXTS = texts_of(128)
 NEW_TOKENS = 128
 
 

@@ -23,17 +23,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-INSTRUCTION = "Answer the question using the passage. Reply with the answer only."
+from workloads import INSTRUCTION, workload
 
 
-def workload(count):
-    """Must equal `workload` in backend/src/bench_train.rs."""
-    question = ("what did the quick brown fox jump over " * 3).strip()
-    passage = "the quick brown fox jumps over the lazy dog near the river bank. " * 12
-    return [
-        {"question": f"question {i}: {question}?", "passage": f"passage {i}: {passage}", "answer": f"the lazy dog number {i}"}
-        for i in range(count)
-    ]
 
 
 def retriever(models):

@@ -370,22 +370,11 @@ impl Store {
     /// current triple.
     pub async fn update_triple(&self, id: i64, update: &TripleUpdate) -> Result<Triple, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let current = row.as_ref().map(triple).transpose()?.ok_or(StoreError::NotFound("triple"))?;
+        let current = triple_in(&mut tx, id).await?.ok_or(StoreError::NotFound("triple"))?;
         if current.version != update.version {
             return Err(StoreError::Conflict(Box::new(current)));
         }
-        sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)")
-            .bind(id)
-            .bind(current.version)
-            .bind(&current.question)
-            .bind(&current.answer)
-            .bind(current.status.as_str())
-            .execute(&mut *tx)
-            .await?;
+        record_edit(&mut tx, &current).await?;
         let question = update.question.as_deref().unwrap_or(&current.question);
         let answer = update.answer.as_deref().unwrap_or(&current.answer);
         let status = update.status.unwrap_or(current.status);
@@ -399,11 +388,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = triple(&row)?;
+        let updated = triple_in(&mut tx, id).await?.ok_or(StoreError::NotFound("triple"))?;
         tx.commit().await?;
         Ok(updated)
     }
@@ -433,25 +418,12 @@ impl Store {
     pub async fn set_status(&self, ids: &[i64], status: TripleStatus) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut changed = 0;
-        for id in ids {
-            let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(current) = row.as_ref().map(triple).transpose()? else { continue };
+        for &id in ids {
+            let Some(current) = triple_in(&mut tx, id).await? else { continue };
             if current.status == status {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(current.version)
-            .bind(&current.question)
-            .bind(&current.answer)
-            .bind(current.status.as_str())
-            .execute(&mut *tx)
-            .await?;
+            record_edit(&mut tx, &current).await?;
             sqlx::query(&format!(
                 "UPDATE triples SET status = ?, version = version + 1, updated_at = {NOW} WHERE id = ?"
             ))
@@ -596,6 +568,28 @@ impl Store {
         .await?
         .rows_affected())
     }
+}
+
+/// A triple as the transaction sees it.
+async fn triple_in(tx: &mut sqlx::Transaction<'_, Sqlite>, id: i64) -> Result<Option<Triple>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.as_ref().map(triple).transpose()?)
+}
+
+/// Keeps a triple's state before a change in its edit history.
+async fn record_edit(tx: &mut sqlx::Transaction<'_, Sqlite>, current: &Triple) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (?, ?, ?, ?, ?)")
+        .bind(current.id)
+        .bind(current.version)
+        .bind(&current.question)
+        .bind(&current.answer)
+        .bind(current.status.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRow) -> Result<i64, StoreError> {
