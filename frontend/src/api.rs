@@ -54,6 +54,21 @@ pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> R
     }
 }
 
+/// `DELETE` a resource; the body of a success is ignored.
+pub async fn delete(path: &str, token: Option<&str>) -> Result<(), ApiError> {
+    let mut request = Request::delete(path);
+    if let Some(token) = token {
+        request = request.header("Authorization", &bearer(token));
+    }
+    let response = request.send().await.map_err(ApiError::unreachable)?;
+    if response.ok() {
+        return Ok(());
+    }
+    let status = response.status();
+    let body = response.text().await.map_err(ApiError::unreachable)?;
+    Err(ApiError::from_response(status, &body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,17 +19,7 @@ fn Planned(title: &'static str, lead: &'static str, items: &'static [&'static st
 
 #[component]
 pub fn Documents() -> impl IntoView {
-    view! {
-        <Planned
-            title="Documents"
-            lead="Your PDFs, text and Markdown files, split into passages the retriever can find."
-            items=&[
-                "Upload by drag-and-drop, several files at once, with progress per file",
-                "Every document with its pages, passages and triples",
-                "Start synthetic question generation for a document and watch it live",
-            ]
-        />
-    }
+    view! { <crate::documents::DocumentsPage /> }
 }
 
 #[component]

@@ -1,0 +1,69 @@
+// The Documents page in a real browser: upload several files at once (each with its outcome, an
+// unsupported one with its error in words), the list with pages and passages, and deletion with
+// a confirmation that says what happens to the triples.
+import assert from "node:assert/strict";
+import path from "node:path";
+import { writeFile, mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { after, before, test } from "node:test";
+import { launchBrowser, screenshot, startServer } from "./harness.mjs";
+
+const fixtures = path.resolve(import.meta.dirname, "../backend/tests/fixtures");
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test("upload files, see them listed, delete one with confirmation", async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), "attune-e2e-files-"));
+  const notes = path.join(dir, "notes.md");
+  await writeFile(notes, "# Parrots\n\nParrots can learn to imitate human speech.\n\n## Food\n\nThey eat seeds and fruit.");
+  const slides = path.join(dir, "slides.pptx");
+  await writeFile(slides, "PK not a document");
+
+  const page = await browser.context.newPage();
+  await page.goto(`${server.url}/documents`);
+  await page.getByRole("heading", { level: 1, name: "Documents" }).waitFor();
+  await page.getByText("No documents yet").waitFor();
+
+  await page.getByLabel("Choose files to upload").setInputFiles([path.join(fixtures, "two_pages.pdf"), notes, slides]);
+  const uploads = page.getByRole("list", { name: "Uploads" });
+  await page.waitForFunction(() => document.querySelectorAll('.upload[data-state="busy"]').length === 0
+    && document.querySelectorAll(".upload").length === 3);
+  const lines = await uploads.locator("li").allInnerTexts();
+  const line = (name) => lines.find((l) => l.includes(name)) ?? "";
+  assert.match(line("two_pages.pdf"), /1 passage from 2 pages/);
+  assert.match(line("notes.md"), /1 passage$/);
+  assert.match(line("slides.pptx"), /unsupported file type/);
+
+  // The list, once every upload is in.
+  const table = page.locator(".documents-table");
+  await page.waitForFunction(() => document.querySelectorAll(".documents-table tbody tr").length === 2);
+  const rows = await table.locator("tbody tr").allInnerTexts();
+  assert.ok(rows.some((r) => r.includes("two_pages.pdf") && r.includes("pdf") && /\t2\t/.test(r)), rows.join("\n"));
+  await screenshot(page, "documents");
+
+  // The same file again is recognised.
+  await page.getByLabel("Choose files to upload").setInputFiles(path.join(fixtures, "two_pages.pdf"));
+  await page.getByText(/already uploaded as “two_pages.pdf”/).waitFor();
+
+  // Deleting asks first, and says there are no triples.
+  await page.getByRole("button", { name: "Delete notes.md" }).click();
+  const dialog = page.getByRole("alertdialog", { name: "Confirm deletion" });
+  await dialog.getByText(/It has no triples/).waitFor();
+  await screenshot(page, "documents-delete");
+  await dialog.getByRole("button", { name: "Delete the document" }).click();
+  await page.waitForFunction(() => document.querySelectorAll(".documents-table tbody tr").length === 1);
+  assert.equal(await page.getByRole("alertdialog").count(), 0);
+  assert.deepEqual(browser.errors, []);
+  await page.close();
+});
