@@ -54,6 +54,34 @@ pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> R
     }
 }
 
+/// `POST` a JSON body and read a JSON answer.
+pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+    path: &str,
+    body: &B,
+    token: Option<&str>,
+) -> Result<T, ApiError> {
+    let mut request = Request::post(path);
+    if let Some(token) = token {
+        request = request.header("Authorization", &bearer(token));
+    }
+    let response = request
+        .json(body)
+        .map_err(|e| ApiError::unreachable(format!("cannot encode the request: {e}")))?
+        .send()
+        .await
+        .map_err(ApiError::unreachable)?;
+    let status = response.status();
+    let text = response.text().await.map_err(ApiError::unreachable)?;
+    if !response.ok() {
+        return Err(ApiError::from_response(status, &text));
+    }
+    serde_json::from_str(&text).map_err(|e| ApiError {
+        status,
+        code: "unexpected_response".to_owned(),
+        message: format!("cannot read the server's answer: {e}"),
+    })
+}
+
 /// `DELETE` a resource; the body of a success is ignored.
 pub async fn delete(path: &str, token: Option<&str>) -> Result<(), ApiError> {
     let mut request = Request::delete(path);

@@ -62,6 +62,7 @@ pub fn App() -> impl IntoView {
                     <Routes fallback=|| view! { <pages::NotFound /> }>
                         <Route path=path!("/") view=|| view! { <Redirect path="/documents" /> } />
                         <Route path=path!("/documents") view=pages::Documents />
+                        <Route path=path!("/documents/:id") view=crate::document_view::DocumentView />
                         <Route path=path!("/triples") view=pages::Triples />
                         <Route path=path!("/train") view=pages::Train />
                         <Route path=path!("/evaluate") view=pages::Evaluate />

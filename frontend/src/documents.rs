@@ -255,7 +255,7 @@ pub fn DocumentsPage() -> impl IntoView {
                                 let name = document.name.clone();
                                 view! {
                                     <tr>
-                                        <td>{document.name.clone()}</td>
+                                        <td><a href=format!("/documents/{}", document.id)>{document.name.clone()}</a></td>
                                         <td>{document.kind.clone()}</td>
                                         <td>{document.pages.map(|p| p.to_string()).unwrap_or_else(|| "–".into())}</td>
                                         <td>{document.passages}</td>

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod document_view;
 pub mod documents;
 pub mod endpoints;
 pub mod link;

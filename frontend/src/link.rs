@@ -10,7 +10,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage, SynthRun};
 
 use crate::backoff::Backoff;
 use crate::endpoints::ws_url;
@@ -66,12 +66,15 @@ pub struct Link {
     pub state: ReadSignal<LinkState>,
     /// Counts successful connections; effects that refresh on reconnect read it.
     pub connections: ReadSignal<u32>,
+    /// The latest synthesis progress the server sent (any run), with its ETA in seconds.
+    pub synth: ReadSignal<Option<(SynthRun, Option<f64>)>>,
 }
 
 struct Inner {
     url: String,
     set_state: WriteSignal<LinkState>,
     set_connections: WriteSignal<u32>,
+    set_synth: WriteSignal<Option<(SynthRun, Option<f64>)>>,
     backoff: RefCell<Backoff>,
     last_heard_ms: Cell<f64>,
     nonce: Cell<u64>,
@@ -91,6 +94,7 @@ struct Connection {
 pub fn start(token: Option<&str>) -> Link {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, set_connections) = signal(0u32);
+    let (synth, set_synth) = signal(None::<(SynthRun, Option<f64>)>);
     let location = web_sys::window().expect("a browser window").location();
     let url =
         ws_url(&location.protocol().unwrap_or_else(|_| "http:".into()), &location.host().unwrap_or_default(), token);
@@ -98,6 +102,7 @@ pub fn start(token: Option<&str>) -> Link {
         url,
         set_state,
         set_connections,
+        set_synth,
         backoff: RefCell::new(Backoff::default()),
         last_heard_ms: Cell::new(js_sys::Date::now()),
         nonce: Cell::new(0),
@@ -107,7 +112,7 @@ pub fn start(token: Option<&str>) -> Link {
     connect(&inner);
     // The page owns the link until it unloads.
     std::mem::forget(inner);
-    Link { state, connections }
+    Link { state, connections, synth }
 }
 
 fn connect(inner: &Rc<Inner>) {
@@ -137,6 +142,7 @@ fn connect(inner: &Rc<Inner>) {
             Ok(ServerMessage::Hello { protocol_version, .. }) => {
                 inner.set_state.set(LinkState::Incompatible { server_version: protocol_version });
             }
+            Ok(ServerMessage::SynthProgress { run, eta_seconds }) => inner.set_synth.set(Some((run, eta_seconds))),
             Ok(_) => {}
             Err(e) => leptos::logging::warn!("unreadable message from server: {e}"),
         }

@@ -1,0 +1,74 @@
+// One document in a real browser: its passages with pages, then question generation against a
+// stand-in OpenAI-compatible server (started here), watched live until it finishes.
+import assert from "node:assert/strict";
+import http from "node:http";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { launchBrowser, screenshot, startServer } from "./harness.mjs";
+
+const fixtures = path.resolve(import.meta.dirname, "../backend/tests/fixtures");
+
+let server;
+let browser;
+let llm;
+
+/** Questions for question prompts, an answer from the passage for answer prompts; 100 ms each. */
+function standInLlm() {
+  return new Promise((resolve) => {
+    const s = http.createServer((request, response) => {
+      let body = "";
+      request.on("data", (d) => (body += d));
+      request.on("end", () => {
+        const prompt = JSON.parse(body).messages[0].content;
+        const content = prompt.includes("different questions")
+          ? "1. How long does a domestic cat sleep?\n2. What do dogs help farmers with?"
+          : prompt.includes("How long") ? "about fifteen hours a day" : "herd sheep across the hills";
+        setTimeout(() => {
+          response.setHeader("content-type", "application/json");
+          response.end(JSON.stringify({ choices: [{ message: { role: "assistant", content } }] }));
+        }, 100);
+      });
+    });
+    s.listen(0, "127.0.0.1", () => resolve(s));
+  });
+}
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+  llm = await standInLlm();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  llm?.close();
+});
+
+test("a document's passages, then generation watched live", async () => {
+  const page = await browser.context.newPage();
+  await page.goto(`${server.url}/documents`);
+  await page.getByLabel("Choose files to upload").setInputFiles(path.join(fixtures, "two_pages.pdf"));
+  await page.getByRole("link", { name: "two_pages.pdf" }).click();
+  await page.waitForURL(/\/documents\/\d+$/);
+  await page.getByRole("heading", { level: 1, name: "two_pages.pdf" }).waitFor();
+  const passage = page.locator(".passage").first();
+  await passage.waitFor();
+  assert.match(await passage.innerText(), /pp\. 1–2/);
+  assert.match(await passage.innerText(), /Basenji/);
+
+  const form = page.getByRole("form", { name: "Generate questions" });
+  await form.getByLabel("Use an OpenAI-compatible server").check();
+  await form.getByLabel("Server URL").fill(`http://127.0.0.1:${llm.address().port}/v1`);
+  await form.getByLabel("Model", { exact: true }).fill("stand-in");
+  await form.getByLabel("Questions per passage").fill("2");
+  await form.getByRole("button", { name: "Start for the whole document" }).click();
+  const progress = page.getByTestId("synth-progress");
+  await page.waitForSelector('[data-testid="synth-progress"][data-status="finished"]', { timeout: 30_000 });
+  assert.match(await progress.innerText(), /1 of 1 passages · 2 triples kept · 0 filtered/);
+  // The counts above follow: two new pending triples.
+  await page.getByText(/2 pending, 0 approved, 0 rejected/).waitFor();
+  await screenshot(page, "document-view");
+  assert.deepEqual(browser.errors, []);
+  await page.close();
+});
