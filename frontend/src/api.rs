@@ -8,29 +8,37 @@ use attune_shared::ErrorBody;
 use crate::endpoints::bearer;
 
 /// Why an API call failed, ready to show.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     /// HTTP status, or 0 when the server could not be reached.
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// With a `version_conflict`: the triple as the server has it now.
+    pub current: Option<Box<attune_shared::Triple>>,
 }
 
 impl ApiError {
     /// Builds the error from a response status and body (the JSON error format, or anything).
     pub fn from_response(status: u16, body: &str) -> ApiError {
         match serde_json::from_str::<ErrorBody>(body) {
-            Ok(ErrorBody { error, .. }) => ApiError { status, code: error.code, message: error.message },
+            Ok(ErrorBody { error, current }) => ApiError { status, code: error.code, message: error.message, current },
             Err(_) => ApiError {
                 status,
                 code: "unexpected_response".to_owned(),
                 message: format!("the server answered {status} with a body that is not an Attune error"),
+                current: None,
             },
         }
     }
 
     pub fn unreachable(detail: impl std::fmt::Display) -> ApiError {
-        ApiError { status: 0, code: "unreachable".to_owned(), message: format!("cannot reach the server: {detail}") }
+        ApiError {
+            status: 0,
+            code: "unreachable".to_owned(),
+            message: format!("cannot reach the server: {detail}"),
+            current: None,
+        }
     }
 }
 
@@ -43,15 +51,7 @@ pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> R
     let response = request.send().await.map_err(ApiError::unreachable)?;
     let status = response.status();
     let body = response.text().await.map_err(ApiError::unreachable)?;
-    if response.ok() {
-        serde_json::from_str(&body).map_err(|e| ApiError {
-            status,
-            code: "unexpected_response".to_owned(),
-            message: format!("cannot read the server's answer: {e}"),
-        })
-    } else {
-        Err(ApiError::from_response(status, &body))
-    }
+    if response.ok() { parse(status, &body) } else { Err(ApiError::from_response(status, &body)) }
 }
 
 /// `POST` a JSON body and read a JSON answer.
@@ -60,7 +60,15 @@ pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
     body: &B,
     token: Option<&str>,
 ) -> Result<T, ApiError> {
-    let mut request = Request::post(path);
+    send_json(Request::post(path), body, token).await.and_then(|(status, text)| parse(status, &text))
+}
+
+/// Sends a JSON body; on success returns the status and the body's text, otherwise the error.
+pub async fn send_json<B: serde::Serialize>(
+    mut request: gloo_net::http::RequestBuilder,
+    body: &B,
+    token: Option<&str>,
+) -> Result<(u16, String), ApiError> {
     if let Some(token) = token {
         request = request.header("Authorization", &bearer(token));
     }
@@ -75,10 +83,16 @@ pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
     if !response.ok() {
         return Err(ApiError::from_response(status, &text));
     }
-    serde_json::from_str(&text).map_err(|e| ApiError {
+    Ok((status, text))
+}
+
+/// A JSON answer read into `T`.
+pub fn parse<T: DeserializeOwned>(status: u16, text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError {
         status,
         code: "unexpected_response".to_owned(),
         message: format!("cannot read the server's answer: {e}"),
+        current: None,
     })
 }
 

@@ -82,7 +82,8 @@ async fn link_indicator_follows_the_link_state() {
     let root = container();
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, _) = signal(0u32);
-    let link = Link { state, connections };
+    let (synth, _) = signal(None);
+    let link = Link { state, connections, synth };
     let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LinkIndicator link=link /> });
     let indicator = root.query_selector("[data-testid=link]").unwrap().unwrap();
     assert_eq!(indicator.get_attribute("data-state").as_deref(), Some("connecting"));
