@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod link;
 pub mod pages;
 pub mod token;
+pub mod triples;
 
 /// Mounts the whole application on the page body.
 pub fn mount() {

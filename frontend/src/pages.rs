@@ -24,17 +24,7 @@ pub fn Documents() -> impl IntoView {
 
 #[component]
 pub fn Triples() -> impl IntoView {
-    view! {
-        <Planned
-            title="Triples"
-            lead="Question, passage and answer triples: the training data, reviewed by you."
-            items=&[
-                "A fast, keyboard-driven table: approve, reject, edit in place",
-                "Filters by status, document and origin; full-text search",
-                "Export to CSV or JSONL, import your own",
-            ]
-        />
-    }
+    view! { <crate::triples::TriplesPage /> }
 }
 
 #[component]

@@ -1,0 +1,569 @@
+//! The Triples page: a server-paged table of (question, answer, passage) triples with filters,
+//! search and counts per status; rows expand to the full passage with the answer highlighted;
+//! questions and answers are edited in place (saved on Enter or blur, conflicts shown with both
+//! versions); approve/reject one row or a selection; keyboard first (j/k, a/r/u, e, Esc, ?);
+//! export and import.
+
+use std::collections::BTreeSet;
+
+use leptos::prelude::*;
+
+use attune_shared::{API_PREFIX, BulkAction, BulkResult, ImportResult, Triple, TriplePage, TripleStatus, TripleUpdate};
+
+use crate::api::{ApiError, get_json, parse, post_json, send_json};
+
+pub const PER_PAGE: u32 = 25;
+
+/// What the table shows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    pub status: Option<TripleStatus>,
+    pub origin: Option<String>,
+    pub search: String,
+    pub sort: String,
+    pub page: u32,
+}
+
+impl Filter {
+    /// The listing's query string.
+    pub fn query(&self) -> String {
+        let mut parts = vec![format!("page={}", self.page.max(1)), format!("per_page={PER_PAGE}")];
+        if let Some(status) = self.status {
+            parts.push(format!("status={}", status.as_str()));
+        }
+        if let Some(origin) = &self.origin {
+            parts.push(format!("origin={origin}"));
+        }
+        if !self.search.trim().is_empty() {
+            parts.push(format!("q={}", encode(self.search.trim())));
+        }
+        if !self.sort.is_empty() {
+            parts.push(format!("sort={}", self.sort));
+        }
+        parts.join("&")
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Where `answer` occurs in `passage` (case-insensitive), as a char range, if it does.
+pub fn find_answer(passage: &str, answer: &str) -> Option<(usize, usize)> {
+    let answer = answer.trim().trim_end_matches('.');
+    if answer.is_empty() {
+        return None;
+    }
+    let lower_passage: Vec<char> = passage.chars().flat_map(char::to_lowercase).collect();
+    let lower_answer: Vec<char> = answer.chars().flat_map(char::to_lowercase).collect();
+    // Lower-casing keeps lengths for the scripts we meet; if it did not, give up rather than misplace.
+    if lower_passage.len() != passage.chars().count() {
+        return None;
+    }
+    lower_passage
+        .windows(lower_answer.len())
+        .position(|w| w == lower_answer.as_slice())
+        .map(|start| (start, start + lower_answer.len()))
+}
+
+/// What a key press does on the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAction {
+    Next,
+    Previous,
+    Approve,
+    Reject,
+    Reset,
+    Edit,
+    Toggle,
+    Cancel,
+    Help,
+}
+
+pub fn key_action(key: &str) -> Option<KeyAction> {
+    Some(match key {
+        "j" | "ArrowDown" => KeyAction::Next,
+        "k" | "ArrowUp" => KeyAction::Previous,
+        "a" => KeyAction::Approve,
+        "r" => KeyAction::Reject,
+        "u" => KeyAction::Reset,
+        "e" => KeyAction::Edit,
+        "x" | " " => KeyAction::Toggle,
+        "Escape" => KeyAction::Cancel,
+        "?" => KeyAction::Help,
+        _ => return None,
+    })
+}
+
+/// A stale edit: what the user wrote, and the triple as the server has it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub mine: TripleUpdate,
+    pub theirs: Triple,
+}
+
+fn status_label(status: TripleStatus) -> &'static str {
+    match status {
+        TripleStatus::Pending => "pending",
+        TripleStatus::Approved => "approved",
+        TripleStatus::Rejected => "rejected",
+    }
+}
+
+#[component]
+pub fn TriplesPage() -> impl IntoView {
+    let token = crate::token::from_page();
+    let filter = RwSignal::new(Filter { page: 1, ..Filter::default() });
+    let page = RwSignal::new(None::<Result<TriplePage, ApiError>>);
+    let cursor = RwSignal::new(0usize);
+    let expanded = RwSignal::new(None::<i64>);
+    let editing = RwSignal::new(None::<(i64, &'static str)>);
+    let selected = RwSignal::new(BTreeSet::<i64>::new());
+    let notice = RwSignal::new(None::<(bool, String)>);
+    let conflict = RwSignal::new(None::<Conflict>);
+    let help = RwSignal::new(false);
+    let reloads = RwSignal::new(0u32);
+    {
+        let token = token.clone();
+        Effect::new(move |_| {
+            reloads.track();
+            let query = filter.with(Filter::query);
+            let token = token.clone();
+            leptos::task::spawn_local(async move {
+                let result = get_json::<TriplePage>(&format!("{API_PREFIX}/triples?{query}"), token.as_deref()).await;
+                if let Ok(p) = &result {
+                    cursor.update(|c| *c = (*c).min(p.items.len().saturating_sub(1)));
+                }
+                page.set(Some(result));
+            });
+        });
+    }
+    let reload = move || reloads.update(|n| *n += 1);
+    let items =
+        move || page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.clone()).unwrap_or_default());
+
+    let save = {
+        let token = token.clone();
+        move |update: TripleUpdate, id: i64| {
+            let token = token.clone();
+            leptos::task::spawn_local(async move {
+                let request = gloo_net::http::Request::patch(&format!("{API_PREFIX}/triples/{id}"));
+                let status_changed = update.status.is_some();
+                match send_json(request, &update, token.as_deref()).await.and_then(|(s, t)| parse::<Triple>(s, &t)) {
+                    Ok(saved) if status_changed => {
+                        // The counts per status move too: read the page again.
+                        notice.set(Some((true, format!("Saved (version {})", saved.version))));
+                        reload();
+                    }
+                    Ok(saved) => {
+                        page.update(|p| {
+                            if let Some(Ok(p)) = p {
+                                if let Some(row) = p.items.iter_mut().find(|t| t.id == saved.id) {
+                                    *row = saved.clone();
+                                }
+                            }
+                        });
+                        notice.set(Some((true, format!("Saved (version {})", saved.version))));
+                    }
+                    Err(error) if error.code == "version_conflict" => {
+                        if let Some(theirs) = error.current {
+                            conflict.set(Some(Conflict { mine: update, theirs: *theirs }));
+                        }
+                    }
+                    Err(error) => notice.set(Some((false, format!("Not saved: {}", error.message)))),
+                }
+            });
+        }
+    };
+    let set_status = {
+        let save = save.clone();
+        move |status: TripleStatus| {
+            let rows = items();
+            if let Some(row) = rows.get(cursor.get_untracked()) {
+                save(TripleUpdate { version: row.version, question: None, answer: None, status: Some(status) }, row.id);
+            }
+        }
+    };
+    let bulk = {
+        let token = token.clone();
+        move |action: BulkAction| {
+            let token = token.clone();
+            leptos::task::spawn_local(async move {
+                match post_json::<_, BulkResult>(&format!("{API_PREFIX}/triples/bulk"), &action, token.as_deref()).await
+                {
+                    Ok(result) => {
+                        notice.set(Some((true, format!("{} triples changed", result.changed))));
+                        selected.set(BTreeSet::new());
+                        reload();
+                    }
+                    Err(error) => notice.set(Some((false, error.message))),
+                }
+            });
+        }
+    };
+
+    let on_key = {
+        let set_status = set_status.clone();
+        move |event: web_sys::KeyboardEvent| {
+            // Keys typed into a field belong to the field (Escape still leaves it).
+            let in_field = event
+                .target()
+                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(t).ok())
+                .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
+            let Some(action) = key_action(&event.key()) else { return };
+            if in_field && action != KeyAction::Cancel {
+                return;
+            }
+            event.prevent_default();
+            let count = items().len();
+            let current = items().get(cursor.get_untracked()).map(|t| t.id);
+            match action {
+                KeyAction::Next => cursor.update(|c| *c = (*c + 1).min(count.saturating_sub(1))),
+                KeyAction::Previous => cursor.update(|c| *c = c.saturating_sub(1)),
+                KeyAction::Approve => set_status(TripleStatus::Approved),
+                KeyAction::Reject => set_status(TripleStatus::Rejected),
+                KeyAction::Reset => set_status(TripleStatus::Pending),
+                KeyAction::Edit => editing.set(current.map(|id| (id, "answer"))),
+                KeyAction::Toggle => {
+                    if let Some(id) = current {
+                        selected.update(|s| {
+                            if !s.remove(&id) {
+                                s.insert(id);
+                            }
+                        });
+                    }
+                }
+                KeyAction::Cancel => {
+                    editing.set(None);
+                    help.set(false);
+                    expanded.set(None);
+                }
+                KeyAction::Help => help.update(|h| *h = !*h),
+            }
+        }
+    };
+
+    let import = {
+        let token = token.clone();
+        move |event: web_sys::Event| {
+            let Some(input) =
+                event.target().and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlInputElement>(t).ok())
+            else {
+                return;
+            };
+            let Some(file) = input.files().and_then(|f| f.get(0)) else { return };
+            input.set_value("");
+            let token = token.clone();
+            leptos::task::spawn_local(async move {
+                let result = async {
+                    let form = web_sys::FormData::new().map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
+                    form.append_with_blob_and_filename("file", &file, &file.name())
+                        .map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
+                    let mut request = gloo_net::http::Request::post(&format!("{API_PREFIX}/triples/import"));
+                    if let Some(token) = &token {
+                        request = request.header("Authorization", &crate::endpoints::bearer(token));
+                    }
+                    let response = request
+                        .body(form)
+                        .map_err(|e| ApiError::unreachable(e))?
+                        .send()
+                        .await
+                        .map_err(ApiError::unreachable)?;
+                    let status = response.status();
+                    let text = response.text().await.map_err(ApiError::unreachable)?;
+                    if !response.ok() {
+                        return Err(ApiError::from_response(status, &text));
+                    }
+                    parse::<ImportResult>(status, &text)
+                }
+                .await;
+                match result {
+                    Ok(r) => {
+                        notice.set(Some((
+                            true,
+                            format!("Imported {} triples ({} rows skipped)", r.imported, r.skipped.len()),
+                        )));
+                        reload();
+                    }
+                    Err(error) => notice.set(Some((false, format!("Import failed: {}", error.message)))),
+                }
+            });
+        }
+    };
+
+    let export_href = move |format: &str| {
+        let status = filter.with(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
+        format!("{API_PREFIX}/triples/export?format={format}&status={status}")
+    };
+
+    view! {
+        <section class="page triples" tabindex="0" on:keydown=on_key>
+            <h1>"Triples"</h1>
+            <p class="lead">"Question, passage and answer triples: the training data, reviewed by you. Press ? for the keys."</p>
+            <div class="toolbar" role="toolbar" aria-label="Filters">
+                <div class="status-tabs" role="group" aria-label="Status">
+                    {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected)]
+                        .into_iter()
+                        .map(|status| {
+                            let label = move || {
+                                let counts = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
+                                let (name, n) = match status {
+                                    None => ("all", counts.pending + counts.approved + counts.rejected),
+                                    Some(s) => (status_label(s), match s {
+                                        TripleStatus::Pending => counts.pending,
+                                        TripleStatus::Approved => counts.approved,
+                                        TripleStatus::Rejected => counts.rejected,
+                                    }),
+                                };
+                                format!("{name} ({n})")
+                            };
+                            view! {
+                                <button
+                                    class="tab"
+                                    aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
+                                    on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
+                                >{label}</button>
+                            }
+                        })
+                        .collect_view()}
+                </div>
+                <label>"Origin "
+                    <select on:change=move |e| {
+                        let value = event_target_value(&e);
+                        filter.update(|f| { f.origin = (!value.is_empty()).then_some(value); f.page = 1; });
+                    }>
+                        <option value="">"any"</option>
+                        <option value="synthetic">"synthetic"</option>
+                        <option value="imported">"imported"</option>
+                        <option value="manual">"manual"</option>
+                    </select>
+                </label>
+                <label>"Sort "
+                    <select on:change=move |e| filter.update(|f| { f.sort = event_target_value(&e); f.page = 1; })>
+                        <option value="oldest">"oldest first"</option>
+                        <option value="newest">"newest first"</option>
+                        <option value="updated">"recently changed"</option>
+                        <option value="question">"question A–Z"</option>
+                    </select>
+                </label>
+                <input type="search" placeholder="Search questions, answers, passages" aria-label="Search"
+                    on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
+            </div>
+            <div class="toolbar" role="toolbar" aria-label="Actions">
+                <span class="muted">{move || format!("{} selected", selected.with(|s| s.len()))}</span>
+                <button on:click={
+                    let bulk = bulk.clone();
+                    move |_| bulk(BulkAction::SetStatus { ids: selected.get_untracked().into_iter().collect(), status: TripleStatus::Approved })
+                } disabled=move || selected.with(|s| s.is_empty())>"Approve selected"</button>
+                <button on:click={
+                    let bulk = bulk.clone();
+                    move |_| bulk(BulkAction::SetStatus { ids: selected.get_untracked().into_iter().collect(), status: TripleStatus::Rejected })
+                } disabled=move || selected.with(|s| s.is_empty())>"Reject selected"</button>
+                <button on:click=move |_| selected.set(items().iter().map(|t| t.id).collect())>"Select this page"</button>
+                <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
+                <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
+                <label class="button">"Import…"
+                    <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=import />
+                </label>
+            </div>
+            {move || notice.get().map(|(ok, text)| view! {
+                <p class=if ok { "notice ok" } else { "notice error" } role="status">{text}</p>
+            })}
+            {
+                let save = save.clone();
+                move || conflict.get().map(|c| {
+                let theirs = c.theirs.clone();
+                let mine = c.mine.clone();
+                let save = save.clone();
+                let keep_mine = TripleUpdate { version: theirs.version, ..mine.clone() };
+                view! {
+                    <div class="conflict" role="alertdialog" aria-label="Edit conflict">
+                        <p><strong>"This triple was changed by someone else while you edited it."</strong></p>
+                        <div class="versions">
+                            <div><h3>"Yours"</h3>
+                                <p>{mine.question.clone().unwrap_or_else(|| theirs.question.clone())}</p>
+                                <p>{mine.answer.clone().unwrap_or_else(|| theirs.answer.clone())}</p></div>
+                            <div><h3>{format!("Theirs (version {})", theirs.version)}</h3>
+                                <p>{theirs.question.clone()}</p><p>{theirs.answer.clone()}</p></div>
+                        </div>
+                        <button class="primary" on:click=move |_| { save(keep_mine.clone(), theirs.id); conflict.set(None); }>"Keep mine"</button>
+                        <button on:click=move |_| { conflict.set(None); reload(); }>"Take theirs"</button>
+                    </div>
+                }
+            })}
+            <Show when=move || help.get()>
+                <div class="help" role="dialog" aria-label="Keyboard shortcuts">
+                    <h2>"Keys"</h2>
+                    <dl>
+                        <dt>"j / ↓, k / ↑"</dt><dd>"next, previous row"</dd>
+                        <dt>"a, r, u"</dt><dd>"approve, reject, reset to pending"</dd>
+                        <dt>"e"</dt><dd>"edit the answer (Enter saves, Esc cancels)"</dd>
+                        <dt>"x"</dt><dd>"select the row"</dd>
+                        <dt>"?"</dt><dd>"this help; Esc closes it"</dd>
+                    </dl>
+                </div>
+            </Show>
+            {move || match page.get() {
+                None => view! { <p class="loading">"Loading triples…"</p> }.into_any(),
+                Some(Err(error)) => view! { <p class="error">{format!("Cannot list triples: {}", error.message)}</p> }.into_any(),
+                Some(Ok(p)) if p.items.is_empty() => view! {
+                    <div class="empty-state"><p>"No triples match. Generate some from a document, or import a file."</p></div>
+                }.into_any(),
+                Some(Ok(p)) => {
+                    let pages = p.total.div_ceil(u64::from(PER_PAGE)).max(1);
+                    let (first_page, last_page) = (p.page <= 1, u64::from(p.page) >= pages);
+                    view! {
+                        <table class="triples-table" aria-label="Triples">
+                            <thead><tr>
+                                <th scope="col"><span class="visually-hidden">"Selected"</span></th>
+                                <th scope="col">"Question"</th><th scope="col">"Answer"</th>
+                                <th scope="col">"Passage"</th><th scope="col">"Status"</th>
+                            </tr></thead>
+                            <tbody>
+                                {p.items.into_iter().enumerate().map(|(i, t)| view! {
+                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing selected=selected save=save.clone() />
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        <nav class="pager" aria-label="Pages">
+                            <button disabled=first_page on:click=move |_| filter.update(|f| f.page -= 1)>"Previous"</button>
+                            <span>{format!("page {} of {} · {} triples", p.page, pages, p.total)}</span>
+                            <button disabled=last_page on:click=move |_| filter.update(|f| f.page += 1)>"Next"</button>
+                        </nav>
+                    }.into_any()
+                }
+            }}
+        </section>
+    }
+}
+
+#[component]
+fn TripleRow<S>(
+    triple: Triple,
+    index: usize,
+    cursor: RwSignal<usize>,
+    expanded: RwSignal<Option<i64>>,
+    editing: RwSignal<Option<(i64, &'static str)>>,
+    selected: RwSignal<BTreeSet<i64>>,
+    save: S,
+) -> impl IntoView
+where
+    S: Fn(TripleUpdate, i64) + Clone + Send + Sync + 'static,
+{
+    let id = triple.id;
+    let t = triple.clone();
+    let field = move |name: &'static str, value: String| {
+        let save = save.clone();
+        let version = t.version;
+        let original = value.clone();
+        view! {
+            {move || if editing.get() == Some((id, name)) {
+                let save = save.clone();
+                let shown = original.clone();
+                let original = original.clone();
+                let commit = move |text: String| {
+                    editing.set(None);
+                    if text.trim() != original.trim() && !text.trim().is_empty() {
+                        let update = if name == "question" {
+                            TripleUpdate { version, question: Some(text), answer: None, status: None }
+                        } else {
+                            TripleUpdate { version, question: None, answer: Some(text), status: None }
+                        };
+                        save(update, id);
+                    }
+                };
+                let on_blur = commit.clone();
+                view! {
+                    <textarea class="edit" aria-label=format!("Edit {name}") autofocus=true
+                        on:keydown=move |e: web_sys::KeyboardEvent| {
+                            if e.key() == "Enter" && !e.shift_key() {
+                                e.prevent_default();
+                                commit(event_target_value(&e));
+                            }
+                        }
+                        on:blur=move |e| on_blur(event_target_value(&e))
+                        prop:value=shown></textarea>
+                }.into_any()
+            } else {
+                let original = original.clone();
+                view! { <span on:dblclick=move |_| editing.set(Some((id, name)))>{original}</span> }.into_any()
+            }}
+        }
+    };
+    let passage = triple.passage.clone();
+    let answer = triple.answer.clone();
+    let preview: String =
+        passage.chars().take(90).collect::<String>() + if passage.chars().count() > 90 { "…" } else { "" };
+    view! {
+        <tr
+            class="triple"
+            class:current=move || cursor.get() == index
+            data-status=status_label(triple.status)
+            on:click=move |_| cursor.set(index)
+        >
+            <td><input type="checkbox" aria-label=format!("Select triple {id}")
+                prop:checked=move || selected.with(|s| s.contains(&id))
+                on:change=move |e| selected.update(|s| { if event_target_checked(&e) { s.insert(id); } else { s.remove(&id); } }) /></td>
+            <td class="question">{field("question", triple.question.clone())}</td>
+            <td class="answer">{field("answer", triple.answer.clone())}</td>
+            <td class="passage">
+                <button class="link" aria-expanded=move || (expanded.get() == Some(id)).to_string()
+                    on:click=move |_| expanded.update(|e| *e = if *e == Some(id) { None } else { Some(id) })>{preview}</button>
+                {move || (expanded.get() == Some(id)).then(|| {
+                    let passage = passage.clone();
+                    match find_answer(&passage, &answer) {
+                        Some((start, end)) => {
+                            let chars: Vec<char> = passage.chars().collect();
+                            let before: String = chars[..start].iter().collect();
+                            let hit: String = chars[start..end].iter().collect();
+                            let after: String = chars[end..].iter().collect();
+                            view! { <p class="full-passage">{before}<mark>{hit}</mark>{after}</p> }.into_any()
+                        }
+                        None => view! {
+                            <div><p class="warning" role="note">"The answer does not occur word for word in this passage."</p>
+                            <p class="full-passage">{passage}</p></div>
+                        }.into_any(),
+                    }
+                })}
+            </td>
+            <td class="status"><span class=format!("badge {}", status_label(triple.status))>{status_label(triple.status)}</span></td>
+        </tr>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_carry_the_filter() {
+        let filter =
+            Filter { status: Some(TripleStatus::Approved), search: "cat food?".into(), page: 2, ..Filter::default() };
+        assert_eq!(filter.query(), "page=2&per_page=25&status=approved&q=cat%20food%3F");
+        assert_eq!(Filter::default().query(), "page=1&per_page=25");
+    }
+
+    #[test]
+    fn answers_are_found_in_passages_or_not() {
+        assert_eq!(find_answer("The cat sleeps fifteen hours a day.", "Fifteen hours."), Some((15, 28)));
+        assert_eq!(find_answer("The cat sleeps.", "a dog"), None);
+        assert_eq!(find_answer("x", "  "), None);
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(key_action("j"), Some(KeyAction::Next));
+        assert_eq!(key_action("ArrowUp"), Some(KeyAction::Previous));
+        assert_eq!(key_action("a"), Some(KeyAction::Approve));
+        assert_eq!(key_action("?"), Some(KeyAction::Help));
+        assert_eq!(key_action("q"), None);
+    }
+}
