@@ -68,6 +68,15 @@ test("a document's passages, then generation watched live", async () => {
   assert.match(await progress.innerText(), /1 of 1 passages · 2 triples kept · 0 filtered/);
   // The counts above follow: two new pending triples.
   await page.getByText(/2 pending, 0 approved, 0 rejected/).waitFor();
+
+  // A triple written by hand for the passage.
+  await page.getByRole("button", { name: "Add a triple for passage 1" }).click();
+  const form2 = page.getByRole("form", { name: "New triple" });
+  await form2.getByLabel("Question").fill("Which dog breed does not bark?");
+  await form2.getByLabel("Answer").fill("The Basenji");
+  await form2.getByRole("button", { name: "Save triple" }).click();
+  await page.getByText(/Triple \d+ added, pending review/).waitFor();
+  await page.getByText(/3 pending, 0 approved, 0 rejected/).waitFor();
   await screenshot(page, "document-view");
   assert.deepEqual(browser.errors, []);
   await page.close();

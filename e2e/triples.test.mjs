@@ -40,8 +40,18 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
   await first.getByLabel("Edit answer").fill("an edited answer");
   await first.getByLabel("Edit answer").press("Enter");
   await page.getByText(/Saved \(version 2\)/).waitFor();
+  // Undo puts the old answer back; a second edit stays.
+  const original = await first.locator("td.answer").innerText();
+  await page.getByRole("button", { name: "Undo last edit" }).click();
+  await page.getByText(/Saved \(version 3\)/).waitFor();
+  assert.notEqual(await first.locator("td.answer").innerText(), "an edited answer");
+  await first.locator("td.answer span").dblclick();
+  await first.getByLabel("Edit answer").fill("an edited answer");
+  await first.getByLabel("Edit answer").press("Enter");
+  await page.getByText(/Saved \(version 4\)/).waitFor();
   await page.reload();
   await page.locator("tr.triple").first().getByText("an edited answer").waitFor();
+  assert.ok(original.length > 0);
 
   // Keyboard: approve rows 1 and 2, reject row 3.
   await page.locator("section.triples").focus();
@@ -63,12 +73,33 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
   assert.match(await tab(page, "pending").innerText(), /pending \(21\)/);
   assert.match(await tab(page, "rejected").innerText(), /rejected \(1\)/);
 
-  // Bulk-approve a filtered selection: the pending page.
+  // Bulk-approve a filtered selection: every pending triple.
   await tab(page, "pending").click();
   await page.waitForFunction(() => document.querySelectorAll('tr.triple[data-status="pending"]').length === 21);
-  await page.getByRole("button", { name: "Select this page" }).click();
+  await page.getByRole("button", { name: "Select all 21 matching" }).click();
+  assert.equal(await page.getByTestId("selection").innerText(), "all 21 matching selected");
   await page.getByRole("button", { name: "Approve selected" }).click();
   await page.getByText("21 triples changed").waitFor();
+  await tab(page, "approved").filter({ hasText: "approved (23)" }).waitFor();
+
+  // Bulk delete asks first: the one rejected triple.
+  await tab(page, "rejected").click();
+  await page.waitForFunction(() => document.querySelectorAll("tr.triple").length === 1);
+  await page.getByRole("button", { name: "Select this page" }).click();
+  await page.getByRole("button", { name: "Delete selected" }).click();
+  const confirm = page.getByRole("alertdialog", { name: "Confirm deletion" });
+  await confirm.getByText("Delete 1 triples? This cannot be undone.").waitFor();
+  await confirm.getByRole("button", { name: "Delete them" }).click();
+  await page.getByText("No triples match").waitFor();
+  // A row's own buttons: reset one approved triple, approve it again.
+  await tab(page, "approved").click();
+  await page.waitForFunction(() => document.querySelectorAll("tr.triple").length === 23);
+  const row = page.locator("tr.triple").first();
+  const rowId = (await row.getByRole("checkbox").getAttribute("aria-label")).replace("Select triple ", "");
+  await row.getByRole("button", { name: `Reset triple ${rowId}`, exact: true }).click();
+  await tab(page, "approved").filter({ hasText: "approved (22)" }).waitFor();
+  await tab(page, "pending").click();
+  await page.getByRole("button", { name: `Approve triple ${rowId}`, exact: true }).click();
   await tab(page, "approved").filter({ hasText: "approved (23)" }).waitFor();
 
   // Export the approved ones: 23 rows and a header.
@@ -80,7 +111,7 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
 
   // A stale edit: someone else changes the first triple; our edit meets the conflict view.
   await tab(page, "all").click();
-  await page.waitForFunction(() => document.querySelectorAll("tr.triple").length === 24);
+  await page.waitForFunction(() => document.querySelectorAll("tr.triple").length === 23);
   const listed = await (await fetch(`${server.url}/api/v1/triples?per_page=1`)).json();
   const theirs = listed.items[0];
   await fetch(`${server.url}/api/v1/triples/${theirs.id}`, {

@@ -130,6 +130,28 @@ pub fn DocumentView() -> impl IntoView {
             });
         }
     };
+    // The passage a triple is being written for by hand, and what happened to the last one.
+    let adding = RwSignal::new(None::<i64>);
+    let added = RwSignal::new(None::<Result<String, String>>);
+    let add_triple = {
+        let token = token.clone();
+        move |passage_id: i64, question: String, answer: String| {
+            let token = token.clone();
+            let new = attune_shared::NewTriple { passage_id, question, answer };
+            leptos::task::spawn_local(async move {
+                match post_json::<_, attune_shared::Triple>(&format!("{API_PREFIX}/triples"), &new, token.as_deref())
+                    .await
+                {
+                    Ok(triple) => {
+                        adding.set(None);
+                        added.set(Some(Ok(format!("Triple {} added, pending review", triple.id))));
+                        reloads.update(|n| *n += 1);
+                    }
+                    Err(error) => added.set(Some(Err(error.message))),
+                }
+            });
+        }
+    };
     let cancel = {
         let token = token.clone();
         move |_| {
@@ -203,6 +225,10 @@ pub fn DocumentView() -> impl IntoView {
                 }
             })}
             <h2>"Passages"</h2>
+            {move || added.get().map(|result| match result {
+                Ok(text) => view! { <p class="notice ok" role="status">{text}</p> }.into_any(),
+                Err(text) => view! { <p class="error" role="alert">{format!("Not added: {text}")}</p> }.into_any(),
+            })}
             {move || match passages.get() {
                 None => view! { <p class="loading">"Loading passages…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error">{error.message}</p> }.into_any(),
@@ -210,6 +236,7 @@ pub fn DocumentView() -> impl IntoView {
                     <ol class="passages">
                         {list.into_iter().map(|p| {
                             let pid = p.id;
+                            let add_triple = add_triple.clone();
                             view! {
                                 <li class="passage">
                                     <label class="passage-head">
@@ -224,6 +251,24 @@ pub fn DocumentView() -> impl IntoView {
                                         <span class="muted">{format!("{} tokens", p.tokens)}</span>
                                     </label>
                                     <p class="passage-text">{p.text.clone()}</p>
+                                    <button class="secondary" aria-label=format!("Add a triple for passage {}", p.ord + 1)
+                                        on:click=move |_| adding.set(Some(pid))>"Add a triple"</button>
+                                    {move || (adding.get() == Some(pid)).then(|| {
+                                        let question = RwSignal::new(String::new());
+                                        let answer = RwSignal::new(String::new());
+                                        let add_triple = add_triple.clone();
+                                        view! {
+                                            <form class="add-triple" aria-label="New triple" on:submit=move |e: web_sys::SubmitEvent| {
+                                                e.prevent_default();
+                                                add_triple(pid, question.get_untracked(), answer.get_untracked());
+                                            }>
+                                                <label>"Question " <input type="text" required on:input=move |e| question.set(event_target_value(&e)) /></label>
+                                                <label>"Answer " <input type="text" required on:input=move |e| answer.set(event_target_value(&e)) /></label>
+                                                <button class="primary" type="submit">"Save triple"</button>
+                                                <button type="button" on:click=move |_| adding.set(None)>"Cancel"</button>
+                                            </form>
+                                        }
+                                    })}
                                 </li>
                             }
                         }).collect_view()}

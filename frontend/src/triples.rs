@@ -8,7 +8,10 @@ use std::collections::BTreeSet;
 
 use leptos::prelude::*;
 
-use attune_shared::{API_PREFIX, BulkAction, BulkResult, ImportResult, Triple, TriplePage, TripleStatus, TripleUpdate};
+use attune_shared::{
+    API_PREFIX, BulkAction, BulkResult, Document, ImportResult, Triple, TripleMatch, TripleOrigin, TriplePage,
+    TripleStatus, TripleUpdate,
+};
 
 use crate::api::{ApiError, get_json, parse, post_json, send_json};
 
@@ -18,6 +21,7 @@ pub const PER_PAGE: u32 = 25;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Filter {
     pub status: Option<TripleStatus>,
+    pub document_id: Option<i64>,
     pub origin: Option<String>,
     pub search: String,
     pub sort: String,
@@ -30,6 +34,9 @@ impl Filter {
         let mut parts = vec![format!("page={}", self.page.max(1)), format!("per_page={PER_PAGE}")];
         if let Some(status) = self.status {
             parts.push(format!("status={}", status.as_str()));
+        }
+        if let Some(document) = self.document_id {
+            parts.push(format!("document_id={document}"));
         }
         if let Some(origin) = &self.origin {
             parts.push(format!("origin={origin}"));
@@ -54,6 +61,28 @@ fn encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+impl Filter {
+    /// The same terms, for "all matching" bulk actions.
+    pub fn matching(&self) -> TripleMatch {
+        TripleMatch {
+            status: self.status,
+            document_id: self.document_id,
+            origin: self.origin.as_deref().and_then(TripleOrigin::parse),
+            q: (!self.search.trim().is_empty()).then(|| self.search.trim().to_owned()),
+        }
+    }
+}
+
+/// The update that takes a triple back from `after` (what `update` made of it) to `before`.
+pub fn inverse(before: &Triple, update: &TripleUpdate, after_version: i64) -> TripleUpdate {
+    TripleUpdate {
+        version: after_version,
+        question: update.question.as_ref().map(|_| before.question.clone()),
+        answer: update.answer.as_ref().map(|_| before.answer.clone()),
+        status: update.status.map(|_| before.status),
+    }
 }
 
 /// Where `answer` occurs in `passage` (case-insensitive), as a char range, if it does.
@@ -86,6 +115,7 @@ pub enum KeyAction {
     Toggle,
     Cancel,
     Help,
+    Undo,
 }
 
 pub fn key_action(key: &str) -> Option<KeyAction> {
@@ -99,6 +129,7 @@ pub fn key_action(key: &str) -> Option<KeyAction> {
         "x" | " " => KeyAction::Toggle,
         "Escape" => KeyAction::Cancel,
         "?" => KeyAction::Help,
+        "z" => KeyAction::Undo,
         _ => return None,
     })
 }
@@ -131,6 +162,20 @@ pub fn TriplesPage() -> impl IntoView {
     let conflict = RwSignal::new(None::<Conflict>);
     let help = RwSignal::new(false);
     let reloads = RwSignal::new(0u32);
+    // The last saved edit and the update that undoes it.
+    let last_edit = RwSignal::new(None::<(i64, TripleUpdate)>);
+    // Every triple matching the filter is selected (not only the listed ids).
+    let all_matching = RwSignal::new(false);
+    let confirm_delete = RwSignal::new(false);
+    let documents = RwSignal::new(Vec::<Document>::new());
+    {
+        let token = token.clone();
+        leptos::task::spawn_local(async move {
+            if let Ok(list) = get_json::<Vec<Document>>(&format!("{API_PREFIX}/documents"), token.as_deref()).await {
+                documents.set(list);
+            }
+        });
+    }
     {
         let token = token.clone();
         Effect::new(move |_| {
@@ -154,16 +199,21 @@ pub fn TriplesPage() -> impl IntoView {
         let token = token.clone();
         move |update: TripleUpdate, id: i64| {
             let token = token.clone();
+            let before = page.with_untracked(|p| {
+                p.as_ref().and_then(|r| r.as_ref().ok()).and_then(|p| p.items.iter().find(|t| t.id == id).cloned())
+            });
             leptos::task::spawn_local(async move {
                 let request = gloo_net::http::Request::patch(&format!("{API_PREFIX}/triples/{id}"));
                 let status_changed = update.status.is_some();
                 match send_json(request, &update, token.as_deref()).await.and_then(|(s, t)| parse::<Triple>(s, &t)) {
                     Ok(saved) if status_changed => {
                         // The counts per status move too: read the page again.
+                        last_edit.set(before.map(|b| (id, inverse(&b, &update, saved.version))));
                         notice.set(Some((true, format!("Saved (version {})", saved.version))));
                         reload();
                     }
                     Ok(saved) => {
+                        last_edit.set(before.map(|b| (id, inverse(&b, &update, saved.version))));
                         page.update(|p| {
                             if let Some(Ok(p)) = p {
                                 if let Some(row) = p.items.iter_mut().find(|t| t.id == saved.id) {
@@ -210,7 +260,48 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
 
+    let undo = {
+        let save = save.clone();
+        move || {
+            if let Some((id, update)) = last_edit.get_untracked() {
+                last_edit.set(None);
+                save(update, id);
+            }
+        }
+    };
+    let bulk_status = {
+        let bulk = bulk.clone();
+        move |status: TripleStatus| {
+            if all_matching.get_untracked() {
+                bulk(BulkAction::SetStatusMatching { matching: filter.with_untracked(Filter::matching), status });
+            } else {
+                bulk(BulkAction::SetStatus { ids: selected.get_untracked().into_iter().collect(), status });
+            }
+            all_matching.set(false);
+        }
+    };
+    let bulk_delete = {
+        let bulk = bulk.clone();
+        move || {
+            if all_matching.get_untracked() {
+                bulk(BulkAction::DeleteMatching { matching: filter.with_untracked(Filter::matching) });
+            } else {
+                bulk(BulkAction::Delete { ids: selected.get_untracked().into_iter().collect() });
+            }
+            all_matching.set(false);
+            confirm_delete.set(false);
+        }
+    };
+    let selection_size = move || {
+        if all_matching.get() {
+            page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.total)).unwrap_or(0) as usize
+        } else {
+            selected.with(|s| s.len())
+        }
+    };
+
     let on_key = {
+        let undo = undo.clone();
         let set_status = set_status.clone();
         move |event: web_sys::KeyboardEvent| {
             // Keys typed into a field belong to the field (Escape still leaves it).
@@ -247,6 +338,7 @@ pub fn TriplesPage() -> impl IntoView {
                     expanded.set(None);
                 }
                 KeyAction::Help => help.update(|h| *h = !*h),
+                KeyAction::Undo => undo(),
             }
         }
     };
@@ -335,6 +427,17 @@ pub fn TriplesPage() -> impl IntoView {
                         })
                         .collect_view()}
                 </div>
+                <label>"Document "
+                    <select on:change=move |e| {
+                        let value = event_target_value(&e);
+                        filter.update(|f| { f.document_id = value.parse().ok(); f.page = 1; });
+                    }>
+                        <option value="">"any"</option>
+                        {move || documents.get().into_iter().map(|d| view! {
+                            <option value=d.id.to_string()>{d.name}</option>
+                        }).collect_view()}
+                    </select>
+                </label>
                 <label>"Origin "
                     <select on:change=move |e| {
                         let value = event_target_value(&e);
@@ -358,22 +461,53 @@ pub fn TriplesPage() -> impl IntoView {
                     on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
             </div>
             <div class="toolbar" role="toolbar" aria-label="Actions">
-                <span class="muted">{move || format!("{} selected", selected.with(|s| s.len()))}</span>
+                <span class="muted" data-testid="selection">{move || {
+                    if all_matching.get() { format!("all {} matching selected", selection_size()) } else { format!("{} selected", selection_size()) }
+                }}</span>
                 <button on:click={
-                    let bulk = bulk.clone();
-                    move |_| bulk(BulkAction::SetStatus { ids: selected.get_untracked().into_iter().collect(), status: TripleStatus::Approved })
-                } disabled=move || selected.with(|s| s.is_empty())>"Approve selected"</button>
+                    let bulk_status = bulk_status.clone();
+                    move |_| bulk_status(TripleStatus::Approved)
+                } disabled=move || selection_size() == 0>"Approve selected"</button>
                 <button on:click={
-                    let bulk = bulk.clone();
-                    move |_| bulk(BulkAction::SetStatus { ids: selected.get_untracked().into_iter().collect(), status: TripleStatus::Rejected })
-                } disabled=move || selected.with(|s| s.is_empty())>"Reject selected"</button>
-                <button on:click=move |_| selected.set(items().iter().map(|t| t.id).collect())>"Select this page"</button>
+                    let bulk_status = bulk_status.clone();
+                    move |_| bulk_status(TripleStatus::Rejected)
+                } disabled=move || selection_size() == 0>"Reject selected"</button>
+                <button on:click={
+                    let bulk_status = bulk_status.clone();
+                    move |_| bulk_status(TripleStatus::Pending)
+                } disabled=move || selection_size() == 0>"Reset selected"</button>
+                <button class="danger" on:click=move |_| confirm_delete.set(true) disabled=move || selection_size() == 0>"Delete selected"</button>
+                <button on:click=move |_| { all_matching.set(false); selected.set(items().iter().map(|t| t.id).collect()); }>"Select this page"</button>
+                <button on:click=move |_| all_matching.set(true)>{move || format!(
+                    "Select all {} matching",
+                    page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.total)).unwrap_or(0)
+                )}</button>
+                <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
+                <button on:click={
+                    let undo = undo.clone();
+                    move |_| undo()
+                } disabled=move || last_edit.with(|e| e.is_none())>"Undo last edit"</button>
                 <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
                 <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
                 <label class="button">"Import…"
                     <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=import />
                 </label>
             </div>
+            {
+                let bulk_delete = bulk_delete.clone();
+                move || confirm_delete.get().then(|| {
+                    let bulk_delete = bulk_delete.clone();
+                    view! {
+                        <div class="confirm" role="alertdialog" aria-label="Confirm deletion">
+                            <p>{format!("Delete {} triples? This cannot be undone.", selection_size())}</p>
+                            <div class="actions">
+                                <button class="danger" on:click=move |_| bulk_delete()>"Delete them"</button>
+                                <button on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
+                            </div>
+                        </div>
+                    }
+                })
+            }
             {move || notice.get().map(|(ok, text)| view! {
                 <p class=if ok { "notice ok" } else { "notice error" } role="status">{text}</p>
             })}
@@ -407,6 +541,7 @@ pub fn TriplesPage() -> impl IntoView {
                         <dt>"a, r, u"</dt><dd>"approve, reject, reset to pending"</dd>
                         <dt>"e"</dt><dd>"edit the answer (Enter saves, Esc cancels)"</dd>
                         <dt>"x"</dt><dd>"select the row"</dd>
+                        <dt>"z"</dt><dd>"undo the last edit"</dd>
                         <dt>"?"</dt><dd>"this help; Esc closes it"</dd>
                     </dl>
                 </div>
@@ -460,6 +595,13 @@ where
 {
     let id = triple.id;
     let t = triple.clone();
+    let set_row_status = {
+        let save = save.clone();
+        let version = triple.version;
+        move |status: TripleStatus| {
+            save(TripleUpdate { version, question: None, answer: None, status: Some(status) }, id)
+        }
+    };
     let field = move |name: &'static str, value: String| {
         let save = save.clone();
         let version = t.version;
@@ -470,6 +612,10 @@ where
                 let shown = original.clone();
                 let original = original.clone();
                 let commit = move |text: String| {
+                    // Enter commits, and the field's removal then blurs it: commit once.
+                    if editing.get_untracked() != Some((id, name)) {
+                        return;
+                    }
                     editing.set(None);
                     if text.trim() != original.trim() && !text.trim().is_empty() {
                         let update = if name == "question" {
@@ -534,7 +680,22 @@ where
                     }
                 })}
             </td>
-            <td class="status"><span class=format!("badge {}", status_label(triple.status))>{status_label(triple.status)}</span></td>
+            <td class="status">
+                <span class=format!("badge {}", status_label(triple.status))>{status_label(triple.status)}</span>
+                <span class="row-actions">
+                    {[(TripleStatus::Approved, "✓", "Approve"), (TripleStatus::Rejected, "✗", "Reject"), (TripleStatus::Pending, "↺", "Reset")]
+                        .into_iter()
+                        .map(|(status, icon, verb)| {
+                            let set = set_row_status.clone();
+                            view! {
+                                <button class="icon" aria-label=format!("{verb} triple {id}") title=verb
+                                    disabled=triple.status == status
+                                    on:click=move |e| { e.stop_propagation(); set(status); }>{icon}</button>
+                            }
+                        })
+                        .collect_view()}
+                </span>
+            </td>
         </tr>
     }
 }
@@ -549,6 +710,26 @@ mod tests {
             Filter { status: Some(TripleStatus::Approved), search: "cat food?".into(), page: 2, ..Filter::default() };
         assert_eq!(filter.query(), "page=2&per_page=25&status=approved&q=cat%20food%3F");
         assert_eq!(Filter::default().query(), "page=1&per_page=25");
+        let by_document = Filter { document_id: Some(7), origin: Some("manual".into()), ..Filter::default() };
+        assert_eq!(by_document.query(), "page=1&per_page=25&document_id=7&origin=manual");
+        let matching = by_document.matching();
+        assert_eq!((matching.document_id, matching.origin, matching.q), (Some(7), Some(TripleOrigin::Manual), None));
+    }
+
+    #[test]
+    fn undo_restores_only_what_was_changed() {
+        let before: Triple = serde_json::from_value(serde_json::json!({
+            "id": 1, "question": "Q?", "answer": "old", "passage": "p", "status": "pending", "origin": "manual",
+            "version": 3, "created_at": "t", "updated_at": "t"
+        }))
+        .unwrap();
+        let update = TripleUpdate { version: 3, question: None, answer: Some("new".into()), status: None };
+        assert_eq!(
+            inverse(&before, &update, 4),
+            TripleUpdate { version: 4, question: None, answer: Some("old".into()), status: None }
+        );
+        let approve = TripleUpdate { version: 3, question: None, answer: None, status: Some(TripleStatus::Approved) };
+        assert_eq!(inverse(&before, &approve, 4).status, Some(TripleStatus::Pending));
     }
 
     #[test]

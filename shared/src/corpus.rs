@@ -173,12 +173,25 @@ pub struct TripleUpdate {
     pub status: Option<TripleStatus>,
 }
 
-/// `POST /triples/bulk`: one action on many triples.
+/// The triples a listing's filter matches (every term optional), for "all matching" bulk actions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TripleMatch {
+    pub status: Option<TripleStatus>,
+    pub document_id: Option<i64>,
+    pub origin: Option<TripleOrigin>,
+    /// Words that must all occur in the question, answer or passage.
+    pub q: Option<String>,
+}
+
+/// `POST /triples/bulk`: one action on many triples, listed or matching a filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum BulkAction {
     SetStatus { ids: Vec<i64>, status: TripleStatus },
     Delete { ids: Vec<i64> },
+    SetStatusMatching { matching: TripleMatch, status: TripleStatus },
+    DeleteMatching { matching: TripleMatch },
 }
 
 /// What one bulk action changed.

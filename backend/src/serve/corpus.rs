@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use attune_shared::{
     BulkAction, BulkResult, Document, ErrorDetail, ImportResult, JobStatus, LlmChoice, NewTriple, Passage,
-    ServerMessage, SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleOrigin, TriplePage, TripleStatus,
-    TripleUpdate, UploadOutcome, UploadResult,
+    ServerMessage, SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage,
+    TripleStatus, TripleUpdate, UploadOutcome, UploadResult,
 };
 
 use super::AppState;
@@ -253,9 +253,24 @@ pub async fn bulk(
     State(state): State<AppState>,
     ApiJson(action): ApiJson<BulkAction>,
 ) -> Result<Json<BulkResult>, AppError> {
+    let matching = |m: &TripleMatch| TripleFilter {
+        status: m.status,
+        document_id: m.document_id,
+        origin: m.origin,
+        search: m.q.clone(),
+        sort: TripleSort::Oldest,
+    };
     let changed = match action {
         BulkAction::SetStatus { ids, status } => state.store().set_status(&ids, status).await?,
         BulkAction::Delete { ids } => state.store().delete_triples(&ids).await?,
+        BulkAction::SetStatusMatching { matching: m, status } => {
+            let ids = state.store().triple_ids(&matching(&m)).await?;
+            state.store().set_status(&ids, status).await?
+        }
+        BulkAction::DeleteMatching { matching: m } => {
+            let ids = state.store().triple_ids(&matching(&m)).await?;
+            state.store().delete_triples(&ids).await?
+        }
     };
     Ok(Json(BulkResult { changed }))
 }

@@ -350,6 +350,14 @@ impl Store {
         Ok(TriplePage { items, total, counts, page, per_page })
     }
 
+    /// The ids of every triple `filter` matches, oldest first.
+    pub async fn triple_ids(&self, filter: &TripleFilter) -> Result<Vec<i64>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM triples WHERE 1 = 1");
+        push_filter(&mut query, filter, true);
+        query.push(" ORDER BY id");
+        Ok(query.build_query_scalar().fetch_all(&self.pool).await?)
+    }
+
     /// Every triple with one of `statuses` (all when empty), oldest first.
     pub async fn all_triples(&self, statuses: &[TripleStatus]) -> Result<Vec<Triple>, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {TRIPLE_COLUMNS} FROM triples"));
