@@ -130,6 +130,19 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
   const now = await (await fetch(`${server.url}/api/v1/triples/${theirs.id}`)).json();
   assert.equal(now.answer, "my answer");
   await screenshot(page, "triples");
-  assert.deepEqual(browser.errors, []);
+
+  // A failed save says why and keeps the text: the triple is deleted behind our back.
+  const second = page.locator("tr.triple").nth(1);
+  const secondId = (await second.getByRole("checkbox").getAttribute("aria-label")).replace("Select triple ", "");
+  await fetch(`${server.url}/api/v1/triples/bulk`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ action: "delete", ids: [Number(secondId)] }),
+  });
+  await second.locator("td.answer span").dblclick();
+  await second.getByLabel("Edit answer").fill("words worth keeping");
+  await second.getByLabel("Edit answer").press("Enter");
+  await page.getByText(/Not saved: no such triple/).waitFor();
+  assert.equal(await second.getByLabel("Edit answer").inputValue(), "words worth keeping");
+  assert.deepEqual(browser.errors.filter((e) => !/404/.test(e)), []);
   await page.close();
 });

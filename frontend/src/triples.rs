@@ -164,6 +164,8 @@ pub fn TriplesPage() -> impl IntoView {
     let reloads = RwSignal::new(0u32);
     // The last saved edit and the update that undoes it.
     let last_edit = RwSignal::new(None::<(i64, TripleUpdate)>);
+    // Text of an edit the server refused: the field reopens with it.
+    let draft = RwSignal::new(None::<(i64, &'static str, String)>);
     // Every triple matching the filter is selected (not only the listed ids).
     let all_matching = RwSignal::new(false);
     let confirm_delete = RwSignal::new(false);
@@ -228,7 +230,22 @@ pub fn TriplesPage() -> impl IntoView {
                             conflict.set(Some(Conflict { mine: update, theirs: *theirs }));
                         }
                     }
-                    Err(error) => notice.set(Some((false, format!("Not saved: {}", error.message)))),
+                    Err(error) => {
+                        // Keep what was typed: reopen the field with it.
+                        let field = if update.question.is_some() {
+                            Some("question")
+                        } else if update.answer.is_some() {
+                            Some("answer")
+                        } else {
+                            None
+                        };
+                        if let Some(field) = field {
+                            let text = update.question.clone().or(update.answer.clone()).unwrap_or_default();
+                            draft.set(Some((id, field, text)));
+                            editing.set(Some((id, field)));
+                        }
+                        notice.set(Some((false, format!("Not saved: {}", error.message))));
+                    }
                 }
             });
         }
@@ -564,7 +581,7 @@ pub fn TriplesPage() -> impl IntoView {
                             </tr></thead>
                             <tbody>
                                 {p.items.into_iter().enumerate().map(|(i, t)| view! {
-                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing selected=selected save=save.clone() />
+                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing draft=draft selected=selected save=save.clone() />
                                 }).collect_view()}
                             </tbody>
                         </table>
@@ -587,6 +604,7 @@ fn TripleRow<S>(
     cursor: RwSignal<usize>,
     expanded: RwSignal<Option<i64>>,
     editing: RwSignal<Option<(i64, &'static str)>>,
+    draft: RwSignal<Option<(i64, &'static str, String)>>,
     selected: RwSignal<BTreeSet<i64>>,
     save: S,
 ) -> impl IntoView
@@ -609,7 +627,11 @@ where
         view! {
             {move || if editing.get() == Some((id, name)) {
                 let save = save.clone();
-                let shown = original.clone();
+                let shown = draft
+                    .get_untracked()
+                    .filter(|(d_id, d_name, _)| *d_id == id && *d_name == name)
+                    .map(|(_, _, text)| text)
+                    .unwrap_or_else(|| original.clone());
                 let original = original.clone();
                 let commit = move |text: String| {
                     // Enter commits, and the field's removal then blurs it: commit once.
@@ -617,6 +639,7 @@ where
                         return;
                     }
                     editing.set(None);
+                    draft.set(None);
                     if text.trim() != original.trim() && !text.trim().is_empty() {
                         let update = if name == "question" {
                             TripleUpdate { version, question: Some(text), answer: None, status: None }
