@@ -72,12 +72,22 @@ pub async fn send_json<B: serde::Serialize>(
     if let Some(token) = token {
         request = request.header("Authorization", &bearer(token));
     }
-    let response = request
-        .json(body)
-        .map_err(|e| ApiError::unreachable(format!("cannot encode the request: {e}")))?
-        .send()
-        .await
-        .map_err(ApiError::unreachable)?;
+    let request = request.json(body).map_err(|e| ApiError::unreachable(format!("cannot encode the request: {e}")))?;
+    answer(request).await
+}
+
+/// `POST`s a multipart form (a file upload); on success returns the status and the body's text.
+pub async fn post_form(path: &str, form: web_sys::FormData, token: Option<&str>) -> Result<(u16, String), ApiError> {
+    let mut request = Request::post(path);
+    if let Some(token) = token {
+        request = request.header("Authorization", &bearer(token));
+    }
+    answer(request.body(form).map_err(ApiError::unreachable)?).await
+}
+
+/// Sends a built request: the status and body's text of a success, the error otherwise.
+async fn answer(request: gloo_net::http::Request) -> Result<(u16, String), ApiError> {
+    let response = request.send().await.map_err(ApiError::unreachable)?;
     let status = response.status();
     let text = response.text().await.map_err(ApiError::unreachable)?;
     if !response.ok() {

@@ -13,7 +13,7 @@ pub fn ws_url(protocol: &str, host: &str, token: Option<&str>) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_query_value(value: &str) -> String {
+pub fn encode_query_value(value: &str) -> String {
     value
         .bytes()
         .map(|b| {

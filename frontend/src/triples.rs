@@ -13,7 +13,8 @@ use attune_shared::{
     TripleStatus, TripleUpdate,
 };
 
-use crate::api::{ApiError, get_json, parse, post_json, send_json};
+use crate::api::{ApiError, get_json, parse, post_form, post_json, send_json};
+use crate::endpoints::encode_query_value;
 
 pub const PER_PAGE: u32 = 25;
 
@@ -42,25 +43,13 @@ impl Filter {
             parts.push(format!("origin={origin}"));
         }
         if !self.search.trim().is_empty() {
-            parts.push(format!("q={}", encode(self.search.trim())));
+            parts.push(format!("q={}", encode_query_value(self.search.trim())));
         }
         if !self.sort.is_empty() {
             parts.push(format!("sort={}", self.sort));
         }
         parts.join("&")
     }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 impl Filter {
@@ -376,21 +365,8 @@ pub fn TriplesPage() -> impl IntoView {
                     let form = web_sys::FormData::new().map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
                     form.append_with_blob_and_filename("file", &file, &file.name())
                         .map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
-                    let mut request = gloo_net::http::Request::post(&format!("{API_PREFIX}/triples/import"));
-                    if let Some(token) = &token {
-                        request = request.header("Authorization", &crate::endpoints::bearer(token));
-                    }
-                    let response = request
-                        .body(form)
-                        .map_err(|e| ApiError::unreachable(e))?
-                        .send()
-                        .await
-                        .map_err(ApiError::unreachable)?;
-                    let status = response.status();
-                    let text = response.text().await.map_err(ApiError::unreachable)?;
-                    if !response.ok() {
-                        return Err(ApiError::from_response(status, &text));
-                    }
+                    let (status, text) =
+                        post_form(&format!("{API_PREFIX}/triples/import"), form, token.as_deref()).await?;
                     parse::<ImportResult>(status, &text)
                 }
                 .await;
