@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workloads import INSTRUCTION, workload
+from workloads import INSTRUCTION, rag_sequence_loss, workload
 
 
 
@@ -101,33 +101,7 @@ def bench_e2e(models):
         scores = q @ p.T * scale
         labels = torch.arange(len(rows))
         retriever_loss = torch.nn.functional.cross_entropy(scores, labels)
-        candidates = []
-        for i, row in enumerate(scores.detach()):
-            top = torch.argsort(row, descending=True, stable=True)[:k].tolist()
-            if i not in top:
-                top[-1] = i
-            candidates.append(top)
-        sequences = [encode(rows[i]["question"], rows[j]["passage"], rows[i]["answer"]) for i in range(len(rows)) for j in candidates[i]]
-        longest = max(len(a) + len(b) for a, b in sequences)
-        answer_len = max(len(b) for _, b in sequences)
-        ids = torch.zeros((len(sequences), longest), dtype=torch.long)
-        positions = torch.zeros((len(sequences), answer_len), dtype=torch.long)
-        targets = torch.zeros((len(sequences), answer_len), dtype=torch.long)
-        mask = torch.zeros((len(sequences), answer_len))
-        for s, (prompt, answer) in enumerate(sequences):
-            ids[s, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-            for t, token in enumerate(answer):
-                positions[s, t] = len(prompt) + t - 1
-                targets[s, t] = token
-                mask[s, t] = 1.0
-        hidden = generator.base_model.model.model(input_ids=ids).last_hidden_state
-        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        logits = generator.base_model.model.lm_head(picked)
-        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        answer_lp = (token_lp * mask).sum(-1).view(len(rows), k)
-        index = torch.tensor(candidates)
-        log_prior = torch.log_softmax(scores.gather(1, index), dim=-1)
-        generator_loss = -torch.logsumexp(log_prior + answer_lp, dim=-1).mean()
+        generator_loss, sequences = rag_sequence_loss(generator, rows, scores, k, encode)
         total = retriever_loss + generator_loss
         optimizer.zero_grad()
         total.backward()
