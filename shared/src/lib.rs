@@ -162,6 +162,8 @@ impl Settings {
 
 mod corpus;
 pub use corpus::*;
+mod jobs;
+pub use jobs::*;
 
 /// Messages the server sends on `/ws`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +181,42 @@ pub enum ServerMessage {
         #[serde(default)]
         eta_seconds: Option<f64>,
     },
+    /// A training run was queued, started, finished, failed, was cancelled or resumed. Sent first,
+    /// for every unfinished run, to a client that connects.
+    RunState { run: Run },
+    /// A training step's figures (at most a few a second; `GET /runs/:id/metrics` has every step).
+    TrainStep { run_id: i64, point: StepPoint },
+    /// A run saved a checkpoint it can resume from.
+    Checkpoint { run_id: i64, step: u32, path: String },
+    /// A line of a job's log.
+    JobLog { job: String, level: LogLevel, message: String },
+    /// An evaluation changed: progress, a new state, or its report (fetch it from `/evals/:id`).
+    EvalState { eval: Box<Eval> },
+    /// The passage index of a retriever is being built.
+    IndexProgress { model: String, done: u64, total: u64 },
+    /// The passages retrieved for a chat question (always before its tokens).
+    ChatPassages { chat_id: String, request_id: u64, passages: Vec<Citation> },
+    /// The next piece of a chat answer.
+    ChatToken { chat_id: String, request_id: u64, text: String },
+    /// The answer is complete (or was stopped).
+    ChatDone {
+        chat_id: String,
+        request_id: u64,
+        stopped: bool,
+        #[serde(default)]
+        stats: ChatStats,
+    },
+    /// The question could not be answered.
+    ChatError { chat_id: String, request_id: u64, code: String, message: String },
+}
+
+/// Severity of a [`ServerMessage::JobLog`] line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
 }
 
 /// Messages a client sends on `/ws`.
@@ -187,6 +225,21 @@ pub enum ServerMessage {
 pub enum ClientMessage {
     /// Liveness check; the server answers [`ServerMessage::Pong`].
     Ping { nonce: u64 },
+    /// Ask a question in chat `chat_id` (its history is kept on this connection) with the model pair
+    /// `model` (an id from `GET /api/v1/models`). Answered by `chat_passages`, `chat_token`s and
+    /// `chat_done` (or `chat_error`), all carrying `request_id`.
+    ChatAsk {
+        chat_id: String,
+        request_id: u64,
+        model: String,
+        question: String,
+        #[serde(default)]
+        top_k: Option<u32>,
+    },
+    /// Stop the answer being generated in `chat_id`.
+    ChatStop { chat_id: String },
+    /// Forget the history of `chat_id`.
+    ChatClear { chat_id: String },
 }
 
 #[cfg(test)]

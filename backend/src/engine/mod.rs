@@ -3,8 +3,12 @@
 //! cancellable, reporting progress), and moving triples in and out as CSV or JSONL. Used by both
 //! the HTTP server and the command line.
 
+pub mod chat;
+pub mod eval_job;
 pub mod ingest;
+pub mod jobs;
 pub mod synth;
+pub mod train_job;
 pub mod triples_io;
 
 use crate::ingest::IngestError;

@@ -1,4 +1,5 @@
-//! Retrieval-augmented generation: the one prompt format that training, evaluation and chat share.
-//! (The vector index and the chat loop come here too.)
+//! Retrieval-augmented generation: the one prompt format that training, evaluation and chat share,
+//! and the passage index chat retrieves from.
 
+pub mod index;
 pub mod prompt;

@@ -66,6 +66,34 @@ pub fn prompt_text(
     }
 }
 
+/// A chat turn's prompt: the earlier turns (question, answer) as they were asked, then this
+/// question with its passages in the same form training used. Plain-text models get the turns as
+/// `Question:`/`Answer:` lines.
+pub fn chat_prompt(
+    generator: &Generator,
+    history: &[(String, String)],
+    question: &str,
+    passages: &[&str],
+    limits: PromptLimits,
+) -> Result<String, ModelError> {
+    let cut: Vec<String> =
+        passages.iter().map(|p| truncate_passage(generator, p, limits.max_passage_tokens)).collect::<Result<_, _>>()?;
+    let cut: Vec<&str> = cut.iter().map(String::as_str).collect();
+    let message = user_message(question, &cut);
+    if generator.has_chat_template() {
+        let mut messages = Vec::new();
+        for (q, a) in history {
+            messages.push(ChatMessage::new("user", q));
+            messages.push(ChatMessage::new("assistant", a));
+        }
+        messages.push(ChatMessage::new("user", &message));
+        generator.render_chat(&messages)
+    } else {
+        let earlier: String = history.iter().map(|(q, a)| format!("Question: {q}\nAnswer: {a}\n\n")).collect();
+        Ok(format!("{earlier}{message}\n\nAnswer:"))
+    }
+}
+
 /// Token ids of a training example: the prompt, and the answer followed by the end-of-reply
 /// token (cut to `max_answer_tokens`). Plain-text prompts get a space before the answer.
 pub fn encode_example(

@@ -12,6 +12,7 @@ use attune_shared::{DatabaseHealth, Health, Settings};
 use super::AppState;
 use super::corpus;
 use super::error::{ApiJson, AppError};
+use super::runs;
 use crate::model::catalog;
 
 /// Routes relative to `/api`; uploads may carry several files of up to `max_upload_bytes` each.
@@ -34,6 +35,20 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/synth/runs/{id}", get(corpus::get_synth_run))
         .route("/synth/runs/{id}/cancel", post(corpus::cancel_synth_run))
         .route("/synth/runs/{id}/resume", post(corpus::resume_synth_run))
+        .route("/train/presets", get(runs::presets))
+        .route("/runs", get(runs::list_runs).post(runs::create_run))
+        .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/metrics", get(runs::run_metrics))
+        .route("/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/runs/{id}/resume", post(runs::resume_run))
+        .route("/evals", get(runs::list_evals).post(runs::create_eval))
+        .route("/evals/{id}", get(runs::get_eval))
+        .route(
+            "/test-sets",
+            post(runs::upload_test_set)
+                .layer(DefaultBodyLimit::max((max_upload_bytes as usize).saturating_add(1 << 20))),
+        )
+        .route("/models", get(runs::list_models))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new().nest("/v1", v1).fallback(not_found)
 }

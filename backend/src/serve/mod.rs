@@ -7,6 +7,8 @@ mod api;
 mod auth;
 mod corpus;
 pub mod error;
+mod live;
+mod runs;
 mod ws;
 
 use std::future::Future;
@@ -105,6 +107,13 @@ struct StateInner {
     jobs: std::sync::Mutex<std::collections::HashMap<i64, Arc<std::sync::atomic::AtomicBool>>>,
     /// The retriever's tokenizer, loaded on first use, for chunking uploads.
     tokenizer: std::sync::OnceLock<tokenizers::Tokenizer>,
+    /// Job events to WebSockets, and the live state of unfinished jobs.
+    publisher: Arc<live::Publisher>,
+    /// The worker that runs training runs and evaluations.
+    queue: crate::engine::jobs::JobQueue,
+    job_context: crate::engine::jobs::JobContext,
+    /// The compute thread that answers chat questions.
+    chat: crate::engine::chat::ChatEngine,
 }
 
 impl std::fmt::Debug for StateInner {
@@ -124,7 +133,42 @@ impl AppState {
                 "{interrupted} synthesis run(s) were interrupted by a stop; resume them with POST /api/v1/synth/runs/ID/resume"
             );
         }
+        let stopped = store.interrupt_unfinished_jobs().await?;
+        if stopped > 0 {
+            tracing::warn!(
+                "{stopped} training run(s) or evaluation(s) were interrupted by a stop; resume runs with POST /api/v1/runs/ID/resume"
+            );
+        }
         let (events, _) = tokio::sync::broadcast::channel(256);
+        let mut initial = live::LiveJobs::default();
+        for run in store.runs().await?.into_iter().filter(|r| r.status == attune_shared::JobStatus::Queued) {
+            initial.runs.insert(run.id, run);
+        }
+        for eval in store.evals().await?.into_iter().filter(|e| e.status == attune_shared::JobStatus::Queued) {
+            initial.evals.insert(eval.id, eval);
+        }
+        let publisher = Arc::new(live::Publisher::new(events.clone(), initial));
+        let runtime = tokio::runtime::Handle::current();
+        let job_context = crate::engine::jobs::JobContext {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            data_dir: config.data_dir.clone(),
+            models_dir: config.models_dir.clone(),
+            device_spec: config.device_spec.clone(),
+        };
+        let sink_publisher = publisher.clone();
+        let queue = crate::engine::jobs::JobQueue::start(
+            job_context.clone(),
+            Arc::new(move |event| sink_publisher.publish(event)),
+        )
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+        let chat = crate::engine::chat::ChatEngine::start(crate::engine::chat::ChatContext {
+            store: store.clone(),
+            runtime,
+            index_dir: config.data_dir.join("indexes"),
+            device_spec: config.device_spec.clone(),
+        })
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
         Ok(AppState {
             inner: Arc::new(StateInner {
                 store,
@@ -133,8 +177,38 @@ impl AppState {
                 events,
                 jobs: Default::default(),
                 tokenizer: Default::default(),
+                publisher,
+                queue,
+                job_context,
+                chat,
             }),
         })
+    }
+
+    fn publish(&self, event: crate::engine::jobs::JobEvent) {
+        self.inner.publisher.publish(event);
+    }
+
+    fn publisher(&self) -> &live::Publisher {
+        &self.inner.publisher
+    }
+
+    fn queue(&self) -> &crate::engine::jobs::JobQueue {
+        &self.inner.queue
+    }
+
+    fn job_context(&self) -> &crate::engine::jobs::JobContext {
+        &self.inner.job_context
+    }
+
+    fn chat(&self) -> &crate::engine::chat::ChatEngine {
+        &self.inner.chat
+    }
+
+    /// Stops the job worker at a resumable point (the running job is marked interrupted).
+    pub async fn stop_jobs(&self) {
+        let state = self.clone();
+        let _ = tokio::task::spawn_blocking(move || state.inner.queue.shutdown()).await;
     }
 
     pub fn store(&self) -> &Store {
@@ -223,6 +297,7 @@ pub async fn serve(
     let state = AppState::open(config).await?;
     let cancel = state.shutdown_token().clone();
     let store = state.store().clone();
+    let jobs = state.clone();
     tracing::info!("listening on http://{addr}");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -231,6 +306,7 @@ pub async fn serve(
             cancel.cancel();
         })
         .await?;
+    jobs.stop_jobs().await;
     store.close().await;
     Ok(())
 }

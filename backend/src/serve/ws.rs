@@ -1,12 +1,22 @@
-//! The `/ws` WebSocket: a `hello` carrying the protocol version, then client requests
-//! answered in order until either side closes or the server shuts down.
+//! The `/ws` WebSocket: a `hello` carrying the protocol version, then the state of unfinished jobs,
+//! then job events as they happen, client requests (ping, chat) and streamed chat answers, until
+//! either side closes or the server shuts down. Chat history lives here, per chat id.
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 
-use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use attune_shared::{ClientMessage, JobStatus, PROTOCOL_VERSION, ServerMessage};
+use tokio::sync::mpsc;
+
+use crate::engine::chat::{ChatEvent, PairSpec, Question};
+use crate::engine::eval_job::run_adapters;
+use crate::model::catalog::{DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
 
 use super::AppState;
 use super::error::AppError;
@@ -28,7 +38,16 @@ async fn session(mut socket: WebSocket, state: AppState) {
         return;
     }
     let shutdown = state.shutdown_token().clone();
+    // Subscribe before reading the live state, so nothing falls between the two.
     let mut events = state.events().subscribe();
+    let snapshot = state.publisher().live().borrow().messages();
+    for message in &snapshot {
+        if send(&mut socket, message).await.is_err() {
+            return;
+        }
+    }
+    let (outgoing, mut to_send) = mpsc::unbounded_channel::<Outgoing>();
+    let mut chats: HashMap<String, Chat> = HashMap::new();
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -43,6 +62,27 @@ async fn session(mut socket: WebSocket, state: AppState) {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
+            Some(out) = to_send.recv() => {
+                let message = match out {
+                    Outgoing::Send(message) => message,
+                    Outgoing::Answered { chat_id, generation, question, answer, done } => {
+                        if let Some(chat) = chats.get_mut(&chat_id).filter(|c| c.generation == generation) {
+                            chat.history.push((question, answer));
+                            chat.answering = None;
+                        }
+                        done
+                    }
+                    Outgoing::Failed { chat_id, generation, error } => {
+                        if let Some(chat) = chats.get_mut(&chat_id).filter(|c| c.generation == generation) {
+                            chat.answering = None;
+                        }
+                        error
+                    }
+                };
+                if send(&mut socket, &message).await.is_err() {
+                    break;
+                }
+            }
             () = shutdown.cancelled() => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                 let _ = socket.send(Message::Close(Some(frame))).await;
@@ -51,27 +91,191 @@ async fn session(mut socket: WebSocket, state: AppState) {
             incoming = socket.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => answer(&text),
-                    Some(Ok(Message::Binary(_))) => ServerMessage::Error {
+                    Some(Ok(Message::Text(text))) => answer(&text, &state, &mut chats, &outgoing).await,
+                    Some(Ok(Message::Binary(_))) => Some(ServerMessage::Error {
                         code: "binary_not_supported".into(),
                         message: "messages are JSON text frames".into(),
-                    },
+                    }),
                     // Ping/pong frames are answered by the WebSocket layer itself.
                     Some(Ok(_)) => continue,
                 };
-                if send(&mut socket, &reply).await.is_err() {
-                    break;
+                if let Some(reply) = reply {
+                    if send(&mut socket, &reply).await.is_err() {
+                        break;
+                    }
                 }
             }
         }
     }
+    // Answers still being generated for this connection stop.
+    for chat in chats.values() {
+        if let Some(stop) = &chat.answering {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
-fn answer(text: &str) -> ServerMessage {
-    match serde_json::from_str::<ClientMessage>(text) {
-        Ok(ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
-        Err(e) => ServerMessage::Error { code: "bad_message".into(), message: format!("cannot read message: {e}") },
+/// One chat of a connection: its history and the answer being generated.
+#[derive(Default)]
+struct Chat {
+    history: Vec<(String, String)>,
+    answering: Option<Arc<AtomicBool>>,
+    /// Bumped by `chat_clear`, so an answer finishing after a clear is not added to the new history.
+    generation: u64,
+}
+
+/// What the relay of an answer hands back to the session.
+enum Outgoing {
+    Send(ServerMessage),
+    Answered { chat_id: String, generation: u64, question: String, answer: String, done: ServerMessage },
+    Failed { chat_id: String, generation: u64, error: ServerMessage },
+}
+
+/// Longest question accepted, in characters.
+const MAX_QUESTION_CHARS: usize = 4000;
+
+async fn answer(
+    text: &str,
+    state: &AppState,
+    chats: &mut HashMap<String, Chat>,
+    outgoing: &mpsc::UnboundedSender<Outgoing>,
+) -> Option<ServerMessage> {
+    let message = match serde_json::from_str::<ClientMessage>(text) {
+        Ok(message) => message,
+        Err(e) => {
+            return Some(ServerMessage::Error {
+                code: "bad_message".into(),
+                message: format!("cannot read message: {e}"),
+            });
+        }
+    };
+    match message {
+        ClientMessage::Ping { nonce } => Some(ServerMessage::Pong { nonce }),
+        ClientMessage::ChatStop { chat_id } => {
+            if let Some(stop) = chats.get(&chat_id).and_then(|c| c.answering.as_ref()) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            None
+        }
+        ClientMessage::ChatClear { chat_id } => {
+            let chat = chats.entry(chat_id).or_default();
+            if let Some(stop) = chat.answering.take() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            chat.history.clear();
+            chat.generation += 1;
+            None
+        }
+        ClientMessage::ChatAsk { chat_id, request_id, model, question, top_k } => {
+            let refuse = |code: &str, message: String| {
+                Some(ServerMessage::ChatError { chat_id: chat_id.clone(), request_id, code: code.into(), message })
+            };
+            let question = question.trim().to_owned();
+            if question.is_empty() {
+                return refuse("empty_question", "ask a question".into());
+            }
+            if question.chars().count() > MAX_QUESTION_CHARS {
+                return refuse("question_too_long", format!("questions are at most {MAX_QUESTION_CHARS} characters"));
+            }
+            let top_k = top_k.unwrap_or(5);
+            if !(1..=20).contains(&top_k) {
+                return refuse("bad_top_k", format!("top_k must be between 1 and 20 (got {top_k})"));
+            }
+            let chat = chats.entry(chat_id.clone()).or_default();
+            if chat.answering.is_some() {
+                return refuse("busy", "this chat is still answering: stop it or wait".into());
+            }
+            let pair = match resolve_pair(state, &model).await {
+                Ok(pair) => pair,
+                Err((code, message)) => return refuse(code, message),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let (events, mut answers) = mpsc::unbounded_channel();
+            let asked = state.chat().ask(Question {
+                pair,
+                question: question.clone(),
+                history: chat.history.clone(),
+                top_k: top_k as usize,
+                stop: stop.clone(),
+                events,
+            });
+            if let Err(e) = asked {
+                return refuse("chat_unavailable", e.to_string());
+            }
+            chat.answering = Some(stop);
+            let generation = chat.generation;
+            let outgoing = outgoing.clone();
+            tokio::spawn(async move {
+                while let Some(event) = answers.recv().await {
+                    let out = match event {
+                        ChatEvent::IndexProgress { done, total } => {
+                            Outgoing::Send(ServerMessage::IndexProgress { model: model.clone(), done, total })
+                        }
+                        ChatEvent::Passages(passages) => Outgoing::Send(ServerMessage::ChatPassages {
+                            chat_id: chat_id.clone(),
+                            request_id,
+                            passages,
+                        }),
+                        ChatEvent::Token(text) => {
+                            Outgoing::Send(ServerMessage::ChatToken { chat_id: chat_id.clone(), request_id, text })
+                        }
+                        ChatEvent::Done { stopped, answer, stats } => Outgoing::Answered {
+                            chat_id: chat_id.clone(),
+                            generation,
+                            question: question.clone(),
+                            answer,
+                            done: ServerMessage::ChatDone { chat_id: chat_id.clone(), request_id, stopped, stats },
+                        },
+                        ChatEvent::Error { code, message } => Outgoing::Failed {
+                            chat_id: chat_id.clone(),
+                            generation,
+                            error: ServerMessage::ChatError {
+                                chat_id: chat_id.clone(),
+                                request_id,
+                                code: code.into(),
+                                message,
+                            },
+                        },
+                    };
+                    if outgoing.send(out).is_err() {
+                        break;
+                    }
+                }
+            });
+            None
+        }
     }
+}
+
+/// The models behind a pair id of `GET /api/v1/models`.
+async fn resolve_pair(state: &AppState, id: &str) -> Result<PairSpec, (&'static str, String)> {
+    let models = &state.config().models_dir;
+    if id == "base" {
+        return Ok(PairSpec {
+            id: id.to_owned(),
+            retriever: models.join(DEFAULT_RETRIEVER_NAME),
+            retriever_adapter: None,
+            generator: models.join(DEFAULT_GENERATOR_NAME),
+            generator_adapter: None,
+        });
+    }
+    let unknown = || ("unknown_model", format!("no model pair {id:?}: use an id from GET /api/v1/models"));
+    let run_id: i64 = id.strip_prefix("run:").and_then(|n| n.parse().ok()).ok_or_else(unknown)?;
+    let run = state.store().run(run_id).await.map_err(|e| ("store", e.to_string()))?.ok_or_else(unknown)?;
+    if run.status != JobStatus::Succeeded {
+        return Err((
+            "run_not_finished",
+            format!("run {run_id} is {:?}: chat with it once it has succeeded", run.status),
+        ));
+    }
+    let (retriever_adapter, generator_adapter) = run_adapters(state.job_context(), run_id);
+    Ok(PairSpec {
+        id: id.to_owned(),
+        retriever: models.join(&run.retriever),
+        retriever_adapter,
+        generator: models.join(&run.generator),
+        generator_adapter,
+    })
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {

@@ -4,6 +4,7 @@
 //! through the migrations embedded from `backend/migrations/`.
 
 pub mod corpus;
+pub mod jobs;
 mod settings;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,226 @@
+//! The job queue: one worker thread runs queued training runs and evaluations, oldest first, one at
+//! a time (one device, one training job). The queue is the store's tables, so it survives
+//! restarts; a job the server was running when it stopped is marked interrupted and resumes from
+//! its last checkpoint. The worker reports through a [`JobEvent`] sink that `serve/` turns into
+//! WebSocket messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attune_shared::{Eval, JobStatus, LogLevel, Run, StepPoint};
+use tokio::runtime::Handle;
+
+use super::EngineError;
+use crate::store::Store;
+use crate::store::jobs::QueuedJob;
+
+/// What the worker reports. Closed: every kind of moment a job has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    /// A run changed state (queued, started, finished, failed, cancelled, interrupted).
+    Run(Run),
+    /// A run finished an optimiser step (every step; the server throttles what it forwards).
+    Step {
+        run_id: i64,
+        point: StepPoint,
+    },
+    Checkpoint {
+        run_id: i64,
+        step: u32,
+        path: String,
+    },
+    /// An evaluation changed: state or progress.
+    Eval(Box<Eval>),
+    Log {
+        job: String,
+        level: LogLevel,
+        message: String,
+    },
+}
+
+/// Where jobs find their inputs and put their outputs.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    pub store: Store,
+    /// The async runtime the store lives on (the worker blocks on it from its own thread).
+    pub runtime: Handle,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    /// `--device` of the server (`auto`, `cpu`, `cuda:N`).
+    pub device_spec: String,
+}
+
+impl JobContext {
+    /// Folder of a run's files (`runs/run-ID`).
+    pub fn run_dir(&self, id: i64) -> PathBuf {
+        self.data_dir.join("runs").join(format!("run-{id}"))
+    }
+
+    /// A model folder by its name in the models directory.
+    pub fn model_dir(&self, name: &str) -> PathBuf {
+        self.models_dir.join(name)
+    }
+}
+
+pub type EventSink = Arc<dyn Fn(JobEvent) + Send + Sync>;
+
+/// What a running job checks between steps.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// The user cancelled it.
+    pub cancel: AtomicBool,
+    /// The server is stopping: end at a resumable point and mark the job interrupted.
+    pub stopping: AtomicBool,
+}
+
+impl Control {
+    pub fn should_stop(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// Handle of the worker thread; cheap to share.
+pub struct JobQueue {
+    wake: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue").finish_non_exhaustive()
+    }
+}
+
+impl JobQueue {
+    /// Starts the worker; it begins with whatever the store has queued.
+    pub fn start(context: JobContext, sink: EventSink) -> Result<JobQueue, EngineError> {
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>> = Arc::default();
+        let slot = running.clone();
+        let thread = std::thread::Builder::new()
+            .name("attune-jobs".into())
+            .spawn(move || worker(context, sink, woken, slot))
+            .map_err(|e| EngineError::Task(format!("cannot start the job worker: {e}")))?;
+        Ok(JobQueue { wake: Mutex::new(Some(wake)), running, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Tells the worker to look at the queue (after a job was queued).
+    pub fn wake(&self) {
+        if let Some(wake) = self.wake.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = wake.send(());
+        }
+    }
+
+    /// Asks the running job `job` to stop; false when it is not the one running.
+    pub fn cancel(&self, job: QueuedJob) -> bool {
+        match self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some((running, control)) if *running == job => {
+                control.cancel.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The job running now, if any.
+    pub fn running(&self) -> Option<QueuedJob> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(job, _)| *job)
+    }
+
+    /// Stops the worker: the running job ends at a resumable point (a checkpoint) and is marked
+    /// interrupted. Blocks until the worker has exited; call it off the async threads.
+    pub fn shutdown(&self) {
+        if let Some((_, control)) = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            control.stopping.store(true, Ordering::Relaxed);
+        }
+        self.wake.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn worker(
+    context: JobContext,
+    sink: EventSink,
+    woken: std::sync::mpsc::Receiver<()>,
+    running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>>,
+) {
+    loop {
+        let next = match context.runtime.block_on(context.store.next_queued_job()) {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!("cannot read the job queue: {error}");
+                None
+            }
+        };
+        let Some(job) = next else {
+            match woken.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        let control = Arc::new(Control::default());
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, control.clone()));
+        match job {
+            QueuedJob::Run(id) => super::train_job::run(&context, &sink, id, &control),
+            QueuedJob::Eval(id) => super::eval_job::run(&context, &sink, id, &control),
+        }
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // A shutdown asked while the job ran: do not start another.
+        if control.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        while woken.try_recv().is_ok() {}
+    }
+}
+
+/// Resident memory of this process in bytes (Linux), for the dashboard on a CPU.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// `cpu · 1.2 GB`, or `cuda:0 · 3.1 / 80.0 GB`.
+pub fn device_label(device: &candle_core::Device) -> String {
+    let gb = |bytes: u64| bytes as f64 / 1e9;
+    match device {
+        candle_core::Device::Cpu => match resident_bytes() {
+            Some(bytes) => format!("cpu · {:.1} GB", gb(bytes)),
+            None => "cpu".into(),
+        },
+        other => {
+            let name = match other.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                location => format!("{location:?}").to_lowercase(),
+            };
+            match crate::model::device::memory(other) {
+                Some((used, total)) => format!("{name} · {:.1} / {:.1} GB", gb(used as u64), gb(total as u64)),
+                None => name,
+            }
+        }
+    }
+}
+
+/// Writes `triples` as the JSONL the trainer reads (`{question, passage, answer}` a line).
+pub fn write_triples(path: &Path, triples: &[attune_shared::Triple]) -> Result<(), EngineError> {
+    let mut text = String::new();
+    for t in triples {
+        let line = serde_json::json!({"question": t.question, "passage": t.passage, "answer": t.answer});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| EngineError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Marks a job's end in the store and reports it; store errors are logged (the job already ended).
+pub(super) fn finish_run(context: &JobContext, sink: &EventSink, id: i64, status: JobStatus, error: Option<&str>) {
+    match context.runtime.block_on(context.store.set_run_status(id, status, error)) {
+        Ok(run) => sink(JobEvent::Run(run)),
+        Err(e) => tracing::error!(run = id, "cannot record the run's end: {e}"),
+    }
+}
