@@ -77,6 +77,21 @@ enum Command {
     /// Write a generator's config.json, tokenizer and chat template without its weights, for
     /// `--random-init` runs on a machine that has no copy of the model.
     ExportShape(ExportShapeArgs),
+    /// Write a tiny retriever and generator with the default models' tokenizers and seeded random
+    /// weights (`tiny-retriever/`, `tiny-generator/`): fast stand-ins for tests and demos.
+    TinyModels(TinyModelsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TinyModelsArgs {
+    /// Where the default models (whose tokenizers the tiny ones take) are.
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    /// The folder to write the two models into.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,6 +346,7 @@ fn main() -> ExitCode {
                 tokio::task::spawn_blocking(move || run_bench_agree(args)).await?
             }
             Command::ExportShape(args) => tokio::task::spawn_blocking(move || run_export_shape(args)).await?,
+            Command::TinyModels(args) => tokio::task::spawn_blocking(move || run_tiny_models(args)).await?,
         }
     });
     match result {
@@ -530,6 +546,61 @@ fn run_export_shape(args: ExportShapeArgs) -> anyhow::Result<()> {
     let generator = Generator::load(&path, &attune::model::device::select("cpu")?)?;
     generator.save_shape(&args.out)?;
     eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_tiny_models(args: TinyModelsArgs) -> anyhow::Result<()> {
+    let retriever = args.out.join("tiny-retriever");
+    let generator = args.out.join("tiny-generator");
+    let source = args.models_dir.join(DEFAULT_RETRIEVER);
+    std::fs::create_dir_all(&retriever).with_context(|| format!("cannot create {}", retriever.display()))?;
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "modules.json",
+        "sentence_bert_config.json",
+    ] {
+        if source.join(file).is_file() {
+            std::fs::copy(source.join(file), retriever.join(file))
+                .with_context(|| format!("cannot copy {file} from {}", source.display()))?;
+        }
+    }
+    if source.join("1_Pooling/config.json").is_file() {
+        std::fs::create_dir_all(retriever.join("1_Pooling"))?;
+        std::fs::copy(source.join("1_Pooling/config.json"), retriever.join("1_Pooling/config.json"))?;
+    }
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(source.join("config.json"))
+            .with_context(|| format!("reading {}", source.display()))?,
+    )?;
+    let bert = serde_json::json!({
+        "model_type": "bert", "architectures": ["BertModel"], "vocab_size": base["vocab_size"],
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "pad_token_id": 0
+    });
+    std::fs::write(retriever.join("config.json"), serde_json::to_string_pretty(&bert)?)?;
+    attune::model::random::save_random_checkpoint(&retriever, args.seed)?;
+
+    let path = args.models_dir.join(DEFAULT_GENERATOR);
+    let default = Generator::load(&path, &attune::model::device::select("cpu")?)
+        .with_context(|| format!("loading {}", path.display()))?;
+    default.save_shape(&generator)?;
+    let config_path = generator.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    for (key, value) in [
+        ("hidden_size", 32),
+        ("intermediate_size", 64),
+        ("num_hidden_layers", 2),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+    ] {
+        config[key] = value.into();
+    }
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+    attune::model::random::save_random_checkpoint(&generator, args.seed)?;
+    eprintln!("wrote {} and {}", retriever.display(), generator.display());
     Ok(())
 }
 
