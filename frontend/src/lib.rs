@@ -3,12 +3,16 @@
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod chart;
+pub mod chat;
 pub mod document_view;
 pub mod documents;
 pub mod endpoints;
+pub mod evaluate;
 pub mod link;
 pub mod pages;
 pub mod token;
+pub mod train;
 pub mod triples;
 
 /// Mounts the whole application on the page body.

@@ -2,6 +2,7 @@
 //! its state exposed as a signal for the header's indicator.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use gloo_timers::callback::{Interval, Timeout};
@@ -68,6 +69,49 @@ pub struct Link {
     pub connections: ReadSignal<u32>,
     /// The latest synthesis progress the server sent (any run), with its ETA in seconds.
     pub synth: ReadSignal<Option<(SynthRun, Option<f64>)>>,
+    /// Job messages (run states, steps, checkpoints, evaluations, logs, index progress) not yet
+    /// taken by a page; see [`take`]. Keeps the latest [`INBOX_LIMIT`].
+    pub jobs: RwSignal<VecDeque<ServerMessage>>,
+    /// Chat messages (passages, tokens, done, errors) not yet taken by the chat page.
+    pub chat: RwSignal<VecDeque<ServerMessage>>,
+}
+
+/// Messages an inbox keeps for a page that is not looking.
+pub const INBOX_LIMIT: usize = 2000;
+
+/// Takes every message waiting in `inbox` (and subscribes the calling effect to new ones). Pages
+/// drain inboxes instead of reading a "latest message" signal, so a burst of tokens loses none.
+pub fn take(inbox: RwSignal<VecDeque<ServerMessage>>) -> Vec<ServerMessage> {
+    inbox.track();
+    let mut taken = Vec::new();
+    inbox.update_untracked(|queue| taken.extend(queue.drain(..)));
+    taken
+}
+
+fn push(inbox: RwSignal<VecDeque<ServerMessage>>, message: ServerMessage) {
+    inbox.update(|queue| {
+        queue.push_back(message);
+        while queue.len() > INBOX_LIMIT {
+            queue.pop_front();
+        }
+    });
+}
+
+thread_local! {
+    /// The page's link, for [`send`].
+    static CURRENT: RefCell<Weak<Inner>> = RefCell::new(Weak::new());
+}
+
+/// Sends `message` on the live link; false when it is not connected.
+pub fn send(message: &ClientMessage) -> bool {
+    let Some(inner) = CURRENT.with(|current| current.borrow().upgrade()) else { return false };
+    let current = inner.current.borrow();
+    let Some(connection) = current.as_ref() else { return false };
+    if connection.socket.ready_state() != WebSocket::OPEN {
+        return false;
+    }
+    let text = serde_json::to_string(message).expect("client messages serialise");
+    connection.socket.send_with_str(&text).is_ok()
 }
 
 struct Inner {
@@ -75,6 +119,8 @@ struct Inner {
     set_state: WriteSignal<LinkState>,
     set_connections: WriteSignal<u32>,
     set_synth: WriteSignal<Option<(SynthRun, Option<f64>)>>,
+    jobs: RwSignal<VecDeque<ServerMessage>>,
+    chat: RwSignal<VecDeque<ServerMessage>>,
     backoff: RefCell<Backoff>,
     last_heard_ms: Cell<f64>,
     nonce: Cell<u64>,
@@ -95,6 +141,8 @@ pub fn start(token: Option<&str>) -> Link {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, set_connections) = signal(0u32);
     let (synth, set_synth) = signal(None::<(SynthRun, Option<f64>)>);
+    let jobs = RwSignal::new(VecDeque::new());
+    let chat = RwSignal::new(VecDeque::new());
     let location = web_sys::window().expect("a browser window").location();
     let url =
         ws_url(&location.protocol().unwrap_or_else(|_| "http:".into()), &location.host().unwrap_or_default(), token);
@@ -103,6 +151,8 @@ pub fn start(token: Option<&str>) -> Link {
         set_state,
         set_connections,
         set_synth,
+        jobs,
+        chat,
         backoff: RefCell::new(Backoff::default()),
         last_heard_ms: Cell::new(js_sys::Date::now()),
         nonce: Cell::new(0),
@@ -110,9 +160,10 @@ pub fn start(token: Option<&str>) -> Link {
         retry: RefCell::new(None),
     });
     connect(&inner);
+    CURRENT.with(|current| *current.borrow_mut() = Rc::downgrade(&inner));
     // The page owns the link until it unloads.
     std::mem::forget(inner);
-    Link { state, connections, synth }
+    Link { state, connections, synth, jobs, chat }
 }
 
 fn connect(inner: &Rc<Inner>) {
@@ -143,6 +194,26 @@ fn connect(inner: &Rc<Inner>) {
                 inner.set_state.set(LinkState::Incompatible { server_version: protocol_version });
             }
             Ok(ServerMessage::SynthProgress { run, eta_seconds }) => inner.set_synth.set(Some((run, eta_seconds))),
+            Ok(
+                message @ (ServerMessage::ChatPassages { .. }
+                | ServerMessage::ChatToken { .. }
+                | ServerMessage::ChatDone { .. }
+                | ServerMessage::ChatError { .. }),
+            ) => push(inner.chat, message),
+            Ok(
+                message @ (ServerMessage::RunState { .. }
+                | ServerMessage::TrainStep { .. }
+                | ServerMessage::Checkpoint { .. }
+                | ServerMessage::EvalState { .. }
+                | ServerMessage::JobLog { .. }
+                | ServerMessage::IndexProgress { .. }),
+            ) => {
+                // Index progress belongs to a chat question too.
+                if matches!(message, ServerMessage::IndexProgress { .. }) {
+                    push(inner.chat, message.clone());
+                }
+                push(inner.jobs, message)
+            }
             Ok(_) => {}
             Err(e) => leptos::logging::warn!("unreadable message from server: {e}"),
         }

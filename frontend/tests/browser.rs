@@ -83,7 +83,7 @@ async fn link_indicator_follows_the_link_state() {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, _) = signal(0u32);
     let (synth, _) = signal(None);
-    let link = Link { state, connections, synth };
+    let link = Link { state, connections, synth, jobs: RwSignal::new(Default::default()), chat: RwSignal::new(Default::default()) };
     let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LinkIndicator link=link /> });
     let indicator = root.query_selector("[data-testid=link]").unwrap().unwrap();
     assert_eq!(indicator.get_attribute("data-state").as_deref(), Some("connecting"));

@@ -135,6 +135,7 @@ pub fn presets() -> Vec<Preset> {
             label: "Quick (CPU)".into(),
             description: "A few small steps to check that everything works; minutes on a laptop.".into(),
             hyper: Hyper {
+                epochs: 3,
                 max_steps: Some(6),
                 batch_size: 4,
                 lr: 3e-4,

@@ -1,0 +1,126 @@
+// Train, Evaluate and Chat in a real browser with the default models: a quick run started from
+// the Train page whose loss chart receives points until the run finishes, its evaluation against
+// the base models, then questions in Chat (citations first, then streamed text; side by side;
+// stop). Prints the time from Start to the first chart point and the chat's first-token time and
+// tokens/s; screenshots go to e2e/artifacts/.
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { launchBrowser, screenshot, startServer } from "./harness.mjs";
+
+const fixtures = path.resolve(import.meta.dirname, "../backend/tests/fixtures");
+
+let server;
+let browser;
+
+async function api(method, route, body) {
+  const response = await fetch(`${server.url}/api/v1${route}`, {
+    method,
+    headers: body && !(body instanceof FormData) ? { "content-type": "application/json" } : {},
+    body: body instanceof FormData ? body : body ? JSON.stringify(body) : undefined,
+  });
+  const text = await response.text();
+  assert.ok(response.ok, `${method} ${route}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+  // 24 approved triples to train on, and a document to chat with.
+  const triples = new FormData();
+  triples.append("file", new Blob([await readFile(path.join(fixtures, "halueval_24.csv"))]), "halueval_24.csv");
+  assert.equal((await api("POST", "/triples/import", triples)).imported, 24);
+  await api("POST", "/triples/bulk", { action: "set_status_matching", matching: {}, status: "approved" });
+  const document = new FormData();
+  const text = (await readFile(path.join(fixtures, "halueval_24.csv"), "utf8")).replaceAll(",", " ");
+  document.append("files", new Blob([text]), "notes.txt");
+  await api("POST", "/documents", document);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test("a quick run's chart fills live, then Evaluate and Chat use the tuned models", { timeout: 900_000 }, async () => {
+  const page = await browser.context.newPage();
+  await page.goto(`${server.url}/train`);
+  await page.getByTestId("approved-count").getByText(/24 approved triples/).waitFor();
+  await page.getByRole("button", { name: "Quick (CPU)" }).click();
+  // Every setting is on the form with its explanation.
+  await page.getByText("Settings").click();
+  await page.getByText("Candidates the generator's likelihood is marginalised over (e2e).").waitFor();
+
+  const started = Date.now();
+  await page.getByTestId("start-run").click();
+  await page.waitForSelector('[data-testid="loss-chart"]:not([data-points="0"])', { timeout: 300_000 });
+  const firstPoint = (Date.now() - started) / 1000;
+  console.log(`figure: Start → first chart point ${firstPoint.toFixed(1)} s`);
+  await page.waitForSelector('[data-testid="run-status"]:text("succeeded")', { timeout: 600_000 });
+  const points = await page.getByTestId("loss-chart").getAttribute("data-points");
+  assert.equal(points, "6", "one point per step of the quick preset");
+  assert.equal(await page.getByTestId("lr-chart").getAttribute("data-points"), "6");
+  assert.match(await page.getByTestId("run-step").innerText(), /6 \/ 6/);
+  assert.equal(await page.locator(".chart path.line.s-retriever").count(), 1, "e2e runs chart both losses");
+  assert.match(await page.getByRole("table", { name: "Runs" }).innerText(), /succeeded/);
+  await screenshot(page, "train");
+
+  await page.getByRole("link", { name: "Evaluate" }).click();
+  const form = page.getByRole("form", { name: "New evaluation" });
+  await form.getByRole("checkbox").first().waitFor();
+  assert.ok(await form.getByRole("checkbox").first().isChecked(), "the latest run is picked");
+  await form.getByPlaceholder("all").fill("4");
+  await page.getByTestId("start-eval").click();
+  await page.getByTestId("metrics-table").waitFor({ timeout: 600_000 });
+  const table = await page.getByTestId("metrics-table").innerText();
+  for (const row of ["hit@1", "hit@3", "hit@5", "hit@10", "MRR@10", "nDCG@10", "Exact match", "F1"]) {
+    assert.ok(table.includes(row), `${row} in ${table}`);
+  }
+  assert.match(table, /base/);
+  assert.match(table, /Δ e2e run 1/);
+  const item = page.locator(".eval-item").first();
+  await item.locator("summary").click();
+  await item.getByText("Gold answer:").waitFor();
+  assert.ok((await item.locator(".system").count()) === 2, "base and tuned answers side by side");
+  await screenshot(page, "evaluate");
+
+  await page.getByRole("link", { name: "Chat" }).click();
+  await page.getByLabel("Models").locator("option", { hasText: "(tuned)" }).waitFor({ state: "attached" });
+  assert.match(await page.getByLabel("Models").inputValue(), /^run:/, "the tuned pair is the default");
+  const input = page.getByTestId("chat-input");
+  await input.fill("What was the name of the band?");
+  const asked = Date.now();
+  await page.getByTestId("chat-send").click();
+  const answer = page.getByTestId("answer").last();
+  await answer.getByTestId("citation").first().waitFor({ timeout: 120_000 });
+  const passagesAfter = (Date.now() - asked) / 1000;
+  await answer.locator('[data-testid="answer-text"]:not(:empty)').waitFor({ timeout: 120_000 });
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 300_000 });
+  const stats = await answer.getByTestId("chat-stats").innerText();
+  console.log(`figure: chat passages after ${passagesAfter.toFixed(2)} s (browser clock); server: ${stats}`);
+  assert.match(stats, /first token after [\d.]+ s · [\d.]+ tokens\/s/);
+  assert.ok((await answer.getByTestId("citation").count()) === 5);
+  await answer.getByTestId("citation").first().locator("summary").click();
+  await screenshot(page, "chat");
+
+  // Side by side: the tuned and the base pair answer the same question.
+  await page.getByTestId("side-by-side").check();
+  await input.fill("Who wrote it?");
+  await page.getByTestId("chat-send").click();
+  await page.waitForFunction(() => document.querySelectorAll('.turn:last-child [data-testid="answer"][data-state="done"]').length === 2, null, { timeout: 300_000 });
+  await screenshot(page, "chat-side-by-side");
+
+  // Stop: the answer ends early and says so.
+  await page.getByTestId("side-by-side").uncheck();
+  await input.fill("Write a very long essay about every passage, in great detail.");
+  await page.getByTestId("chat-send").click();
+  await page.locator('.turn:last-child [data-testid="answer-text"]:not(:empty)').waitFor({ timeout: 120_000 });
+  await page.getByTestId("chat-stop").click();
+  await page.waitForSelector('.turn:last-child [data-testid="answer"][data-state="stopped"]', { timeout: 60_000 });
+  await page.getByTestId("chat-clear").click();
+  assert.equal(await page.getByTestId("answer").count(), 0);
+  assert.deepEqual(browser.errors, []);
+  await page.close();
+});

@@ -1,0 +1,203 @@
+//! Line charts in SVG for the training dashboard: the geometry (scales, "nice" ticks, paths) is
+//! plain functions with host tests; [`LineChart`] draws series that update as points arrive.
+
+use leptos::prelude::*;
+
+/// One line: its name in the legend, a CSS class for its colour, and (x, y) points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub label: &'static str,
+    pub class: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Drawing area in SVG units.
+const WIDTH: f64 = 600.0;
+const HEIGHT: f64 = 220.0;
+const LEFT: f64 = 58.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 10.0;
+const BOTTOM: f64 = 30.0;
+
+/// Round tick values covering `[min, max]`, about `count` of them (1, 2 or 5 times a power of ten).
+pub fn nice_ticks(min: f64, max: f64, count: usize) -> Vec<f64> {
+    if !(min.is_finite() && max.is_finite()) || count == 0 {
+        return Vec::new();
+    }
+    let (min, max) = if max - min < f64::EPSILON * max.abs().max(1.0) { (min - 0.5, max + 0.5) } else { (min, max) };
+    let raw = (max - min) / count as f64;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude);
+    let first = (min / step - 1e-9).ceil() as i64;
+    let last = (max / step + 1e-9).floor() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
+}
+
+/// The range the axes span: the data's, widened to whole ticks.
+pub fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return None;
+    }
+    if hi - lo < 1e-12 {
+        let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+        return Some((lo - pad, hi + pad));
+    }
+    Some((lo, hi))
+}
+
+/// Maps data to SVG coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Frame {
+    pub x: (f64, f64),
+    pub y: (f64, f64),
+}
+
+impl Frame {
+    pub fn px(&self, x: f64) -> f64 {
+        let (lo, hi) = self.x;
+        LEFT + if hi > lo { (x - lo) / (hi - lo) } else { 0.5 } * (WIDTH - LEFT - RIGHT)
+    }
+
+    pub fn py(&self, y: f64) -> f64 {
+        let (lo, hi) = self.y;
+        HEIGHT - BOTTOM - if hi > lo { (y - lo) / (hi - lo) } else { 0.5 } * (HEIGHT - TOP - BOTTOM)
+    }
+
+    /// An SVG path through `points` (non-finite values break the line).
+    pub fn path(&self, points: &[(f64, f64)]) -> String {
+        let mut path = String::new();
+        let mut pen_down = false;
+        for &(x, y) in points {
+            if !(x.is_finite() && y.is_finite()) {
+                pen_down = false;
+                continue;
+            }
+            path.push_str(&format!("{}{:.1} {:.1} ", if pen_down { "L" } else { "M" }, self.px(x), self.py(y)));
+            pen_down = true;
+        }
+        path.trim_end().to_owned()
+    }
+}
+
+/// The frame that holds every series, with ticks on both axes.
+pub fn frame(series: &[Series]) -> Option<(Frame, Vec<f64>, Vec<f64>)> {
+    let xs = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)))?;
+    let ys = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)))?;
+    let y_ticks = nice_ticks(ys.0, ys.1, 4);
+    let y = (ys.0.min(y_ticks.first().copied().unwrap_or(ys.0)), ys.1.max(y_ticks.last().copied().unwrap_or(ys.1)));
+    let x_ticks: Vec<f64> = nice_ticks(xs.0, xs.1, 6).into_iter().filter(|t| t.fract() == 0.0 || xs.1 - xs.0 < 6.0).collect();
+    Some((Frame { x: xs, y }, x_ticks, y_ticks))
+}
+
+/// A compact tick label: 0.0003 → 3e-4, 1200 → 1200, 0.25 → 0.25.
+pub fn tick_label(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
+    if value.abs() < 1e-2 || value.abs() >= 1e5 {
+        let text = format!("{value:.0e}");
+        return text;
+    }
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A chart of `series` against steps; `testid` names it for tests, and `data-points` counts the
+/// points of its first series.
+#[component]
+pub fn LineChart(
+    title: &'static str,
+    testid: &'static str,
+    #[prop(into)] series: Signal<Vec<Series>>,
+) -> impl IntoView {
+    view! {
+        <figure class="chart" data-testid=testid
+            data-points=move || series.with(|s| s.first().map(|s| s.points.len()).unwrap_or(0).to_string())>
+            <figcaption>
+                <span class="chart-title">{title}</span>
+                <span class="legend">
+                    {move || series.get().into_iter().filter(|s| !s.points.is_empty()).map(|s| view! {
+                        <span class=format!("key {}", s.class)>{s.label}</span>
+                    }).collect_view()}
+                </span>
+            </figcaption>
+            {move || {
+                let all = series.get();
+                match frame(&all) {
+                    None => view! { <p class="muted chart-empty">"Waiting for the first step…"</p> }.into_any(),
+                    Some((f, x_ticks, y_ticks)) => view! {
+                        <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img" aria-label=title preserveAspectRatio="none">
+                            {y_ticks.iter().map(|&t| view! {
+                                <g class="tick">
+                                    <line x1=LEFT x2=WIDTH - RIGHT y1=f.py(t) y2=f.py(t) />
+                                    <text x=LEFT - 6.0 y=f.py(t) + 4.0 text-anchor="end">{tick_label(t)}</text>
+                                </g>
+                            }).collect_view()}
+                            {x_ticks.iter().map(|&t| view! {
+                                <text class="tick" x=f.px(t) y=HEIGHT - 10.0 text-anchor="middle">{tick_label(t)}</text>
+                            }).collect_view()}
+                            <text class="axis-label" x=WIDTH - RIGHT y=HEIGHT - 10.0 text-anchor="end">"step"</text>
+                            {all.iter().map(|s| {
+                                let single = s.points.len() == 1;
+                                let (x, y) = s.points.first().copied().unwrap_or_default();
+                                view! {
+                                    <path class=format!("line {}", s.class) d=f.path(&s.points) />
+                                    {single.then(|| view! { <circle class=format!("dot {}", s.class) cx=f.px(x) cy=f.py(y) r="3" /> })}
+                                }
+                            }).collect_view()}
+                        </svg>
+                    }.into_any(),
+                }
+            }}
+        </figure>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(nice_ticks(0.13, 0.87, 4), vec![0.2, 0.4, 0.6000000000000001, 0.8]);
+        let small = nice_ticks(1e-5, 3e-4, 4);
+        assert!(small.len() >= 3 && small.windows(2).all(|w| w[0] < w[1]), "{small:?}");
+        assert!(nice_ticks(f64::NAN, 1.0, 4).is_empty());
+        assert!(!nice_ticks(3.0, 3.0, 4).is_empty(), "a flat series still gets ticks");
+    }
+
+    #[test]
+    fn paths_map_data_into_the_plot_area_and_break_at_gaps() {
+        let f = Frame { x: (1.0, 3.0), y: (0.0, 2.0) };
+        assert_eq!(f.px(1.0), LEFT);
+        assert_eq!(f.px(3.0), WIDTH - RIGHT);
+        assert_eq!(f.py(0.0), HEIGHT - BOTTOM);
+        assert_eq!(f.py(2.0), TOP);
+        let path = f.path(&[(1.0, 0.0), (2.0, f64::NAN), (3.0, 2.0)]);
+        assert_eq!(path.matches('M').count(), 2, "{path}");
+        assert!(!path.contains('L'));
+        assert_eq!(f.path(&[(1.0, 0.0), (3.0, 2.0)]).matches('L').count(), 1);
+    }
+
+    #[test]
+    fn frame_spans_all_series_and_labels_are_short() {
+        let series = vec![
+            Series { label: "a", class: "a", points: vec![(1.0, 5.0), (2.0, 3.0)] },
+            Series { label: "b", class: "b", points: vec![(1.0, 1.0), (4.0, 2.0)] },
+        ];
+        let (f, xs, ys) = frame(&series).unwrap();
+        assert_eq!(f.x, (1.0, 4.0));
+        assert!(f.y.0 <= 1.0 && f.y.1 >= 5.0);
+        assert!(!xs.is_empty() && !ys.is_empty());
+        assert!(frame(&[]).is_none());
+        assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(3e-4), "3e-4");
+        assert_eq!(tick_label(1200.0), "1200");
+    }
+}
