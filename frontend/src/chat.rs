@@ -9,7 +9,7 @@ use attune_shared::{API_PREFIX, ChatStats, Citation, ClientMessage, ModelPair, S
 
 use crate::api::get_json;
 use crate::document_view::page_range;
-use crate::link::{self, Link, take};
+use crate::link::{Link, take};
 
 /// One model pair's answer to one question, as it streams in.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -91,6 +91,7 @@ pub fn stats_words(stats: &ChatStats) -> String {
 pub fn ChatPage() -> impl IntoView {
     let token = crate::token::from_page();
     let link = use_context::<Link>();
+    let send = move |message: &ClientMessage| link.is_some_and(|l| l.send(message));
     let pairs = RwSignal::new(Vec::<ModelPair>::new());
     let left = RwSignal::new("base".to_owned());
     let right = RwSignal::new("base".to_owned());
@@ -157,7 +158,7 @@ pub fn ChatPage() -> impl IntoView {
                     question: question.clone(),
                     top_k: Some(top_k.get_untracked()),
                 };
-                if !link::send(&message) {
+                if !send(&message) {
                     problem.set(Some("Not connected to the server; wait for the link to come back.".into()));
                     return;
                 }
@@ -172,7 +173,7 @@ pub fn ChatPage() -> impl IntoView {
         let chat_ids = chat_ids.clone();
         move |_| {
             for chat_id in &chat_ids {
-                link::send(&ClientMessage::ChatStop { chat_id: chat_id.clone() });
+                send(&ClientMessage::ChatStop { chat_id: chat_id.clone() });
             }
         }
     };
@@ -180,7 +181,7 @@ pub fn ChatPage() -> impl IntoView {
         let chat_ids = chat_ids.clone();
         move |_| {
             for chat_id in &chat_ids {
-                link::send(&ClientMessage::ChatClear { chat_id: chat_id.clone() });
+                send(&ClientMessage::ChatClear { chat_id: chat_id.clone() });
             }
             turns.set(Vec::new());
         }

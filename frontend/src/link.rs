@@ -74,6 +74,8 @@ pub struct Link {
     pub jobs: RwSignal<VecDeque<ServerMessage>>,
     /// Chat messages (passages, tokens, done, errors) not yet taken by the chat page.
     pub chat: RwSignal<VecDeque<ServerMessage>>,
+    /// Sends client messages (chat questions) on the link.
+    pub sender: Sender,
 }
 
 /// Messages an inbox keeps for a page that is not looking.
@@ -97,21 +99,29 @@ fn push(inbox: RwSignal<VecDeque<ServerMessage>>, message: ServerMessage) {
     });
 }
 
-thread_local! {
-    /// The page's link, for [`send`].
-    static CURRENT: RefCell<Weak<Inner>> = RefCell::new(Weak::new());
+/// The way to send on the live link (none for a link built by a test).
+#[derive(Clone, Copy)]
+pub struct Sender(StoredValue<Weak<Inner>, LocalStorage>);
+
+impl Sender {
+    /// A sender with no link behind it: every send fails.
+    pub fn none() -> Sender {
+        Sender(StoredValue::new_local(Weak::new()))
+    }
 }
 
-/// Sends `message` on the live link; false when it is not connected.
-pub fn send(message: &ClientMessage) -> bool {
-    let Some(inner) = CURRENT.with(|current| current.borrow().upgrade()) else { return false };
-    let current = inner.current.borrow();
-    let Some(connection) = current.as_ref() else { return false };
-    if connection.socket.ready_state() != WebSocket::OPEN {
-        return false;
+impl Link {
+    /// Sends `message` on the live link; false when it is not connected.
+    pub fn send(&self, message: &ClientMessage) -> bool {
+        let Some(inner) = self.sender.0.with_value(Weak::upgrade) else { return false };
+        let current = inner.current.borrow();
+        let Some(connection) = current.as_ref() else { return false };
+        if connection.socket.ready_state() != WebSocket::OPEN {
+            return false;
+        }
+        let text = serde_json::to_string(message).expect("client messages serialise");
+        connection.socket.send_with_str(&text).is_ok()
     }
-    let text = serde_json::to_string(message).expect("client messages serialise");
-    connection.socket.send_with_str(&text).is_ok()
 }
 
 struct Inner {
@@ -160,10 +170,10 @@ pub fn start(token: Option<&str>) -> Link {
         retry: RefCell::new(None),
     });
     connect(&inner);
-    CURRENT.with(|current| *current.borrow_mut() = Rc::downgrade(&inner));
+    let sender = Sender(StoredValue::new_local(Rc::downgrade(&inner)));
     // The page owns the link until it unloads.
     std::mem::forget(inner);
-    Link { state, connections, synth, jobs, chat }
+    Link { state, connections, synth, jobs, chat, sender }
 }
 
 fn connect(inner: &Rc<Inner>) {

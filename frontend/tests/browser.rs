@@ -83,7 +83,7 @@ async fn link_indicator_follows_the_link_state() {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, _) = signal(0u32);
     let (synth, _) = signal(None);
-    let link = Link { state, connections, synth, jobs: RwSignal::new(Default::default()), chat: RwSignal::new(Default::default()) };
+    let link = Link { state, connections, synth, jobs: RwSignal::new(Default::default()), chat: RwSignal::new(Default::default()), sender: attune_frontend::link::Sender::none() };
     let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LinkIndicator link=link /> });
     let indicator = root.query_selector("[data-testid=link]").unwrap().unwrap();
     assert_eq!(indicator.get_attribute("data-state").as_deref(), Some("connecting"));
@@ -125,4 +125,36 @@ async fn app_without_a_backend_shows_navigation_and_keeps_retrying() {
         sleep(50).await;
     }
     assert!(root.query_selector("[data-testid=health-error]").unwrap().is_some());
+}
+
+#[wasm_bindgen_test]
+async fn line_chart_redraws_as_points_arrive() {
+    use attune_frontend::chart::{LineChart, Series};
+    let root = container();
+    let points = RwSignal::new(Vec::<(f64, f64)>::new());
+    let series = Signal::derive(move || {
+        vec![
+            Series { label: "total", class: "s-total", points: points.get() },
+            Series { label: "retriever", class: "s-retriever", points: points.get().iter().map(|(x, y)| (*x, y / 2.0)).collect() },
+        ]
+    });
+    let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LineChart title="Loss" testid="c" series=series /> });
+    let chart = root.query_selector("[data-testid=c]").unwrap().unwrap();
+    assert_eq!(chart.get_attribute("data-points").as_deref(), Some("0"));
+    assert!(root.inner_text().contains("Waiting for the first step"));
+
+    points.set(vec![(1.0, 4.0)]);
+    leptos::task::tick().await;
+    assert_eq!(chart.get_attribute("data-points").as_deref(), Some("1"));
+    // A single point is drawn as a dot, so the first step is visible at once.
+    assert_eq!(root.query_selector_all("circle.dot").unwrap().length(), 2);
+
+    points.update(|p| p.extend([(2.0, 3.0), (3.0, 2.5)]));
+    leptos::task::tick().await;
+    assert_eq!(chart.get_attribute("data-points").as_deref(), Some("3"));
+    let paths = root.query_selector_all("path.line").unwrap();
+    assert_eq!(paths.length(), 2);
+    let d = paths.get(0).unwrap().dyn_into::<web_sys::Element>().unwrap().get_attribute("d").unwrap();
+    assert_eq!(d.matches('L').count(), 2, "{d}");
+    assert!(root.inner_text().contains("retriever"), "the legend names the lines");
 }
