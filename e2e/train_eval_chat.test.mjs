@@ -99,11 +99,17 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   await answer.locator('[data-testid="answer-text"]:not(:empty)').waitFor({ timeout: 120_000 });
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 300_000 });
   const stats = await answer.getByTestId("chat-stats").innerText();
-  console.log(`figure: chat passages after ${passagesAfter.toFixed(2)} s (browser clock); server: ${stats}`);
+  console.log(`figure: first chat question (loads the tuned pair, builds its index): passages after ${passagesAfter.toFixed(2)} s in the browser; server: ${stats}`);
   assert.match(stats, /first token after [\d.]+ s · [\d.]+ tokens\/s/);
   assert.ok((await answer.getByTestId("citation").count()) === 5);
   await answer.getByTestId("citation").first().locator("summary").click();
   await screenshot(page, "chat");
+
+  // A second question to the same pair: models and index are warm.
+  await input.fill("Which country is it from?");
+  await page.getByTestId("chat-send").click();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="answer"][data-state="done"]').length === 2, null, { timeout: 300_000 });
+  console.log(`figure: warm chat question: ${await page.getByTestId("chat-stats").last().innerText()}`);
 
   // Side by side: the tuned and the base pair answer the same question.
   await page.getByTestId("side-by-side").check();

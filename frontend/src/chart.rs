@@ -90,7 +90,8 @@ pub fn frame(series: &[Series]) -> Option<(Frame, Vec<f64>, Vec<f64>)> {
     let ys = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)))?;
     let y_ticks = nice_ticks(ys.0, ys.1, 4);
     let y = (ys.0.min(y_ticks.first().copied().unwrap_or(ys.0)), ys.1.max(y_ticks.last().copied().unwrap_or(ys.1)));
-    let x_ticks: Vec<f64> = nice_ticks(xs.0, xs.1, 6).into_iter().filter(|t| t.fract() == 0.0 || xs.1 - xs.0 < 6.0).collect();
+    let x_ticks: Vec<f64> =
+        nice_ticks(xs.0, xs.1, 6).into_iter().filter(|t| t.fract() == 0.0 || xs.1 - xs.0 < 6.0).collect();
     Some((Frame { x: xs, y }, x_ticks, y_ticks))
 }
 

@@ -162,7 +162,12 @@ pub fn ChatPage() -> impl IntoView {
                     problem.set(Some("Not connected to the server; wait for the link to come back.".into()));
                     return;
                 }
-                answers.push(Answer { chat_id: chat_id.clone(), request_id, model_label: label_of(&model), ..Answer::default() });
+                answers.push(Answer {
+                    chat_id: chat_id.clone(),
+                    request_id,
+                    model_label: label_of(&model),
+                    ..Answer::default()
+                });
             }
             problem.set(None);
             draft.set(String::new());
@@ -312,7 +317,12 @@ mod tests {
         // Index progress after the passages belongs to someone else.
         assert!(!a.apply(&ServerMessage::IndexProgress { model: "base".into(), done: 1, total: 2 }));
         let mut failed = answer();
-        failed.apply(&ServerMessage::ChatError { chat_id: "c".into(), request_id: 2, code: "x".into(), message: "m".into() });
+        failed.apply(&ServerMessage::ChatError {
+            chat_id: "c".into(),
+            request_id: 2,
+            code: "x".into(),
+            message: "m".into(),
+        });
         assert_eq!(failed.state(), "failed");
     }
 }

@@ -5,7 +5,9 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{API_PREFIX, Eval, EvalItem, EvalReport, JobStatus, NewEval, Run, ServerMessage, TestSet, TestSetInfo};
+use attune_shared::{
+    API_PREFIX, Eval, EvalItem, EvalReport, JobStatus, NewEval, Run, ServerMessage, TestSet, TestSetInfo,
+};
 
 use crate::api::{ApiError, get_json, parse, post_form, post_json};
 use crate::link::{Link, take};
@@ -187,8 +189,12 @@ pub fn EvaluatePage() -> impl IntoView {
                     }
                 },
             };
-            let request =
-                NewEval { runs: chosen.get_untracked(), test_set: set, answers: answers.get_untracked(), max_questions };
+            let request = NewEval {
+                runs: chosen.get_untracked(),
+                test_set: set,
+                answers: answers.get_untracked(),
+                max_questions,
+            };
             let token = token.clone();
             error.set(None);
             leptos::task::spawn_local(async move {
@@ -289,9 +295,13 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
     let Some(report) = eval.report.clone() else {
         let progress = match (eval.status, eval.total) {
             (JobStatus::Queued, _) => "Waiting for the job before it…".to_string(),
-            (JobStatus::Running, total) if total > 0 => format!("{}: {} / {}", eval.phase.clone().unwrap_or_default(), eval.done, total),
+            (JobStatus::Running, total) if total > 0 => {
+                format!("{}: {} / {}", eval.phase.clone().unwrap_or_default(), eval.done, total)
+            }
             (JobStatus::Running, _) => eval.phase.clone().unwrap_or("starting…".into()),
-            (status, _) => format!("{}{}", status_label(status), eval.error.clone().map(|e| format!(": {e}")).unwrap_or_default()),
+            (status, _) => {
+                format!("{}{}", status_label(status), eval.error.clone().map(|e| format!(": {e}")).unwrap_or_default())
+            }
         };
         return view! {
             <div class="eval-progress" data-testid="eval-progress">
@@ -400,7 +410,12 @@ mod tests {
     use attune_shared::{Retrieved, SystemAnswer, SystemScores};
 
     fn answer(rank: Option<u32>, f1: Option<f64>) -> SystemAnswer {
-        SystemAnswer { retrieved: vec![Retrieved { text: "p".into(), gold: rank == Some(1) }], gold_rank: rank, prediction: None, f1 }
+        SystemAnswer {
+            retrieved: vec![Retrieved { text: "p".into(), gold: rank == Some(1) }],
+            gold_rank: rank,
+            prediction: None,
+            f1,
+        }
     }
 
     #[test]

@@ -234,7 +234,9 @@ pub fn TrainPage() -> impl IntoView {
                                 upsert(list, run);
                             }
                         });
-                        if selected.get_untracked().is_none() || (started && selected.get_untracked() != Some(id) && !selected_is_live(runs, selected)) {
+                        if selected.get_untracked().is_none()
+                            || (started && selected.get_untracked() != Some(id) && !selected_is_live(runs, selected))
+                        {
                             selected.set(Some(id));
                         }
                     }
@@ -345,13 +347,17 @@ pub fn TrainPage() -> impl IntoView {
     };
     let current = move || {
         let id = selected.get()?;
-        runs.with(|r| r.as_ref().and_then(|r| r.as_ref().ok()).and_then(|list| list.iter().find(|r| r.id == id).cloned()))
+        runs.with(|r| {
+            r.as_ref().and_then(|r| r.as_ref().ok()).and_then(|list| list.iter().find(|r| r.id == id).cloned())
+        })
     };
     let model_options = move |kind: ModelKind| {
-        models.with(|h| {
-            h.as_ref().map(|h| h.models.iter().filter(|m| m.kind == kind).map(|m| m.name.clone()).collect::<Vec<_>>())
-        })
-        .unwrap_or_default()
+        models
+            .with(|h| {
+                h.as_ref()
+                    .map(|h| h.models.iter().filter(|m| m.kind == kind).map(|m| m.name.clone()).collect::<Vec<_>>())
+            })
+            .unwrap_or_default()
     };
 
     view! {
@@ -565,7 +571,13 @@ mod tests {
 
     #[test]
     fn loss_series_split_only_when_both_parts_exist() {
-        let both = [StepPoint { step: 1, loss: 3.0, retriever_loss: Some(1.0), generator_loss: Some(2.0), ..StepPoint::default() }];
+        let both = [StepPoint {
+            step: 1,
+            loss: 3.0,
+            retriever_loss: Some(1.0),
+            generator_loss: Some(2.0),
+            ..StepPoint::default()
+        }];
         assert_eq!(loss_series(&both).len(), 3);
         let one = [StepPoint { step: 1, loss: 3.0, retriever_loss: Some(3.0), ..StepPoint::default() }];
         assert_eq!(loss_series(&one).len(), 1);

@@ -83,7 +83,14 @@ async fn link_indicator_follows_the_link_state() {
     let (state, set_state) = signal(LinkState::Connecting);
     let (connections, _) = signal(0u32);
     let (synth, _) = signal(None);
-    let link = Link { state, connections, synth, jobs: RwSignal::new(Default::default()), chat: RwSignal::new(Default::default()), sender: attune_frontend::link::Sender::none() };
+    let link = Link {
+        state,
+        connections,
+        synth,
+        jobs: RwSignal::new(Default::default()),
+        chat: RwSignal::new(Default::default()),
+        sender: attune_frontend::link::Sender::none(),
+    };
     let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LinkIndicator link=link /> });
     let indicator = root.query_selector("[data-testid=link]").unwrap().unwrap();
     assert_eq!(indicator.get_attribute("data-state").as_deref(), Some("connecting"));
@@ -135,10 +142,15 @@ async fn line_chart_redraws_as_points_arrive() {
     let series = Signal::derive(move || {
         vec![
             Series { label: "total", class: "s-total", points: points.get() },
-            Series { label: "retriever", class: "s-retriever", points: points.get().iter().map(|(x, y)| (*x, y / 2.0)).collect() },
+            Series {
+                label: "retriever",
+                class: "s-retriever",
+                points: points.get().iter().map(|(x, y)| (*x, y / 2.0)).collect(),
+            },
         ]
     });
-    let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LineChart title="Loss" testid="c" series=series /> });
+    let _mounted =
+        leptos::mount::mount_to(root.clone(), move || view! { <LineChart title="Loss" testid="c" series=series /> });
     let chart = root.query_selector("[data-testid=c]").unwrap().unwrap();
     assert_eq!(chart.get_attribute("data-points").as_deref(), Some("0"));
     assert!(root.inner_text().contains("Waiting for the first step"));

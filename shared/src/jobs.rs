@@ -399,8 +399,9 @@ pub struct Citation {
 #[serde(default)]
 pub struct ChatStats {
     pub retrieval_ms: f64,
-    /// From the question's arrival to the first streamed token.
+    /// From the question's arrival to the first streamed token (retrieval and prefill included).
     pub first_token_ms: f64,
     pub tokens: u32,
+    /// Decoding speed: the tokens after the first over the time since the first.
     pub tokens_per_second: f64,
 }

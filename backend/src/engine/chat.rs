@@ -83,8 +83,9 @@ pub struct Question {
     pub events: UnboundedSender<ChatEvent>,
 }
 
-/// Passages the prompt carries (the best of the retrieved ones).
-pub const PASSAGES_IN_PROMPT: usize = 3;
+/// Passages the prompt carries: the best one, as training (RAG-Sequence, one passage a prompt) and
+/// evaluation use it; the others are shown as citations.
+pub const PASSAGES_IN_PROMPT: usize = 1;
 /// Turns of history the prompt keeps.
 pub const HISTORY_TURNS: usize = 3;
 /// Longest answer in tokens.
@@ -271,17 +272,16 @@ impl ChatThread {
         let _ = events.send(ChatEvent::Passages(citations.clone()));
         let texts: Vec<&str> = citations.iter().take(PASSAGES_IN_PROMPT).map(|c| c.text.as_str()).collect();
         let recent = &history[history.len().saturating_sub(HISTORY_TURNS)..];
-        let limits = PromptLimits { max_passage_tokens: 200, ..PromptLimits::default() };
+        let limits = PromptLimits { max_passage_tokens: 256, ..PromptLimits::default() };
         let prompt =
             chat_prompt(&pair.generator, recent, &question, &texts, limits).map_err(failure("model_failed"))?;
         let ids = pair.generator.encode(&prompt).map_err(failure("model_failed"))?;
         let config = GenerationConfig { max_new_tokens: MAX_ANSWER_TOKENS, ..GenerationConfig::default() };
-        let mut first_token_ms = None;
-        let generated_at = Instant::now();
+        let mut first_token_at = None;
         let generation = pair
             .generator
             .generate(&ids, &config, |piece| {
-                first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+                first_token_at.get_or_insert_with(Instant::now);
                 let gone = events.send(ChatEvent::Token(piece.to_owned())).is_err();
                 if gone || stop.load(Ordering::Relaxed) {
                     std::ops::ControlFlow::Break(())
@@ -290,13 +290,15 @@ impl ChatThread {
                 }
             })
             .map_err(failure("model_failed"))?;
-        let seconds = generated_at.elapsed().as_secs_f64();
         let tokens = generation.tokens.len() as u32;
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        let decoding = first.elapsed().as_secs_f64();
         let stats = ChatStats {
             retrieval_ms,
-            first_token_ms: first_token_ms.unwrap_or(started.elapsed().as_secs_f64() * 1e3),
+            first_token_ms: first.duration_since(started).as_secs_f64() * 1e3,
             tokens,
-            tokens_per_second: if seconds > 0.0 { f64::from(tokens) / seconds } else { 0.0 },
+            // Decoding speed: the tokens after the first, over the time since the first.
+            tokens_per_second: if decoding > 0.0 && tokens > 1 { f64::from(tokens - 1) / decoding } else { 0.0 },
         };
         let stopped = generation.stop_reason == crate::model::generator::StopReason::Cancelled;
         let _ = events.send(ChatEvent::Done { stopped, answer: generation.text, stats });
