@@ -93,10 +93,10 @@ mod tests {
         let store = Store::open(&dir.path().join("nested/data")).await.unwrap();
         assert!(dir.path().join("nested/data").join(DATABASE_FILE).is_file());
         assert_eq!(store.journal_mode().await.unwrap(), "wal");
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         store.close().await;
         // Re-opening applies nothing new and keeps the data.
         let again = Store::open(&dir.path().join("nested/data")).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 2);
+        assert_eq!(again.schema_version().await.unwrap(), 3);
     }
 }
