@@ -2,8 +2,9 @@
 //! for the default ones (same tokenizers, `attune tiny-models`): a run's lifecycle over REST and the
 //! WebSocket (queued → running → succeeded; cancel; resume from the checkpoint; a late joiner's
 //! state), an evaluation's report, the model list, chat streaming order with stop and history, the
-//! passage index going stale when passages change, and a server killed mid-run that comes back
-//! with the run interrupted and resumes it to the end.
+//! passage index going stale when passages change, chat answering while a run trains, a graceful
+//! stop and a server killed mid-run, each coming back with the run interrupted (and resumed to the
+//! end).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -445,7 +446,27 @@ async fn chat_streams_passages_then_tokens_stops_and_reindexes_when_passages_cha
         ServerMessage::ChatError { request_id: 7, code, .. } => assert_eq!(code, "empty_question"),
         other => panic!("{other:?}"),
     }
+
+    // Chat keeps answering while a run trains, and a graceful stop leaves the run resumable.
+    approved_triples(&client, &server).await;
+    let (status, run) = call(&client, "POST", &server.url("/runs"), Some(quick(100_000, 3))).await;
+    assert_eq!(status, 202, "{run}");
+    let run_url = server.url(&format!("/runs/{}", run["id"]));
+    wait_for(&client, &run_url, "the run to train", |r| r["step"].as_u64() >= Some(1)).await;
+    send(&mut socket, ask(8, "base", "Do glaciers move?")).await;
+    let seen =
+        until(&mut socket, |m| matches!(m, ServerMessage::ChatDone { .. } | ServerMessage::ChatError { .. })).await;
+    assert!(matches!(seen.last(), Some(ServerMessage::ChatDone { request_id: 8, .. })), "{:?}", seen.last());
+    let (_, during) = call(&client, "GET", &run_url, None).await;
+    assert_eq!(during["status"], "running", "the run was training all along");
+    wait_for(&client, &run_url, "a checkpoint", |r| r["checkpoint"].is_string()).await;
     drop(socket);
+    server.stop().await;
+    let server = start(&data, &models).await;
+    let run_url = server.url(&format!("/runs/{}", run["id"]));
+    let (_, stopped) = call(&client, "GET", &run_url, None).await;
+    assert_eq!(stopped["status"], "interrupted", "{stopped}");
+    assert!(stopped["checkpoint"].as_str().unwrap().contains("checkpoints"), "{stopped}");
     server.stop().await;
 }
 

@@ -142,8 +142,9 @@ pub fn LineChart(
                             {x_ticks.iter().map(|&t| view! {
                                 <text class="tick" x=f.px(t) y=HEIGHT - 10.0 text-anchor="middle">{tick_label(t)}</text>
                             }).collect_view()}
-                            <text class="axis-label" x=WIDTH - RIGHT y=HEIGHT - 10.0 text-anchor="end">"step"</text>
-                            {all.iter().map(|s| {
+                            <text class="axis-label" x=LEFT - 6.0 y=HEIGHT - 10.0 text-anchor="end">"step"</text>
+                            // Drawn last to first, so the first series (the total) lies on top.
+                            {all.iter().rev().map(|s| {
                                 let single = s.points.len() == 1;
                                 let (x, y) = s.points.first().copied().unwrap_or_default();
                                 view! {

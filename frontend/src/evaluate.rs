@@ -200,12 +200,19 @@ pub fn EvaluatePage() -> impl IntoView {
             leptos::task::spawn_local(async move {
                 match post_json::<_, Eval>(&format!("{API_PREFIX}/evals"), &request, token.as_deref()).await {
                     Ok(eval) => {
+                        // The WebSocket may have told of it first.
                         evals.update(|list| {
                             if let Some(Ok(list)) = list {
-                                list.insert(0, eval.clone());
+                                if !list.iter().any(|e| e.id == eval.id) {
+                                    list.insert(0, eval.clone());
+                                }
                             }
                         });
-                        shown.set(Some(eval));
+                        if shown.with_untracked(|s| {
+                            s.as_ref().is_none_or(|s| s.id != eval.id || s.status == JobStatus::Queued)
+                        }) {
+                            shown.set(Some(eval));
+                        }
                     }
                     Err(e) => error.set(Some(e.message)),
                 }

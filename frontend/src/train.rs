@@ -102,10 +102,12 @@ pub fn loss_series(points: &[StepPoint]) -> Vec<Series> {
     let line = |f: fn(&StepPoint) -> Option<f64>| -> Vec<(f64, f64)> {
         points.iter().filter_map(|p| f(p).map(|v| (f64::from(p.step), v))).collect()
     };
-    let mut series = vec![Series { label: "total", class: "s-total", points: line(|p| Some(p.loss)) }];
+    let total = Series { label: "total", class: "s-total", points: line(|p| Some(p.loss)) };
     let retriever = line(|p| p.retriever_loss);
     let generator = line(|p| p.generator_loss);
-    // In a one-model mode the part equals the total: one line says it.
+    // In a one-model mode the part equals the total: one line says it. The total goes first (the
+    // legend and `data-points` read it) and is drawn dashed, so a part it covers stays visible.
+    let mut series = vec![total];
     if !retriever.is_empty() && !generator.is_empty() {
         series.push(Series { label: "retriever", class: "s-retriever", points: retriever });
         series.push(Series { label: "generator", class: "s-generator", points: generator });
@@ -427,7 +429,7 @@ pub fn TrainPage() -> impl IntoView {
                                                 Err(message) => field_errors.update(|errors| { errors.insert(key, message); }),
                                             }
                                         } />
-                                    <span class="help">{help}</span>
+                                    <span class="field-help">{help}</span>
                                     <span class="field-error">{move || field_errors.with(|e| e.get(key).cloned())}</span>
                                 </label>
                             }
