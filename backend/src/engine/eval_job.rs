@@ -174,7 +174,6 @@ fn evaluate(
     }
 
     let mut last_report = Instant::now();
-    let steps = systems.len() * if request.answers { 2 } else { 1 };
     let mut scores = Vec::new();
     let mut answers_by_system: Vec<Vec<SystemAnswer>> = Vec::new();
     let gold = run::gold_indices(&corpus, &rows).map_err(|e| fail(&e))?;
@@ -184,12 +183,11 @@ fn evaluate(
                 return;
             }
             last_report = Instant::now();
-            let phase = format!("{} ({} of {steps}): {phase}", system.label, index * (steps / systems.len()) + 1);
+            let phase = format!("{} (system {} of {}): {phase}", system.label, index + 1, systems.len());
             if context.runtime.block_on(context.store.set_eval_progress(id, &phase, done as u64, total as u64)).is_ok()
+                && let Ok(Some(eval)) = context.runtime.block_on(context.store.eval(id))
             {
-                if let Ok(Some(eval)) = context.runtime.block_on(context.store.eval(id)) {
-                    sink(JobEvent::Eval(Box::new(eval)));
-                }
+                sink(JobEvent::Eval(Box::new(eval)));
             }
         };
         if control.should_stop() {

@@ -20,7 +20,7 @@ use crate::store::jobs::QueuedJob;
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
     /// A run changed state (queued, started, finished, failed, cancelled, interrupted).
-    Run(Run),
+    Run(Box<Run>),
     /// A run finished an optimiser step (every step; the server throttles what it forwards).
     Step {
         run_id: i64,
@@ -81,10 +81,13 @@ impl Control {
     }
 }
 
+/// The job running now and its controls.
+type RunningSlot = Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>>;
+
 /// Handle of the worker thread; cheap to share.
 pub struct JobQueue {
     wake: Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>>,
+    running: RunningSlot,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -98,7 +101,7 @@ impl JobQueue {
     /// Starts the worker; it begins with whatever the store has queued.
     pub fn start(context: JobContext, sink: EventSink) -> Result<JobQueue, EngineError> {
         let (wake, woken) = std::sync::mpsc::channel::<()>();
-        let running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>> = Arc::default();
+        let running: RunningSlot = Arc::default();
         let slot = running.clone();
         let thread = std::thread::Builder::new()
             .name("attune-jobs".into())
@@ -147,7 +150,7 @@ fn worker(
     context: JobContext,
     sink: EventSink,
     woken: std::sync::mpsc::Receiver<()>,
-    running: Arc<Mutex<Option<(QueuedJob, Arc<Control>)>>>,
+    running: RunningSlot,
 ) {
     loop {
         let next = match context.runtime.block_on(context.store.next_queued_job()) {
@@ -220,7 +223,7 @@ pub fn write_triples(path: &Path, triples: &[attune_shared::Triple]) -> Result<(
 /// Marks a job's end in the store and reports it; store errors are logged (the job already ended).
 pub(super) fn finish_run(context: &JobContext, sink: &EventSink, id: i64, status: JobStatus, error: Option<&str>) {
     match context.runtime.block_on(context.store.set_run_status(id, status, error)) {
-        Ok(run) => sink(JobEvent::Run(run)),
+        Ok(run) => sink(JobEvent::Run(Box::new(run))),
         Err(e) => tracing::error!(run = id, "cannot record the run's end: {e}"),
     }
 }

@@ -150,7 +150,7 @@ fn train(
     let failed = |e: crate::train::TrainError| EngineError::Invalid(e.to_string());
     let resume = trainer::latest_checkpoint(&dir).ok();
     let started = context.runtime.block_on(context.store.set_run_status(id, JobStatus::Running, None))?;
-    sink(JobEvent::Run(started));
+    sink(JobEvent::Run(Box::new(started)));
     let dataset = load_dataset(&config.data, &config.columns, config.split).map_err(failed)?;
     let device = crate::model::device::select(&config.device).map_err(|e| EngineError::Invalid(e.to_string()))?;
     let dtype =

@@ -56,7 +56,7 @@ impl Publisher {
             JobEvent::Run(run) => {
                 self.live.send_modify(|live| {
                     if unfinished(run.status) {
-                        live.runs.insert(run.id, run.clone());
+                        live.runs.insert(run.id, (*run).clone());
                     } else {
                         live.runs.remove(&run.id);
                     }
@@ -64,7 +64,7 @@ impl Publisher {
                 if !unfinished(run.status) {
                     self.last_step.lock().unwrap_or_else(|e| e.into_inner()).remove(&run.id);
                 }
-                ServerMessage::RunState { run }
+                ServerMessage::RunState { run: *run }
             }
             JobEvent::Step { run_id, point } => {
                 self.live.send_modify(|live| {

@@ -107,7 +107,7 @@ pub async fn create_run(
         return Err(AppError::Internal(message));
     }
     state.store().set_run_dir(run.id, &dir.display().to_string()).await?;
-    state.publish(JobEvent::Run(run.clone()));
+    state.publish(JobEvent::Run(Box::new(run.clone())));
     state.queue().wake();
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
@@ -132,7 +132,7 @@ pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> R
     match run.status {
         JobStatus::Queued => {
             let run = state.store().set_run_status(id, JobStatus::Cancelled, None).await?;
-            state.publish(JobEvent::Run(run.clone()));
+            state.publish(JobEvent::Run(Box::new(run.clone())));
             Ok((StatusCode::OK, Json(run)))
         }
         JobStatus::Running if state.queue().cancel(QueuedJob::Run(id)) => Ok((StatusCode::ACCEPTED, Json(run))),
@@ -156,7 +156,7 @@ pub async fn resume_run(State(state): State<AppState>, Path(id): Path<i64>) -> R
         });
     }
     let run = state.store().set_run_status(id, JobStatus::Queued, None).await?;
-    state.publish(JobEvent::Run(run.clone()));
+    state.publish(JobEvent::Run(Box::new(run.clone())));
     state.queue().wake();
     Ok((StatusCode::ACCEPTED, Json(run)))
 }

@@ -99,10 +99,10 @@ async fn session(mut socket: WebSocket, state: AppState) {
                     // Ping/pong frames are answered by the WebSocket layer itself.
                     Some(Ok(_)) => continue,
                 };
-                if let Some(reply) = reply {
-                    if send(&mut socket, &reply).await.is_err() {
-                        break;
-                    }
+                if let Some(reply) = reply
+                    && send(&mut socket, &reply).await.is_err()
+                {
+                    break;
                 }
             }
         }
