@@ -91,13 +91,13 @@ pub fn DocumentView() -> impl IntoView {
     // Progress of our run from the WebSocket.
     if let Some(link) = link {
         Effect::new(move |_| {
-            if let Some((update, eta)) = link.synth.get() {
-                if run.with_untracked(|r| r.as_ref().is_some_and(|(mine, _)| mine.id == update.id)) {
-                    let ended = !matches!(update.status, JobStatus::Running | JobStatus::Queued);
-                    run.set(Some((update, eta)));
-                    if ended {
-                        reloads.update(|n| *n += 1);
-                    }
+            if let Some((update, eta)) = link.synth.get()
+                && run.with_untracked(|r| r.as_ref().is_some_and(|(mine, _)| mine.id == update.id))
+            {
+                let ended = !matches!(update.status, JobStatus::Running | JobStatus::Queued);
+                run.set(Some((update, eta)));
+                if ended {
+                    reloads.update(|n| *n += 1);
                 }
             }
         });

@@ -93,10 +93,10 @@ pub fn EvaluatePage() -> impl IntoView {
                 let t = token.as_deref();
                 if let Ok(list) = get_json::<Vec<Run>>(&format!("{API_PREFIX}/runs"), t).await {
                     let finished: Vec<Run> = list.into_iter().filter(|r| r.status == JobStatus::Succeeded).collect();
-                    if chosen.with_untracked(Vec::is_empty) {
-                        if let Some(latest) = finished.first() {
-                            chosen.set(vec![latest.id]);
-                        }
+                    if chosen.with_untracked(Vec::is_empty)
+                        && let Some(latest) = finished.first()
+                    {
+                        chosen.set(vec![latest.id]);
                     }
                     runs.set(finished);
                 }
@@ -202,10 +202,10 @@ pub fn EvaluatePage() -> impl IntoView {
                     Ok(eval) => {
                         // The WebSocket may have told of it first.
                         evals.update(|list| {
-                            if let Some(Ok(list)) = list {
-                                if !list.iter().any(|e| e.id == eval.id) {
-                                    list.insert(0, eval.clone());
-                                }
+                            if let Some(Ok(list)) = list
+                                && !list.iter().any(|e| e.id == eval.id)
+                            {
+                                list.insert(0, eval.clone());
                             }
                         });
                         if shown.with_untracked(|s| {

@@ -211,14 +211,14 @@ pub fn TrainPage() -> impl IntoView {
             let token = token.clone();
             leptos::task::spawn_local(async move {
                 let path = format!("{API_PREFIX}/runs/{id}/metrics");
-                if let Ok(history) = get_json::<Vec<StepPoint>>(&path, token.as_deref()).await {
-                    if selected.get_untracked() == Some(id) {
-                        points.update(|p| {
-                            let live = std::mem::take(p);
-                            *p = history;
-                            merge_points(p, &live);
-                        });
-                    }
+                if let Ok(history) = get_json::<Vec<StepPoint>>(&path, token.as_deref()).await
+                    && selected.get_untracked() == Some(id)
+                {
+                    points.update(|p| {
+                        let live = std::mem::take(p);
+                        *p = history;
+                        merge_points(p, &live);
+                    });
                 }
             });
         });
@@ -244,13 +244,13 @@ pub fn TrainPage() -> impl IntoView {
                     }
                     ServerMessage::TrainStep { run_id, point } => {
                         runs.update(|r| {
-                            if let Some(Ok(list)) = r {
-                                if let Some(run) = list.iter_mut().find(|r| r.id == run_id) {
-                                    run.step = point.step;
-                                    run.total_steps = point.total_steps;
-                                    run.last = Some(point);
-                                    run.status = JobStatus::Running;
-                                }
+                            if let Some(Ok(list)) = r
+                                && let Some(run) = list.iter_mut().find(|r| r.id == run_id)
+                            {
+                                run.step = point.step;
+                                run.total_steps = point.total_steps;
+                                run.last = Some(point);
+                                run.status = JobStatus::Running;
                             }
                         });
                         if selected.get_untracked() == Some(run_id) {
@@ -259,24 +259,24 @@ pub fn TrainPage() -> impl IntoView {
                     }
                     ServerMessage::Checkpoint { run_id, step, path } => {
                         runs.update(|r| {
-                            if let Some(Ok(list)) = r {
-                                if let Some(run) = list.iter_mut().find(|r| r.id == run_id) {
-                                    run.checkpoint = Some(path.clone());
-                                }
+                            if let Some(Ok(list)) = r
+                                && let Some(run) = list.iter_mut().find(|r| r.id == run_id)
+                            {
+                                run.checkpoint = Some(path.clone());
                             }
                         });
                         if selected.get_untracked() == Some(run_id) {
                             logs.update(|l| l.push(format!("checkpoint at step {step}")));
                         }
                     }
-                    ServerMessage::JobLog { job, message, .. } => {
-                        if selected.get_untracked().is_some_and(|id| job == format!("run:{id}")) {
-                            logs.update(|l| {
-                                l.push(message);
-                                let excess = l.len().saturating_sub(50);
-                                l.drain(..excess);
-                            });
-                        }
+                    ServerMessage::JobLog { job, message, .. }
+                        if selected.get_untracked().is_some_and(|id| job == format!("run:{id}")) =>
+                    {
+                        logs.update(|l| {
+                            l.push(message);
+                            let excess = l.len().saturating_sub(50);
+                            l.drain(..excess);
+                        });
                     }
                     _ => {}
                 }

@@ -206,10 +206,10 @@ pub fn TriplesPage() -> impl IntoView {
                     Ok(saved) => {
                         last_edit.set(before.map(|b| (id, inverse(&b, &update, saved.version))));
                         page.update(|p| {
-                            if let Some(Ok(p)) = p {
-                                if let Some(row) = p.items.iter_mut().find(|t| t.id == saved.id) {
-                                    *row = saved.clone();
-                                }
+                            if let Some(Ok(p)) = p
+                                && let Some(row) = p.items.iter_mut().find(|t| t.id == saved.id)
+                            {
+                                *row = saved.clone();
                             }
                         });
                         notice.set(Some((true, format!("Saved (version {})", saved.version))));

@@ -146,12 +146,7 @@ impl JobQueue {
     }
 }
 
-fn worker(
-    context: JobContext,
-    sink: EventSink,
-    woken: std::sync::mpsc::Receiver<()>,
-    running: RunningSlot,
-) {
+fn worker(context: JobContext, sink: EventSink, woken: std::sync::mpsc::Receiver<()>, running: RunningSlot) {
     loop {
         let next = match context.runtime.block_on(context.store.next_queued_job()) {
             Ok(next) => next,
