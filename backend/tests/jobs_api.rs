@@ -317,6 +317,30 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
             assert_eq!(base["gold_rank"].as_u64(), Some(rank));
         }
     }
+    // The base models alone on an uploaded file in the shared QA format.
+    let mut qa = String::new();
+    for (i, topic) in ["tides", "comets", "coral"].iter().enumerate() {
+        let row = json!({"id": format!("q{i}"), "question": format!("What drives {topic}?"),
+            "passage": format!("{topic} are driven by forces studied for centuries."), "answer": "forces", "source": "test"});
+        qa.push_str(&format!("{row}\n"));
+    }
+    let (status, info) = upload(&client, &server.url("/test-sets"), "mini.jsonl", qa.into_bytes()).await;
+    assert_eq!(status, 201, "{info}");
+    assert_eq!((info["questions"].as_u64(), info["passages"].as_u64()), (Some(3), Some(3)));
+    let (status, body) = upload(&client, &server.url("/test-sets"), "notes.txt", b"hello".to_vec()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{body}");
+    let (status, body) = upload(&client, &server.url("/test-sets"), "empty.jsonl", b"\n".to_vec()).await;
+    assert_eq!(status, 422, "{body}");
+    let request = json!({"runs": [], "test_set": {"type": "uploaded", "id": info["id"]}, "answers": false});
+    let (status, eval) = call(&client, "POST", &server.url("/evals"), Some(request)).await;
+    assert_eq!(status, 202, "{eval}");
+    let url = server.url(&format!("/evals/{}", eval["id"]));
+    let done = wait_for(&client, &url, "the file evaluation", |e| e["status"] != "queued" && e["status"] != "running").await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["report"]["systems"].as_array().unwrap().len(), 1);
+    assert_eq!(done["report"]["questions"], 3);
+    assert!(done["report"]["systems"][0]["f1"].is_null(), "no answers were asked for");
+
     let (_, pairs) = call(&client, "GET", &server.url("/models"), None).await;
     let ids: Vec<&str> = pairs.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["base".to_owned(), format!("run:{id}")]);
