@@ -335,7 +335,8 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
     let (status, eval) = call(&client, "POST", &server.url("/evals"), Some(request)).await;
     assert_eq!(status, 202, "{eval}");
     let url = server.url(&format!("/evals/{}", eval["id"]));
-    let done = wait_for(&client, &url, "the file evaluation", |e| e["status"] != "queued" && e["status"] != "running").await;
+    let done =
+        wait_for(&client, &url, "the file evaluation", |e| e["status"] != "queued" && e["status"] != "running").await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["report"]["systems"].as_array().unwrap().len(), 1);
     assert_eq!(done["report"]["questions"], 3);
