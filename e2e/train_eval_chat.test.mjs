@@ -116,6 +116,9 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   await input.fill("Who wrote it?");
   await page.getByTestId("chat-send").click();
   await page.waitForFunction(() => document.querySelectorAll('.turn:last-child [data-testid="answer"][data-state="done"]').length === 2, null, { timeout: 300_000 });
+  for (const stats of await page.locator('.turn:last-child [data-testid="chat-stats"]').allInnerTexts()) {
+    console.log(`figure: side by side (tuned, then base; the base pair loads first): ${stats}`);
+  }
   await screenshot(page, "chat-side-by-side");
 
   // Stop: the answer ends early and says so.
