@@ -125,14 +125,7 @@ pub fn duration_words(seconds: f64) -> String {
 }
 
 pub fn status_label(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Queued => "queued",
-        JobStatus::Running => "running",
-        JobStatus::Succeeded => "succeeded",
-        JobStatus::Failed => "failed",
-        JobStatus::Cancelled => "cancelled",
-        JobStatus::Interrupted => "interrupted",
-    }
+    status.as_str()
 }
 
 fn mode_label(mode: TrainMode) -> &'static str {

@@ -273,6 +273,22 @@ mod tests {
     }
 
     #[test]
+    fn job_statuses_round_trip_through_their_names() {
+        for status in [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+            JobStatus::Interrupted,
+        ] {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(JobStatus::parse("paused"), None);
+    }
+
+    #[test]
     fn settings_reject_unknown_fields() {
         assert!(serde_json::from_str::<Settings>(r#"{"chunk_tokenz":3}"#).is_err());
         let partial: Settings = serde_json::from_str(r#"{"chunk_tokens":128}"#).unwrap();

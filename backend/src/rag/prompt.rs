@@ -55,15 +55,7 @@ pub fn prompt_text(
     passages: &[&str],
     limits: PromptLimits,
 ) -> Result<String, ModelError> {
-    let cut: Vec<String> =
-        passages.iter().map(|p| truncate_passage(generator, p, limits.max_passage_tokens)).collect::<Result<_, _>>()?;
-    let cut: Vec<&str> = cut.iter().map(String::as_str).collect();
-    let message = user_message(question, &cut);
-    if generator.has_chat_template() {
-        generator.render_chat(&[ChatMessage::new("user", &message)])
-    } else {
-        Ok(format!("{message}\n\nAnswer:"))
-    }
+    chat_prompt(generator, &[], question, passages, limits)
 }
 
 /// A chat turn's prompt: the earlier turns (question, answer) as they were asked, then this

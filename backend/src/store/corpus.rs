@@ -171,26 +171,9 @@ fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
     })
 }
 
-fn job_status(text: &str) -> JobStatus {
-    match text {
-        "queued" => JobStatus::Queued,
-        "running" => JobStatus::Running,
-        "succeeded" => JobStatus::Succeeded,
-        "failed" => JobStatus::Failed,
-        "cancelled" => JobStatus::Cancelled,
-        _ => JobStatus::Interrupted,
-    }
-}
-
-pub fn job_status_str(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Queued => "queued",
-        JobStatus::Running => "running",
-        JobStatus::Succeeded => "succeeded",
-        JobStatus::Failed => "failed",
-        JobStatus::Cancelled => "cancelled",
-        JobStatus::Interrupted => "interrupted",
-    }
+/// A stored status; an unknown one reads as interrupted (resumable, never lost).
+pub(super) fn job_status(text: &str) -> JobStatus {
+    JobStatus::parse(text).unwrap_or(JobStatus::Interrupted)
 }
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -559,7 +542,7 @@ impl Store {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(&format!("UPDATE synth_runs SET status = ?, error = ?, updated_at = {NOW} WHERE id = ?"))
-            .bind(job_status_str(status))
+            .bind(status.as_str())
             .bind(error)
             .bind(run_id)
             .execute(&self.pool)

@@ -5,7 +5,7 @@ use attune_shared::{Eval, EvalReport, JobStatus, NewEval, NewRun, Run, StepPoint
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::corpus::job_status_str;
+use super::corpus::job_status;
 use super::{Store, StoreError};
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -33,17 +33,6 @@ pub struct IndexedPassage {
     pub text: String,
 }
 
-fn parse_status(text: &str) -> JobStatus {
-    match text {
-        "queued" => JobStatus::Queued,
-        "running" => JobStatus::Running,
-        "succeeded" => JobStatus::Succeeded,
-        "failed" => JobStatus::Failed,
-        "cancelled" => JobStatus::Cancelled,
-        _ => JobStatus::Interrupted,
-    }
-}
-
 fn json<T: serde::de::DeserializeOwned>(text: &str, key: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|error| StoreError::Corrupt { key: key.to_owned(), error })
 }
@@ -54,7 +43,7 @@ fn run(row: &SqliteRow) -> Result<Run, StoreError> {
     Ok(Run {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        status: parse_status(&row.try_get::<String, _>("status")?),
+        status: job_status(&row.try_get::<String, _>("status")?),
         mode: request.mode,
         retriever: request.retriever.unwrap_or_default(),
         generator: request.generator.unwrap_or_default(),
@@ -79,7 +68,7 @@ fn eval(row: &SqliteRow) -> Result<Eval, StoreError> {
     let report: Option<String> = row.try_get("report")?;
     Ok(Eval {
         id: row.try_get("id")?,
-        status: parse_status(&row.try_get::<String, _>("status")?),
+        status: job_status(&row.try_get::<String, _>("status")?),
         request: json(&row.try_get::<String, _>("request")?, "evals.request")?,
         phase: row.try_get("phase")?,
         done: row.try_get::<i64, _>("done")? as u64,
@@ -149,7 +138,7 @@ impl Store {
             _ => format!(", finished_at = {NOW}"),
         };
         let done = sqlx::query(&format!("UPDATE runs SET status = ?, error = ?{stamp} WHERE id = ?"))
-            .bind(job_status_str(status))
+            .bind(status.as_str())
             .bind(error)
             .bind(id)
             .execute(&self.pool)
@@ -276,7 +265,7 @@ impl Store {
         sqlx::query(&format!(
             "UPDATE evals SET status = ?, report = ?, error = ?, phase = NULL, finished_at = {NOW} WHERE id = ?"
         ))
-        .bind(job_status_str(status))
+        .bind(status.as_str())
         .bind(report)
         .bind(error)
         .bind(id)
