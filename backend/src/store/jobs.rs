@@ -274,11 +274,12 @@ impl Store {
         self.eval(id).await?.ok_or(StoreError::NotFound("evaluation"))
     }
 
-    /// The oldest queued job, runs and evaluations alike.
+    /// The oldest queued job, runs and evaluations alike. A run whose folder is not set yet (its
+    /// triples are still being written) is not ready.
     pub async fn next_queued_job(&self) -> Result<Option<QueuedJob>, StoreError> {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT kind, id FROM (
-                 SELECT 'run' AS kind, id, queued_at FROM runs WHERE status = 'queued'
+                 SELECT 'run' AS kind, id, queued_at FROM runs WHERE status = 'queued' AND dir != ''
                  UNION ALL SELECT 'eval' AS kind, id, queued_at FROM evals WHERE status = 'queued')
              ORDER BY queued_at, id LIMIT 1",
         )
