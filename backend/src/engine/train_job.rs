@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use attune_shared::{Hyper, JobStatus, LogLevel, NewRun, Run, StepPoint, TrainMode};
+use attune_shared::{Hyper, JobStatus, LogLevel, Run, StepPoint, TrainMode};
 
 use super::EngineError;
 use super::jobs::{Control, EventSink, JobContext, JobEvent, device_label, finish_run};
@@ -22,21 +22,21 @@ use crate::train::trainer::{self, BaseModels, Outcome, TrainConfig, TrainEvent, 
 /// File of a run's triples inside its folder.
 pub const TRIPLES_FILE: &str = "triples.jsonl";
 
-/// The trainer's configuration for a run of `request` in `dir`.
-pub fn train_config(context: &JobContext, request: &NewRun, dir: &Path) -> TrainConfig {
-    let h: &Hyper = &request.hyper;
+/// The trainer's configuration for `run` in `dir`.
+pub fn train_config(context: &JobContext, run: &Run, dir: &Path) -> TrainConfig {
+    let h: &Hyper = &run.hyper;
     let defaults = TrainConfig::default();
     TrainConfig {
         data: dir.join(TRIPLES_FILE),
         columns: CsvColumns::default(),
         split: SplitOptions { test_fraction: h.test_fraction, seed: h.seed },
         max_train_examples: None,
-        retriever: context.model_dir(request.retriever.as_deref().unwrap_or_default()),
-        generator: context.model_dir(request.generator.as_deref().unwrap_or_default()),
+        retriever: context.model_dir(&run.retriever),
+        generator: context.model_dir(&run.generator),
         device: context.device_spec.clone(),
         dtype: "auto".into(),
         loss: LossConfig {
-            mode: match request.mode {
+            mode: match run.mode {
                 TrainMode::E2e => crate::train::step::TrainMode::E2e,
                 TrainMode::Retriever => crate::train::step::TrainMode::Retriever,
                 TrainMode::Generator => crate::train::step::TrainMode::Generator,
@@ -138,15 +138,7 @@ fn train(
     let run: Run =
         context.runtime.block_on(context.store.run(id))?.ok_or(EngineError::Invalid(format!("no run {id}")))?;
     let dir = context.run_dir(id);
-    let request = NewRun {
-        name: Some(run.name.clone()),
-        mode: run.mode,
-        retriever: Some(run.retriever.clone()),
-        generator: Some(run.generator.clone()),
-        preset: run.preset.clone(),
-        hyper: run.hyper.clone(),
-    };
-    let config = train_config(context, &request, &dir);
+    let config = train_config(context, &run, &dir);
     let failed = |e: crate::train::TrainError| EngineError::Invalid(e.to_string());
     let resume = trainer::latest_checkpoint(&dir).ok();
     let started = context.runtime.block_on(context.store.set_run_status(id, JobStatus::Running, None))?;
