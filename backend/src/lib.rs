@@ -1,19 +1,10 @@
-//! Attune's backend library: everything the `attune` binary does, as modules by job.
+//! The `attune` library: the benchmarks the binary runs (`bench/`), and the two crates it joins under
+//! one roof — `attune-core` (models, training, evaluation, retrieval, ingestion, synthesis; no async,
+//! no storage, no HTTP) and `attune-server` (store, engine, server) — re-exported by module.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
 
 pub mod bench;
-pub mod bench_gpu;
-pub mod bench_train;
-pub mod engine;
-pub mod eval;
-pub mod ingest;
-pub mod model;
-pub mod rag;
-pub mod serve;
-pub mod store;
-pub mod synth;
-pub mod train;
 
-/// Version of this build, reported by `/api/v1/health` and the WebSocket hello.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use attune_core::{eval, ingest, model, rag, synth, train};
+pub use attune_server::{VERSION, engine, openai, serve, store};

@@ -1,9 +1,9 @@
 """The benchmark workloads the reference scripts share with Attune's benches (must equal
-`workload` in backend/src/bench_train.rs and `texts_of`/`prompt` in backend/src/bench.rs)."""
+`workload` in backend/src/bench/train.rs and `texts_of`/`prompt` in backend/src/bench/model.rs)."""
 
 INSTRUCTION = "Answer the question using the passage. Reply with the answer only."
 
-# `prompt()` in backend/src/bench.rs.
+# `prompt()` in backend/src/bench/model.rs.
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 12
 
 

@@ -21,6 +21,8 @@ pub enum TrainMode {
 }
 
 impl TrainMode {
+    pub const ALL: [TrainMode; 3] = [TrainMode::E2e, TrainMode::Retriever, TrainMode::Generator];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TrainMode::E2e => "e2e",
@@ -36,7 +38,77 @@ impl TrainMode {
     }
 }
 
-/// Every hyper-parameter a run takes from the web app.
+/// How the learning rate decays after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    #[default]
+    Linear,
+    Cosine,
+    Constant,
+}
+
+impl Decay {
+    pub const ALL: [Decay; 3] = [Decay::Linear, Decay::Cosine, Decay::Constant];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decay::Linear => "linear",
+            Decay::Cosine => "cosine",
+            Decay::Constant => "constant",
+        }
+    }
+}
+
+/// How the generator's likelihood is marginalized over candidate passages in e2e mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Marginalization {
+    /// One passage per whole answer: `p(a|q) = Σ_z p(z|q) Π_t p(a_t|q,z,a_<t)`.
+    #[default]
+    Sequence,
+    /// A passage per answer token: `p(a|q) = Π_t Σ_z p(z|q) p(a_t|q,z,a_<t)`.
+    Token,
+}
+
+impl Marginalization {
+    pub const ALL: [Marginalization; 2] = [Marginalization::Sequence, Marginalization::Token];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Marginalization::Sequence => "sequence",
+            Marginalization::Token => "token",
+        }
+    }
+}
+
+/// `Display` and `FromStr` by the wire names, so a command line parses the same words the API takes.
+macro_rules! named_enum {
+    ($($name:ident),*) => {$(
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, String> {
+                Self::ALL.into_iter().find(|v| v.as_str() == text).ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("`{text}` is not one of {}", names.join(", "))
+                })
+            }
+        }
+    )*};
+}
+
+named_enum!(TrainMode, Decay, Marginalization);
+
+/// Every setting of a training run but its data, models and device: the web app sends it, the
+/// command line overrides its defaults flag by flag, and the trainer reads it. `Hyper::default()`
+/// is the only table of default settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Hyper {
@@ -59,7 +131,25 @@ pub struct Hyper {
     pub max_answer_tokens: u32,
     pub test_fraction: f64,
     pub seed: u64,
+    /// Save a checkpoint every N optimiser steps (0: only at the end).
     pub checkpoint_every: u32,
+    /// Measure the held-out loss every N optimiser steps (0: never).
+    pub eval_every: u32,
+    pub decay: Decay,
+    pub marginalization: Marginalization,
+    /// Add the passage-to-question direction to the contrastive loss.
+    pub symmetric: bool,
+    /// Hard negatives per question, mined from the corpus with the base retriever (0: none).
+    pub hard_negatives: u32,
+    /// Train on the first N training rows only.
+    pub max_train_examples: Option<u32>,
+    /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
+    /// on a GPU, fewer needs less memory; gradients are the same either way.
+    pub sequences_per_chunk: u32,
+    /// Linear layers of the retriever that get LoRA adapters.
+    pub retriever_targets: Vec<String>,
+    /// Linear layers of the generator that get LoRA adapters.
+    pub generator_targets: Vec<String>,
 }
 
 impl Default for Hyper {
@@ -84,36 +174,57 @@ impl Default for Hyper {
             test_fraction: 0.2,
             seed: 0,
             checkpoint_every: 50,
+            eval_every: 50,
+            decay: Decay::Linear,
+            marginalization: Marginalization::Sequence,
+            symmetric: false,
+            hard_negatives: 0,
+            max_train_examples: None,
+            sequences_per_chunk: 8,
+            retriever_targets: ["query", "key", "value"].map(String::from).to_vec(),
+            generator_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
         }
     }
 }
 
 impl Hyper {
-    /// Checks ranges types cannot; the message names the field.
+    /// Checks ranges types cannot; the message names the setting and its field. The one validation
+    /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 20] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
-            (self.max_steps.is_none_or(|s| s >= 1), "max_steps must be at least 1"),
-            ((1..=4096).contains(&self.batch_size), "batch_size must be between 1 and 4096"),
-            ((1..=1024).contains(&self.grad_accum), "grad_accum must be between 1 and 1024"),
-            (self.lr > 0.0 && self.lr < 1.0, "lr must be above 0 and below 1"),
-            ((0.0..1.0).contains(&self.warmup_ratio), "warmup_ratio must be in [0, 1)"),
-            ((0.0..1.0).contains(&self.weight_decay), "weight_decay must be in [0, 1)"),
-            ((1..=256).contains(&self.lora_r), "lora_r must be between 1 and 256"),
-            ((0.0..1.0).contains(&self.lora_dropout), "lora_dropout must be in [0, 1)"),
-            ((1..=64).contains(&self.top_k), "top_k must be between 1 and 64"),
-            (self.scale > 0.0, "scale must be positive"),
+            (self.max_steps.is_none_or(|s| s >= 1), "max steps (max_steps) must be at least 1"),
+            ((1..=4096).contains(&self.batch_size), "batch size (batch_size) must be between 1 and 4096"),
+            ((1..=1024).contains(&self.grad_accum), "gradient accumulation (grad_accum) must be between 1 and 1024"),
+            (self.lr > 0.0 && self.lr < 1.0, "the learning rate (lr) must be above 0 and below 1"),
+            ((0.0..1.0).contains(&self.warmup_ratio), "the warmup ratio (warmup_ratio) must be in [0, 1)"),
+            ((0.0..1.0).contains(&self.weight_decay), "weight decay (weight_decay) must be in [0, 1)"),
+            (self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(), "max_grad_norm must not be negative"),
+            ((1..=256).contains(&self.lora_r), "LoRA rank (lora_r) must be between 1 and 256"),
+            (self.lora_alpha > 0.0 && self.lora_alpha.is_finite(), "lora_alpha must be positive"),
+            ((0.0..1.0).contains(&self.lora_dropout), "LoRA dropout (lora_dropout) must be in [0, 1)"),
+            ((1..=64).contains(&self.top_k), "top-k (top_k) must be between 1 and 64"),
+            (
+                self.generator_weight >= 0.0 && self.generator_weight.is_finite(),
+                "generator_weight must not be negative",
+            ),
+            (self.scale > 0.0 && self.scale.is_finite(), "scale must be positive"),
             ((8..=4096).contains(&self.max_passage_tokens), "max_passage_tokens must be between 8 and 4096"),
             ((1..=1024).contains(&self.max_answer_tokens), "max_answer_tokens must be between 1 and 1024"),
             (self.test_fraction > 0.0 && self.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
+            (self.hard_negatives <= 64, "hard_negatives must be at most 64"),
+            ((1..=4096).contains(&self.sequences_per_chunk), "sequences_per_chunk must be between 1 and 4096"),
+            (self.max_train_examples.is_none_or(|n| n >= 1), "max_train_examples must be at least 1"),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err((*message).to_owned()),
-            None if self.lora_alpha <= 0.0 || self.max_grad_norm < 0.0 || self.generator_weight < 0.0 => {
-                Err("lora_alpha must be positive; max_grad_norm and generator_weight not negative".to_owned())
-            }
-            None => Ok(()),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*message).to_owned());
         }
+        for (targets, model) in [(&self.retriever_targets, "retriever"), (&self.generator_targets, "generator")] {
+            if targets.is_empty() || targets.iter().any(|t| t.trim().is_empty()) {
+                return Err(format!("{model}_targets must name at least one layer, none empty"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +254,7 @@ pub fn presets() -> Vec<Preset> {
                 max_passage_tokens: 96,
                 max_answer_tokens: 24,
                 checkpoint_every: 2,
+                eval_every: 2,
                 ..Hyper::default()
             },
         },
@@ -164,6 +276,7 @@ pub fn presets() -> Vec<Preset> {
                 lora_alpha: 32.0,
                 max_passage_tokens: 256,
                 checkpoint_every: 100,
+                eval_every: 100,
                 ..Hyper::default()
             },
         },

@@ -12,9 +12,10 @@ use attune::engine::synth::SynthJob;
 use attune::engine::triples_io::{self, ExportFormat};
 use attune::ingest::ChunkSettings;
 use attune::model::generator::Generator;
+use attune::openai::{OpenAiLlm, OpenAiSettings};
 use attune::store::Store;
 use attune::store::corpus::SynthRunConfig;
-use attune::synth::{FilterSettings, Llm, LocalLlm, OpenAiLlm, OpenAiSettings, prompt};
+use attune::synth::{FilterSettings, Llm, LocalLlm, prompt};
 use attune_shared::{LlmChoice, TripleStatus};
 
 use super::{model_path, progress_bar};
@@ -276,7 +277,8 @@ pub enum StatusChoice {
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    #[arg(long, value_enum)]
+    /// csv or jsonl.
+    #[arg(long, value_parser = ExportFormat::parse)]
     format: ExportFormat,
     #[arg(long, value_enum, default_value = "approved")]
     status: StatusChoice,

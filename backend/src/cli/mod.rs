@@ -1,7 +1,11 @@
-//! The `ingest`, `synth`, `triples`, `train` and `eval` commands' orchestration (arguments, loading, progress bars, reports).
+//! Every command's orchestration (arguments, loading, progress bars, reports); `anyhow` lives here.
 
+pub mod bench;
 pub mod corpus;
 pub mod eval;
+pub mod fixtures;
+pub mod model;
+pub mod serve;
 pub mod train;
 
 use std::path::{Path, PathBuf};

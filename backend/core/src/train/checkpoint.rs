@@ -1,0 +1,183 @@
+//! A run's folder: the names of everything in it (`config.json`, `log.jsonl`, `triples.jsonl`,
+//! `checkpoints/step-N/`, the adapters `retriever/` and `generator/`), the settings written and read
+//! back, the step log appended and truncated, and checkpoints written whole or not at all.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use attune_shared::StepPoint;
+use serde::{Deserialize, Serialize};
+
+use super::config::{Part, TrainConfig};
+use super::error::{Result, TrainError};
+
+/// The run's settings.
+pub const CONFIG_FILE: &str = "config.json";
+/// One line of figures per optimiser step.
+pub const LOG_FILE: &str = "log.jsonl";
+/// The frozen triples a job's run trains on.
+pub const TRIPLES_FILE: &str = "triples.jsonl";
+/// Checkpoints, one folder per step.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// A checkpoint's bookkeeping.
+pub const STATE_FILE: &str = "state.json";
+/// A checkpoint's optimiser moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Mined hard negatives, reused by a resumed run.
+pub const NEGATIVES_FILE: &str = "hard_negatives.json";
+pub const RETRIEVER_DIR: &str = "retriever";
+pub const GENERATOR_DIR: &str = "generator";
+
+impl Part {
+    /// The folder of this model's adapter inside a run or checkpoint folder.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Part::Retriever => RETRIEVER_DIR,
+            Part::Generator => GENERATOR_DIR,
+        }
+    }
+}
+
+/// A checkpoint's bookkeeping (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub step: usize,
+    /// Data order and dropout are derived from the seed and the step, so they need no saved state.
+    pub seed: u64,
+    pub rng: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |error| TrainError::Io { path: path.to_owned(), error }
+}
+
+/// The latest checkpoint under a run folder, or `dir` itself when it is a checkpoint.
+pub fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
+    if dir.join(STATE_FILE).is_file() {
+        return Ok(dir.to_owned());
+    }
+    let none = || TrainError::Checkpoint { path: dir.to_owned(), message: "no checkpoints in this run".into() };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(CHECKPOINTS_DIR))
+        .map_err(|_| none())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(STATE_FILE).is_file())
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(none)
+}
+
+/// The run folder `dir` names: itself when it holds a `config.json`, else the run a checkpoint
+/// folder belongs to.
+pub fn run_folder_of(dir: &Path) -> Option<PathBuf> {
+    if dir.join(CONFIG_FILE).is_file() {
+        return Some(dir.to_owned());
+    }
+    let run = dir.parent()?.parent()?;
+    run.join(CONFIG_FILE).is_file().then(|| run.to_owned())
+}
+
+/// Reads a run's `config.json`.
+pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = run_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+}
+
+/// Starts a run's folder: `config.json` and an empty log.
+pub fn start_run_folder(run_dir: &Path, config: &TrainConfig) -> Result<()> {
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let json = serde_json::to_string_pretty(config).expect("config serializes");
+    let path = run_dir.join(CONFIG_FILE);
+    std::fs::write(&path, json).map_err(io(&path))?;
+    let log = run_dir.join(LOG_FILE);
+    std::fs::write(&log, "").map_err(io(&log))
+}
+
+/// Appends one step's figures to the run's log.
+pub fn append_log(run_dir: &Path, point: &StepPoint) -> Result<()> {
+    let path = run_dir.join(LOG_FILE);
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    writeln!(file, "{}", serde_json::to_string(point).expect("a step serializes")).map_err(io(&path))
+}
+
+/// Keeps only the log's steps up to `step` (a resumed run redoes the ones after its checkpoint).
+pub fn truncate_log(run_dir: &Path, step: usize) -> Result<()> {
+    let log = run_dir.join(LOG_FILE);
+    let Ok(text) = std::fs::read_to_string(&log) else { return Ok(()) };
+    let kept: Vec<&str> =
+        text.lines().filter(|l| serde_json::from_str::<StepPoint>(l).is_ok_and(|p| p.step as usize <= step)).collect();
+    let mut joined = kept.join("\n");
+    if !joined.is_empty() {
+        joined.push('\n');
+    }
+    std::fs::write(&log, joined).map_err(io(&log))
+}
+
+/// Writes `checkpoints/step-NNNNNN/`: what `contents` puts in it, then `state.json`. Written to a
+/// temporary folder and renamed, so a crash mid-write never leaves a half checkpoint that looks
+/// whole.
+pub fn write_checkpoint(
+    run_dir: &Path,
+    state: &CheckpointState,
+    contents: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let dir = root.join(format!("step-{:06}", state.step));
+    let partial = root.join(format!(".partial-step-{:06}", state.step));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    contents(&partial)?;
+    let state_path = partial.join(STATE_FILE);
+    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
+        .map_err(io(&state_path))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    std::fs::rename(&partial, &dir).map_err(io(&dir))?;
+    Ok(dir)
+}
+
+/// A checkpoint's state, refused when it was written by a run with another seed.
+pub fn read_state(checkpoint: &Path, seed: u64) -> Result<CheckpointState> {
+    let bad = |message: String| TrainError::Checkpoint { path: checkpoint.to_owned(), message };
+    let text = std::fs::read_to_string(checkpoint.join(STATE_FILE)).map_err(|e| bad(e.to_string()))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if state.seed != seed {
+        return Err(bad(format!("written with seed {}, this run has seed {seed}", state.seed)));
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_are_found_newest_first_and_truncate_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(latest_checkpoint(dir.path()).is_err());
+        for step in [2, 10, 4] {
+            let state = CheckpointState { step, seed: 1, rng: String::new() };
+            write_checkpoint(dir.path(), &state, |_| Ok(())).unwrap();
+        }
+        let latest = latest_checkpoint(dir.path()).unwrap();
+        assert!(latest.ends_with("step-000010"), "{}", latest.display());
+        assert_eq!(read_state(&latest, 1).unwrap().step, 10);
+        assert!(read_state(&latest, 2).unwrap_err().to_string().contains("seed"));
+        // A failed write leaves no checkpoint that looks whole.
+        let state = CheckpointState { step: 12, seed: 1, rng: String::new() };
+        let failed = write_checkpoint(dir.path(), &state, |_| Err(TrainError::Data("disk full".into())));
+        assert!(failed.is_err());
+        assert!(latest_checkpoint(dir.path()).unwrap().ends_with("step-000010"));
+
+        for step in 1..=5 {
+            append_log(dir.path(), &StepPoint { step, ..StepPoint::default() }).unwrap();
+        }
+        truncate_log(dir.path(), 3).unwrap();
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 3);
+    }
+}

@@ -1,0 +1,656 @@
+//! The loss of one batch in each training mode: the retriever's in-batch contrastive loss, the
+//! generator's NLL marginalized over the retriever's top-k candidates from the batch (RAG-Sequence
+//! or RAG-Token), or the generator's plain NLL with the gold passage.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use attune_shared::Hyper;
+pub use attune_shared::{Marginalization, TrainMode};
+
+use super::data::Triple;
+use super::error::{Result, TrainError};
+use super::loss::{self, Contrastive};
+use crate::model::generator::Generator;
+use crate::model::layers::Mode;
+use crate::model::retriever::{Retriever, TextRole};
+use crate::rag::prompt::{self, PromptLimits};
+
+/// Settings of the batch loss.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    pub mode: TrainMode,
+    pub contrastive: Contrastive,
+    /// Candidate passages per question in e2e mode (the gold one always among them).
+    pub top_k: usize,
+    /// λ in `L = L_retriever + λ · L_generator`.
+    pub generator_weight: f64,
+    pub marginalization: Marginalization,
+    pub max_passage_tokens: usize,
+    pub max_answer_tokens: usize,
+    /// Generator sequences held in one graph at a time (memory against speed: a GPU wants more).
+    pub sequences_per_chunk: usize,
+}
+
+impl LossConfig {
+    /// The batch loss's settings of a run in `mode` with `hyper` (the one mapping).
+    pub fn new(mode: TrainMode, hyper: &Hyper) -> Self {
+        LossConfig {
+            mode,
+            contrastive: Contrastive { scale: hyper.scale, symmetric: hyper.symmetric },
+            top_k: hyper.top_k as usize,
+            generator_weight: hyper.generator_weight,
+            marginalization: hyper.marginalization,
+            max_passage_tokens: hyper.max_passage_tokens as usize,
+            max_answer_tokens: hyper.max_answer_tokens as usize,
+            sequences_per_chunk: hyper.sequences_per_chunk as usize,
+        }
+    }
+}
+
+/// `Hyper::default()`'s loss settings in e2e mode.
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig::new(TrainMode::E2e, &Hyper::default())
+    }
+}
+
+impl LossConfig {
+    fn limits(&self) -> PromptLimits {
+        PromptLimits { max_passage_tokens: self.max_passage_tokens, max_answer_tokens: self.max_answer_tokens }
+    }
+}
+
+/// The models a batch loss runs through (the ones its mode needs).
+#[derive(Clone, Copy)]
+pub struct Models<'a> {
+    pub retriever: Option<&'a Retriever>,
+    pub generator: Option<&'a Generator>,
+}
+
+/// A batch's loss (a scalar tensor to differentiate) and its parts as numbers.
+pub struct BatchLoss {
+    pub total: Tensor,
+    pub retriever: Option<f64>,
+    pub generator: Option<f64>,
+    /// Tokens the models processed (for throughput).
+    pub tokens: usize,
+}
+
+/// The loss of `batch` (with optional extra negative passages for the contrastive term).
+pub fn batch_loss(
+    models: Models<'_>,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<BatchLoss> {
+    if batch.is_empty() {
+        return Err(TrainError::Config("empty batch".into()));
+    }
+    match config.mode {
+        TrainMode::Generator => {
+            let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
+            let candidates: Vec<Vec<usize>> = (0..batch.len()).map(|i| vec![i]).collect();
+            let passages: Vec<&str> = batch.iter().map(|t| t.passage.as_str()).collect();
+            let (log_probs, mask, tokens) =
+                answer_log_probs(generator, batch, &passages, &candidates, config.limits(), mode)?;
+            // One candidate, prior 1: the plain NLL of the answer.
+            let sequence = (log_probs * &mask)?.sum(1)?;
+            let generator_loss = sequence.neg()?.mean_all()?;
+            let value = scalar(&generator_loss)?;
+            Ok(BatchLoss { total: generator_loss, retriever: None, generator: Some(value), tokens })
+        }
+        TrainMode::Retriever | TrainMode::E2e => {
+            let retriever = models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
+            let (encoded, retriever_loss) = contrastive(retriever, batch, hard_negatives, config, mode)?;
+            let retriever_value = scalar(&retriever_loss)?;
+            if config.mode == TrainMode::Retriever {
+                return Ok(BatchLoss {
+                    total: retriever_loss,
+                    retriever: Some(retriever_value),
+                    generator: None,
+                    tokens: encoded.tokens,
+                });
+            }
+            let generator = models.generator.ok_or_else(|| TrainError::Config("e2e mode needs a generator".into()))?;
+            let generator_loss = marginalized_loss(generator, batch, &encoded, config, mode)?;
+            let generator_value = scalar(&generator_loss.loss)?;
+            let total = (retriever_loss + (generator_loss.loss * config.generator_weight)?)?;
+            Ok(BatchLoss {
+                total,
+                retriever: Some(retriever_value),
+                generator: Some(generator_value),
+                tokens: encoded.tokens + generator_loss.tokens,
+            })
+        }
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The batch through the retriever, and its contrastive loss.
+fn contrastive(
+    retriever: &Retriever,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<(EncodedBatch, Tensor)> {
+    let encoded = encode_batch(retriever, batch, hard_negatives, mode)?;
+    let loss = loss::contrastive_loss(
+        &encoded.queries,
+        &encoded.positives_and_negatives()?,
+        &encoded.keys,
+        config.contrastive,
+    )?;
+    Ok((encoded, loss))
+}
+
+/// The batch through the retriever: queries, each distinct passage once, extra negatives.
+struct EncodedBatch {
+    /// `(b, d)`.
+    queries: Tensor,
+    /// `(u, d)`: the batch's distinct passages.
+    passages: Tensor,
+    /// `(h, d)`: extra negatives, when there are any.
+    negatives: Option<Tensor>,
+    /// Index into `passages` of each query's gold passage.
+    gold: Vec<usize>,
+    /// Text identity of each column of [`EncodedBatch::positives_and_negatives`].
+    keys: Vec<u64>,
+    /// The distinct passages' texts.
+    distinct: Vec<String>,
+    tokens: usize,
+}
+
+impl EncodedBatch {
+    /// `(b + h, d)`: row i is query i's positive, then the extra negatives.
+    fn positives_and_negatives(&self) -> Result<Tensor> {
+        let index = Tensor::new(self.gold.iter().map(|&g| g as u32).collect::<Vec<_>>(), self.passages.device())?;
+        let positives = self.passages.index_select(&index, 0)?;
+        Ok(match &self.negatives {
+            Some(negatives) => Tensor::cat(&[&positives, negatives], 0)?,
+            None => positives,
+        })
+    }
+}
+
+fn encode_batch(
+    retriever: &Retriever,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    mode: Mode<'_>,
+) -> Result<EncodedBatch> {
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    let mut distinct: Vec<String> = Vec::new();
+    let mut gold = Vec::with_capacity(batch.len());
+    for triple in batch {
+        let next = distinct.len();
+        let index = *index_of.entry(triple.passage.as_str()).or_insert(next);
+        if index == next {
+            distinct.push(triple.passage.clone());
+        }
+        gold.push(index);
+    }
+    let questions: Vec<&str> = batch.iter().map(|t| t.question.as_str()).collect();
+    let query_input = retriever.tokenize(&questions, TextRole::Query)?;
+    let passage_texts: Vec<&str> = distinct.iter().map(String::as_str).collect();
+    let passage_input = retriever.tokenize(&passage_texts, TextRole::Passage)?;
+    let mut tokens = query_input.input_ids.elem_count() + passage_input.input_ids.elem_count();
+    let queries = retriever.forward(&query_input, mode)?;
+    let passages = retriever.forward(&passage_input, mode)?;
+    let mut keys: Vec<u64> = gold.iter().map(|&g| g as u64).collect();
+    let negatives = if hard_negatives.is_empty() {
+        None
+    } else {
+        // A "negative" that is some question's gold passage keeps that passage's key, so it is
+        // masked for that question rather than pushed away.
+        for (h, text) in hard_negatives.iter().enumerate() {
+            keys.push(index_of.get(text.as_str()).map_or((distinct.len() + h) as u64, |&i| i as u64));
+        }
+        let texts: Vec<&str> = hard_negatives.iter().map(String::as_str).collect();
+        let input = retriever.tokenize(&texts, TextRole::Passage)?;
+        tokens += input.input_ids.elem_count();
+        Some(retriever.forward(&input, mode)?)
+    };
+    Ok(EncodedBatch { queries, passages, negatives, gold, keys, distinct, tokens })
+}
+
+struct GeneratorLoss {
+    loss: Tensor,
+    tokens: usize,
+}
+
+/// Each question's candidates (the top-k of the batch's passages by retriever score, the gold one
+/// always among them) and their differentiable scores `(b, k)`.
+fn candidates(encoded: &EncodedBatch, config: &LossConfig) -> Result<(Tensor, Vec<Vec<usize>>)> {
+    if config.top_k == 0 {
+        return Err(TrainError::Config("top-k must be at least 1".into()));
+    }
+    let scores = (encoded.queries.matmul(&encoded.passages.t()?)? * config.contrastive.scale)?;
+    let values = scores.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let k = config.top_k.min(encoded.distinct.len());
+    let candidates: Vec<Vec<usize>> =
+        values.iter().zip(&encoded.gold).map(|(row, &gold)| top_k_with_gold(row, k, gold)).collect();
+    let index: Vec<u32> = candidates.iter().flatten().map(|&c| c as u32).collect();
+    let index = Tensor::from_vec(index, (encoded.gold.len(), k), scores.device())?;
+    Ok((scores.gather(&index, 1)?, candidates))
+}
+
+/// The marginalized NLL `(n,)` of `questions` given their candidates' scores `(n, k)`.
+fn marginalized_nll(
+    generator: &Generator,
+    questions: &[Triple],
+    passages: &[&str],
+    candidates: &[Vec<usize>],
+    candidate_scores: &Tensor,
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<(Tensor, usize)> {
+    let (n, k) = candidate_scores.dims2()?;
+    let (log_probs, mask, tokens) =
+        answer_log_probs(generator, questions, passages, candidates, config.limits(), mode)?;
+    let answer_len = log_probs.dim(1)?;
+    let nll = match config.marginalization {
+        Marginalization::Sequence => {
+            let sequence = (log_probs * &mask)?.sum(1)?.reshape((n, k))?;
+            loss::rag_sequence_nll(candidate_scores, &sequence)?
+        }
+        Marginalization::Token => {
+            let per_token = log_probs.reshape((n, k, answer_len))?;
+            // Every candidate of a question shares its answer tokens: the first one's mask serves.
+            let mask = mask.reshape((n, k, answer_len))?.narrow(1, 0, 1)?.squeeze(1)?;
+            loss::rag_token_nll(candidate_scores, &per_token, &mask)?
+        }
+    };
+    Ok((nll, tokens))
+}
+
+/// RAG marginalized NLL over the whole batch in one graph: `p(z|q)` is the softmax of the (scaled)
+/// scores over each question's candidates, so the generator's likelihoods train the retriever too.
+fn marginalized_loss(
+    generator: &Generator,
+    batch: &[Triple],
+    encoded: &EncodedBatch,
+    config: &LossConfig,
+    mode: Mode<'_>,
+) -> Result<GeneratorLoss> {
+    let (candidate_scores, candidates) = candidates(encoded, config)?;
+    let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
+    let (nll, tokens) = marginalized_nll(generator, batch, &passages, &candidates, &candidate_scores, config, mode)?;
+    Ok(GeneratorLoss { loss: nll.mean_all()?, tokens })
+}
+
+/// A batch's loss figures and the gradients of `weight` × its loss for each of `params`.
+pub struct BatchGradients {
+    pub loss: f64,
+    pub retriever: Option<f64>,
+    pub generator: Option<f64>,
+    pub tokens: usize,
+    pub grads: Vec<Option<Tensor>>,
+}
+
+/// Adds `g` to the running sum in `slot` (which starts empty).
+pub fn add_gradient(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        Some(sum) => (sum + g)?,
+        None => g.clone(),
+    });
+    Ok(())
+}
+
+/// Adds each of `params`' gradients in `store` to `grads`.
+fn accumulate(grads: &mut [Option<Tensor>], store: &candle_core::backprop::GradStore, params: &[Var]) -> Result<()> {
+    for (slot, var) in grads.iter_mut().zip(params) {
+        if let Some(g) = store.get(var) {
+            add_gradient(slot, g)?;
+        }
+    }
+    Ok(())
+}
+
+/// The gradients of `weight` × [`batch_loss`] — the same numbers — with the generator's graph built
+/// a few questions at a time (at most `config.sequences_per_chunk` sequences, or one question), so memory
+/// stays bounded whatever the batch size and top-k. In e2e mode the generator's gradient with
+/// respect to the candidate scores is gathered chunk by chunk on a detached copy of the scores, then
+/// sent through the retriever in one backward pass with the contrastive loss (gradient caching).
+pub fn batch_gradients(
+    models: Models<'_>,
+    batch: &[Triple],
+    hard_negatives: &[String],
+    config: &LossConfig,
+    mode: Mode<'_>,
+    weight: f64,
+    params: &[Var],
+) -> Result<BatchGradients> {
+    if batch.is_empty() {
+        return Err(TrainError::Config("empty batch".into()));
+    }
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+    // No parameters: the loss alone (held-out evaluation), without backward passes.
+    let backward = !params.is_empty();
+    let b = batch.len() as f64;
+    match config.mode {
+        TrainMode::Retriever => {
+            let out = batch_loss(models, batch, hard_negatives, config, mode)?;
+            if backward {
+                accumulate(&mut grads, &(&out.total * weight)?.backward()?, params)?;
+            }
+            Ok(BatchGradients {
+                loss: scalar(&out.total)?,
+                retriever: out.retriever,
+                generator: None,
+                tokens: out.tokens,
+                grads,
+            })
+        }
+        TrainMode::Generator => {
+            let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
+            let (mut total, mut tokens) = (0.0, 0);
+            for chunk in batch.chunks(config.sequences_per_chunk.max(1)) {
+                let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
+                let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
+                let (log_probs, mask, n) =
+                    answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode)?;
+                let sum = (log_probs * &mask)?.sum_all()?.neg()?;
+                let part = (sum / b)?;
+                total += scalar(&part)?;
+                tokens += n;
+                if backward {
+                    accumulate(&mut grads, &(&part * weight)?.backward()?, params)?;
+                }
+            }
+            Ok(BatchGradients { loss: total, retriever: None, generator: Some(total), tokens, grads })
+        }
+        TrainMode::E2e => {
+            let retriever = models.retriever.ok_or_else(|| TrainError::Config("this mode needs a retriever".into()))?;
+            let generator = models.generator.ok_or_else(|| TrainError::Config("e2e mode needs a generator".into()))?;
+            let (encoded, retriever_loss) = contrastive(retriever, batch, hard_negatives, config, mode)?;
+            let (candidate_scores, candidates) = candidates(&encoded, config)?;
+            let k = candidate_scores.dim(1)?;
+            let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
+            // The generator's part, a few questions at a time, against a detached copy of the scores.
+            let detached = Var::from_tensor(&candidate_scores.detach())?;
+            let mut score_grads: Option<Tensor> = None;
+            let (mut generator_total, mut tokens) = (0.0, encoded.tokens);
+            let per_chunk = (config.sequences_per_chunk / k).max(1);
+            let mut start = 0;
+            while start < batch.len() {
+                let len = per_chunk.min(batch.len() - start);
+                let scores = detached.as_tensor().narrow(0, start, len)?;
+                let (nll, n) = marginalized_nll(
+                    generator,
+                    &batch[start..start + len],
+                    &passages,
+                    &candidates[start..start + len],
+                    &scores,
+                    config,
+                    mode,
+                )?;
+                let part = (nll.sum_all()? / b)?;
+                generator_total += scalar(&part)?;
+                tokens += n;
+                start += len;
+                if !backward {
+                    continue;
+                }
+                let store = (&part * (weight * config.generator_weight))?.backward()?;
+                accumulate(&mut grads, &store, params)?;
+                if let Some(g) = store.get(&detached) {
+                    add_gradient(&mut score_grads, g)?;
+                }
+            }
+            // One pass through the retriever: its own loss, plus the generator's pull on the scores.
+            let mut surrogate = (&retriever_loss * weight)?;
+            if let Some(g) = score_grads {
+                surrogate = (surrogate + (candidate_scores * g.detach())?.sum_all()?)?;
+            }
+            if backward {
+                accumulate(&mut grads, &surrogate.backward()?, params)?;
+            }
+            let retriever_value = scalar(&retriever_loss)?;
+            Ok(BatchGradients {
+                loss: retriever_value + config.generator_weight * generator_total,
+                retriever: Some(retriever_value),
+                generator: Some(generator_total),
+                tokens,
+                grads,
+            })
+        }
+    }
+}
+
+/// The `k` best-scoring indices of `row` (best first), with `gold` replacing the last if absent.
+pub fn top_k_with_gold(row: &[f32], k: usize, gold: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    let mut top: Vec<usize> = order.into_iter().take(k).collect();
+    if !top.contains(&gold) {
+        if let Some(last) = top.last_mut() {
+            *last = gold;
+        }
+    }
+    top
+}
+
+/// Log-probabilities of each question's answer tokens given each of its candidate passages:
+/// `(Σ candidates, t)` rows in question-major order, with the `(Σ candidates, t)` mask of real
+/// answer tokens. Sequences are right-padded, so causal attention never sees the padding.
+fn answer_log_probs(
+    generator: &Generator,
+    batch: &[Triple],
+    passages: &[&str],
+    candidates: &[Vec<usize>],
+    limits: PromptLimits,
+    mode: Mode<'_>,
+) -> Result<(Tensor, Tensor, usize)> {
+    let mut sequences = Vec::new();
+    for (triple, candidates) in batch.iter().zip(candidates) {
+        for &c in candidates {
+            let (prompt, answer) =
+                prompt::encode_example(generator, &triple.question, passages[c], &triple.answer, limits)?;
+            sequences.push((prompt, answer));
+        }
+    }
+    let longest = sequences.iter().map(|(p, a)| p.len() + a.len()).max().unwrap_or(1);
+    let answer_len = sequences.iter().map(|(_, a)| a.len()).max().unwrap_or(1).max(1);
+    let n = sequences.len();
+    let mut ids = vec![0u32; n * longest];
+    let mut positions = vec![0u32; n * answer_len];
+    let mut targets = vec![0u32; n * answer_len];
+    let mut mask = vec![0f32; n * answer_len];
+    let mut tokens = 0;
+    for (s, (prompt, answer)) in sequences.iter().enumerate() {
+        let row = &mut ids[s * longest..(s + 1) * longest];
+        row[..prompt.len()].copy_from_slice(prompt);
+        row[prompt.len()..prompt.len() + answer.len()].copy_from_slice(answer);
+        tokens += prompt.len() + answer.len();
+        for (t, &token) in answer.iter().enumerate() {
+            // The state at the previous position predicts answer token t.
+            positions[s * answer_len + t] = (s * longest + prompt.len() + t - 1) as u32;
+            targets[s * answer_len + t] = token;
+            mask[s * answer_len + t] = 1.0;
+        }
+    }
+    let device = generator.device();
+    let input = Tensor::from_vec(ids, (n, longest), device)?;
+    let model = generator.model();
+    let hidden = model.hidden_states_t(&input, &mut crate::model::llama::KvCache::default(), None, mode)?;
+    let hidden_size = hidden.dim(2)?;
+    let picked = hidden.reshape((n * longest, hidden_size))?.index_select(&Tensor::new(positions, device)?, 0)?;
+    let logits = model.logits(&picked)?.reshape((n, answer_len, ()))?;
+    let targets = Tensor::from_vec(targets, (n, answer_len), device)?;
+    let log_probs = loss::token_log_probs(&logits, &targets)?;
+    let mask = Tensor::from_vec(mask, (n, answer_len), device)?.to_dtype(log_probs.dtype())?;
+    Ok((log_probs, mask, tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::train::test_models::tiny_models;
+
+    fn triples() -> Vec<Triple> {
+        let t = |q: &str, p: &str, a: &str| Triple { question: q.into(), passage: p.into(), answer: a.into() };
+        vec![
+            t("what is the cat ?", "the cat sat on the mat .", "the mat"),
+            t("what ran in the park ?", "a dog ran in the park .", "a dog"),
+            t("what sat on the mat ?", "the cat sat on the mat .", "the cat"),
+            t("what is in the park ?", "the dogs ran in the park .", "dogs"),
+        ]
+    }
+
+    fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
+        let data = varmap.data().lock().unwrap();
+        let mut all: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The chunked gradients (generator a few questions at a time, retriever through cached score
+    /// gradients) equal one big graph's, in every mode and marginalization.
+    #[test]
+    fn chunked_gradients_equal_the_whole_batch_graph() {
+        let (retriever, generator, retriever_vars, generator_vars) = tiny_models(DType::F64, 6);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        let params: Vec<Var> = vars(&retriever_vars).into_iter().chain(vars(&generator_vars)).map(|(_, v)| v).collect();
+        // 12 questions, top-k 3: chunks of 2 questions (8 sequences at most), 6 backward passes.
+        let batch: Vec<Triple> = triples().into_iter().cycle().take(12).collect();
+        for (mode, marginalization) in [
+            (TrainMode::E2e, Marginalization::Sequence),
+            (TrainMode::E2e, Marginalization::Token),
+            (TrainMode::Generator, Marginalization::Sequence),
+            (TrainMode::Retriever, Marginalization::Sequence),
+        ] {
+            let config = LossConfig { mode, top_k: 3, marginalization, generator_weight: 0.7, ..Default::default() };
+            let whole = batch_loss(models, &batch, &[], &config, Mode::Inference).unwrap();
+            let store = (&whole.total * 0.5).unwrap().backward().unwrap();
+            let chunked = batch_gradients(models, &batch, &[], &config, Mode::Inference, 0.5, &params).unwrap();
+            assert!((chunked.loss - whole.total.to_scalar::<f64>().unwrap()).abs() < 1e-10, "{mode:?}");
+            let mut compared = 0;
+            for (var, grad) in params.iter().zip(&chunked.grads) {
+                match (store.get(var), grad) {
+                    (Some(a), Some(b)) => {
+                        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                        assert!(diff < 1e-10, "{mode:?} {marginalization:?}: gradients differ by {diff}");
+                        compared += 1;
+                    }
+                    (None, None) => {}
+                    (a, b) => panic!("{mode:?}: one side lacks a gradient ({} vs {})", a.is_some(), b.is_some()),
+                }
+            }
+            assert!(compared >= 8, "{mode:?}: compared {compared}");
+        }
+    }
+
+    #[test]
+    fn top_k_always_holds_the_gold_passage() {
+        assert_eq!(top_k_with_gold(&[0.1, 0.9, 0.5, 0.7], 2, 1), vec![1, 3]);
+        assert_eq!(top_k_with_gold(&[0.1, 0.9, 0.5, 0.7], 2, 0), vec![1, 0]);
+        assert_eq!(top_k_with_gold(&[0.3, 0.3], 1, 1), vec![1]);
+    }
+
+    /// The e2e loss (contrastive + RAG-Sequence, and RAG-Token) against central differences on
+    /// adapter weights of both models, everything in f64.
+    #[test]
+    fn e2e_loss_gradients_match_finite_differences() {
+        let (retriever, generator, retriever_vars, generator_vars) = tiny_models(DType::F64, 1);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        for marginalization in [Marginalization::Sequence, Marginalization::Token] {
+            let config = LossConfig {
+                top_k: 2,
+                marginalization,
+                contrastive: Contrastive { scale: 5.0, symmetric: true },
+                ..Default::default()
+            };
+            let loss = || batch_loss(models, &triples(), &[], &config, Mode::Inference).unwrap();
+            let out = loss();
+            assert!(out.retriever.unwrap() > 0.0 && out.generator.unwrap() > 0.0);
+            let grads = out.total.backward().unwrap();
+            let mut checked = 0;
+            for (name, var) in vars(&retriever_vars).into_iter().chain(vars(&generator_vars)) {
+                let analytic = grads.get(&var).unwrap_or_else(|| panic!("{name} got no gradient"));
+                let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                assert!(analytic.iter().any(|g| g.abs() > 1e-9), "{name}: zero gradient");
+                let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for index in [0, original.len() - 1] {
+                    let at = |delta: f64| {
+                        let mut values = original.clone();
+                        values[index] += delta;
+                        var.set(&Tensor::from_vec(values, var.shape(), &candle_core::Device::Cpu).unwrap()).unwrap();
+                        loss().total.to_scalar::<f64>().unwrap()
+                    };
+                    let h = 1e-5;
+                    let numeric = (at(h) - at(-h)) / (2.0 * h);
+                    var.set(&Tensor::from_vec(original.clone(), var.shape(), &candle_core::Device::Cpu).unwrap())
+                        .unwrap();
+                    // candle's f64 erf (BERT's GELU) is good to ~1e-7, which shows in differences.
+                    let tolerance = 1e-5 + 1e-3 * numeric.abs();
+                    assert!(
+                        (numeric - analytic[index]).abs() <= tolerance,
+                        "{marginalization:?} {name}[{index}]: numeric {numeric} vs analytic {}",
+                        analytic[index]
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 16, "checked {checked} entries");
+        }
+    }
+
+    /// The generator's loss reaches the retriever through p(z|q): e2e gradients on the retriever's
+    /// adapters differ from the contrastive loss's alone.
+    #[test]
+    fn the_generator_loss_trains_the_retriever_too() {
+        let (retriever, generator, retriever_vars, _) = tiny_models(DType::F64, 2);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        let grads_for = |mode: TrainMode| {
+            let config = LossConfig { mode, top_k: 3, ..Default::default() };
+            let grads =
+                batch_loss(models, &triples(), &[], &config, Mode::Inference).unwrap().total.backward().unwrap();
+            let (_, var) = &vars(&retriever_vars)[0];
+            grads.get(var).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        };
+        let e2e = grads_for(TrainMode::E2e);
+        let contrastive_only = grads_for(TrainMode::Retriever);
+        let difference: f64 = e2e.iter().zip(&contrastive_only).map(|(a, b)| (a - b).abs()).sum();
+        assert!(difference > 1e-8, "the generator's loss did not reach the retriever");
+    }
+
+    /// Generator mode is the plain NLL of the answer given the gold passage: with top-k 1 and the
+    /// gold passage the only candidate, e2e's generator term is the same number.
+    #[test]
+    fn generator_mode_equals_marginalization_over_the_gold_passage_alone() {
+        let (retriever, generator, _, _) = tiny_models(DType::F64, 3);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        let plain = LossConfig { mode: TrainMode::Generator, ..Default::default() };
+        let one = LossConfig { mode: TrainMode::E2e, top_k: 1, ..Default::default() };
+        let a = batch_loss(models, &triples(), &[], &plain, Mode::Inference).unwrap().generator.unwrap();
+        let b = batch_loss(models, &triples(), &[], &one, Mode::Inference).unwrap().generator.unwrap();
+        assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+        assert!(a > 0.0);
+    }
+
+    #[test]
+    fn hard_negatives_raise_the_contrastive_loss() {
+        let (retriever, _, _, _) = tiny_models(DType::F64, 4);
+        let models = Models { retriever: Some(&retriever), generator: None };
+        let config = LossConfig { mode: TrainMode::Retriever, ..Default::default() };
+        let plain = batch_loss(models, &triples(), &[], &config, Mode::Inference).unwrap().retriever.unwrap();
+        let negatives = vec!["the mat sat on the cat .".to_owned()];
+        let harder = batch_loss(models, &triples(), &negatives, &config, Mode::Inference).unwrap().retriever.unwrap();
+        assert!(harder > plain, "{harder} vs {plain}");
+        // A "negative" equal to a gold passage is masked for its questions: the loss is unchanged.
+        let same = vec!["the cat sat on the mat .".to_owned()];
+        let masked = batch_loss(models, &triples(), &same, &config, Mode::Inference).unwrap().retriever.unwrap();
+        assert!(masked > plain - 1e-9, "masked for questions 0 and 2, a negative for the others");
+    }
+}

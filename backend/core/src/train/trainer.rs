@@ -1,0 +1,685 @@
+//! The training loop: LoRA adapters on the models the mode trains, AdamW with a warmup+decay
+//! schedule, gradient accumulation that sums every micro-batch's gradients, clipping, seeded data
+//! order and dropout (the same seed gives the same run), checkpoints every N steps that a resumed
+//! run continues from exactly, and a closed set of events for an observer that may cancel.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use attune_shared::StepPoint;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::checkpoint::{self, CheckpointState, OPTIMIZER_FILE};
+pub use super::config::{BaseModels, Part, TrainConfig};
+use super::data::Triple;
+use super::error::{Result, TrainError};
+use super::negatives;
+use super::optim::{AdamW, clip_grad_norm};
+#[cfg(test)]
+use super::step::batch_loss;
+use super::step::{LossConfig, Models, add_gradient, batch_gradients};
+use crate::model::generator::Generator;
+use crate::model::layers::{DropoutRng, Mode};
+use crate::model::lora::{self, HasLinears, LoraConfig};
+use crate::model::retriever::Retriever;
+
+/// What the trainer reports. Closed: the observer sees every kind of moment a run has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        total_steps: usize,
+        steps_per_epoch: usize,
+        examples: usize,
+        resumed_at: Option<usize>,
+    },
+    /// One optimiser step's figures, as the store, the wire and `log.jsonl` hold them.
+    Step(StepPoint),
+    /// The loss on held-out triples (no dropout, no update).
+    Eval {
+        step: usize,
+        loss: f64,
+        retriever_loss: Option<f64>,
+        generator_loss: Option<f64>,
+        examples: usize,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Finished {
+        step: usize,
+        output: PathBuf,
+        seconds: f64,
+    },
+    Failed {
+        step: usize,
+        error: String,
+    },
+    Cancelled {
+        step: usize,
+        checkpoint: PathBuf,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished { steps: usize, last: Option<StepPoint> },
+    Cancelled { steps: usize, checkpoint: PathBuf },
+}
+
+/// Everything a run starts from.
+pub struct RunSetup {
+    pub config: TrainConfig,
+    /// The run's folder (`config.json`, `log.jsonl`, `checkpoints/`, the adapters).
+    pub out: PathBuf,
+    pub models: BaseModels,
+    pub train: Vec<Triple>,
+    /// Triples whose loss the `Eval` events report.
+    pub held_out: Vec<Triple>,
+    /// Passages hard negatives are mined from.
+    pub corpus: Vec<String>,
+    /// The checkpoint to continue from; `None`: a fresh run.
+    pub resume: Option<PathBuf>,
+}
+
+/// A trained model's adapter: its variables and where it goes.
+struct Adapter {
+    part: Part,
+    vars: VarMap,
+}
+
+/// A training run, ready to step.
+pub struct Trainer {
+    config: TrainConfig,
+    loss: LossConfig,
+    out: PathBuf,
+    train: Vec<Triple>,
+    held_out: Vec<Triple>,
+    retriever: Option<Retriever>,
+    generator: Option<Generator>,
+    adapters: Vec<Adapter>,
+    optimizer: AdamW,
+    /// Hard negatives by training example.
+    negatives: Vec<Vec<String>>,
+    dropout: DropoutRng,
+    step: usize,
+}
+
+/// Attaches seeded LoRA adapters to `model` and names their variables for the optimiser.
+fn attach(
+    model: &mut impl HasLinears,
+    config: &TrainConfig,
+    part: Part,
+    device: &Device,
+    rng: &mut StdRng,
+    params: &mut Vec<(String, Var)>,
+) -> Result<Adapter> {
+    let vars = lora::attach_trainable(model, &config.lora(part), device)?;
+    seeded_init(&vars, rng)?;
+    params.extend(named_vars(&vars, part.dir_name()));
+    Ok(Adapter { part, vars })
+}
+
+impl Trainer {
+    /// Prepares a run in `setup.out`: attaches fresh, seeded adapters (or, with `resume`, the
+    /// checkpoint's) and writes `config.json`.
+    pub fn new(setup: RunSetup) -> Result<Self> {
+        let RunSetup { config, out, models, train, held_out, corpus, resume } = setup;
+        config.validate()?;
+        if train.is_empty() {
+            return Err(TrainError::Data("no training examples".into()));
+        }
+        let BaseModels { mut retriever, mut generator } = models;
+        let mode = config.mode;
+        let loss = config.loss();
+        std::fs::create_dir_all(&out).map_err(|error| TrainError::Io { path: out.clone(), error })?;
+        let mut params = Vec::new();
+        let mut adapters = Vec::new();
+        let mut init_rng = StdRng::seed_from_u64(config.hyper.seed);
+        let mut negatives = vec![Vec::new(); train.len()];
+        if mode.trains_retriever() {
+            let r = retriever
+                .as_mut()
+                .ok_or_else(|| TrainError::Config("this mode trains a retriever: none was given".into()))?;
+            let per_question = config.hyper.hard_negatives as usize;
+            if per_question > 0 {
+                negatives = negatives::load_or_mine(&out, r, &train, &corpus, per_question)?;
+            }
+            r.set_max_length(loss.max_passage_tokens)?;
+            let device = r.model().device().clone();
+            adapters.push(attach(r.model_mut(), &config, Part::Retriever, &device, &mut init_rng, &mut params)?);
+        }
+        if mode.trains_generator() {
+            let g = generator
+                .as_mut()
+                .ok_or_else(|| TrainError::Config("this mode trains a generator: none was given".into()))?;
+            let device = g.device().clone();
+            adapters.push(attach(g.model_mut(), &config, Part::Generator, &device, &mut init_rng, &mut params)?);
+        }
+        let optimizer = AdamW::new(params, config.optimizer())?;
+        let mut trainer = Trainer {
+            dropout: DropoutRng::new(config.hyper.seed),
+            loss,
+            config,
+            out,
+            train,
+            held_out,
+            retriever,
+            generator,
+            adapters,
+            optimizer,
+            negatives,
+            step: 0,
+        };
+        match resume {
+            Some(checkpoint) => trainer.restore(&checkpoint)?,
+            None => checkpoint::start_run_folder(&trainer.out, &trainer.config)?,
+        }
+        Ok(trainer)
+    }
+
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.config.total_steps(self.train.len())
+    }
+
+    pub fn retriever(&self) -> Option<&Retriever> {
+        self.retriever.as_ref()
+    }
+
+    pub fn generator(&self) -> Option<&Generator> {
+        self.generator.as_ref()
+    }
+
+    /// Runs to the end (or until the observer breaks), reporting every step.
+    pub fn run(&mut self, observer: &mut dyn FnMut(&TrainEvent) -> ControlFlow<()>) -> Result<Outcome> {
+        match self.run_inner(observer) {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => {
+                let _ = observer(&TrainEvent::Failed { step: self.step, error: error.to_string() });
+                Err(error)
+            }
+        }
+    }
+
+    fn run_inner(&mut self, observer: &mut dyn FnMut(&TrainEvent) -> ControlFlow<()>) -> Result<Outcome> {
+        let started = Instant::now();
+        let total = self.total_steps();
+        let steps_per_epoch = self.config.steps_per_epoch(self.train.len());
+        let resumed_at = (self.step > 0).then_some(self.step);
+        let mut cancel = observer(&TrainEvent::Started {
+            total_steps: total,
+            steps_per_epoch,
+            examples: self.train.len(),
+            resumed_at,
+        })
+        .is_break();
+        let mut last = None;
+        let mut step_times = Vec::new();
+        let (eval_every, checkpoint_every) =
+            (self.config.hyper.eval_every as usize, self.config.hyper.checkpoint_every as usize);
+        while self.step < total && !cancel {
+            let point = self.train_step(total, &step_times)?;
+            step_times.push(point.step_seconds);
+            checkpoint::append_log(&self.out, &point)?;
+            cancel |= observer(&TrainEvent::Step(point)).is_break();
+            last = Some(point);
+            if eval_every > 0 && self.step % eval_every == 0 && !self.held_out.is_empty() {
+                let event = self.held_out_loss()?;
+                cancel |= observer(&event).is_break();
+            }
+            if checkpoint_every > 0 && self.step % checkpoint_every == 0 && self.step < total {
+                let path = self.save_checkpoint()?;
+                cancel |= observer(&TrainEvent::Checkpoint { step: self.step, path }).is_break();
+            }
+        }
+        if cancel && self.step < total {
+            let checkpoint = self.save_checkpoint()?;
+            let _ = observer(&TrainEvent::Cancelled { step: self.step, checkpoint: checkpoint.clone() });
+            return Ok(Outcome::Cancelled { steps: self.step, checkpoint });
+        }
+        let path = self.save_checkpoint()?;
+        let _ = observer(&TrainEvent::Checkpoint { step: self.step, path });
+        self.save_adapters(&self.out)?;
+        let _ = observer(&TrainEvent::Finished {
+            step: self.step,
+            output: self.out.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(Outcome::Finished { steps: self.step, last })
+    }
+
+    /// The training examples of optimiser step `step`, as micro-batches (indices into `train`).
+    fn micro_batches(&self, step: usize) -> Vec<Vec<usize>> {
+        let n = self.train.len();
+        let per_epoch = self.config.steps_per_epoch(n);
+        let (epoch, within) = (step / per_epoch, step % per_epoch);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(mix(self.config.hyper.seed, epoch as u64, 0x0da7a)));
+        let (size, accum) = (self.config.batch_size(), self.config.grad_accum());
+        (0..accum)
+            .map(|m| {
+                let start = (within * accum + m) * size;
+                order[start.min(n)..(start + size).min(n)].to_vec()
+            })
+            .filter(|b| !b.is_empty())
+            .collect()
+    }
+
+    fn train_step(&mut self, total: usize, step_times: &[f64]) -> Result<StepPoint> {
+        let started = Instant::now();
+        let micro_batches = self.micro_batches(self.step);
+        let examples: usize = micro_batches.iter().map(Vec::len).sum();
+        let params: Vec<Var> = self.optimizer.params().iter().map(|(_, v)| v.clone()).collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let (mut loss, mut retriever_loss, mut generator_loss, mut tokens) = (0.0, None, None, 0usize);
+        let models = Models { retriever: self.retriever.as_ref(), generator: self.generator.as_ref() };
+        let seed = self.config.hyper.seed;
+        for (m, indices) in micro_batches.iter().enumerate() {
+            self.dropout.reseed(mix(seed, self.step as u64, m as u64));
+            let batch: Vec<Triple> = indices.iter().map(|&i| self.train[i].clone()).collect();
+            let negatives: Vec<String> = indices.iter().flat_map(|&i| self.negatives[i].iter().cloned()).collect();
+            // Each micro-batch's mean loss weighs by its share of the step's examples, so the
+            // summed gradients are those of the mean over all of them.
+            let share = indices.len() as f64 / examples as f64;
+            let out =
+                batch_gradients(models, &batch, &negatives, &self.loss, Mode::Train(&self.dropout), share, &params)?;
+            for (slot, g) in grads.iter_mut().zip(&out.grads) {
+                if let Some(g) = g {
+                    add_gradient(slot, g)?;
+                }
+            }
+            loss += share * out.loss;
+            if let Some(r) = out.retriever {
+                *retriever_loss.get_or_insert(0.0) += share * r;
+            }
+            if let Some(g) = out.generator {
+                *generator_loss.get_or_insert(0.0) += share * g;
+            }
+            tokens += out.tokens;
+        }
+        let grad_norm = clip_grad_norm(&mut grads, self.config.hyper.max_grad_norm)?;
+        let lr = self.config.schedule(total).lr(self.step);
+        self.optimizer.step(&grads, lr)?;
+        self.step += 1;
+        let seconds = started.elapsed().as_secs_f64();
+        let recent: Vec<f64> = step_times.iter().rev().take(20).copied().chain(std::iter::once(seconds)).collect();
+        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+        Ok(StepPoint {
+            step: self.step as u32,
+            total_steps: total as u32,
+            epoch: ((self.step - 1) / self.config.steps_per_epoch(self.train.len())) as u32,
+            loss,
+            retriever_loss,
+            generator_loss,
+            lr,
+            grad_norm,
+            tokens_per_second: tokens as f64 / seconds.max(1e-9),
+            step_seconds: seconds,
+            eta_seconds: mean * total.saturating_sub(self.step) as f64,
+        })
+    }
+
+    /// The loss on (up to 64) held-out triples, without dropout or update.
+    fn held_out_loss(&self) -> Result<TrainEvent> {
+        let models = Models { retriever: self.retriever.as_ref(), generator: self.generator.as_ref() };
+        let examples: Vec<Triple> = self.held_out.iter().take(64).cloned().collect();
+        let (mut loss, mut retriever_loss, mut generator_loss) = (0.0, None, None);
+        for chunk in examples.chunks(self.config.batch_size()) {
+            let out = batch_gradients(models, chunk, &[], &self.loss, Mode::Inference, 1.0, &[])?;
+            let share = chunk.len() as f64 / examples.len() as f64;
+            loss += share * out.loss;
+            if let Some(r) = out.retriever {
+                *retriever_loss.get_or_insert(0.0) += share * r;
+            }
+            if let Some(g) = out.generator {
+                *generator_loss.get_or_insert(0.0) += share * g;
+            }
+        }
+        Ok(TrainEvent::Eval { step: self.step, loss, retriever_loss, generator_loss, examples: examples.len() })
+    }
+
+    /// Adapters in PEFT's layout: `<dir>/retriever/` and `<dir>/generator/`.
+    fn save_adapters(&self, dir: &Path) -> Result<()> {
+        for adapter in &self.adapters {
+            let config: LoraConfig = self.config.lora(adapter.part);
+            lora::save(&dir.join(adapter.part.dir_name()), &adapter.vars, &config)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoints/step-NNNNNN/`: adapters, optimiser moments, step.
+    fn save_checkpoint(&self) -> Result<PathBuf> {
+        let state = CheckpointState {
+            step: self.step,
+            seed: self.config.hyper.seed,
+            rng: "data order and dropout masks are derived from (seed, step); adapters start from (seed)".into(),
+        };
+        checkpoint::write_checkpoint(&self.out, &state, |dir| {
+            self.save_adapters(dir)?;
+            candle_core::safetensors::save(&self.optimizer.state(), dir.join(OPTIMIZER_FILE))?;
+            Ok(())
+        })
+    }
+
+    /// Loads a checkpoint's adapters and optimiser state, and continues from its step.
+    fn restore(&mut self, checkpoint: &Path) -> Result<()> {
+        let state = checkpoint::read_state(checkpoint, self.config.hyper.seed)?;
+        let bad = |message: String| TrainError::Checkpoint { path: checkpoint.to_owned(), message };
+        for adapter in &mut self.adapters {
+            let name = adapter.part.dir_name();
+            let file = checkpoint.join(name).join(lora::ADAPTER_WEIGHTS);
+            adapter.vars.load(&file).map_err(|e| bad(format!("{name} adapter: {e}")))?;
+        }
+        let device = self.optimizer.params().first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+        let moments = candle_core::safetensors::load(checkpoint.join(OPTIMIZER_FILE), &device)?;
+        self.optimizer.load_state(&moments, state.step)?;
+        self.step = state.step;
+        checkpoint::truncate_log(&self.out, state.step)
+    }
+}
+
+/// A seed for (run seed, a, b): splitmix-style, so nearby steps get unrelated streams.
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// PEFT's initialisation, seeded: `lora_A` uniform in ±1/√fan_in (Kaiming-uniform with a = √5),
+/// `lora_B` zero, so a fresh adapter changes nothing.
+fn seeded_init(vars: &VarMap, rng: &mut StdRng) -> Result<()> {
+    let data = vars.data().lock().map_err(|_| TrainError::Config("adapter variables poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let values: Vec<f32> = if name.contains("lora_A") {
+            let fan_in = var.dims().last().copied().unwrap_or(1) as f32;
+            let bound = 1.0 / fan_in.sqrt();
+            (0..var.elem_count()).map(|_| rng.random_range(-bound..bound)).collect()
+        } else {
+            vec![0.0; var.elem_count()]
+        };
+        let tensor = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&tensor)?;
+    }
+    Ok(())
+}
+
+fn named_vars(vars: &VarMap, prefix: &str) -> Vec<(String, Var)> {
+    let data = vars.data().lock().expect("adapter variables");
+    let mut named: Vec<(String, Var)> = data.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Gradients summed over micro-batches, for tests: the mean-loss gradient of `batch` split into
+/// `accum` micro-batches (exposed so the accumulation can be checked against one big batch).
+#[cfg(test)]
+fn accumulated_gradients(trainer: &Trainer, batch: &[Triple], accum: usize) -> Vec<Tensor> {
+    use std::collections::HashMap;
+    let params: Vec<Var> = trainer.optimizer.params().iter().map(|(_, v)| v.clone()).collect();
+    let models = Models { retriever: trainer.retriever.as_ref(), generator: trainer.generator.as_ref() };
+    let mut sums: HashMap<usize, Tensor> = HashMap::new();
+    let size = batch.len().div_ceil(accum);
+    for chunk in batch.chunks(size) {
+        let out = batch_loss(models, chunk, &[], &trainer.loss, Mode::Inference).unwrap();
+        let share = chunk.len() as f64 / batch.len() as f64;
+        let store = (&out.total * share).unwrap().backward().unwrap();
+        for (i, var) in params.iter().enumerate() {
+            let g = store.get(var).unwrap().clone();
+            let next = match sums.remove(&i) {
+                Some(sum) => (sum + g).unwrap(),
+                None => g,
+            };
+            sums.insert(i, next);
+        }
+    }
+    (0..params.len()).map(|i| sums.remove(&i).unwrap()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+
+    use attune_shared::Hyper;
+
+    use super::*;
+    use crate::train::checkpoint::{LOG_FILE, latest_checkpoint, read_config};
+    use crate::train::config::RunInputs;
+    use crate::train::step::{Marginalization, TrainMode};
+    use crate::train::test_models::tiny_models;
+
+    fn triples(n: usize) -> Vec<Triple> {
+        let passages = ["the cat sat on the mat .", "a dog ran in the park .", "the dogs sat in the park ."];
+        let questions =
+            ["what is the cat ?", "what ran in the park ?", "what sat on the mat ?", "what is in the park ?"];
+        let answers = ["the mat", "a dog", "the cat", "dogs"];
+        (0..n)
+            .map(|i| Triple {
+                question: questions[i % 4].into(),
+                passage: passages[i % 3].into(),
+                answer: answers[(i + 1) % 4].into(),
+            })
+            .collect()
+    }
+
+    fn config(mode: TrainMode) -> TrainConfig {
+        config_with(mode, |_| {})
+    }
+
+    fn config_with(mode: TrainMode, change: impl FnOnce(&mut Hyper)) -> TrainConfig {
+        let mut hyper = Hyper {
+            top_k: 2,
+            marginalization: Marginalization::Sequence,
+            batch_size: 3,
+            epochs: 3,
+            lr: 5e-3,
+            lora_r: 2,
+            lora_alpha: 4.0,
+            lora_dropout: 0.1,
+            retriever_targets: vec!["query".into(), "value".into()],
+            generator_targets: vec!["q_proj".into(), "v_proj".into()],
+            seed: 11,
+            checkpoint_every: 0,
+            eval_every: 0,
+            ..Hyper::default()
+        };
+        change(&mut hyper);
+        let inputs = RunInputs::new(PathBuf::new(), Path::new("models"));
+        let RunInputs { data, columns, retriever, generator, device, dtype } = inputs;
+        TrainConfig { data, columns, retriever, generator, device, dtype, mode, hyper }
+    }
+
+    fn setup(
+        config: TrainConfig,
+        out: &Path,
+        models: BaseModels,
+        train: Vec<Triple>,
+        held_out: Vec<Triple>,
+    ) -> RunSetup {
+        RunSetup { config, out: out.to_owned(), models, train, held_out, corpus: Vec::new(), resume: None }
+    }
+
+    fn trainer(config: TrainConfig, out: &Path, resume: Option<&Path>) -> Trainer {
+        let (retriever, generator, _, _) = tiny_models(DType::F32, 5);
+        let models = BaseModels { retriever: Some(retriever), generator: Some(generator) };
+        let setup =
+            RunSetup { resume: resume.map(Path::to_owned), ..setup(config, out, models, triples(10), triples(4)) };
+        Trainer::new(setup).unwrap()
+    }
+
+    fn losses(events: &[TrainEvent]) -> Vec<f64> {
+        events.iter().filter_map(|e| if let TrainEvent::Step(r) = e { Some(r.loss) } else { None }).collect()
+    }
+
+    #[test]
+    fn e2e_training_reduces_the_loss_and_writes_peft_adapters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = trainer(config_with(TrainMode::E2e, |h| h.epochs = 8), dir.path(), None);
+        let mut events = Vec::new();
+        let outcome = t.run(&mut |e| {
+            events.push(e.clone());
+            ControlFlow::Continue(())
+        });
+        let Ok(Outcome::Finished { steps, .. }) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(steps, 8 * 4, "10 examples in batches of 3: 4 steps an epoch");
+        let l = losses(&events);
+        let (first, last) = (l[..4].iter().sum::<f64>(), l[l.len() - 4..].iter().sum::<f64>());
+        assert!(last < first * 0.9, "loss went from {first} to {last}");
+        assert!(matches!(events.first(), Some(TrainEvent::Started { total_steps: 32, .. })));
+        assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 32, .. })));
+        for part in ["retriever", "generator"] {
+            assert!(dir.path().join(part).join(lora::ADAPTER_WEIGHTS).is_file());
+            assert!(dir.path().join(part).join(lora::ADAPTER_CONFIG).is_file());
+        }
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 32);
+        assert_eq!(read_config(dir.path()).unwrap(), t.config);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run_and_another_seed_another() {
+        let run = |seed: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut t =
+                trainer(config_with(TrainMode::E2e, |h| (h.seed, h.max_steps) = (seed, Some(4))), dir.path(), None);
+            let mut events = Vec::new();
+            t.run(&mut |e| {
+                events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            losses(&events)
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    /// 10 steps straight, and 5 + cancel + resume + 5, end at the same loss (and weights).
+    #[test]
+    fn a_resumed_run_continues_exactly() {
+        let base = config_with(TrainMode::E2e, |h| {
+            (h.max_steps, h.epochs, h.checkpoint_every) = (Some(10), 5, 5);
+        });
+        let straight_dir = tempfile::tempdir().unwrap();
+        let mut straight = trainer(base.clone(), straight_dir.path(), None);
+        let mut straight_events = Vec::new();
+        straight
+            .run(&mut |e| {
+                straight_events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = trainer(base.clone(), dir.path(), None);
+        let mut first_events = Vec::new();
+        let outcome = first
+            .run(&mut |e| {
+                first_events.push(e.clone());
+                if matches!(e, TrainEvent::Checkpoint { step: 5, .. }) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Cancelled { steps: 5, .. }), "{outcome:?}");
+        drop(first);
+        let checkpoint = latest_checkpoint(dir.path()).unwrap();
+        assert!(checkpoint.ends_with("step-000005"));
+        let mut resumed = trainer(read_config(dir.path()).unwrap(), dir.path(), Some(&checkpoint));
+        assert_eq!(resumed.step(), 5);
+        let mut resumed_events = Vec::new();
+        resumed
+            .run(&mut |e| {
+                resumed_events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(matches!(resumed_events.first(), Some(TrainEvent::Started { resumed_at: Some(5), .. })));
+        let mut joined = losses(&first_events);
+        joined.extend(losses(&resumed_events));
+        assert_eq!(joined, losses(&straight_events), "same losses step by step");
+        let weights = |dir: &Path| {
+            candle_core::safetensors::load(dir.join("generator").join(lora::ADAPTER_WEIGHTS), &candle_core::Device::Cpu)
+                .unwrap()
+        };
+        let (a, b) = (weights(straight_dir.path()), weights(dir.path()));
+        for (name, tensor) in &a {
+            let diff = (tensor - &b[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(diff, 0.0, "{name}");
+        }
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 10, "the log has each step once");
+    }
+
+    /// Accumulating 3 micro-batches gives the gradient of the whole batch's mean loss (generator
+    /// mode: examples are independent, so the two must agree exactly up to rounding).
+    #[test]
+    fn gradient_accumulation_really_accumulates() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(config(TrainMode::Generator), dir.path(), None);
+        // Make B non-zero so every adapter weight has a gradient.
+        for (_, var) in t.optimizer.params() {
+            let values: Vec<f32> = (0..var.elem_count()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05).collect();
+            var.set(&Tensor::from_vec(values, var.shape(), var.device()).unwrap()).unwrap();
+        }
+        let batch = triples(6);
+        let whole = accumulated_gradients(&t, &batch, 1);
+        let accumulated = accumulated_gradients(&t, &batch, 3);
+        for (a, b) in whole.iter().zip(&accumulated) {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-5 * scale.max(1.0), "{diff} (scale {scale})");
+        }
+        // Only one micro-batch's worth would be a third of it: clearly different.
+        let one_third = accumulated_gradients(&t, &batch[..2], 1);
+        let diff = (&whole[0] - &one_third[0]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff > 1e-6);
+    }
+
+    #[test]
+    fn every_micro_batch_of_an_epoch_is_seen_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(config_with(TrainMode::Retriever, |h| (h.grad_accum, h.batch_size) = (2, 2)), dir.path(), None);
+        // 10 examples, 4 per step: 3 steps an epoch, the last with one micro-batch of 2.
+        let mut seen: Vec<usize> = (0..3).flat_map(|s| t.micro_batches(s)).flatten().collect();
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(t.micro_batches(2).len(), 1);
+        assert_ne!(t.micro_batches(0), t.micro_batches(3), "each epoch is shuffled anew");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (config, message) in [
+            (config_with(TrainMode::E2e, |h| h.batch_size = 0), "batch size"),
+            (config_with(TrainMode::E2e, |h| h.lr = 0.0), "learning rate"),
+            (config_with(TrainMode::E2e, |h| h.max_steps = Some(0)), "max steps"),
+        ] {
+            let (retriever, generator, _, _) = tiny_models(DType::F32, 5);
+            let models = BaseModels { retriever: Some(retriever), generator: Some(generator) };
+            let error = Trainer::new(setup(config, dir.path(), models, triples(4), vec![])).err().unwrap();
+            assert!(error.to_string().contains(message), "{error}");
+        }
+        let models = BaseModels { retriever: None, generator: None };
+        let error = Trainer::new(setup(config(TrainMode::E2e), dir.path(), models, triples(4), vec![])).err().unwrap();
+        assert!(error.to_string().contains("none was given"), "{error}");
+    }
+}

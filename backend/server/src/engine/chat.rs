@@ -1,0 +1,307 @@
+//! The chat engine: a compute thread of its own (so chat answers while a job trains) that owns the
+//! loaded model pairs and their passage indexes, fed by a command channel. A question is answered
+//! as events: the retrieved passages first, then the answer token by token, then a done event;
+//! a stop flag ends generation early.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use attune_shared::{ChatStats, Citation};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::EngineError;
+use crate::model::generator::{GenerationConfig, Generator};
+use crate::model::retriever::{Retriever, TextRole};
+use crate::rag::index::{ExactIndex, IndexKey, VectorIndex};
+use crate::rag::prompt::{PromptLimits, chat_prompt};
+use crate::store::Store;
+use crate::store::jobs::IndexedPassage;
+
+/// A retriever + generator pair with optional adapters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairSpec {
+    /// `base` or `run:ID`.
+    pub id: String,
+    pub retriever: PathBuf,
+    pub retriever_adapter: Option<PathBuf>,
+    pub generator: PathBuf,
+    pub generator_adapter: Option<PathBuf>,
+}
+
+fn modified(path: &Option<PathBuf>) -> String {
+    let Some(dir) = path else { return String::new() };
+    let file = dir.join(crate::model::lora::ADAPTER_WEIGHTS);
+    let stamp = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+    let nanos = stamp.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+    format!("{}@{}", dir.display(), nanos.unwrap_or(0))
+}
+
+impl PairSpec {
+    /// Names the retriever with its adapter's version: an index built for another is stale.
+    pub fn retriever_key(&self) -> String {
+        format!("{}+{}", self.retriever.display(), modified(&self.retriever_adapter))
+    }
+
+    fn generator_key(&self) -> String {
+        format!("{}+{}", self.generator.display(), modified(&self.generator_adapter))
+    }
+}
+
+/// What answering a question produces, in this order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// The index is being (re)built for this retriever.
+    IndexProgress {
+        done: u64,
+        total: u64,
+    },
+    Passages(Vec<Citation>),
+    Token(String),
+    Done {
+        stopped: bool,
+        answer: String,
+        stats: ChatStats,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// One question.
+pub struct Question {
+    pub pair: PairSpec,
+    pub question: String,
+    /// Earlier (question, answer) turns of this chat.
+    pub history: Vec<(String, String)>,
+    pub top_k: usize,
+    pub stop: Arc<AtomicBool>,
+    pub events: UnboundedSender<ChatEvent>,
+}
+
+/// Passages the prompt carries: the best one, as training (RAG-Sequence, one passage a prompt) and
+/// evaluation use it; the others are shown as citations.
+pub const PASSAGES_IN_PROMPT: usize = 1;
+/// Turns of history the prompt keeps.
+pub const HISTORY_TURNS: usize = 3;
+/// Longest answer in tokens.
+pub const MAX_ANSWER_TOKENS: usize = 256;
+
+enum Command {
+    Ask(Box<Question>),
+}
+
+/// Handle of the chat thread.
+#[derive(Clone, Debug)]
+pub struct ChatEngine {
+    commands: std::sync::mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// Where the chat thread finds passages and keeps indexes.
+pub struct ChatContext {
+    pub store: Store,
+    pub runtime: Handle,
+    /// Indexes are saved under here, one folder per retriever.
+    pub index_dir: PathBuf,
+    pub device_spec: String,
+}
+
+impl ChatEngine {
+    pub fn start(context: ChatContext) -> Result<ChatEngine, EngineError> {
+        let (commands, received) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("attune-chat".into())
+            .spawn(move || {
+                let mut state = ChatThread { context, pairs: Vec::new(), indexes: HashMap::new() };
+                // Ends when every handle is dropped.
+                while let Ok(Command::Ask(question)) = received.recv() {
+                    let events = question.events.clone();
+                    if let Err(e) = state.answer(*question) {
+                        let _ = events.send(ChatEvent::Error { code: e.0, message: e.1 });
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Task(format!("cannot start the chat thread: {e}")))?;
+        Ok(ChatEngine { commands })
+    }
+
+    /// Queues a question; its answer arrives on `question.events`.
+    pub fn ask(&self, question: Question) -> Result<(), EngineError> {
+        self.commands
+            .send(Command::Ask(Box::new(question)))
+            .map_err(|_| EngineError::Task("the chat thread has stopped".into()))
+    }
+}
+
+struct LoadedPair {
+    retriever_key: String,
+    generator_key: String,
+    retriever: Retriever,
+    generator: Generator,
+}
+
+struct LoadedIndex {
+    index: ExactIndex,
+    passages: HashMap<i64, IndexedPassage>,
+}
+
+struct ChatThread {
+    context: ChatContext,
+    /// Most recently used last; at most [`MAX_PAIRS`].
+    pairs: Vec<LoadedPair>,
+    /// By retriever key.
+    indexes: HashMap<String, LoadedIndex>,
+}
+
+/// Model pairs kept loaded (base and tuned side by side).
+const MAX_PAIRS: usize = 2;
+
+type Failure = (&'static str, String);
+
+fn failure<E: std::fmt::Display>(code: &'static str) -> impl Fn(E) -> Failure {
+    move |e| (code, e.to_string())
+}
+
+/// A short, stable folder name for a retriever key.
+fn folder_name(key: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+impl ChatThread {
+    fn pair(&mut self, spec: &PairSpec) -> Result<&LoadedPair, Failure> {
+        let (rk, gk) = (spec.retriever_key(), spec.generator_key());
+        if let Some(at) = self.pairs.iter().position(|p| p.retriever_key == rk && p.generator_key == gk) {
+            let pair = self.pairs.remove(at);
+            self.pairs.push(pair);
+        } else {
+            let device = crate::model::device::select(&self.context.device_spec).map_err(failure("device"))?;
+            let mut retriever = Retriever::load(&spec.retriever, &device).map_err(failure("model_load_failed"))?;
+            if let Some(adapter) = &spec.retriever_adapter {
+                retriever.load_adapter(adapter).map_err(failure("model_load_failed"))?;
+            }
+            let mut generator = Generator::load(&spec.generator, &device).map_err(failure("model_load_failed"))?;
+            if let Some(adapter) = &spec.generator_adapter {
+                generator.load_adapter(adapter).map_err(failure("model_load_failed"))?;
+            }
+            if self.pairs.len() >= MAX_PAIRS {
+                self.pairs.remove(0);
+            }
+            self.pairs.push(LoadedPair { retriever_key: rk, generator_key: gk, retriever, generator });
+        }
+        Ok(self.pairs.last().expect("just pushed"))
+    }
+
+    /// The index for the pair's retriever at the store's current passages: kept, loaded from disk,
+    /// or built (with progress) and saved.
+    fn ensure_index(&mut self, spec: &PairSpec, events: &UnboundedSender<ChatEvent>) -> Result<(), Failure> {
+        let store = self.context.store.clone();
+        let revision = self.context.runtime.block_on(store.corpus_revision()).map_err(failure("store"))?;
+        let key = IndexKey { retriever: spec.retriever_key(), revision };
+        if self.indexes.get(&key.retriever).is_some_and(|i| i.index.key() == &key) {
+            return Ok(());
+        }
+        let passages = self.context.runtime.block_on(store.indexed_passages()).map_err(failure("store"))?;
+        if passages.is_empty() {
+            return Err(("no_passages", "there are no passages to search: upload documents first".into()));
+        }
+        let dir = self.context.index_dir.join(folder_name(&key.retriever));
+        let pair = self.pair(spec)?;
+        let device = pair.retriever.model().device().clone();
+        let index = match ExactIndex::load(&dir, &key, &device) {
+            Ok(Some(index)) => index,
+            loaded => {
+                if let Err(e) = loaded {
+                    tracing::warn!("rebuilding the passage index: {e}");
+                }
+                let texts: Vec<(i64, &str)> = passages.iter().map(|p| (p.id, p.text.as_str())).collect();
+                let index = ExactIndex::build(key.clone(), &pair.retriever, &texts, 32, &mut |done, total| {
+                    let _ = events.send(ChatEvent::IndexProgress { done: done as u64, total: total as u64 });
+                })
+                .map_err(failure("index_failed"))?;
+                if let Err(e) = index.save(&dir) {
+                    tracing::warn!("cannot save the passage index: {e}");
+                }
+                index
+            }
+        };
+        let passages = passages.into_iter().map(|p| (p.id, p)).collect();
+        self.indexes.insert(key.retriever.clone(), LoadedIndex { index, passages });
+        Ok(())
+    }
+
+    fn answer(&mut self, question: Question) -> Result<(), Failure> {
+        let started = Instant::now();
+        let Question { pair: spec, question, history, top_k, stop, events } = question;
+        self.pair(&spec)?;
+        self.ensure_index(&spec, &events)?;
+        let rk = spec.retriever_key();
+        let index = &self.indexes[&rk];
+        let pair = self.pairs.last().expect("loaded above");
+        let query = pair.retriever.embed(&[question.as_str()], TextRole::Query, 1).map_err(failure("model_failed"))?;
+        let hits = index.index.search(&query, top_k.max(1)).map_err(failure("index_failed"))?;
+        let citations: Vec<Citation> = hits
+            .iter()
+            .filter_map(|hit| {
+                let p = index.passages.get(&hit.id)?;
+                Some(Citation {
+                    passage_id: p.id,
+                    document_id: p.document_id,
+                    document: p.document.clone(),
+                    page_start: p.page_start,
+                    page_end: p.page_end,
+                    score: hit.score,
+                    text: p.text.clone(),
+                })
+            })
+            .collect();
+        let retrieval_ms = started.elapsed().as_secs_f64() * 1e3;
+        let _ = events.send(ChatEvent::Passages(citations.clone()));
+        let texts: Vec<&str> = citations.iter().take(PASSAGES_IN_PROMPT).map(|c| c.text.as_str()).collect();
+        let recent = &history[history.len().saturating_sub(HISTORY_TURNS)..];
+        let limits = PromptLimits { max_passage_tokens: 256, ..PromptLimits::default() };
+        let prompt =
+            chat_prompt(&pair.generator, recent, &question, &texts, limits).map_err(failure("model_failed"))?;
+        let ids = pair.generator.encode(&prompt).map_err(failure("model_failed"))?;
+        let config = GenerationConfig { max_new_tokens: MAX_ANSWER_TOKENS, ..GenerationConfig::default() };
+        let mut first_token_at = None;
+        let generation = pair
+            .generator
+            .generate(&ids, &config, |piece| {
+                first_token_at.get_or_insert_with(Instant::now);
+                let gone = events.send(ChatEvent::Token(piece.to_owned())).is_err();
+                if gone || stop.load(Ordering::Relaxed) {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .map_err(failure("model_failed"))?;
+        let tokens = generation.tokens.len() as u32;
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        let decoding = first.elapsed().as_secs_f64();
+        let stats = ChatStats {
+            retrieval_ms,
+            first_token_ms: first.duration_since(started).as_secs_f64() * 1e3,
+            tokens,
+            // Decoding speed: the tokens after the first, over the time since the first.
+            tokens_per_second: if decoding > 0.0 && tokens > 1 { f64::from(tokens - 1) / decoding } else { 0.0 },
+        };
+        let stopped = generation.stop_reason == crate::model::generator::StopReason::Cancelled;
+        let _ = events.send(ChatEvent::Done { stopped, answer: generation.text, stats });
+        Ok(())
+    }
+}

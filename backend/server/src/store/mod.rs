@@ -1,0 +1,102 @@
+//! The SQLite store: the only module that issues SQL.
+//!
+//! The database lives at `<data-dir>/attune.db`, in WAL mode, and its schema grows only
+//! through the migrations embedded from `backend/server/migrations/`.
+
+pub mod corpus;
+pub mod jobs;
+mod settings;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "attune.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {error}")]
+    CreateDataDir { path: PathBuf, error: std::io::Error },
+    #[error("cannot open database {path}: {error}")]
+    Open { path: PathBuf, error: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value under {key:?} is corrupt: {error}")]
+    Corrupt { key: String, error: serde_json::Error },
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// An update named a version that is no longer current; carries the current triple.
+    #[error("this triple was changed by someone else (now at version {})", .0.version)]
+    Conflict(Box<attune_shared::Triple>),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/attune.db` and applies pending migrations.
+    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|error| StoreError::CreateDataDir { path: data_dir.to_owned(), error })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|error| StoreError::Open { path: path.clone(), error })?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|error| StoreError::Open { path: path.clone(), error })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Answers whether the database responds, with the latest applied migration.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// The journal mode SQLite reports (`wal` once opened by [`Store::open`]).
+    pub async fn journal_mode(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&self.pool).await?)
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_creates_database_in_wal_mode_with_migrations_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nested/data")).await.unwrap();
+        assert!(dir.path().join("nested/data").join(DATABASE_FILE).is_file());
+        assert_eq!(store.journal_mode().await.unwrap(), "wal");
+        assert_eq!(store.schema_version().await.unwrap(), 3);
+        store.close().await;
+        // Re-opening applies nothing new and keeps the data.
+        let again = Store::open(&dir.path().join("nested/data")).await.unwrap();
+        assert_eq!(again.schema_version().await.unwrap(), 3);
+    }
+}
