@@ -1,9 +1,13 @@
-//! Calls to the REST API, with the error body turned into words for people.
+//! The REST API as typed calls ([`Api`], held in a Leptos context: every route's URL is built here
+//! and nowhere else), with the error body turned into words for people.
 
 use gloo_net::http::Request;
 use serde::de::DeserializeOwned;
 
-use attune_shared::ErrorBody;
+use attune_shared::{
+    API_PREFIX, BulkAction, BulkResult, Document, ErrorBody, Eval, Health, ImportResult, ModelPair, NewEval, NewRun,
+    NewTriple, Passage, Preset, Run, StepPoint, SynthRequest, SynthRun, TestSetInfo, Triple, TriplePage, TripleUpdate,
+};
 
 use crate::endpoints::bearer;
 
@@ -119,6 +123,186 @@ pub async fn delete(path: &str, token: Option<&str>) -> Result<(), ApiError> {
     let status = response.status();
     let body = response.text().await.map_err(ApiError::unreachable)?;
     Err(ApiError::from_response(status, &body))
+}
+
+/// The API of the server this page came from, with the page's bearer token. `Copy`, so closures
+/// and tasks take it without clones; `provide_context(Api::new(..))` once in the shell, then
+/// [`Api::from_context`] anywhere (a component mounted alone reads the token from the page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Api {
+    /// Leaked once per page load: the token lives as long as the page.
+    token: Option<&'static str>,
+}
+
+/// What a run can be asked to do (`POST /runs/{id}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAction {
+    Cancel,
+    Resume,
+}
+
+impl RunAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunAction::Cancel => "cancel",
+            RunAction::Resume => "resume",
+        }
+    }
+}
+
+/// What becomes of a deleted document's triples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepTriples {
+    Keep,
+    Delete,
+}
+
+fn url(path: &str) -> String {
+    format!("{API_PREFIX}{path}")
+}
+
+fn form_error(e: wasm_bindgen::JsValue) -> ApiError {
+    ApiError::unreachable(format!("{e:?}"))
+}
+
+/// A multipart form holding one file under `field`.
+pub fn file_form(field: &str, file: &web_sys::File) -> Result<web_sys::FormData, ApiError> {
+    let form = web_sys::FormData::new().map_err(form_error)?;
+    form.append_with_blob_and_filename(field, file, &file.name()).map_err(form_error)?;
+    Ok(form)
+}
+
+impl Api {
+    pub fn new(token: Option<String>) -> Api {
+        Api { token: token.map(|t| &*Box::leak(t.into_boxed_str())) }
+    }
+
+    /// The shell's client, or one for this page's token.
+    pub fn from_context() -> Api {
+        leptos::prelude::use_context::<Api>().unwrap_or_else(|| Api::new(crate::token::from_page()))
+    }
+
+    pub fn token(self) -> Option<&'static str> {
+        self.token
+    }
+
+    async fn get<T: DeserializeOwned>(self, path: &str) -> Result<T, ApiError> {
+        get_json(&url(path), self.token).await
+    }
+
+    async fn post<B: serde::Serialize, T: DeserializeOwned>(self, path: &str, body: &B) -> Result<T, ApiError> {
+        post_json(&url(path), body, self.token).await
+    }
+
+    async fn upload<T: DeserializeOwned>(self, path: &str, form: web_sys::FormData) -> Result<T, ApiError> {
+        let (status, text) = post_form(&url(path), form, self.token).await?;
+        parse(status, &text)
+    }
+
+    pub async fn health(self) -> Result<Health, ApiError> {
+        self.get("/health").await
+    }
+
+    pub async fn documents(self) -> Result<Vec<Document>, ApiError> {
+        self.get("/documents").await
+    }
+
+    pub async fn document(self, id: i64) -> Result<Document, ApiError> {
+        self.get(&format!("/documents/{id}")).await
+    }
+
+    pub async fn passages(self, document_id: i64) -> Result<Vec<Passage>, ApiError> {
+        self.get(&format!("/documents/{document_id}/passages")).await
+    }
+
+    /// Where uploads go (sent with XMLHttpRequest for progress, with [`Api::token`]).
+    pub fn documents_url(self) -> String {
+        url("/documents")
+    }
+
+    pub async fn delete_document(self, id: i64, triples: KeepTriples) -> Result<(), ApiError> {
+        let triples = match triples {
+            KeepTriples::Keep => "keep",
+            KeepTriples::Delete => "delete",
+        };
+        delete(&url(&format!("/documents/{id}?triples={triples}")), self.token).await
+    }
+
+    pub async fn start_synthesis(self, request: &SynthRequest) -> Result<SynthRun, ApiError> {
+        self.post("/synth/runs", request).await
+    }
+
+    pub async fn cancel_synthesis(self, run_id: i64) -> Result<SynthRun, ApiError> {
+        self.post(&format!("/synth/runs/{run_id}/cancel"), &serde_json::json!({})).await
+    }
+
+    /// A page of triples; `query` is the filter's query string.
+    pub async fn triples(self, query: &str) -> Result<TriplePage, ApiError> {
+        self.get(&format!("/triples?{query}")).await
+    }
+
+    pub async fn add_triple(self, triple: &NewTriple) -> Result<Triple, ApiError> {
+        self.post("/triples", triple).await
+    }
+
+    pub async fn update_triple(self, id: i64, update: &TripleUpdate) -> Result<Triple, ApiError> {
+        let request = Request::patch(&url(&format!("/triples/{id}")));
+        let (status, text) = send_json(request, update, self.token).await?;
+        parse(status, &text)
+    }
+
+    pub async fn bulk(self, action: &BulkAction) -> Result<BulkResult, ApiError> {
+        self.post("/triples/bulk", action).await
+    }
+
+    pub async fn import_triples(self, file: &web_sys::File) -> Result<ImportResult, ApiError> {
+        self.upload("/triples/import", file_form("file", file)?).await
+    }
+
+    /// The download link of the triples in `format` (`csv`, `jsonl`) with `status`.
+    pub fn export_url(self, format: &str, status: &str) -> String {
+        url(&format!("/triples/export?format={format}&status={status}"))
+    }
+
+    pub async fn presets(self) -> Result<Vec<Preset>, ApiError> {
+        self.get("/train/presets").await
+    }
+
+    pub async fn runs(self) -> Result<Vec<Run>, ApiError> {
+        self.get("/runs").await
+    }
+
+    pub async fn start_run(self, request: &NewRun) -> Result<Run, ApiError> {
+        self.post("/runs", request).await
+    }
+
+    pub async fn run_action(self, id: i64, action: RunAction) -> Result<Run, ApiError> {
+        self.post(&format!("/runs/{id}/{}", action.as_str()), &serde_json::json!({})).await
+    }
+
+    pub async fn run_metrics(self, id: i64) -> Result<Vec<StepPoint>, ApiError> {
+        self.get(&format!("/runs/{id}/metrics")).await
+    }
+
+    pub async fn evals(self) -> Result<Vec<Eval>, ApiError> {
+        self.get("/evals").await
+    }
+
+    pub async fn eval(self, id: i64) -> Result<Eval, ApiError> {
+        self.get(&format!("/evals/{id}")).await
+    }
+
+    pub async fn start_eval(self, request: &NewEval) -> Result<Eval, ApiError> {
+        self.post("/evals", request).await
+    }
+
+    pub async fn upload_test_set(self, file: &web_sys::File) -> Result<TestSetInfo, ApiError> {
+        self.upload("/test-sets", file_form("file", file)?).await
+    }
+
+    pub async fn models(self) -> Result<Vec<ModelPair>, ApiError> {
+        self.get("/models").await
+    }
 }
 
 #[cfg(test)]

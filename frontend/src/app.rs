@@ -5,9 +5,9 @@ use leptos::prelude::*;
 use leptos_router::components::{A, Redirect, Route, Router, Routes};
 use leptos_router::path;
 
-use attune_shared::{API_PREFIX, Health, ModelKind};
+use attune_shared::{Health, ModelKind};
 
-use crate::api::{ApiError, get_json};
+use crate::api::{Api, ApiError};
 use crate::link::{self, Link};
 use crate::pages;
 
@@ -22,17 +22,17 @@ pub const PLACES: [(&str, &str, &str); 5] = [
 
 #[component]
 pub fn App() -> impl IntoView {
-    let token = crate::token::from_page();
-    let link = link::start(token.as_deref());
+    let api = Api::new(crate::token::from_page());
+    provide_context(api);
+    let link = link::start(api.token());
     provide_context(link);
     // Health is fetched on load and again after every reconnection; the last answer stays
     // on screen while a new one is on its way.
     let health = RwSignal::new(None::<Result<Health, ApiError>>);
     Effect::new(move |_| {
         link.connections.track();
-        let token = token.clone();
         leptos::task::spawn_local(async move {
-            health.set(Some(get_json::<Health>(&format!("{API_PREFIX}/health"), token.as_deref()).await));
+            health.set(Some(api.health().await));
         });
     });
 

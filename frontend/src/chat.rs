@@ -5,10 +5,10 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{API_PREFIX, ChatStats, Citation, ClientMessage, ModelPair, ServerMessage};
+use attune_shared::{ChatStats, Citation, ClientMessage, ModelPair, ServerMessage};
 
-use crate::api::get_json;
-use crate::document_view::page_range;
+use crate::api::Api;
+use crate::format::page_range;
 use crate::link::{Link, take};
 
 /// One model pair's answer to one question, as it streams in.
@@ -89,7 +89,7 @@ pub fn stats_words(stats: &ChatStats) -> String {
 
 #[component]
 pub fn ChatPage() -> impl IntoView {
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let link = use_context::<Link>();
     let send = move |message: &ClientMessage| link.is_some_and(|l| l.send(message));
     let pairs = RwSignal::new(Vec::<ModelPair>::new());
@@ -106,7 +106,7 @@ pub fn ChatPage() -> impl IntoView {
     let next_request = StoredValue::new(1u64);
 
     leptos::task::spawn_local(async move {
-        if let Ok(list) = get_json::<Vec<ModelPair>>(&format!("{API_PREFIX}/models"), token.as_deref()).await {
+        if let Ok(list) = api.models().await {
             // Talk to the newest tuned pair by default, and compare it with the base one.
             if let Some(tuned) = list.iter().rev().find(|p| p.run_id.is_some()) {
                 left.set(tuned.id.clone());

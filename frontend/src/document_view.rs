@@ -7,20 +7,11 @@ use std::collections::BTreeSet;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
-use attune_shared::{API_PREFIX, Document, JobStatus, LlmChoice, Passage, SynthRequest, SynthRun};
+use attune_shared::{Document, JobStatus, LlmChoice, Passage, SynthRequest, SynthRun};
 
-use crate::api::{ApiError, get_json, post_json};
-use crate::documents::count;
+use crate::api::{Api, ApiError};
+use crate::format::{count, page_range};
 use crate::link::Link;
-
-/// "pp. 3–4", "p. 7", or nothing.
-pub fn page_range(start: Option<u32>, end: Option<u32>) -> String {
-    match (start, end) {
-        (Some(a), Some(b)) if a != b => format!("pp. {a}–{b}"),
-        (Some(a), _) => format!("p. {a}"),
-        _ => String::new(),
-    }
-}
 
 /// A run's progress in words: passages, kept, filtered, ETA.
 pub fn progress_words(run: &SynthRun, eta_seconds: Option<f64>) -> String {
@@ -63,7 +54,7 @@ fn status_words(status: JobStatus) -> &'static str {
 pub fn DocumentView() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.with(|p| p.get("id").and_then(|id| id.parse::<i64>().ok()));
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let link = use_context::<Link>();
     let document = RwSignal::new(None::<Result<Document, ApiError>>);
     let passages = RwSignal::new(None::<Result<Vec<Passage>, ApiError>>);
@@ -77,14 +68,12 @@ pub fn DocumentView() -> impl IntoView {
     // Bumped when a run ends, so the counts above reload.
     let reloads = RwSignal::new(0u32);
     {
-        let token = token.clone();
         Effect::new(move |_| {
             reloads.track();
             let Some(id) = id() else { return };
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                document.set(Some(get_json(&format!("{API_PREFIX}/documents/{id}"), token.as_deref()).await));
-                passages.set(Some(get_json(&format!("{API_PREFIX}/documents/{id}/passages"), token.as_deref()).await));
+                document.set(Some(api.document(id).await));
+                passages.set(Some(api.passages(id).await));
             });
         });
     }
@@ -103,7 +92,6 @@ pub fn DocumentView() -> impl IntoView {
         });
     }
     let start = {
-        let token = token.clone();
         move |_| {
             let Some(document_id) = id() else { return };
             let llm = if use_server.get_untracked() {
@@ -120,10 +108,9 @@ pub fn DocumentView() -> impl IntoView {
                 prompts: None,
                 limit: None,
             };
-            let token = token.clone();
             start_error.set(None);
             leptos::task::spawn_local(async move {
-                match post_json::<_, SynthRun>(&format!("{API_PREFIX}/synth/runs"), &request, token.as_deref()).await {
+                match api.start_synthesis(&request).await {
                     Ok(started) => run.set(Some((started, None))),
                     Err(error) => start_error.set(Some(error.message)),
                 }
@@ -134,14 +121,10 @@ pub fn DocumentView() -> impl IntoView {
     let adding = RwSignal::new(None::<i64>);
     let added = RwSignal::new(None::<Result<String, String>>);
     let add_triple = {
-        let token = token.clone();
         move |passage_id: i64, question: String, answer: String| {
-            let token = token.clone();
             let new = attune_shared::NewTriple { passage_id, question, answer };
             leptos::task::spawn_local(async move {
-                match post_json::<_, attune_shared::Triple>(&format!("{API_PREFIX}/triples"), &new, token.as_deref())
-                    .await
-                {
+                match api.add_triple(&new).await {
                     Ok(triple) => {
                         adding.set(None);
                         added.set(Some(Ok(format!("Triple {} added, pending review", triple.id))));
@@ -153,13 +136,10 @@ pub fn DocumentView() -> impl IntoView {
         }
     };
     let cancel = {
-        let token = token.clone();
         move |_| {
             let Some(run_id) = run.with_untracked(|r| r.as_ref().map(|(r, _)| r.id)) else { return };
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                let path = format!("{API_PREFIX}/synth/runs/{run_id}/cancel");
-                if let Err(error) = post_json::<_, SynthRun>(&path, &serde_json::json!({}), token.as_deref()).await {
+                if let Err(error) = api.cancel_synthesis(run_id).await {
                     start_error.set(Some(error.message));
                 }
             });

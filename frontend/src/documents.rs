@@ -6,10 +6,11 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 
-use attune_shared::{API_PREFIX, Document, UploadOutcome, UploadResult};
+use attune_shared::{Document, UploadOutcome, UploadResult};
 
-use crate::api::{self, ApiError, get_json};
+use crate::api::{Api, ApiError, KeepTriples};
 use crate::endpoints::bearer;
+use crate::format::count;
 
 /// Where one file's upload stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,11 +42,6 @@ pub fn upload_outcome(status: u16, body: &str) -> UploadState {
     }
 }
 
-/// "1 passage", "12 passages".
-pub fn count(n: u64, noun: &str) -> String {
-    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
-}
-
 /// What deleting `document` does, in words, for the confirmation.
 pub fn deletion_question(document: &Document) -> String {
     let t = document.triples;
@@ -73,11 +69,11 @@ struct UploadRow {
 }
 
 /// Sends one file with XMLHttpRequest (fetch cannot report upload progress).
-fn send_file(file: web_sys::File, token: Option<String>, state: RwSignal<UploadState>, done: Callback<()>) {
+fn send_file(file: web_sys::File, api: Api, state: RwSignal<UploadState>, done: Callback<()>) {
     let result = (|| -> Result<(), wasm_bindgen::JsValue> {
         let xhr = web_sys::XmlHttpRequest::new()?;
-        xhr.open("POST", &format!("{API_PREFIX}/documents"))?;
-        if let Some(token) = &token {
+        xhr.open("POST", &api.documents_url())?;
+        if let Some(token) = api.token() {
             xhr.set_request_header("Authorization", &bearer(token))?;
         }
         let form = web_sys::FormData::new()?;
@@ -113,15 +109,12 @@ fn send_file(file: web_sys::File, token: Option<String>, state: RwSignal<UploadS
 
 #[component]
 pub fn DocumentsPage() -> impl IntoView {
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let documents = RwSignal::new(None::<Result<Vec<Document>, ApiError>>);
     let refresh = {
-        let token = token.clone();
         move || {
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                documents
-                    .set(Some(get_json::<Vec<Document>>(&format!("{API_PREFIX}/documents"), token.as_deref()).await));
+                documents.set(Some(api.documents().await));
             });
         }
     };
@@ -133,13 +126,12 @@ pub fn DocumentsPage() -> impl IntoView {
         move |()| refresh()
     });
     let start_uploads = {
-        let token = token.clone();
         move |files: web_sys::FileList| {
             for i in 0..files.length() {
                 let Some(file) = files.get(i) else { continue };
                 let state = RwSignal::new(UploadState::Sending(0.0));
                 uploads.update(|rows| rows.insert(0, UploadRow { name: file.name(), state }));
-                send_file(file, token.clone(), state, on_uploaded);
+                send_file(file, api, state, on_uploaded);
             }
         }
     };
@@ -165,14 +157,11 @@ pub fn DocumentsPage() -> impl IntoView {
     let confirming = RwSignal::new(None::<Document>);
     let delete_error = RwSignal::new(None::<String>);
     let delete = {
-        let token = token.clone();
         let refresh = refresh.clone();
-        move |document: Document, triples: &'static str| {
-            let token = token.clone();
+        move |document: Document, triples: KeepTriples| {
             let refresh = refresh.clone();
             leptos::task::spawn_local(async move {
-                let path = format!("{API_PREFIX}/documents/{}?triples={triples}", document.id);
-                match api::delete(&path, token.as_deref()).await {
+                match api.delete_document(document.id, triples).await {
                     Ok(()) => {
                         confirming.set(None);
                         delete_error.set(None);
@@ -217,11 +206,11 @@ pub fn DocumentsPage() -> impl IntoView {
                         {move || delete_error.get().map(|e| view! { <p class="error">{e}</p> })}
                         <div class="actions">
                             {has_triples.then(|| view! {
-                                <button class="secondary" on:click=move |_| delete_keep(keep.clone(), "keep")>
+                                <button class="secondary" on:click=move |_| delete_keep(keep.clone(), KeepTriples::Keep)>
                                     "Delete the document, keep its triples"
                                 </button>
                             })}
-                            <button class="danger" on:click=move |_| delete_all(remove.clone(), "delete")>
+                            <button class="danger" on:click=move |_| delete_all(remove.clone(), KeepTriples::Delete)>
                                 {if has_triples { "Delete the document and its triples" } else { "Delete the document" }}
                             </button>
                             <button on:click=move |_| { confirming.set(None); delete_error.set(None); }>"Cancel"</button>

@@ -5,13 +5,11 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{
-    API_PREFIX, Eval, EvalItem, EvalReport, JobStatus, NewEval, Run, ServerMessage, TestSet, TestSetInfo,
-};
+use attune_shared::{Eval, EvalItem, EvalReport, JobStatus, NewEval, Run, ServerMessage, TestSet, TestSetInfo};
 
-use crate::api::{ApiError, get_json, parse, post_form, post_json};
+use crate::api::{Api, ApiError};
+use crate::format::status_label;
 use crate::link::{Link, take};
-use crate::train::status_label;
 
 /// Rows of the metrics table: (label, key in `retrieval`, or `em`/`f1`).
 pub const ROWS: [(&str, &str); 8] = [
@@ -71,7 +69,7 @@ pub fn change(item: &EvalItem, tuned: usize) -> Change {
 
 #[component]
 pub fn EvaluatePage() -> impl IntoView {
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let link = use_context::<Link>();
     let runs = RwSignal::new(Vec::<Run>::new());
     let chosen = RwSignal::new(Vec::<i64>::new());
@@ -85,13 +83,10 @@ pub fn EvaluatePage() -> impl IntoView {
     let filter = RwSignal::new("all");
     let reload = RwSignal::new(0u32);
     {
-        let token = token.clone();
         Effect::new(move |_| {
             reload.track();
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                let t = token.as_deref();
-                if let Ok(list) = get_json::<Vec<Run>>(&format!("{API_PREFIX}/runs"), t).await {
+                if let Ok(list) = api.runs().await {
                     let finished: Vec<Run> = list.into_iter().filter(|r| r.status == JobStatus::Succeeded).collect();
                     if chosen.with_untracked(Vec::is_empty)
                         && let Some(latest) = finished.first()
@@ -100,17 +95,15 @@ pub fn EvaluatePage() -> impl IntoView {
                     }
                     runs.set(finished);
                 }
-                let list = get_json::<Vec<Eval>>(&format!("{API_PREFIX}/evals"), t).await;
+                let list = api.evals().await;
                 evals.set(Some(list));
             });
         });
     }
     let open = {
-        let token = token.clone();
         move |id: i64| {
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                match get_json::<Eval>(&format!("{API_PREFIX}/evals/{id}"), token.as_deref()).await {
+                match api.eval(id).await {
                     Ok(eval) => shown.set(Some(eval)),
                     Err(e) => error.set(Some(e.message)),
                 }
@@ -144,28 +137,20 @@ pub fn EvaluatePage() -> impl IntoView {
         });
     }
     let upload = {
-        let token = token.clone();
         move |e: web_sys::Event| {
             use wasm_bindgen::JsCast;
             let Some(input) = e.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) else { return };
             let Some(file) = input.files().and_then(|f| f.get(0)) else { return };
-            let form = web_sys::FormData::new().expect("FormData");
-            let _ = form.append_with_blob_and_filename("file", &file, &file.name());
-            let token = token.clone();
             error.set(None);
             leptos::task::spawn_local(async move {
-                match post_form(&format!("{API_PREFIX}/test-sets"), form, token.as_deref()).await {
-                    Ok((status, text)) => match parse::<TestSetInfo>(status, &text) {
-                        Ok(info) => test_set.set(Some(info)),
-                        Err(e) => error.set(Some(e.message)),
-                    },
+                match api.upload_test_set(&file).await {
+                    Ok(info) => test_set.set(Some(info)),
                     Err(e) => error.set(Some(e.message)),
                 }
             });
         }
     };
     let start = {
-        let token = token.clone();
         move |_| {
             let set = if use_file.get_untracked() {
                 match test_set.get_untracked() {
@@ -195,10 +180,9 @@ pub fn EvaluatePage() -> impl IntoView {
                 answers: answers.get_untracked(),
                 max_questions,
             };
-            let token = token.clone();
             error.set(None);
             leptos::task::spawn_local(async move {
-                match post_json::<_, Eval>(&format!("{API_PREFIX}/evals"), &request, token.as_deref()).await {
+                match api.start_eval(&request).await {
                     Ok(eval) => {
                         // The WebSocket may have told of it first.
                         evals.update(|list| {

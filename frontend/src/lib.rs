@@ -9,6 +9,7 @@ pub mod document_view;
 pub mod documents;
 pub mod endpoints;
 pub mod evaluate;
+pub mod format;
 pub mod link;
 pub mod pages;
 pub mod token;

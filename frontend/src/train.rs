@@ -4,13 +4,11 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{
-    API_PREFIX, Health, Hyper, JobStatus, ModelKind, NewRun, Preset, Run, ServerMessage, StepPoint, TrainMode,
-    TriplePage,
-};
+use attune_shared::{Health, Hyper, JobStatus, ModelKind, NewRun, Preset, Run, ServerMessage, StepPoint, TrainMode};
 
-use crate::api::{ApiError, get_json, post_json};
+use crate::api::{Api, ApiError, RunAction};
 use crate::chart::{LineChart, Series};
+use crate::format::status_label;
 use crate::link::{Link, take};
 
 /// One hyper-parameter in the form: its key, label, one-line explanation, and how to read and
@@ -124,10 +122,6 @@ pub fn duration_words(seconds: f64) -> String {
     }
 }
 
-pub fn status_label(status: JobStatus) -> &'static str {
-    status.as_str()
-}
-
 fn mode_label(mode: TrainMode) -> &'static str {
     match mode {
         TrainMode::E2e => "retriever + generator",
@@ -149,7 +143,7 @@ fn upsert(runs: &mut Vec<Run>, run: Run) {
 
 #[component]
 pub fn TrainPage() -> impl IntoView {
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let link = use_context::<Link>();
     let presets = RwSignal::new(Vec::<Preset>::new());
     let models = RwSignal::new(None::<Health>);
@@ -169,21 +163,19 @@ pub fn TrainPage() -> impl IntoView {
     let action_error = RwSignal::new(None::<String>);
 
     {
-        let token = token.clone();
         leptos::task::spawn_local(async move {
-            let t = token.as_deref();
-            if let Ok(list) = get_json::<Vec<Preset>>(&format!("{API_PREFIX}/train/presets"), t).await {
+            if let Ok(list) = api.presets().await {
                 if let Some(quick) = list.iter().find(|p| p.id == "quick") {
                     hyper.set(quick.hyper.clone());
                 }
                 presets.set(list);
             }
-            if let Ok(health) = get_json::<Health>(&format!("{API_PREFIX}/health"), t).await {
+            if let Ok(health) = api.health().await {
                 models.set(Some(health));
             }
-            let page = get_json::<TriplePage>(&format!("{API_PREFIX}/triples?status=approved&per_page=1"), t).await;
+            let page = api.triples("status=approved&per_page=1").await;
             approved.set(page.ok().map(|p| p.counts.approved));
-            let list = get_json::<Vec<Run>>(&format!("{API_PREFIX}/runs"), t).await;
+            let list = api.runs().await;
             if let Ok(list) = &list {
                 // Show the run in progress, else the latest one.
                 let pick = list.iter().find(|r| r.status == JobStatus::Running).or(list.first()).map(|r| r.id);
@@ -196,15 +188,12 @@ pub fn TrainPage() -> impl IntoView {
     }
     // The selected run's history of steps.
     {
-        let token = token.clone();
         Effect::new(move |_| {
             let Some(id) = selected.get() else { return };
             points.set(Vec::new());
             logs.set(Vec::new());
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                let path = format!("{API_PREFIX}/runs/{id}/metrics");
-                if let Ok(history) = get_json::<Vec<StepPoint>>(&path, token.as_deref()).await
+                if let Ok(history) = api.run_metrics(id).await
                     && selected.get_untracked() == Some(id)
                 {
                     points.update(|p| {
@@ -285,7 +274,6 @@ pub fn TrainPage() -> impl IntoView {
         }
     };
     let start = {
-        let token = token.clone();
         move |_| {
             if !field_errors.with_untracked(|e| e.is_empty()) {
                 start_error.set(Some("Fix the fields marked in red first.".into()));
@@ -306,9 +294,8 @@ pub fn TrainPage() -> impl IntoView {
                 hyper: h,
             };
             start_error.set(None);
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                match post_json::<_, Run>(&format!("{API_PREFIX}/runs"), &request, token.as_deref()).await {
+                match api.start_run(&request).await {
                     Ok(run) => {
                         let id = run.id;
                         runs.update(|r| match r {
@@ -323,13 +310,10 @@ pub fn TrainPage() -> impl IntoView {
         }
     };
     let act = {
-        let token = token.clone();
-        move |id: i64, action: &'static str| {
-            let token = token.clone();
+        move |id: i64, action: RunAction| {
             action_error.set(None);
             leptos::task::spawn_local(async move {
-                let path = format!("{API_PREFIX}/runs/{id}/{action}");
-                match post_json::<_, Run>(&path, &serde_json::json!({}), token.as_deref()).await {
+                match api.run_action(id, action).await {
                     Ok(run) => runs.update(|r| {
                         if let Some(Ok(list)) = r {
                             upsert(list, run);
@@ -402,73 +386,14 @@ pub fn TrainPage() -> impl IntoView {
                             {move || model_options(ModelKind::Generator).into_iter().map(|m| view! { <option value=m.clone()>{m.clone()}</option> }).collect_view()}
                         </select>
                     </label>
-                    <details class="hyper" open=false>
-                        <summary>"Settings"</summary>
-                        {fields().into_iter().map(|f| {
-                            let Field { key, label, help, get, set } = f;
-                            view! {
-                                <label class="field" class:invalid=move || field_errors.with(|e| e.contains_key(key))>
-                                    <span class="field-label">{label}</span>
-                                    <input type="text" inputmode="decimal" name=key prop:value=move || hyper.with(get)
-                                        on:change=move |e| {
-                                            let text = event_target_value(&e);
-                                            let mut h = hyper.get_untracked();
-                                            match set(&mut h, &text) {
-                                                Ok(()) => {
-                                                    hyper.set(h);
-                                                    preset.set(None);
-                                                    field_errors.update(|errors| { errors.remove(key); });
-                                                }
-                                                Err(message) => field_errors.update(|errors| { errors.insert(key, message); }),
-                                            }
-                                        } />
-                                    <span class="field-help">{help}</span>
-                                    <span class="field-error">{move || field_errors.with(|e| e.get(key).cloned())}</span>
-                                </label>
-                            }
-                        }).collect_view()}
-                    </details>
+                    <HyperFields hyper=hyper preset=preset field_errors=field_errors />
                     <button type="button" class="primary" data-testid="start-run" on:click=start>"Start"</button>
                     {move || start_error.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
                 </form>
                 <div class="run-live" data-testid="run-live">
                     {move || match current() {
                         None => view! { <div class="empty-state"><p>"No run yet: choose a preset and press Start."</p></div> }.into_any(),
-                        Some(run) => {
-                            let id = run.id;
-                            let live = matches!(run.status, JobStatus::Queued | JobStatus::Running);
-                            let resumable = matches!(run.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed);
-                            let total = run.total_steps.max(1);
-                            let last = run.last;
-                            let act_cancel = act.clone();
-                            let act_resume = act.clone();
-                            view! {
-                                <header class="run-head">
-                                    <h2>{run.name.clone()}</h2>
-                                    <span class=format!("badge status-{}", status_label(run.status)) data-testid="run-status">{status_label(run.status)}</span>
-                                    <span class="muted">{format!("{} · {} + {}", mode_label(run.mode), run.retriever, run.generator)}</span>
-                                </header>
-                                <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax=total aria-valuenow=run.step>
-                                    <div class="bar" style=format!("width: {:.1}%", 100.0 * f64::from(run.step) / f64::from(total))></div>
-                                </div>
-                                <dl class="run-figures">
-                                    <div><dt>"Step"</dt><dd data-testid="run-step">{format!("{} / {}", run.step, run.total_steps)}</dd></div>
-                                    <div><dt>"Epoch"</dt><dd>{last.map(|p| (p.epoch + 1).to_string()).unwrap_or("–".into())}</dd></div>
-                                    <div><dt>"Loss"</dt><dd>{last.map(|p| format!("{:.4}", p.loss)).unwrap_or("–".into())}</dd></div>
-                                    <div><dt>"Throughput"</dt><dd>{last.map(|p| format!("{:.0} tokens/s", p.tokens_per_second)).unwrap_or("–".into())}</dd></div>
-                                    <div><dt>"ETA"</dt><dd>{if live { last.map(|p| duration_words(p.eta_seconds)).unwrap_or("–".into()) } else { "–".into() }}</dd></div>
-                                    <div><dt>"Device"</dt><dd>{run.device.clone().unwrap_or("–".into())}</dd></div>
-                                    <div><dt>"Held-out loss"</dt><dd>{run.eval_loss.map(|l| format!("{l:.4}")).unwrap_or("–".into())}</dd></div>
-                                    <div><dt>"Examples"</dt><dd>{format!("{} train, {} held out", run.examples, run.held_out)}</dd></div>
-                                </dl>
-                                {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
-                                <div class="actions">
-                                    {live.then(|| view! { <button type="button" class="danger" data-testid="cancel-run" on:click=move |_| act_cancel(id, "cancel")>"Cancel"</button> })}
-                                    {resumable.then(|| view! { <button type="button" class="primary" data-testid="resume-run" on:click=move |_| act_resume(id, "resume")>"Resume"</button> })}
-                                    {run.checkpoint.clone().map(|c| view! { <span class="muted" title=c.clone()>"last checkpoint saved"</span> })}
-                                </div>
-                            }.into_any()
-                        }
+                        Some(run) => view! { <RunSummary run=run on_action=Callback::new(move |(id, action)| act(id, action)) /> }.into_any(),
                     }}
                     {move || action_error.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
                     <Show when=move || selected.get().is_some()>
@@ -480,33 +405,114 @@ pub fn TrainPage() -> impl IntoView {
                 </div>
             </div>
             <h2>"Runs"</h2>
-            {move || match runs.get() {
-                None => view! { <p class="loading">"Loading runs…"</p> }.into_any(),
-                Some(Err(e)) => view! { <p class="error">{e.message}</p> }.into_any(),
-                Some(Ok(list)) if list.is_empty() => view! { <p class="muted">"No runs yet."</p> }.into_any(),
-                Some(Ok(list)) => view! {
-                    <table class="runs-table" aria-label="Runs">
-                        <thead><tr><th>"Run"</th><th>"Tunes"</th><th>"Status"</th><th>"Steps"</th><th>"Last loss"</th><th>"Held-out loss"</th><th>"Created"</th></tr></thead>
-                        <tbody>
-                            {list.into_iter().map(|run| {
-                                let id = run.id;
-                                view! {
-                                    <tr class:selected=move || selected.get() == Some(id) on:click=move |_| selected.set(Some(id)) tabindex="0">
-                                        <td>{run.name.clone()}</td>
-                                        <td>{mode_label(run.mode)}</td>
-                                        <td><span class=format!("badge status-{}", status_label(run.status))>{status_label(run.status)}</span></td>
-                                        <td>{format!("{} / {}", run.step, run.total_steps)}</td>
-                                        <td>{run.last.map(|p| format!("{:.4}", p.loss)).unwrap_or_default()}</td>
-                                        <td>{run.eval_loss.map(|l| format!("{l:.4}")).unwrap_or_default()}</td>
-                                        <td class="muted">{run.created_at.get(..16).unwrap_or_default().replace('T', " ")}</td>
-                                    </tr>
-                                }
-                            }).collect_view()}
-                        </tbody>
-                    </table>
-                }.into_any(),
-            }}
+            <RunsTable runs=runs selected=selected />
         </section>
+    }
+}
+
+/// Every setting of a run, each with its one-line help; a bad value is marked, not taken.
+#[component]
+fn HyperFields(
+    hyper: RwSignal<Hyper>,
+    preset: RwSignal<Option<String>>,
+    field_errors: RwSignal<std::collections::BTreeMap<&'static str, String>>,
+) -> impl IntoView {
+    view! {
+        <details class="hyper" open=false>
+            <summary>"Settings"</summary>
+            {fields().into_iter().map(|f| {
+                let Field { key, label, help, get, set } = f;
+                view! {
+                    <label class="field" class:invalid=move || field_errors.with(|e| e.contains_key(key))>
+                        <span class="field-label">{label}</span>
+                        <input type="text" inputmode="decimal" name=key prop:value=move || hyper.with(get)
+                            on:change=move |e| {
+                                let text = event_target_value(&e);
+                                let mut h = hyper.get_untracked();
+                                match set(&mut h, &text) {
+                                    Ok(()) => {
+                                        hyper.set(h);
+                                        preset.set(None);
+                                        field_errors.update(|errors| { errors.remove(key); });
+                                    }
+                                    Err(message) => field_errors.update(|errors| { errors.insert(key, message); }),
+                                }
+                            } />
+                        <span class="field-help">{help}</span>
+                        <span class="field-error">{move || field_errors.with(|e| e.get(key).cloned())}</span>
+                    </label>
+                }
+            }).collect_view()}
+        </details>
+    }
+}
+
+/// The selected run: status, progress, its figures, Cancel or Resume.
+#[component]
+fn RunSummary(run: Run, on_action: Callback<(i64, RunAction)>) -> impl IntoView {
+    let id = run.id;
+    let live = matches!(run.status, JobStatus::Queued | JobStatus::Running);
+    let resumable = matches!(run.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed);
+    let total = run.total_steps.max(1);
+    let last = run.last;
+    view! {
+        <header class="run-head">
+            <h2>{run.name.clone()}</h2>
+            <span class=format!("badge status-{}", status_label(run.status)) data-testid="run-status">{status_label(run.status)}</span>
+            <span class="muted">{format!("{} · {} + {}", mode_label(run.mode), run.retriever, run.generator)}</span>
+        </header>
+        <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax=total aria-valuenow=run.step>
+            <div class="bar" style=format!("width: {:.1}%", 100.0 * f64::from(run.step) / f64::from(total))></div>
+        </div>
+        <dl class="run-figures">
+            <div><dt>"Step"</dt><dd data-testid="run-step">{format!("{} / {}", run.step, run.total_steps)}</dd></div>
+            <div><dt>"Epoch"</dt><dd>{last.map(|p| (p.epoch + 1).to_string()).unwrap_or("–".into())}</dd></div>
+            <div><dt>"Loss"</dt><dd>{last.map(|p| format!("{:.4}", p.loss)).unwrap_or("–".into())}</dd></div>
+            <div><dt>"Throughput"</dt><dd>{last.map(|p| format!("{:.0} tokens/s", p.tokens_per_second)).unwrap_or("–".into())}</dd></div>
+            <div><dt>"ETA"</dt><dd>{if live { last.map(|p| duration_words(p.eta_seconds)).unwrap_or("–".into()) } else { "–".into() }}</dd></div>
+            <div><dt>"Device"</dt><dd>{run.device.clone().unwrap_or("–".into())}</dd></div>
+            <div><dt>"Held-out loss"</dt><dd>{run.eval_loss.map(|l| format!("{l:.4}")).unwrap_or("–".into())}</dd></div>
+            <div><dt>"Examples"</dt><dd>{format!("{} train, {} held out", run.examples, run.held_out)}</dd></div>
+        </dl>
+        {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
+        <div class="actions">
+            {live.then(|| view! { <button type="button" class="danger" data-testid="cancel-run" on:click=move |_| on_action.run((id, RunAction::Cancel))>"Cancel"</button> })}
+            {resumable.then(|| view! { <button type="button" class="primary" data-testid="resume-run" on:click=move |_| on_action.run((id, RunAction::Resume))>"Resume"</button> })}
+            {run.checkpoint.clone().map(|c| view! { <span class="muted" title=c.clone()>"last checkpoint saved"</span> })}
+        </div>
+    }
+}
+
+/// Every run with its status and headline figures; a click selects one.
+#[component]
+fn RunsTable(runs: RwSignal<Option<Result<Vec<Run>, ApiError>>>, selected: RwSignal<Option<i64>>) -> impl IntoView {
+    view! {
+        {move || match runs.get() {
+            None => view! { <p class="loading">"Loading runs…"</p> }.into_any(),
+            Some(Err(e)) => view! { <p class="error">{e.message}</p> }.into_any(),
+            Some(Ok(list)) if list.is_empty() => view! { <p class="muted">"No runs yet."</p> }.into_any(),
+            Some(Ok(list)) => view! {
+                <table class="runs-table" aria-label="Runs">
+                    <thead><tr><th>"Run"</th><th>"Tunes"</th><th>"Status"</th><th>"Steps"</th><th>"Last loss"</th><th>"Held-out loss"</th><th>"Created"</th></tr></thead>
+                    <tbody>
+                        {list.into_iter().map(|run| {
+                            let id = run.id;
+                            view! {
+                                <tr class:selected=move || selected.get() == Some(id) on:click=move |_| selected.set(Some(id)) tabindex="0">
+                                    <td>{run.name.clone()}</td>
+                                    <td>{mode_label(run.mode)}</td>
+                                    <td><span class=format!("badge status-{}", status_label(run.status))>{status_label(run.status)}</span></td>
+                                    <td>{format!("{} / {}", run.step, run.total_steps)}</td>
+                                    <td>{run.last.map(|p| format!("{:.4}", p.loss)).unwrap_or_default()}</td>
+                                    <td>{run.eval_loss.map(|l| format!("{l:.4}")).unwrap_or_default()}</td>
+                                    <td class="muted">{run.created_at.get(..16).unwrap_or_default().replace('T', " ")}</td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            }.into_any(),
+        }}
     }
 }
 

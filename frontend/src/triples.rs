@@ -8,24 +8,74 @@ use std::collections::BTreeSet;
 
 use leptos::prelude::*;
 
-use attune_shared::{
-    API_PREFIX, BulkAction, BulkResult, Document, ImportResult, Triple, TripleMatch, TripleOrigin, TriplePage,
-    TripleStatus, TripleUpdate,
-};
+use attune_shared::{BulkAction, Document, Triple, TripleMatch, TripleOrigin, TriplePage, TripleStatus, TripleUpdate};
 
-use crate::api::{ApiError, get_json, parse, post_form, post_json, send_json};
+use crate::api::{Api, ApiError};
 use crate::endpoints::encode_query_value;
 
 pub const PER_PAGE: u32 = 25;
+
+/// The listing's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    #[default]
+    Oldest,
+    Newest,
+    Updated,
+    Question,
+}
+
+impl Sort {
+    pub const ALL: [Sort; 4] = [Sort::Oldest, Sort::Newest, Sort::Updated, Sort::Question];
+
+    /// The name the API takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sort::Oldest => "oldest",
+            Sort::Newest => "newest",
+            Sort::Updated => "updated",
+            Sort::Question => "question",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Oldest => "oldest first",
+            Sort::Newest => "newest first",
+            Sort::Updated => "recently changed",
+            Sort::Question => "question A–Z",
+        }
+    }
+
+    pub fn parse(name: &str) -> Sort {
+        Sort::ALL.into_iter().find(|s| s.as_str() == name).unwrap_or_default()
+    }
+}
+
+/// The field of a triple being edited in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Question,
+    Answer,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Question => "question",
+            Field::Answer => "answer",
+        }
+    }
+}
 
 /// What the table shows.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Filter {
     pub status: Option<TripleStatus>,
     pub document_id: Option<i64>,
-    pub origin: Option<String>,
+    pub origin: Option<TripleOrigin>,
     pub search: String,
-    pub sort: String,
+    pub sort: Sort,
     pub page: u32,
 }
 
@@ -39,14 +89,14 @@ impl Filter {
         if let Some(document) = self.document_id {
             parts.push(format!("document_id={document}"));
         }
-        if let Some(origin) = &self.origin {
-            parts.push(format!("origin={origin}"));
+        if let Some(origin) = self.origin {
+            parts.push(format!("origin={}", origin.as_str()));
         }
         if !self.search.trim().is_empty() {
             parts.push(format!("q={}", encode_query_value(self.search.trim())));
         }
-        if !self.sort.is_empty() {
-            parts.push(format!("sort={}", self.sort));
+        if self.sort != Sort::default() {
+            parts.push(format!("sort={}", self.sort.as_str()));
         }
         parts.join("&")
     }
@@ -58,7 +108,7 @@ impl Filter {
         TripleMatch {
             status: self.status,
             document_id: self.document_id,
-            origin: self.origin.as_deref().and_then(TripleOrigin::parse),
+            origin: self.origin,
             q: (!self.search.trim().is_empty()).then(|| self.search.trim().to_owned()),
         }
     }
@@ -140,12 +190,12 @@ fn status_label(status: TripleStatus) -> &'static str {
 
 #[component]
 pub fn TriplesPage() -> impl IntoView {
-    let token = crate::token::from_page();
+    let api = Api::from_context();
     let filter = RwSignal::new(Filter { page: 1, ..Filter::default() });
     let page = RwSignal::new(None::<Result<TriplePage, ApiError>>);
     let cursor = RwSignal::new(0usize);
     let expanded = RwSignal::new(None::<i64>);
-    let editing = RwSignal::new(None::<(i64, &'static str)>);
+    let editing = RwSignal::new(None::<(i64, Field)>);
     let selected = RwSignal::new(BTreeSet::<i64>::new());
     let notice = RwSignal::new(None::<(bool, String)>);
     let conflict = RwSignal::new(None::<Conflict>);
@@ -154,27 +204,24 @@ pub fn TriplesPage() -> impl IntoView {
     // The last saved edit and the update that undoes it.
     let last_edit = RwSignal::new(None::<(i64, TripleUpdate)>);
     // Text of an edit the server refused: the field reopens with it.
-    let draft = RwSignal::new(None::<(i64, &'static str, String)>);
+    let draft = RwSignal::new(None::<(i64, Field, String)>);
     // Every triple matching the filter is selected (not only the listed ids).
     let all_matching = RwSignal::new(false);
     let confirm_delete = RwSignal::new(false);
     let documents = RwSignal::new(Vec::<Document>::new());
     {
-        let token = token.clone();
         leptos::task::spawn_local(async move {
-            if let Ok(list) = get_json::<Vec<Document>>(&format!("{API_PREFIX}/documents"), token.as_deref()).await {
+            if let Ok(list) = api.documents().await {
                 documents.set(list);
             }
         });
     }
     {
-        let token = token.clone();
         Effect::new(move |_| {
             reloads.track();
             let query = filter.with(Filter::query);
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                let result = get_json::<TriplePage>(&format!("{API_PREFIX}/triples?{query}"), token.as_deref()).await;
+                let result = api.triples(&query).await;
                 if let Ok(p) = &result {
                     cursor.update(|c| *c = (*c).min(p.items.len().saturating_sub(1)));
                 }
@@ -187,16 +234,13 @@ pub fn TriplesPage() -> impl IntoView {
         move || page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.clone()).unwrap_or_default());
 
     let save = {
-        let token = token.clone();
         move |update: TripleUpdate, id: i64| {
-            let token = token.clone();
             let before = page.with_untracked(|p| {
                 p.as_ref().and_then(|r| r.as_ref().ok()).and_then(|p| p.items.iter().find(|t| t.id == id).cloned())
             });
             leptos::task::spawn_local(async move {
-                let request = gloo_net::http::Request::patch(&format!("{API_PREFIX}/triples/{id}"));
                 let status_changed = update.status.is_some();
-                match send_json(request, &update, token.as_deref()).await.and_then(|(s, t)| parse::<Triple>(s, &t)) {
+                match api.update_triple(id, &update).await {
                     Ok(saved) if status_changed => {
                         // The counts per status move too: read the page again.
                         last_edit.set(before.map(|b| (id, inverse(&b, &update, saved.version))));
@@ -222,9 +266,9 @@ pub fn TriplesPage() -> impl IntoView {
                     Err(error) => {
                         // Keep what was typed: reopen the field with it.
                         let field = if update.question.is_some() {
-                            Some("question")
+                            Some(Field::Question)
                         } else if update.answer.is_some() {
-                            Some("answer")
+                            Some(Field::Answer)
                         } else {
                             None
                         };
@@ -249,12 +293,9 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
     let bulk = {
-        let token = token.clone();
         move |action: BulkAction| {
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                match post_json::<_, BulkResult>(&format!("{API_PREFIX}/triples/bulk"), &action, token.as_deref()).await
-                {
+                match api.bulk(&action).await {
                     Ok(result) => {
                         notice.set(Some((true, format!("{} triples changed", result.changed))));
                         selected.set(BTreeSet::new());
@@ -328,7 +369,7 @@ pub fn TriplesPage() -> impl IntoView {
                 KeyAction::Approve => set_status(TripleStatus::Approved),
                 KeyAction::Reject => set_status(TripleStatus::Rejected),
                 KeyAction::Reset => set_status(TripleStatus::Pending),
-                KeyAction::Edit => editing.set(current.map(|id| (id, "answer"))),
+                KeyAction::Edit => editing.set(current.map(|id| (id, Field::Answer))),
                 KeyAction::Toggle => {
                     if let Some(id) = current {
                         selected.update(|s| {
@@ -350,7 +391,6 @@ pub fn TriplesPage() -> impl IntoView {
     };
 
     let import = {
-        let token = token.clone();
         move |event: web_sys::Event| {
             let Some(input) =
                 event.target().and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlInputElement>(t).ok())
@@ -359,18 +399,8 @@ pub fn TriplesPage() -> impl IntoView {
             };
             let Some(file) = input.files().and_then(|f| f.get(0)) else { return };
             input.set_value("");
-            let token = token.clone();
             leptos::task::spawn_local(async move {
-                let result = async {
-                    let form = web_sys::FormData::new().map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
-                    form.append_with_blob_and_filename("file", &file, &file.name())
-                        .map_err(|e| ApiError::unreachable(format!("{e:?}")))?;
-                    let (status, text) =
-                        post_form(&format!("{API_PREFIX}/triples/import"), form, token.as_deref()).await?;
-                    parse::<ImportResult>(status, &text)
-                }
-                .await;
-                match result {
+                match api.import_triples(&file).await {
                     Ok(r) => {
                         notice.set(Some((
                             true,
@@ -384,161 +414,29 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
 
-    let export_href = move |format: &str| {
-        let status = filter.with(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
-        format!("{API_PREFIX}/triples/export?format={format}&status={status}")
-    };
-
     view! {
         <section class="page triples" tabindex="0" on:keydown=on_key>
             <h1>"Triples"</h1>
             <p class="lead">"Question, passage and answer triples: the training data, reviewed by you. Press ? for the keys."</p>
-            <div class="toolbar" role="toolbar" aria-label="Filters">
-                <div class="status-tabs" role="group" aria-label="Status">
-                    {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected)]
-                        .into_iter()
-                        .map(|status| {
-                            let label = move || {
-                                let counts = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
-                                let (name, n) = match status {
-                                    None => ("all", counts.pending + counts.approved + counts.rejected),
-                                    Some(s) => (status_label(s), match s {
-                                        TripleStatus::Pending => counts.pending,
-                                        TripleStatus::Approved => counts.approved,
-                                        TripleStatus::Rejected => counts.rejected,
-                                    }),
-                                };
-                                format!("{name} ({n})")
-                            };
-                            view! {
-                                <button
-                                    class="tab"
-                                    aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
-                                    on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
-                                >{label}</button>
-                            }
-                        })
-                        .collect_view()}
-                </div>
-                <label>"Document "
-                    <select on:change=move |e| {
-                        let value = event_target_value(&e);
-                        filter.update(|f| { f.document_id = value.parse().ok(); f.page = 1; });
-                    }>
-                        <option value="">"any"</option>
-                        {move || documents.get().into_iter().map(|d| view! {
-                            <option value=d.id.to_string()>{d.name}</option>
-                        }).collect_view()}
-                    </select>
-                </label>
-                <label>"Origin "
-                    <select on:change=move |e| {
-                        let value = event_target_value(&e);
-                        filter.update(|f| { f.origin = (!value.is_empty()).then_some(value); f.page = 1; });
-                    }>
-                        <option value="">"any"</option>
-                        <option value="synthetic">"synthetic"</option>
-                        <option value="imported">"imported"</option>
-                        <option value="manual">"manual"</option>
-                    </select>
-                </label>
-                <label>"Sort "
-                    <select on:change=move |e| filter.update(|f| { f.sort = event_target_value(&e); f.page = 1; })>
-                        <option value="oldest">"oldest first"</option>
-                        <option value="newest">"newest first"</option>
-                        <option value="updated">"recently changed"</option>
-                        <option value="question">"question A–Z"</option>
-                    </select>
-                </label>
-                <input type="search" placeholder="Search questions, answers, passages" aria-label="Search"
-                    on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
-            </div>
-            <div class="toolbar" role="toolbar" aria-label="Actions">
-                <span class="muted" data-testid="selection">{move || {
-                    if all_matching.get() { format!("all {} matching selected", selection_size()) } else { format!("{} selected", selection_size()) }
-                }}</span>
-                <button on:click={
-                    let bulk_status = bulk_status.clone();
-                    move |_| bulk_status(TripleStatus::Approved)
-                } disabled=move || selection_size() == 0>"Approve selected"</button>
-                <button on:click={
-                    let bulk_status = bulk_status.clone();
-                    move |_| bulk_status(TripleStatus::Rejected)
-                } disabled=move || selection_size() == 0>"Reject selected"</button>
-                <button on:click={
-                    let bulk_status = bulk_status.clone();
-                    move |_| bulk_status(TripleStatus::Pending)
-                } disabled=move || selection_size() == 0>"Reset selected"</button>
-                <button class="danger" on:click=move |_| confirm_delete.set(true) disabled=move || selection_size() == 0>"Delete selected"</button>
-                <button on:click=move |_| { all_matching.set(false); selected.set(items().iter().map(|t| t.id).collect()); }>"Select this page"</button>
-                <button on:click=move |_| all_matching.set(true)>{move || format!(
-                    "Select all {} matching",
-                    page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.total)).unwrap_or(0)
-                )}</button>
-                <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
-                <button on:click={
-                    let undo = undo.clone();
-                    move |_| undo()
-                } disabled=move || last_edit.with(|e| e.is_none())>"Undo last edit"</button>
-                <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
-                <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
-                <label class="button">"Import…"
-                    <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=import />
-                </label>
-            </div>
-            {
-                let bulk_delete = bulk_delete.clone();
-                move || confirm_delete.get().then(|| {
-                    let bulk_delete = bulk_delete.clone();
-                    view! {
-                        <div class="confirm" role="alertdialog" aria-label="Confirm deletion">
-                            <p>{format!("Delete {} triples? This cannot be undone.", selection_size())}</p>
-                            <div class="actions">
-                                <button class="danger" on:click=move |_| bulk_delete()>"Delete them"</button>
-                                <button on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
-                            </div>
-                        </div>
-                    }
-                })
-            }
+            <FilterBar filter=filter page=page documents=documents />
+            <BulkBar
+                filter=filter
+                page=page
+                selected=selected
+                all_matching=all_matching
+                confirm_delete=confirm_delete
+                selection_size=Signal::derive(selection_size)
+                can_undo=Signal::derive(move || last_edit.with(|e| e.is_some()))
+                on_status=Callback::new(bulk_status)
+                on_delete=Callback::new(move |()| bulk_delete())
+                on_undo=Callback::new(move |()| undo())
+                on_import=Callback::new(import)
+            />
             {move || notice.get().map(|(ok, text)| view! {
                 <p class=if ok { "notice ok" } else { "notice error" } role="status">{text}</p>
             })}
-            {
-                let save = save.clone();
-                move || conflict.get().map(|c| {
-                let theirs = c.theirs.clone();
-                let mine = c.mine.clone();
-                let save = save.clone();
-                let keep_mine = TripleUpdate { version: theirs.version, ..mine.clone() };
-                view! {
-                    <div class="conflict" role="alertdialog" aria-label="Edit conflict">
-                        <p><strong>"This triple was changed by someone else while you edited it."</strong></p>
-                        <div class="versions">
-                            <div><h3>"Yours"</h3>
-                                <p>{mine.question.clone().unwrap_or_else(|| theirs.question.clone())}</p>
-                                <p>{mine.answer.clone().unwrap_or_else(|| theirs.answer.clone())}</p></div>
-                            <div><h3>{format!("Theirs (version {})", theirs.version)}</h3>
-                                <p>{theirs.question.clone()}</p><p>{theirs.answer.clone()}</p></div>
-                        </div>
-                        <button class="primary" on:click=move |_| { save(keep_mine.clone(), theirs.id); conflict.set(None); }>"Keep mine"</button>
-                        <button on:click=move |_| { conflict.set(None); reload(); }>"Take theirs"</button>
-                    </div>
-                }
-            })}
-            <Show when=move || help.get()>
-                <div class="help" role="dialog" aria-label="Keyboard shortcuts">
-                    <h2>"Keys"</h2>
-                    <dl>
-                        <dt>"j / ↓, k / ↑"</dt><dd>"next, previous row"</dd>
-                        <dt>"a, r, u"</dt><dd>"approve, reject, reset to pending"</dd>
-                        <dt>"e"</dt><dd>"edit the answer (Enter saves, Esc cancels)"</dd>
-                        <dt>"x"</dt><dd>"select the row"</dd>
-                        <dt>"z"</dt><dd>"undo the last edit"</dd>
-                        <dt>"?"</dt><dd>"this help; Esc closes it"</dd>
-                    </dl>
-                </div>
-            </Show>
+            <ConflictDialog conflict=conflict on_keep=Callback::new(move |(update, id)| save(update, id)) on_theirs=Callback::new(move |()| reload()) />
+            <KeyHelp open=help />
             {move || match page.get() {
                 None => view! { <p class="loading">"Loading triples…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error">{format!("Cannot list triples: {}", error.message)}</p> }.into_any(),
@@ -547,7 +445,6 @@ pub fn TriplesPage() -> impl IntoView {
                 }.into_any(),
                 Some(Ok(p)) => {
                     let pages = p.total.div_ceil(u64::from(PER_PAGE)).max(1);
-                    let (first_page, last_page) = (p.page <= 1, u64::from(p.page) >= pages);
                     view! {
                         <table class="triples-table" aria-label="Triples">
                             <thead><tr>
@@ -561,15 +458,204 @@ pub fn TriplesPage() -> impl IntoView {
                                 }).collect_view()}
                             </tbody>
                         </table>
-                        <nav class="pager" aria-label="Pages">
-                            <button disabled=first_page on:click=move |_| filter.update(|f| f.page -= 1)>"Previous"</button>
-                            <span>{format!("page {} of {} · {} triples", p.page, pages, p.total)}</span>
-                            <button disabled=last_page on:click=move |_| filter.update(|f| f.page += 1)>"Next"</button>
-                        </nav>
+                        <Pager filter=filter page=p.page pages=pages total=p.total />
                     }.into_any()
                 }
             }}
         </section>
+    }
+}
+
+/// The listing's filters: status tabs with counts, document, origin, sort and search.
+#[component]
+fn FilterBar(
+    filter: RwSignal<Filter>,
+    page: RwSignal<Option<Result<TriplePage, ApiError>>>,
+    documents: RwSignal<Vec<Document>>,
+) -> impl IntoView {
+    view! {
+        <div class="toolbar" role="toolbar" aria-label="Filters">
+            <div class="status-tabs" role="group" aria-label="Status">
+                {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected)]
+                    .into_iter()
+                    .map(|status| {
+                        let label = move || {
+                            let counts = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
+                            let (name, n) = match status {
+                                None => ("all", counts.pending + counts.approved + counts.rejected),
+                                Some(s) => (status_label(s), match s {
+                                    TripleStatus::Pending => counts.pending,
+                                    TripleStatus::Approved => counts.approved,
+                                    TripleStatus::Rejected => counts.rejected,
+                                }),
+                            };
+                            format!("{name} ({n})")
+                        };
+                        view! {
+                            <button
+                                class="tab"
+                                aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
+                                on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
+                            >{label}</button>
+                        }
+                    })
+                    .collect_view()}
+            </div>
+            <label>"Document "
+                <select on:change=move |e| {
+                    let value = event_target_value(&e);
+                    filter.update(|f| { f.document_id = value.parse().ok(); f.page = 1; });
+                }>
+                    <option value="">"any"</option>
+                    {move || documents.get().into_iter().map(|d| view! {
+                        <option value=d.id.to_string()>{d.name}</option>
+                    }).collect_view()}
+                </select>
+            </label>
+            <label>"Origin "
+                <select on:change=move |e| {
+                    let origin = TripleOrigin::parse(&event_target_value(&e));
+                    filter.update(|f| { f.origin = origin; f.page = 1; });
+                }>
+                    <option value="">"any"</option>
+                    {[TripleOrigin::Synthetic, TripleOrigin::Imported, TripleOrigin::Manual].into_iter().map(|o| view! {
+                        <option value=o.as_str()>{o.as_str()}</option>
+                    }).collect_view()}
+                </select>
+            </label>
+            <label>"Sort "
+                <select on:change=move |e| {
+                    let sort = Sort::parse(&event_target_value(&e));
+                    filter.update(|f| { f.sort = sort; f.page = 1; });
+                }>
+                    {Sort::ALL.into_iter().map(|o| view! { <option value=o.as_str()>{o.label()}</option> }).collect_view()}
+                </select>
+            </label>
+            <input type="search" placeholder="Search questions, answers, passages" aria-label="Search"
+                on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
+        </div>
+    }
+}
+
+/// Selection and what to do with it (approve, reject, reset, delete), undo, export and import.
+#[component]
+fn BulkBar(
+    filter: RwSignal<Filter>,
+    page: RwSignal<Option<Result<TriplePage, ApiError>>>,
+    selected: RwSignal<BTreeSet<i64>>,
+    all_matching: RwSignal<bool>,
+    confirm_delete: RwSignal<bool>,
+    selection_size: Signal<usize>,
+    can_undo: Signal<bool>,
+    on_status: Callback<TripleStatus>,
+    on_delete: Callback<()>,
+    on_undo: Callback<()>,
+    on_import: Callback<web_sys::Event>,
+) -> impl IntoView {
+    let api = Api::from_context();
+    let export_href = move |format: &str| {
+        let status = filter.with(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
+        api.export_url(format, status)
+    };
+    let page_ids = move || {
+        page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.iter().map(|t| t.id).collect()))
+            .unwrap_or_default()
+    };
+    let none = move || selection_size.get() == 0;
+    view! {
+        <div class="toolbar" role="toolbar" aria-label="Actions">
+            <span class="muted" data-testid="selection">{move || {
+                if all_matching.get() { format!("all {} matching selected", selection_size.get()) } else { format!("{} selected", selection_size.get()) }
+            }}</span>
+            <button on:click=move |_| on_status.run(TripleStatus::Approved) disabled=none>"Approve selected"</button>
+            <button on:click=move |_| on_status.run(TripleStatus::Rejected) disabled=none>"Reject selected"</button>
+            <button on:click=move |_| on_status.run(TripleStatus::Pending) disabled=none>"Reset selected"</button>
+            <button class="danger" on:click=move |_| confirm_delete.set(true) disabled=none>"Delete selected"</button>
+            <button on:click=move |_| { all_matching.set(false); selected.set(page_ids()); }>"Select this page"</button>
+            <button on:click=move |_| all_matching.set(true)>{move || format!(
+                "Select all {} matching",
+                page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.total)).unwrap_or(0)
+            )}</button>
+            <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
+            <button on:click=move |_| on_undo.run(()) disabled=move || !can_undo.get()>"Undo last edit"</button>
+            <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
+            <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
+            <label class="button">"Import…"
+                <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=move |e| on_import.run(e) />
+            </label>
+        </div>
+        {move || confirm_delete.get().then(|| view! {
+            <div class="confirm" role="alertdialog" aria-label="Confirm deletion">
+                <p>{format!("Delete {} triples? This cannot be undone.", selection_size.get_untracked())}</p>
+                <div class="actions">
+                    <button class="danger" on:click=move |_| on_delete.run(())>"Delete them"</button>
+                    <button on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
+                </div>
+            </div>
+        })}
+    }
+}
+
+/// An edit someone else beat: both versions, keep mine or take theirs.
+#[component]
+fn ConflictDialog(
+    conflict: RwSignal<Option<Conflict>>,
+    on_keep: Callback<(TripleUpdate, i64)>,
+    on_theirs: Callback<()>,
+) -> impl IntoView {
+    move || {
+        conflict.get().map(|c| {
+            let theirs = c.theirs.clone();
+            let mine = c.mine.clone();
+            let keep_mine = TripleUpdate { version: theirs.version, ..mine.clone() };
+            view! {
+                <div class="conflict" role="alertdialog" aria-label="Edit conflict">
+                    <p><strong>"This triple was changed by someone else while you edited it."</strong></p>
+                    <div class="versions">
+                        <div><h3>"Yours"</h3>
+                            <p>{mine.question.clone().unwrap_or_else(|| theirs.question.clone())}</p>
+                            <p>{mine.answer.clone().unwrap_or_else(|| theirs.answer.clone())}</p></div>
+                        <div><h3>{format!("Theirs (version {})", theirs.version)}</h3>
+                            <p>{theirs.question.clone()}</p><p>{theirs.answer.clone()}</p></div>
+                    </div>
+                    <button class="primary" on:click=move |_| { on_keep.run((keep_mine.clone(), theirs.id)); conflict.set(None); }>"Keep mine"</button>
+                    <button on:click=move |_| { conflict.set(None); on_theirs.run(()); }>"Take theirs"</button>
+                </div>
+            }
+        })
+    }
+}
+
+/// The keyboard shortcuts, shown with `?`.
+#[component]
+fn KeyHelp(open: RwSignal<bool>) -> impl IntoView {
+    view! {
+        <Show when=move || open.get()>
+            <div class="help" role="dialog" aria-label="Keyboard shortcuts">
+                <h2>"Keys"</h2>
+                <dl>
+                    <dt>"j / ↓, k / ↑"</dt><dd>"next, previous row"</dd>
+                    <dt>"a, r, u"</dt><dd>"approve, reject, reset to pending"</dd>
+                    <dt>"e"</dt><dd>"edit the answer (Enter saves, Esc cancels)"</dd>
+                    <dt>"x"</dt><dd>"select the row"</dd>
+                    <dt>"z"</dt><dd>"undo the last edit"</dd>
+                    <dt>"?"</dt><dd>"this help; Esc closes it"</dd>
+                </dl>
+            </div>
+        </Show>
+    }
+}
+
+/// Previous and next page, and where the listing stands.
+#[component]
+fn Pager(filter: RwSignal<Filter>, page: u32, pages: u64, total: u64) -> impl IntoView {
+    let (first_page, last_page) = (page <= 1, u64::from(page) >= pages);
+    view! {
+        <nav class="pager" aria-label="Pages">
+            <button disabled=first_page on:click=move |_| filter.update(|f| f.page -= 1)>"Previous"</button>
+            <span>{format!("page {page} of {pages} · {total} triples")}</span>
+            <button disabled=last_page on:click=move |_| filter.update(|f| f.page += 1)>"Next"</button>
+        </nav>
     }
 }
 
@@ -579,8 +665,8 @@ fn TripleRow<S>(
     index: usize,
     cursor: RwSignal<usize>,
     expanded: RwSignal<Option<i64>>,
-    editing: RwSignal<Option<(i64, &'static str)>>,
-    draft: RwSignal<Option<(i64, &'static str, String)>>,
+    editing: RwSignal<Option<(i64, Field)>>,
+    draft: RwSignal<Option<(i64, Field, String)>>,
     selected: RwSignal<BTreeSet<i64>>,
     save: S,
 ) -> impl IntoView
@@ -596,7 +682,7 @@ where
             save(TripleUpdate { version, question: None, answer: None, status: Some(status) }, id)
         }
     };
-    let field = move |name: &'static str, value: String| {
+    let field = move |name: Field, value: String| {
         let save = save.clone();
         let version = t.version;
         let original = value.clone();
@@ -617,7 +703,7 @@ where
                     editing.set(None);
                     draft.set(None);
                     if text.trim() != original.trim() && !text.trim().is_empty() {
-                        let update = if name == "question" {
+                        let update = if name == Field::Question {
                             TripleUpdate { version, question: Some(text), answer: None, status: None }
                         } else {
                             TripleUpdate { version, question: None, answer: Some(text), status: None }
@@ -627,7 +713,7 @@ where
                 };
                 let on_blur = commit.clone();
                 view! {
-                    <textarea class="edit" aria-label=format!("Edit {name}") autofocus=true
+                    <textarea class="edit" aria-label=format!("Edit {}", name.name()) autofocus=true
                         on:keydown=move |e: web_sys::KeyboardEvent| {
                             if e.key() == "Enter" && !e.shift_key() {
                                 e.prevent_default();
@@ -657,8 +743,8 @@ where
             <td><input type="checkbox" aria-label=format!("Select triple {id}")
                 prop:checked=move || selected.with(|s| s.contains(&id))
                 on:change=move |e| selected.update(|s| { if event_target_checked(&e) { s.insert(id); } else { s.remove(&id); } }) /></td>
-            <td class="question">{field("question", triple.question.clone())}</td>
-            <td class="answer">{field("answer", triple.answer.clone())}</td>
+            <td class="question">{field(Field::Question, triple.question.clone())}</td>
+            <td class="answer">{field(Field::Answer, triple.answer.clone())}</td>
             <td class="passage">
                 <button class="link" aria-expanded=move || (expanded.get() == Some(id)).to_string()
                     on:click=move |_| expanded.update(|e| *e = if *e == Some(id) { None } else { Some(id) })>{preview}</button>
@@ -709,7 +795,7 @@ mod tests {
             Filter { status: Some(TripleStatus::Approved), search: "cat food?".into(), page: 2, ..Filter::default() };
         assert_eq!(filter.query(), "page=2&per_page=25&status=approved&q=cat%20food%3F");
         assert_eq!(Filter::default().query(), "page=1&per_page=25");
-        let by_document = Filter { document_id: Some(7), origin: Some("manual".into()), ..Filter::default() };
+        let by_document = Filter { document_id: Some(7), origin: Some(TripleOrigin::Manual), ..Filter::default() };
         assert_eq!(by_document.query(), "page=1&per_page=25&document_id=7&origin=manual");
         let matching = by_document.matching();
         assert_eq!((matching.document_id, matching.origin, matching.q), (Some(7), Some(TripleOrigin::Manual), None));

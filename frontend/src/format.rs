@@ -1,0 +1,37 @@
+//! Small formatters every page shares: counts with their noun, page ranges, job statuses.
+
+use attune_shared::JobStatus;
+
+/// `1 passage`, `3 passages`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// `p. 3`, `pp. 3–4`, or nothing without pages.
+pub fn page_range(start: Option<u32>, end: Option<u32>) -> String {
+    match (start, end) {
+        (Some(a), Some(b)) if a != b => format!("pp. {a}–{b}"),
+        (Some(a), _) => format!("p. {a}"),
+        _ => String::new(),
+    }
+}
+
+/// A job's status as its badge shows it (and its CSS class names it).
+pub fn status_label(status: JobStatus) -> &'static str {
+    status.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_pages_and_statuses_read_right() {
+        assert_eq!(count(1, "passage"), "1 passage");
+        assert_eq!(count(3, "page"), "3 pages");
+        assert_eq!(page_range(Some(3), Some(4)), "pp. 3–4");
+        assert_eq!(page_range(Some(7), Some(7)), "p. 7");
+        assert_eq!(page_range(None, None), "");
+        assert_eq!(status_label(JobStatus::Interrupted), "interrupted");
+    }
+}
