@@ -226,7 +226,8 @@ mod tests {
         let config = config(Hyper { batch_size: 3, grad_accum: 2, epochs: 2, ..Hyper::default() }).unwrap();
         assert_eq!(config.steps_per_epoch(10), 2);
         assert_eq!(config.total_steps(10), 4);
-        let capped = TrainConfig { hyper: Hyper { max_steps: Some(3), ..config.hyper.clone() }, ..config };
+        let mut capped = config;
+        capped.hyper.max_steps = Some(3);
         assert_eq!(capped.total_steps(10), 3);
     }
 

@@ -482,7 +482,7 @@ mod tests {
     }
 
     fn config_with(mode: TrainMode, change: impl FnOnce(&mut Hyper)) -> TrainConfig {
-        let mut hyper = Hyper {
+        let hyper = Hyper {
             top_k: 2,
             marginalization: Marginalization::Sequence,
             batch_size: 3,
@@ -498,10 +498,11 @@ mod tests {
             eval_every: 0,
             ..Hyper::default()
         };
-        change(&mut hyper);
         let inputs = RunInputs::new(PathBuf::new(), Path::new("models"));
-        let RunInputs { data, columns, retriever, generator, device, dtype } = inputs;
-        TrainConfig { data, columns, retriever, generator, device, dtype, mode, hyper }
+        let mut config = TrainConfig::from_hyper(&hyper, mode, inputs).unwrap();
+        // Changed after the validation, so the trainer's own refusal can be tested too.
+        change(&mut config.hyper);
+        config
     }
 
     fn setup(
