@@ -1,0 +1,154 @@
+//! The Triples page's bars: the filters (status tabs with counts, document, origin, sort, search),
+//! the selection's actions with export and import, and the pager.
+
+use std::collections::BTreeSet;
+
+use leptos::prelude::*;
+
+use attune_shared::{Document, TripleOrigin, TriplePage, TripleStatus};
+
+use super::{Filter, Sort, status_label};
+use crate::api::{Api, ApiError};
+
+/// The listing's filters: status tabs with counts, document, origin, sort and search.
+#[component]
+pub(super) fn FilterBar(
+    filter: RwSignal<Filter>,
+    page: RwSignal<Option<Result<TriplePage, ApiError>>>,
+    documents: RwSignal<Vec<Document>>,
+) -> impl IntoView {
+    view! {
+        <div class="toolbar" role="toolbar" aria-label="Filters">
+            <div class="status-tabs" role="group" aria-label="Status">
+                {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected)]
+                    .into_iter()
+                    .map(|status| {
+                        let label = move || {
+                            let counts = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
+                            let (name, n) = match status {
+                                None => ("all", counts.pending + counts.approved + counts.rejected),
+                                Some(s) => (status_label(s), match s {
+                                    TripleStatus::Pending => counts.pending,
+                                    TripleStatus::Approved => counts.approved,
+                                    TripleStatus::Rejected => counts.rejected,
+                                }),
+                            };
+                            format!("{name} ({n})")
+                        };
+                        view! {
+                            <button
+                                class="tab"
+                                aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
+                                on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
+                            >{label}</button>
+                        }
+                    })
+                    .collect_view()}
+            </div>
+            <label>"Document "
+                <select on:change=move |e| {
+                    let value = event_target_value(&e);
+                    filter.update(|f| { f.document_id = value.parse().ok(); f.page = 1; });
+                }>
+                    <option value="">"any"</option>
+                    {move || documents.get().into_iter().map(|d| view! {
+                        <option value=d.id.to_string()>{d.name}</option>
+                    }).collect_view()}
+                </select>
+            </label>
+            <label>"Origin "
+                <select on:change=move |e| {
+                    let origin = TripleOrigin::parse(&event_target_value(&e));
+                    filter.update(|f| { f.origin = origin; f.page = 1; });
+                }>
+                    <option value="">"any"</option>
+                    {[TripleOrigin::Synthetic, TripleOrigin::Imported, TripleOrigin::Manual].into_iter().map(|o| view! {
+                        <option value=o.as_str()>{o.as_str()}</option>
+                    }).collect_view()}
+                </select>
+            </label>
+            <label>"Sort "
+                <select on:change=move |e| {
+                    let sort = Sort::parse(&event_target_value(&e));
+                    filter.update(|f| { f.sort = sort; f.page = 1; });
+                }>
+                    {Sort::ALL.into_iter().map(|o| view! { <option value=o.as_str()>{o.label()}</option> }).collect_view()}
+                </select>
+            </label>
+            <input type="search" placeholder="Search questions, answers, passages" aria-label="Search"
+                on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
+        </div>
+    }
+}
+
+/// Selection and what to do with it (approve, reject, reset, delete), undo, export and import.
+#[component]
+pub(super) fn BulkBar(
+    filter: RwSignal<Filter>,
+    page: RwSignal<Option<Result<TriplePage, ApiError>>>,
+    selected: RwSignal<BTreeSet<i64>>,
+    all_matching: RwSignal<bool>,
+    confirm_delete: RwSignal<bool>,
+    selection_size: Signal<usize>,
+    can_undo: Signal<bool>,
+    on_status: Callback<TripleStatus>,
+    on_delete: Callback<()>,
+    on_undo: Callback<()>,
+    on_import: Callback<web_sys::Event>,
+) -> impl IntoView {
+    let api = Api::from_context();
+    let export_href = move |format: &str| {
+        let status = filter.with(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
+        api.export_url(format, status)
+    };
+    let page_ids = move || {
+        page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.iter().map(|t| t.id).collect()))
+            .unwrap_or_default()
+    };
+    let none = move || selection_size.get() == 0;
+    view! {
+        <div class="toolbar" role="toolbar" aria-label="Actions">
+            <span class="muted" data-testid="selection">{move || {
+                if all_matching.get() { format!("all {} matching selected", selection_size.get()) } else { format!("{} selected", selection_size.get()) }
+            }}</span>
+            <button on:click=move |_| on_status.run(TripleStatus::Approved) disabled=none>"Approve selected"</button>
+            <button on:click=move |_| on_status.run(TripleStatus::Rejected) disabled=none>"Reject selected"</button>
+            <button on:click=move |_| on_status.run(TripleStatus::Pending) disabled=none>"Reset selected"</button>
+            <button class="danger" on:click=move |_| confirm_delete.set(true) disabled=none>"Delete selected"</button>
+            <button on:click=move |_| { all_matching.set(false); selected.set(page_ids()); }>"Select this page"</button>
+            <button on:click=move |_| all_matching.set(true)>{move || format!(
+                "Select all {} matching",
+                page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.total)).unwrap_or(0)
+            )}</button>
+            <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
+            <button on:click=move |_| on_undo.run(()) disabled=move || !can_undo.get()>"Undo last edit"</button>
+            <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
+            <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
+            <label class="button">"Import…"
+                <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=move |e| on_import.run(e) />
+            </label>
+        </div>
+        {move || confirm_delete.get().then(|| view! {
+            <div class="confirm" role="alertdialog" aria-label="Confirm deletion">
+                <p>{format!("Delete {} triples? This cannot be undone.", selection_size.get_untracked())}</p>
+                <div class="actions">
+                    <button class="danger" on:click=move |_| on_delete.run(())>"Delete them"</button>
+                    <button on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
+                </div>
+            </div>
+        })}
+    }
+}
+
+/// Previous and next page, and where the listing stands.
+#[component]
+pub(super) fn Pager(filter: RwSignal<Filter>, page: u32, pages: u64, total: u64) -> impl IntoView {
+    let (first_page, last_page) = (page <= 1, u64::from(page) >= pages);
+    view! {
+        <nav class="pager" aria-label="Pages">
+            <button disabled=first_page on:click=move |_| filter.update(|f| f.page -= 1)>"Previous"</button>
+            <span>{format!("page {page} of {pages} · {total} triples")}</span>
+            <button disabled=last_page on:click=move |_| filter.update(|f| f.page += 1)>"Next"</button>
+        </nav>
+    }
+}
