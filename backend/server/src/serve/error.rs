@@ -166,3 +166,43 @@ impl From<JsonRejection> for AppError {
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(AppError))]
 pub struct ApiJson<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_mistakes_are_4xx_and_the_servers_failures_5xx() {
+        let cases = [
+            (EngineError::Invalid("bad file".into()), 422, "invalid_input"),
+            (EngineError::NotEnoughTriples("approve some".into()), 422, "not_enough_triples"),
+            (EngineError::Failed("cannot write /data/runs".into()), 500, "internal_error"),
+            (EngineError::Task("panicked".into()), 500, "internal_error"),
+        ];
+        for (error, status, code) in cases {
+            let app: AppError = error.into();
+            assert_eq!((app.status().as_u16(), app.code()), (status, code), "{app}");
+        }
+    }
+
+    #[test]
+    fn a_training_error_is_the_callers_only_when_the_data_or_settings_are_bad() {
+        use crate::train::TrainError;
+        let data: EngineError = TrainError::Data("no rows".into()).into();
+        assert!(matches!(data, EngineError::Invalid(_)));
+        let load = TrainError::Load { what: "retriever".into(), path: "m".into(), message: "missing".into() };
+        assert!(matches!(EngineError::from(load), EngineError::Failed(_)));
+    }
+
+    #[test]
+    fn the_conflict_message_reads_as_one_sentence() {
+        let triple: attune_shared::Triple = serde_json::from_value(serde_json::json!({
+            "id": 1, "question": "Q?", "answer": "a", "passage": "p", "status": "pending", "origin": "manual",
+            "version": 3, "document_id": 1, "passage_id": 1, "created_at": "", "updated_at": ""
+        }))
+        .unwrap();
+        let message = AppError::from(StoreError::Conflict(Box::new(triple))).to_string();
+        assert!(!message.contains("  "), "{message}");
+        assert!(message.contains("version 3"), "{message}");
+    }
+}

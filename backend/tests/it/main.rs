@@ -1,0 +1,13 @@
+//! Every integration test of the `attune` binary and library, as modules of one test binary: one
+//! link instead of ten on each edit (the edit-test loop's largest cost), the same tests.
+
+mod architecture;
+mod corpus_api;
+mod corpus_cli;
+mod device_tools;
+mod generator_reference;
+mod http_api;
+mod jobs_api;
+mod retriever_reference;
+mod train_cli;
+mod websocket;
