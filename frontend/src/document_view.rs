@@ -193,7 +193,6 @@ pub fn DocumentView() -> impl IntoView {
             </form>
             {move || run.get().map(|(current, eta)| {
                 let running = matches!(current.status, JobStatus::Running | JobStatus::Queued);
-                let cancel = cancel.clone();
                 view! {
                     <div class="synth-progress" data-testid="synth-progress" data-status=status_words(current.status)>
                         <p><strong>{format!("Run {} — {}", current.id, status_words(current.status))}</strong></p>
@@ -216,7 +215,6 @@ pub fn DocumentView() -> impl IntoView {
                     <ol class="passages">
                         {list.into_iter().map(|p| {
                             let pid = p.id;
-                            let add_triple = add_triple.clone();
                             view! {
                                 <li class="passage">
                                     <label class="passage-head">
@@ -236,7 +234,6 @@ pub fn DocumentView() -> impl IntoView {
                                     {move || (adding.get() == Some(pid)).then(|| {
                                         let question = RwSignal::new(String::new());
                                         let answer = RwSignal::new(String::new());
-                                        let add_triple = add_triple.clone();
                                         view! {
                                             <form class="add-triple" aria-label="New triple" on:submit=move |e: web_sys::SubmitEvent| {
                                                 e.prevent_default();

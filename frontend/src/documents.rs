@@ -121,10 +121,7 @@ pub fn DocumentsPage() -> impl IntoView {
     refresh();
     let uploads = RwSignal::new(Vec::<UploadRow>::new());
     let dragging = RwSignal::new(false);
-    let on_uploaded = Callback::new({
-        let refresh = refresh.clone();
-        move |()| refresh()
-    });
+    let on_uploaded = Callback::new(move |()| refresh());
     let start_uploads = {
         move |files: web_sys::FileList| {
             for i in 0..files.length() {
@@ -136,7 +133,6 @@ pub fn DocumentsPage() -> impl IntoView {
         }
     };
     let on_pick = {
-        let start_uploads = start_uploads.clone();
         move |event: web_sys::Event| {
             let Some(input) = event.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) else {
                 return;
@@ -157,9 +153,8 @@ pub fn DocumentsPage() -> impl IntoView {
     let confirming = RwSignal::new(None::<Document>);
     let delete_error = RwSignal::new(None::<String>);
     let delete = {
-        let refresh = refresh.clone();
         move |document: Document, triples: KeepTriples| {
-            let refresh = refresh.clone();
+            let refresh = refresh;
             leptos::task::spawn_local(async move {
                 match api.delete_document(document.id, triples).await {
                     Ok(()) => {
@@ -199,7 +194,7 @@ pub fn DocumentsPage() -> impl IntoView {
                 let question = deletion_question(&document);
                 let has_triples = document.triples.pending + document.triples.approved + document.triples.rejected > 0;
                 let (keep, remove) = (document.clone(), document.clone());
-                let (delete_keep, delete_all) = (delete.clone(), delete.clone());
+                let (delete_keep, delete_all) = (delete, delete);
                 view! {
                     <div class="confirm" role="alertdialog" aria-label="Confirm deletion">
                         <p>{question}</p>

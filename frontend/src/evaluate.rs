@@ -111,7 +111,6 @@ pub fn EvaluatePage() -> impl IntoView {
         }
     };
     if let Some(link) = link {
-        let open = open.clone();
         Effect::new(move |_| {
             for message in take(link.jobs) {
                 if let ServerMessage::EvalState { eval } = message {
@@ -244,7 +243,7 @@ pub fn EvaluatePage() -> impl IntoView {
                     <label class="inline"><input type="radio" name="testset" prop:checked=move || !use_file.get() on:change=move |_| use_file.set(false) />"held-out approved triples of the first run"</label>
                     <label class="inline"><input type="radio" name="testset" prop:checked=move || use_file.get() on:change=move |_| use_file.set(true) />"a QA file (.jsonl of question, passage, answer; or .csv)"</label>
                     <Show when=move || use_file.get()>
-                        <input type="file" accept=".jsonl,.json,.csv" aria-label="Test file" on:change=upload.clone() />
+                        <input type="file" accept=".jsonl,.json,.csv" aria-label="Test file" on:change=upload />
                         {move || test_set.get().map(|t| view! { <span class="muted">{format!("{}: {} questions, {} new passages", t.name, t.questions, t.passages)}</span> })}
                     </Show>
                 </fieldset>
@@ -263,7 +262,6 @@ pub fn EvaluatePage() -> impl IntoView {
                     <ul class="eval-list">
                         {list.into_iter().map(|e| {
                             let id = e.id;
-                            let open = open.clone();
                             let what = match &e.request.test_set { TestSet::HeldOut => "held-out triples".to_string(), TestSet::Uploaded { id } => format!("test set {id}") };
                             view! {
                                 <li>

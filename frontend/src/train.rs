@@ -136,7 +136,7 @@ fn upsert(runs: &mut Vec<Run>, run: Run) {
         Some(slot) => *slot = run,
         None => {
             runs.push(run);
-            runs.sort_by(|a, b| b.id.cmp(&a.id));
+            runs.sort_by_key(|r| std::cmp::Reverse(r.id));
         }
     }
 }

@@ -148,10 +148,10 @@ impl Settings {
         if !(1..=20).contains(&self.questions_per_passage) {
             return Err(format!("questions_per_passage must be between 1 and 20 (got {})", self.questions_per_passage));
         }
-        if let Some(url) = &self.llm_base_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("llm_base_url must start with http:// or https:// (got {url:?})"));
-            }
+        if let Some(url) = &self.llm_base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("llm_base_url must start with http:// or https:// (got {url:?})"));
         }
         if self.llm_base_url.is_some() != self.llm_model.is_some() {
             return Err("llm_base_url and llm_model must be set together".to_owned());
@@ -168,6 +168,8 @@ pub use jobs::*;
 /// Messages the server sends on `/ws`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A wire enum: messages are built, sent and dropped, so the largest variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerMessage {
     /// First message on every connection.
     Hello { protocol_version: u32, server_version: String },

@@ -71,11 +71,11 @@ pub fn time_steps(config: TrainConfig, models: BaseModels, examples: usize) -> a
     let mut trainer = Trainer::new(setup)?;
     let (mut times, mut tokens) = (Vec::new(), Vec::new());
     trainer.run(&mut |event| {
-        if let TrainEvent::Step(report) = event {
-            if report.step > 1 {
-                times.push(report.step_seconds);
-                tokens.push(report.tokens_per_second * report.step_seconds);
-            }
+        if let TrainEvent::Step(report) = event
+            && report.step > 1
+        {
+            times.push(report.step_seconds);
+            tokens.push(report.tokens_per_second * report.step_seconds);
         }
         ControlFlow::Continue(())
     })?;

@@ -1,6 +1,9 @@
 //! Every integration test of the `attune` binary and library, as modules of one test binary: one
 //! link instead of ten on each edit (the edit-test loop's largest cost), the same tests.
 
+// The helpers here are test code: a panic is the test failing, at its line.
+#![allow(clippy::unwrap_used)]
+
 mod architecture;
 mod corpus_api;
 mod corpus_cli;

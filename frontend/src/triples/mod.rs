@@ -292,7 +292,6 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
     let set_status = {
-        let save = save.clone();
         move |status: TripleStatus| {
             let rows = items();
             if let Some(row) = rows.get(cursor.get_untracked()) {
@@ -316,7 +315,6 @@ pub fn TriplesPage() -> impl IntoView {
     };
 
     let undo = {
-        let save = save.clone();
         move || {
             if let Some((id, update)) = last_edit.get_untracked() {
                 last_edit.set(None);
@@ -325,7 +323,6 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
     let bulk_status = {
-        let bulk = bulk.clone();
         move |status: TripleStatus| {
             if all_matching.get_untracked() {
                 bulk(BulkAction::SetStatusMatching { matching: filter.with_untracked(Filter::matching), status });
@@ -336,7 +333,6 @@ pub fn TriplesPage() -> impl IntoView {
         }
     };
     let bulk_delete = {
-        let bulk = bulk.clone();
         move || {
             if all_matching.get_untracked() {
                 bulk(BulkAction::DeleteMatching { matching: filter.with_untracked(Filter::matching) });
@@ -356,8 +352,6 @@ pub fn TriplesPage() -> impl IntoView {
     };
 
     let on_key = {
-        let undo = undo.clone();
-        let set_status = set_status.clone();
         move |event: web_sys::KeyboardEvent| {
             // Keys typed into a field belong to the field (Escape still leaves it).
             let in_field = event
@@ -462,7 +456,7 @@ pub fn TriplesPage() -> impl IntoView {
                             </tr></thead>
                             <tbody>
                                 {p.items.into_iter().enumerate().map(|(i, t)| view! {
-                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing draft=draft selected=selected save=save.clone() />
+                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing draft=draft selected=selected save=save />
                                 }).collect_view()}
                             </tbody>
                         </table>

@@ -102,11 +102,11 @@ pub fn token_f1(prediction: &str, answer: &str) -> f64 {
     }
     let mut common = 0usize;
     for w in &p {
-        if let Some(c) = counts.get_mut(w) {
-            if *c > 0 {
-                *c -= 1;
-                common += 1;
-            }
+        if let Some(c) = counts.get_mut(w)
+            && *c > 0
+        {
+            *c -= 1;
+            common += 1;
         }
     }
     if common == 0 {

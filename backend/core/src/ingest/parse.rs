@@ -210,10 +210,8 @@ fn markdown_to_text(source: &str) -> (String, Vec<(usize, String)>) {
                 }
                 push(&mut text, &mut chars, "- ");
             }
-            Event::End(TagEnd::Item | TagEnd::TableRow | TagEnd::TableHead) => {
-                if !text.ends_with('\n') {
-                    push(&mut text, &mut chars, "\n");
-                }
+            Event::End(TagEnd::Item | TagEnd::TableRow | TagEnd::TableHead) if !text.ends_with('\n') => {
+                push(&mut text, &mut chars, "\n");
             }
             Event::End(TagEnd::TableCell) => push(&mut text, &mut chars, " | "),
             Event::Text(t) | Event::Code(t) => match &mut heading {

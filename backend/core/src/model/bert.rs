@@ -64,12 +64,12 @@ fn default_dropout() -> f32 {
 impl Config {
     /// Checks what this encoder supports.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(kind) = &self.position_embedding_type {
-            if kind != "absolute" {
-                return Err(format!("position_embedding_type {kind:?} (only \"absolute\" is supported)"));
-            }
+        if let Some(kind) = &self.position_embedding_type
+            && kind != "absolute"
+        {
+            return Err(format!("position_embedding_type {kind:?} (only \"absolute\" is supported)"));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -98,7 +98,7 @@ fn gguf_architecture(file: &Path) -> Result<String, String> {
         .metadata
         .get("general.architecture")
         .ok_or_else(|| format!("{} has no general.architecture", file.display()))?;
-    architecture.to_string().map(|s| s.clone()).map_err(|e| format!("general.architecture is not a string: {e}"))
+    architecture.to_string().cloned().map_err(|e| format!("general.architecture is not a string: {e}"))
 }
 
 #[cfg(test)]

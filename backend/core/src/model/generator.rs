@@ -118,12 +118,11 @@ impl Generator {
         };
         let mut eos_ids: Vec<u32> = model.config().eos_token_id.into_iter().collect();
         for marker in ["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(marker) {
-                if !eos_ids.contains(&id)
-                    && (chat_template.as_deref().is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
-                {
-                    eos_ids.push(id);
-                }
+            if let Some(id) = tokenizer.token_to_id(marker)
+                && !eos_ids.contains(&id)
+                && (chat_template.as_deref().is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
+            {
+                eos_ids.push(id);
             }
         }
         Ok(Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() })

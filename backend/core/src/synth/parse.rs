@@ -27,10 +27,11 @@ pub fn questions(text: &str) -> Vec<String> {
             rest = strip_marker(rest[end + 1..].trim());
         }
         let rest = clean(rest);
-        if !found || !rest.is_empty() && looks_like_question(&rest) {
-            if !rest.is_empty() && !lower.starts_with("answer") {
-                out.push(rest);
-            }
+        if (!found || !rest.is_empty() && looks_like_question(&rest))
+            && !rest.is_empty()
+            && !lower.starts_with("answer")
+        {
+            out.push(rest);
         }
     }
     out

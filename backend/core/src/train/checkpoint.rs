@@ -77,11 +77,137 @@ pub fn run_folder_of(dir: &Path) -> Option<PathBuf> {
     run.join(CONFIG_FILE).is_file().then(|| run.to_owned())
 }
 
-/// Reads a run's `config.json`.
+/// Reads a run's `config.json` (also one written before the settings became `Hyper`, so a run
+/// started by an older Attune still resumes).
 pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
     let path = run_dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+    match serde_json::from_str(&text) {
+        Ok(config) => Ok(config),
+        Err(e) => match serde_json::from_str::<legacy::Config>(&text) {
+            Ok(old) => Ok(old.into()),
+            Err(_) => Err(TrainError::Checkpoint { path, message: e.to_string() }),
+        },
+    }
+}
+
+/// `config.json` as the first releases wrote it: every setting at the top level or in `loss`.
+mod legacy {
+    use std::path::PathBuf;
+
+    use attune_shared::{Decay, Hyper, Marginalization, TrainMode};
+    use serde::Deserialize;
+
+    use crate::train::config::TrainConfig;
+    use crate::train::data::{CsvColumns, SplitOptions};
+
+    #[derive(Deserialize)]
+    struct Contrastive {
+        scale: f64,
+        symmetric: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct Loss {
+        mode: TrainMode,
+        contrastive: Contrastive,
+        top_k: u32,
+        generator_weight: f64,
+        marginalization: Marginalization,
+        max_passage_tokens: u32,
+        max_answer_tokens: u32,
+        #[serde(default)]
+        sequences_per_chunk: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    struct Optimizer {
+        weight_decay: f64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Config {
+        data: PathBuf,
+        #[serde(default)]
+        columns: CsvColumns,
+        #[serde(default)]
+        split: SplitOptions,
+        #[serde(default)]
+        max_train_examples: Option<u32>,
+        retriever: PathBuf,
+        generator: PathBuf,
+        device: String,
+        #[serde(default)]
+        dtype: Option<String>,
+        loss: Loss,
+        epochs: u32,
+        max_steps: Option<u32>,
+        batch_size: u32,
+        grad_accum: u32,
+        lr: f64,
+        warmup_ratio: f64,
+        decay: Decay,
+        optimizer: Optimizer,
+        max_grad_norm: f64,
+        lora_r: u32,
+        lora_alpha: f64,
+        lora_dropout: f32,
+        retriever_targets: Vec<String>,
+        generator_targets: Vec<String>,
+        hard_negatives: u32,
+        seed: u64,
+        checkpoint_every: u32,
+        #[serde(default)]
+        eval_every: u32,
+    }
+
+    impl From<Config> for TrainConfig {
+        fn from(old: Config) -> Self {
+            let loss = old.loss;
+            let defaults = Hyper::default();
+            let hyper = Hyper {
+                // Epoch 0 meant "max_steps alone"; the schedule then spans max_steps either way.
+                epochs: old.epochs.max(1),
+                max_steps: old.max_steps,
+                batch_size: old.batch_size,
+                grad_accum: old.grad_accum,
+                lr: old.lr,
+                warmup_ratio: old.warmup_ratio,
+                weight_decay: old.optimizer.weight_decay,
+                max_grad_norm: old.max_grad_norm,
+                lora_r: old.lora_r,
+                lora_alpha: old.lora_alpha,
+                lora_dropout: old.lora_dropout,
+                top_k: loss.top_k,
+                generator_weight: loss.generator_weight,
+                scale: loss.contrastive.scale,
+                max_passage_tokens: loss.max_passage_tokens,
+                max_answer_tokens: loss.max_answer_tokens,
+                test_fraction: old.split.test_fraction,
+                seed: old.seed,
+                checkpoint_every: old.checkpoint_every,
+                eval_every: old.eval_every,
+                decay: old.decay,
+                marginalization: loss.marginalization,
+                symmetric: loss.contrastive.symmetric,
+                hard_negatives: old.hard_negatives,
+                max_train_examples: old.max_train_examples,
+                sequences_per_chunk: loss.sequences_per_chunk.unwrap_or(defaults.sequences_per_chunk),
+                retriever_targets: old.retriever_targets,
+                generator_targets: old.generator_targets,
+            };
+            TrainConfig {
+                data: old.data,
+                columns: old.columns,
+                retriever: old.retriever,
+                generator: old.generator,
+                device: old.device,
+                dtype: old.dtype.unwrap_or_else(|| "auto".into()),
+                mode: loss.mode,
+                hyper,
+            }
+        }
+    }
 }
 
 /// Starts a run's folder: `config.json` and an empty log.
@@ -154,6 +280,42 @@ pub fn read_state(checkpoint: &Path, seed: u64) -> Result<CheckpointState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `config.json` in the first releases' layout (as `attune train` wrote it) reads as today's.
+    #[test]
+    fn a_config_of_the_first_releases_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({
+            "data": "triples.csv", "columns": {"passage": "Abstract", "question": "Question", "answer": "Answer"},
+            "split": {"test_fraction": 0.25, "seed": 3}, "max_train_examples": null,
+            "retriever": "models/r", "generator": "models/g", "device": "cpu", "dtype": "auto",
+            "loss": {"mode": "retriever", "contrastive": {"scale": 10.0, "symmetric": true}, "top_k": 3,
+                     "generator_weight": 0.5, "marginalization": "token", "max_passage_tokens": 64,
+                     "max_answer_tokens": 16, "sequences_per_chunk": 4},
+            "epochs": 2, "max_steps": 7, "batch_size": 4, "grad_accum": 1, "lr": 0.0003, "warmup_ratio": 0.1,
+            "decay": "cosine", "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.02},
+            "max_grad_norm": 1.0, "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.05,
+            "retriever_targets": ["query"], "generator_targets": ["q_proj"], "hard_negatives": 0, "seed": 3,
+            "checkpoint_every": 2, "eval_every": 0
+        });
+        std::fs::write(dir.path().join(CONFIG_FILE), old.to_string()).unwrap();
+        let config = read_config(dir.path()).unwrap();
+        assert_eq!(config.mode, attune_shared::TrainMode::Retriever);
+        let h = &config.hyper;
+        assert_eq!(
+            (h.test_fraction, h.seed, h.max_steps, h.top_k, h.scale, h.symmetric),
+            (0.25, 3, Some(7), 3, 10.0, true)
+        );
+        assert_eq!(
+            (h.decay, h.marginalization, h.weight_decay),
+            (attune_shared::Decay::Cosine, attune_shared::Marginalization::Token, 0.02)
+        );
+        assert_eq!(h.retriever_targets, ["query"]);
+        config.validate().unwrap();
+        // Something else entirely is still refused.
+        std::fs::write(dir.path().join(CONFIG_FILE), "{\"data\": 1}").unwrap();
+        assert!(read_config(dir.path()).is_err());
+    }
 
     #[test]
     fn checkpoints_are_found_newest_first_and_truncate_the_log() {

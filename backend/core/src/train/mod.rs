@@ -13,6 +13,7 @@ pub mod negatives;
 pub mod optim;
 pub mod step;
 #[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)] // test helpers: a failure is the test's failure
 pub mod test_models;
 pub mod trainer;
 

@@ -430,10 +430,10 @@ pub fn top_k_with_gold(row: &[f32], k: usize, gold: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     let mut top: Vec<usize> = order.into_iter().take(k).collect();
-    if !top.contains(&gold) {
-        if let Some(last) = top.last_mut() {
-            *last = gold;
-        }
+    if !top.contains(&gold)
+        && let Some(last) = top.last_mut()
+    {
+        *last = gold;
     }
     top
 }

@@ -235,11 +235,11 @@ impl Trainer {
             checkpoint::append_log(&self.out, &point)?;
             cancel |= observer(&TrainEvent::Step(point)).is_break();
             last = Some(point);
-            if eval_every > 0 && self.step % eval_every == 0 && !self.held_out.is_empty() {
+            if eval_every > 0 && self.step.is_multiple_of(eval_every) && !self.held_out.is_empty() {
                 let event = self.held_out_loss()?;
                 cancel |= observer(&event).is_break();
             }
-            if checkpoint_every > 0 && self.step % checkpoint_every == 0 && self.step < total {
+            if checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every) && self.step < total {
                 let path = self.save_checkpoint()?;
                 cancel |= observer(&TrainEvent::Checkpoint { step: self.step, path }).is_break();
             }

@@ -21,7 +21,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     let v1 = Router::new()
         .route("/health", get(health))
         .route("/settings", get(get_settings).put(put_settings))
-        .route("/documents", get(corpus::list_documents).post(corpus::upload).layer(uploads.clone()))
+        .route("/documents", get(corpus::list_documents).post(corpus::upload).layer(uploads))
         .route("/documents/{id}", get(corpus::get_document).delete(corpus::delete_document))
         .route("/documents/{id}/passages", get(corpus::list_passages))
         .route("/triples", get(corpus::list_triples).post(corpus::create_triple))

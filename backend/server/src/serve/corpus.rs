@@ -77,10 +77,10 @@ pub async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> 
         });
     }
     // One file that failed: its own status (413, 415, 422); several: each outcome in the body.
-    if files.len() == 1 {
-        if let Some(error) = last_error {
-            return Err(error);
-        }
+    if files.len() == 1
+        && let Some(error) = last_error
+    {
+        return Err(error);
     }
     let status = if files.iter().any(|f| matches!(f, UploadOutcome::Ingested { .. })) {
         StatusCode::CREATED
