@@ -91,10 +91,10 @@ impl Store {
         held_out: u32,
     ) -> Result<Run, StoreError> {
         let request = serde_json::to_string(request).expect("a run request serialises");
-        let id: i64 = sqlx::query_scalar(
+        let row = sqlx::query(&format!(
             "INSERT INTO runs (name, status, request, dir, examples, held_out) VALUES (?, 'queued', ?, ?, ?, ?)
-             RETURNING id",
-        )
+             RETURNING {RUN_COLUMNS}"
+        ))
         .bind(name)
         .bind(request)
         .bind(dir)
@@ -102,7 +102,7 @@ impl Store {
         .bind(i64::from(held_out))
         .fetch_one(&self.pool)
         .await?;
-        self.run(id).await?.ok_or(StoreError::NotFound("run"))
+        run(&row)
     }
 
     pub async fn set_run_dir(&self, id: i64, dir: &str) -> Result<(), StoreError> {
@@ -131,22 +131,22 @@ impl Store {
     }
 
     /// Moves a run to `status`, stamping when it started or finished; `error` replaces the last one.
+    /// The run comes back as this statement left it (one statement: the job worker may move it on
+    /// the next instant, and a second read would report that instead).
     pub async fn set_run_status(&self, id: i64, status: JobStatus, error: Option<&str>) -> Result<Run, StoreError> {
         let stamp = match status {
             JobStatus::Running => format!(", started_at = COALESCE(started_at, {NOW}), finished_at = NULL"),
             JobStatus::Queued => format!(", queued_at = {NOW}, finished_at = NULL"),
             _ => format!(", finished_at = {NOW}"),
         };
-        let done = sqlx::query(&format!("UPDATE runs SET status = ?, error = ?{stamp} WHERE id = ?"))
-            .bind(status.as_str())
-            .bind(error)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("run"));
-        }
-        self.run(id).await?.ok_or(StoreError::NotFound("run"))
+        let row =
+            sqlx::query(&format!("UPDATE runs SET status = ?, error = ?{stamp} WHERE id = ? RETURNING {RUN_COLUMNS}"))
+                .bind(status.as_str())
+                .bind(error)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        run(&row.ok_or(StoreError::NotFound("run"))?)
     }
 
     /// Records one step's figures (the history and the run's latest) in one transaction.
@@ -211,14 +211,15 @@ impl Store {
         Ok(())
     }
 
-    /// Queues an evaluation.
+    /// Queues an evaluation, returned as queued (one statement: the worker may start it at once).
     pub async fn insert_eval(&self, request: &NewEval) -> Result<Eval, StoreError> {
         let request = serde_json::to_string(request).expect("an eval request serialises");
-        let id: i64 = sqlx::query_scalar("INSERT INTO evals (status, request) VALUES ('queued', ?) RETURNING id")
-            .bind(request)
-            .fetch_one(&self.pool)
-            .await?;
-        self.eval(id).await?.ok_or(StoreError::NotFound("evaluation"))
+        let row =
+            sqlx::query(&format!("INSERT INTO evals (status, request) VALUES ('queued', ?) RETURNING {EVAL_COLUMNS}"))
+                .bind(request)
+                .fetch_one(&self.pool)
+                .await?;
+        eval(&row)
     }
 
     pub async fn eval(&self, id: i64) -> Result<Option<Eval>, StoreError> {
