@@ -47,7 +47,7 @@ impl ApiError {
 }
 
 /// `GET` a JSON resource from the API.
-pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> Result<T, ApiError> {
+async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> Result<T, ApiError> {
     let mut request = Request::get(path);
     if let Some(token) = token {
         request = request.header("Authorization", &bearer(token));
@@ -59,7 +59,7 @@ pub async fn get_json<T: DeserializeOwned>(path: &str, token: Option<&str>) -> R
 }
 
 /// `POST` a JSON body and read a JSON answer.
-pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
     path: &str,
     body: &B,
     token: Option<&str>,
@@ -68,7 +68,7 @@ pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
 }
 
 /// Sends a JSON body; on success returns the status and the body's text, otherwise the error.
-pub async fn send_json<B: serde::Serialize>(
+async fn send_json<B: serde::Serialize>(
     mut request: gloo_net::http::RequestBuilder,
     body: &B,
     token: Option<&str>,
@@ -81,7 +81,7 @@ pub async fn send_json<B: serde::Serialize>(
 }
 
 /// `POST`s a multipart form (a file upload); on success returns the status and the body's text.
-pub async fn post_form(path: &str, form: web_sys::FormData, token: Option<&str>) -> Result<(u16, String), ApiError> {
+async fn post_form(path: &str, form: web_sys::FormData, token: Option<&str>) -> Result<(u16, String), ApiError> {
     let mut request = Request::post(path);
     if let Some(token) = token {
         request = request.header("Authorization", &bearer(token));
@@ -101,7 +101,7 @@ async fn answer(request: gloo_net::http::Request) -> Result<(u16, String), ApiEr
 }
 
 /// A JSON answer read into `T`.
-pub fn parse<T: DeserializeOwned>(status: u16, text: &str) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(status: u16, text: &str) -> Result<T, ApiError> {
     serde_json::from_str(text).map_err(|e| ApiError {
         status,
         code: "unexpected_response".to_owned(),
@@ -111,7 +111,7 @@ pub fn parse<T: DeserializeOwned>(status: u16, text: &str) -> Result<T, ApiError
 }
 
 /// `DELETE` a resource; the body of a success is ignored.
-pub async fn delete(path: &str, token: Option<&str>) -> Result<(), ApiError> {
+async fn delete(path: &str, token: Option<&str>) -> Result<(), ApiError> {
     let mut request = Request::delete(path);
     if let Some(token) = token {
         request = request.header("Authorization", &bearer(token));
@@ -166,7 +166,7 @@ fn form_error(e: wasm_bindgen::JsValue) -> ApiError {
 }
 
 /// A multipart form holding one file under `field`.
-pub fn file_form(field: &str, file: &web_sys::File) -> Result<web_sys::FormData, ApiError> {
+fn file_form(field: &str, file: &web_sys::File) -> Result<web_sys::FormData, ApiError> {
     let form = web_sys::FormData::new().map_err(form_error)?;
     form.append_with_blob_and_filename(field, file, &file.name()).map_err(form_error)?;
     Ok(form)

@@ -168,9 +168,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (config, out, checkpoint) = match &args.resume {
         Some(dir) => {
             let checkpoint = checkpoint::latest_checkpoint(dir)?;
-            let run_dir = checkpoint::run_folder_of(dir)
-                .or_else(|| checkpoint::run_folder_of(&checkpoint))
-                .context("a checkpoint outside a run folder")?;
+            let run_dir = checkpoint::run_folder_of(dir).context("a checkpoint outside a run folder")?;
             let config = checkpoint::read_config(&run_dir)?;
             eprintln!("resuming {} from {} (its saved settings apply)", run_dir.display(), checkpoint.display());
             (config, run_dir, Some(checkpoint))

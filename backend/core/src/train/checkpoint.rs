@@ -100,12 +100,8 @@ mod legacy {
 
     use crate::train::config::TrainConfig;
     use crate::train::data::{CsvColumns, SplitOptions};
-
-    #[derive(Deserialize)]
-    struct Contrastive {
-        scale: f64,
-        symmetric: bool,
-    }
+    use crate::train::loss::Contrastive;
+    use crate::train::optim::AdamWConfig;
 
     #[derive(Deserialize)]
     struct Loss {
@@ -118,11 +114,6 @@ mod legacy {
         max_answer_tokens: u32,
         #[serde(default)]
         sequences_per_chunk: Option<u32>,
-    }
-
-    #[derive(Deserialize)]
-    struct Optimizer {
-        weight_decay: f64,
     }
 
     #[derive(Deserialize)]
@@ -147,7 +138,7 @@ mod legacy {
         lr: f64,
         warmup_ratio: f64,
         decay: Decay,
-        optimizer: Optimizer,
+        optimizer: AdamWConfig,
         max_grad_norm: f64,
         lora_r: u32,
         lora_alpha: f64,

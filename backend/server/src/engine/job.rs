@@ -49,9 +49,14 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The folder holding every run's folder (`runs/`).
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+
     /// Folder of a run's files (`runs/run-ID`).
     pub fn run_dir(&self, id: i64) -> PathBuf {
-        self.data_dir.join("runs").join(format!("run-{id}"))
+        self.runs_dir().join(format!("run-{id}"))
     }
 
     /// A model folder by its name in the models directory.

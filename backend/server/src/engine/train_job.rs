@@ -17,7 +17,7 @@ use crate::train::data::CsvColumns;
 use crate::train::trainer::{Outcome, RunSetup, TrainEvent, Trainer};
 
 /// The trainer's configuration for `run` in `dir`.
-pub fn train_config(context: &JobContext, run: &Run, dir: &Path) -> Result<TrainConfig, EngineError> {
+fn train_config(context: &JobContext, run: &Run, dir: &Path) -> Result<TrainConfig, EngineError> {
     let inputs = RunInputs {
         data: dir.join(TRIPLES_FILE),
         columns: CsvColumns::default(),
@@ -30,7 +30,7 @@ pub fn train_config(context: &JobContext, run: &Run, dir: &Path) -> Result<Train
 }
 
 /// Counts the training and held-out examples `path` gives under `hyper`'s split.
-pub fn count_split(path: &Path, hyper: &Hyper) -> Result<(u32, u32), EngineError> {
+fn count_split(path: &Path, hyper: &Hyper) -> Result<(u32, u32), EngineError> {
     let dataset = load_split(path, &CsvColumns::default(), hyper)?;
     Ok((dataset.train.len() as u32, dataset.test.len() as u32))
 }
@@ -61,7 +61,7 @@ pub async fn queue_run(context: &JobContext, request: &NewRun) -> Result<Run, En
             triples.len()
         )));
     }
-    let runs_dir = context.data_dir.join("runs");
+    let runs_dir = context.runs_dir();
     let staged = Staged(runs_dir.join(format!(".pending-{}.jsonl", rand::random::<u64>())));
     let (path, hyper) = (staged.0.clone(), request.hyper.clone());
     let (examples, held_out) = blocking(move || {
