@@ -16,17 +16,10 @@ use tower::ServiceExt;
 
 use attune::serve::{AppState, ServeConfig, app};
 
-fn workspace() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use super::common::{TestApp, call, get, workspace};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(workspace().join("backend/tests/fixtures").join(name)).unwrap()
-}
-
-struct TestApp {
-    router: Router,
-    _dirs: tempfile::TempDir,
 }
 
 async fn test_app(max_upload_bytes: u64) -> TestApp {
@@ -37,19 +30,6 @@ async fn test_app(max_upload_bytes: u64) -> TestApp {
     config.max_upload_bytes = max_upload_bytes;
     let state = AppState::open(config).await.unwrap();
     TestApp { router: app(state), _dirs: dirs }
-}
-
-async fn call(app: &TestApp, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app.router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, body)
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
 }
 
 fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {

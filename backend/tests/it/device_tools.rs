@@ -2,12 +2,10 @@
 //! configs and tokenizers: `attune export-shape` (a generator without its weights), `attune bench
 //! device --random-init` (every part, tiny sizes) and `attune bench agree`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use super::common::workspace;
 
 fn attune(args: &[&str]) -> Output {
     let models = workspace().join("models");

@@ -3,12 +3,12 @@
 //! logits at every position and greedy continuations, from `tests/fixtures/smollm2_reference.json`
 //! (written by scripts/reference/generator_fixtures.py).
 
-use std::path::PathBuf;
-
 use candle_core::{D, Device, Tensor};
 use serde::Deserialize;
 
 use attune::model::llama::{self, KvCache, Llama};
+
+use super::common::workspace;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -23,10 +23,6 @@ struct Prompt {
     logits_at_sample: Vec<Vec<f32>>,
     argmax: Vec<u32>,
     greedy_continuation: Vec<u32>,
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 fn load() -> (Llama, Reference) {

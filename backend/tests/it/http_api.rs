@@ -3,20 +3,14 @@
 
 use std::path::Path;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::Value;
-use tower::ServiceExt;
 
 use attune::serve::{AppState, ServeConfig, app};
 use attune_shared::ComputeDevice;
 
-struct TestApp {
-    router: Router,
-    _dirs: tempfile::TempDir,
-}
+use super::common::{TestApp, call, get};
 
 async fn test_app(token: Option<&str>) -> TestApp {
     test_app_on(token, ComputeDevice::Cpu).await
@@ -39,19 +33,6 @@ async fn test_app_on(token: Option<&str>, device: ComputeDevice) -> TestApp {
     };
     let state = AppState::open(config).await.unwrap();
     TestApp { router: app(state), _dirs: dirs }
-}
-
-async fn call(app: &TestApp, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app.router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, body)
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
 }
 
 fn put_json(uri: &str, body: &str) -> Request<Body> {

@@ -18,9 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use super::common::workspace;
 
 /// A models folder whose default names hold tiny random models with the real tokenizers.
 fn tiny_models(root: &Path) -> PathBuf {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod architecture;
+mod common;
 mod corpus_api;
 mod corpus_cli;
 mod device_tools;

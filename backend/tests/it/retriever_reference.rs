@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use attune::model::retriever::{Pooling, Retriever, TextRole};
 
+use super::common::workspace;
+
 #[derive(Deserialize)]
 struct Reference {
     max_seq_length: usize,
@@ -21,10 +23,6 @@ struct Case {
     ids: Vec<u32>,
     mean_pooled: Vec<f32>,
     embedding: Vec<f32>,
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 fn load() -> (Retriever, Reference) {

@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use super::common::workspace;
 
 fn fixture() -> PathBuf {
     workspace().join("backend/tests/fixtures/halueval_24.csv")
