@@ -68,6 +68,9 @@ test("narrow window keeps navigation usable", async () => {
     const page = await narrow.context.newPage();
     await page.goto(`${server.url}/chat`);
     await page.getByRole("heading", { level: 1, name: "Chat" }).waitFor();
+    // The header's model chips arrive with the health answer: measure with them in place (they
+    // once widened the page to 477 px, which a measurement taken before them missed).
+    await page.getByText("database ok").waitFor();
     for (const place of PLACES) {
       const box = await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: place }).boundingBox();
       assert.ok(box && box.height > 0, `${place} link is laid out`);
