@@ -27,9 +27,15 @@ pub struct ServeArgs {
     /// Largest file accepted by uploads, in MB.
     #[arg(long, default_value_t = super::corpus::DEFAULT_MAX_UPLOAD_MB)]
     max_upload_mb: u64,
-    /// Bearer token required on /api and /ws (at least 8 URL-safe characters).
+    /// Bearer token required on /api and /ws (at least 8 URL-safe characters). Prefer the
+    /// ATTUNE_TOKEN variable: other users of the machine can read command lines.
     #[arg(long, env = "ATTUNE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Another host name (or name:port) the server answers to, beside localhost, 127.0.0.1 and
+    /// [::1]; with a port it is also an origin whose pages may use the API (`trunk serve`'s
+    /// 127.0.0.1:8081). Repeatable.
+    #[arg(long = "allowed-host", value_name = "HOST[:PORT]")]
+    allowed_hosts: Vec<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -41,6 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         device: attune::model::describe_device(&attune::model::device::select(&args.device)?),
         device_spec: args.device.clone(),
         max_upload_bytes: args.max_upload_mb * 1024 * 1024,
+        host_rules: attune::serve::origin::HostRules::new(&args.allowed_hosts).map_err(anyhow::Error::msg)?,
     };
     // Check before binding, so a refused configuration never opens a socket.
     config.check_for(args.addr)?;

@@ -23,13 +23,9 @@ async fn test_app_on(token: Option<&str>, device: ComputeDevice) -> TestApp {
     std::fs::write(models.join("tiny-bert/config.json"), r#"{"model_type":"bert"}"#).unwrap();
     std::fs::write(models.join("tiny-bert/model.safetensors"), b"").unwrap();
     let config = ServeConfig {
-        device_spec: "cpu".into(),
-        max_upload_bytes: 50 << 20,
-        data_dir: dirs.path().join("data"),
-        models_dir: models,
-        dist_dir: dirs.path().join("dist"),
         token: token.map(str::to_owned),
         device,
+        ..ServeConfig::new(dirs.path().join("data"), models, dirs.path().join("dist"))
     };
     let state = AppState::open(config).await.unwrap();
     TestApp { router: app(state), _dirs: dirs }
@@ -140,15 +136,8 @@ async fn frontend_routes_fall_back_to_index_html() {
     std::fs::create_dir_all(&dist).unwrap();
     std::fs::write(dist.join("index.html"), "<!doctype html><title>shell</title>").unwrap();
     std::fs::write(dist.join("app.css"), "body{}").unwrap();
-    let config = ServeConfig {
-        device_spec: "cpu".into(),
-        max_upload_bytes: 50 << 20,
-        data_dir: dirs.path().join("data"),
-        models_dir: dirs.path().join("models"),
-        dist_dir: dist,
-        token: None,
-        device: ComputeDevice::Cpu,
-    };
+    let config =
+        ServeConfig { token: None, ..ServeConfig::new(dirs.path().join("data"), dirs.path().join("models"), dist) };
     let router = app(AppState::open(config).await.unwrap());
     let test = TestApp { router, _dirs: dirs };
     let (status, body) = call(&test, get("/app.css")).await;
@@ -193,15 +182,7 @@ async fn token_guards_api_and_ws_but_not_the_page() {
 
 #[test]
 fn off_loopback_requires_a_strong_token() {
-    let mut config = ServeConfig {
-        device_spec: "cpu".into(),
-        max_upload_bytes: 50 << 20,
-        data_dir: "data".into(),
-        models_dir: "models".into(),
-        dist_dir: "dist".into(),
-        token: None,
-        device: ComputeDevice::Cpu,
-    };
+    let mut config = ServeConfig { token: None, ..ServeConfig::new("data".into(), "models".into(), "dist".into()) };
     assert!(config.check_for("127.0.0.1:8080".parse().unwrap()).is_ok());
     assert!(config.check_for("[::1]:8080".parse().unwrap()).is_ok());
     let refused = config.check_for("0.0.0.0:8080".parse().unwrap()).unwrap_err();

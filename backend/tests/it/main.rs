@@ -13,5 +13,6 @@ mod generator_reference;
 mod http_api;
 mod jobs_api;
 mod retriever_reference;
+mod security;
 mod train_cli;
 mod websocket;

@@ -11,7 +11,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use attune::serve::{ServeConfig, ServeError, serve};
-use attune_shared::ComputeDevice;
 use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
 
 struct Running {
@@ -24,13 +23,8 @@ struct Running {
 async fn start(token: Option<&str>) -> Running {
     let dirs = tempfile::tempdir().unwrap();
     let config = ServeConfig {
-        device_spec: "cpu".into(),
-        max_upload_bytes: 50 << 20,
-        data_dir: dirs.path().join("data"),
-        models_dir: dirs.path().join("models"),
-        dist_dir: dirs.path().join("dist"),
         token: token.map(str::to_owned),
-        device: ComputeDevice::Cpu,
+        ..ServeConfig::new(dirs.path().join("data"), dirs.path().join("models"), dirs.path().join("dist"))
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,15 +103,62 @@ async fn serve_refuses_open_address_without_token() {
     let dirs = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let config = ServeConfig {
-        device_spec: "cpu".into(),
-        max_upload_bytes: 50 << 20,
-        data_dir: dirs.path().join("data"),
-        models_dir: dirs.path().join("models"),
-        dist_dir: dirs.path().join("dist"),
         token: None,
-        device: ComputeDevice::Cpu,
+        ..ServeConfig::new(dirs.path().join("data"), dirs.path().join("models"), dirs.path().join("dist"))
     };
     let result = serve(listener, config, std::future::pending()).await;
     assert!(matches!(result, Err(ServeError::TokenRequired { .. })), "{result:?}");
     assert!(!dirs.path().join("data").exists(), "nothing is created when refusing to start");
+}
+
+/// Before the origin check, any page could open the socket and read job events and passages.
+#[tokio::test]
+async fn a_page_from_another_origin_cannot_open_the_socket() {
+    let server = start(None).await;
+    for origin in ["http://evil.example", "null", "http://localhost:3000"] {
+        let mut request = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("Origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{origin}")
+            }
+            other => panic!("{origin}: expected 403, got {other:?}"),
+        }
+    }
+    let mut same = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
+    same.headers_mut().insert("Origin", format!("http://{}", server.addr).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(same).await.unwrap();
+    assert!(matches!(next_message(&mut socket).await, ServerMessage::Hello { .. }));
+}
+
+/// A rebinding page reaches 127.0.0.1 under its own name: the Host header gives it away.
+#[tokio::test]
+async fn a_foreign_host_name_gets_403_over_the_socket() {
+    let server = start(None).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/settings", server.addr);
+    let refused =
+        client.get(&url).header("Host", format!("rebind.example:{}", server.addr.port())).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "host_not_allowed");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}
+
+/// Wrong tokens from one address are answered 429 after ten, so a token cannot be guessed.
+#[tokio::test]
+async fn wrong_tokens_are_rate_limited_per_peer() {
+    let server = start(Some("right-token-1")).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/settings", server.addr);
+    for attempt in 0..attune::serve::auth::MAX_FAILED_ATTEMPTS {
+        let response = client.get(&url).bearer_auth(format!("guess-{attempt:04}")).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let limited = client.get(&url).bearer_auth("guess-last").send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    // Even the right token waits out the window: the limit is on the peer, not the guess.
+    assert_eq!(client.get(&url).bearer_auth("right-token-1").send().await.unwrap().status(), 429);
 }

@@ -24,6 +24,12 @@ pub enum AppError {
     NotFound(String),
     #[error("this server requires a bearer token: send `Authorization: Bearer <token>`")]
     Unauthorized,
+    /// The caller may not do this at all (another site's page, a host name not this server's).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// Too many failed attempts from one peer; try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -101,6 +107,8 @@ impl AppError {
             AppError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,9 +121,11 @@ impl AppError {
     /// The stable, machine-readable code of the error body.
     pub fn code(&self) -> &'static str {
         match self {
-            AppError::BadRequest { code, .. } | AppError::Invalid { code, .. } | AppError::Conflict { code, .. } => {
-                code
-            }
+            AppError::BadRequest { code, .. }
+            | AppError::Invalid { code, .. }
+            | AppError::Conflict { code, .. }
+            | AppError::Forbidden { code, .. } => code,
+            AppError::TooManyRequests(_) => "too_many_attempts",
             AppError::ModelsMissing(_) => "models_missing",
             AppError::NotFound(_) => "not_found",
             AppError::Unauthorized => "unauthorized",

@@ -4,10 +4,11 @@
 //! [`serve`] runs it on a listener until a shutdown future resolves.
 
 mod api;
-mod auth;
+pub mod auth;
 mod corpus;
 pub mod error;
 mod live;
+pub mod origin;
 mod runs;
 mod ws;
 
@@ -29,7 +30,7 @@ use tower_http::trace::TraceLayer;
 use crate::store::{Store, StoreError};
 
 /// Everything `attune serve` needs to know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
@@ -43,6 +44,23 @@ pub struct ServeConfig {
     pub device_spec: String,
     /// Largest uploaded file, in bytes (413 beyond).
     pub max_upload_bytes: u64,
+    /// The `Host` names (beyond loopback) and origins the server answers to.
+    pub host_rules: origin::HostRules,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("models_dir", &self.models_dir)
+            .field("dist_dir", &self.dist_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("device", &self.device)
+            .field("device_spec", &self.device_spec)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("host_rules", &self.host_rules)
+            .finish()
+    }
 }
 
 impl ServeConfig {
@@ -56,6 +74,7 @@ impl ServeConfig {
             device: attune_shared::ComputeDevice::Cpu,
             device_spec: "cpu".into(),
             max_upload_bytes: 50 * 1024 * 1024,
+            host_rules: origin::HostRules::default(),
         }
     }
 }
@@ -114,6 +133,8 @@ struct StateInner {
     job_context: crate::engine::job::JobContext,
     /// The compute thread that answers chat questions.
     chat: crate::engine::chat::ChatEngine,
+    /// Wrong-token attempts per peer.
+    failed_attempts: auth::FailedAttempts,
 }
 
 impl std::fmt::Debug for StateInner {
@@ -181,6 +202,7 @@ impl AppState {
                 queue,
                 job_context,
                 chat,
+                failed_attempts: Default::default(),
             }),
         })
     }
@@ -246,6 +268,10 @@ impl AppState {
         self.inner.config.token.as_deref()
     }
 
+    fn failed_attempts(&self) -> &auth::FailedAttempts {
+        &self.inner.failed_attempts
+    }
+
     fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
@@ -260,6 +286,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .route(attune_shared::WS_PATH, get(ws::upgrade).layer(require_token()))
         .fallback_service(frontend_service(&state.config().dist_dir))
+        .layer(middleware::from_fn_with_state(state.clone(), origin::check_host_and_origin))
         // Spans name the path only: the query may carry the WebSocket token.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
@@ -299,7 +326,7 @@ pub async fn serve(
     let store = state.store().clone();
     let jobs = state.clone();
     tracing::info!("listening on http://{addr}");
-    axum::serve(listener, app(state))
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down");
