@@ -33,8 +33,9 @@ export async function startServer({ port, dataDir, token } = {}) {
   dataDir ??= await mkdtemp(path.join(tmpdir(), "attune-e2e-data-"));
   const args = ["serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir,
     "--models-dir", modelsDir, "--dist-dir", distDir];
-  if (token) args.push("--token", token);
-  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
+  // The token goes in the environment, as the README advises (a command line is visible to `ps`).
+  const env = { ...process.env, RUST_LOG: "warn", ...(token ? { ATTUNE_TOKEN: token } : {}) };
+  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], env });
   let log = "";
   child.stdout.on("data", (d) => (log += d));
   child.stderr.on("data", (d) => (log += d));

@@ -1,6 +1,7 @@
 // The app shell in a real browser: navigation, backend health in the header, and the live
 // WebSocket indicator (connect, lose the server, reconnect).
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { after, before, test } from "node:test";
 import { launchBrowser, screenshot, startServer } from "./harness.mjs";
 
@@ -117,6 +118,15 @@ test("a server started with a token works when the page is opened with it", asyn
     await page.waitForSelector('[data-testid="link"][data-state="connected"]', { timeout: 15_000 });
     await page.getByTestId("models").waitFor();
     assert.ok(!page.url().includes(token), "token removed from the address bar");
+
+    // Export is a request with the token, not a bare link (which got 401 as its file).
+    await page.getByRole("link", { name: "Triples" }).first().click();
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Export CSV" }).click(),
+    ]);
+    const csv = await readFile(await download.path(), "utf8");
+    assert.ok(csv.startsWith("Abstract,Question,Answer"), csv.slice(0, 120));
   } finally {
     await page.close();
     await guarded.stop();

@@ -2,6 +2,7 @@
 // reject with the keyboard, filter by status with the counts, approve a selection, export, and a
 // stale edit that shows the conflict.
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { launchBrowser, screenshot, startServer } from "./harness.mjs";
@@ -103,8 +104,12 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
   await tab(page, "approved").filter({ hasText: "approved (23)" }).waitFor();
 
   // Export the approved ones: 23 rows and a header.
-  const href = await page.getByRole("link", { name: "Export CSV" }).getAttribute("href");
-  const csv = await (await fetch(`${server.url}${href}`)).text();
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export CSV" }).click(),
+  ]);
+  assert.equal(download.suggestedFilename(), "triples.csv");
+  const csv = await readFile(await download.path(), "utf8");
   assert.ok(csv.startsWith("Abstract,Question,Answer"), csv.slice(0, 80));
   const rows = await (await fetch(`${server.url}/api/v1/triples/export?format=jsonl&status=approved`)).text();
   assert.equal(rows.trim().split("\n").length, 23);

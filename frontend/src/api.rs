@@ -161,6 +161,27 @@ fn url(path: &str) -> String {
     format!("{API_PREFIX}{path}")
 }
 
+/// Hands `bytes` to the browser as a downloaded file named `name`.
+fn save_file(bytes: &[u8], name: &str, mime: &str) -> Result<(), wasm_bindgen::JsValue> {
+    use wasm_bindgen::JsCast;
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let options = web_sys::BlobPropertyBag::new();
+    options.set_type(mime);
+    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options)?;
+    let href = web_sys::Url::create_object_url_with_blob(&blob)?;
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let anchor: web_sys::HtmlAnchorElement = document.create_element("a")?.dyn_into()?;
+    anchor.set_href(&href);
+    anchor.set_download(name);
+    anchor.click();
+    // The download has started reading the Blob by then; free it.
+    gloo_timers::callback::Timeout::new(30_000, move || {
+        let _ = web_sys::Url::revoke_object_url(&href);
+    })
+    .forget();
+    Ok(())
+}
+
 fn form_error(e: wasm_bindgen::JsValue) -> ApiError {
     ApiError::unreachable(format!("{e:?}"))
 }
@@ -201,6 +222,16 @@ impl Api {
 
     pub async fn health(self) -> Result<Health, ApiError> {
         self.get("/health").await
+    }
+
+    pub async fn settings(self) -> Result<attune_shared::Settings, ApiError> {
+        self.get("/settings").await
+    }
+
+    pub async fn save_settings(self, settings: &attune_shared::Settings) -> Result<attune_shared::Settings, ApiError> {
+        send_json(Request::put(&url("/settings")), settings, self.token)
+            .await
+            .and_then(|(status, text)| parse(status, &text))
     }
 
     pub async fn documents(self) -> Result<Vec<Document>, ApiError> {
@@ -259,9 +290,22 @@ impl Api {
         self.upload("/triples/import", file_form("file", file)?).await
     }
 
-    /// The download link of the triples in `format` (`csv`, `jsonl`) with `status`.
-    pub fn export_url(self, format: &str, status: &str) -> String {
-        url(&format!("/triples/export?format={format}&status={status}"))
+    /// Downloads the triples in `format` (`csv`, `jsonl`) with `status` as `triples.FORMAT`. A
+    /// fetch with the token and a Blob, not a link: a link carries no `Authorization` header.
+    pub async fn export_triples(self, format: &str, status: &str) -> Result<(), ApiError> {
+        let mut request = Request::get(&url(&format!("/triples/export?format={format}&status={status}")));
+        if let Some(token) = self.token {
+            request = request.header("Authorization", &bearer(token));
+        }
+        let response = request.send().await.map_err(ApiError::unreachable)?;
+        if !response.ok() {
+            let status = response.status();
+            let text = response.text().await.map_err(ApiError::unreachable)?;
+            return Err(ApiError::from_response(status, &text));
+        }
+        let mime = response.headers().get("content-type").unwrap_or_else(|| "application/octet-stream".into());
+        let bytes = response.binary().await.map_err(ApiError::unreachable)?;
+        save_file(&bytes, &format!("triples.{format}"), &mime).map_err(form_error)
     }
 
     pub async fn presets(self) -> Result<Vec<Preset>, ApiError> {

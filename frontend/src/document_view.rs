@@ -77,6 +77,15 @@ pub fn DocumentView() -> impl IntoView {
             });
         });
     }
+    // The OpenAI-compatible server of the settings (the only one a run may use) fills the form.
+    leptos::task::spawn_local(async move {
+        if let Ok(settings) = api.settings().await
+            && let (Some(url), Some(name)) = (settings.llm_base_url, settings.llm_model)
+        {
+            base_url.set(url);
+            model.set(name);
+        }
+    });
     // Progress of our run from the WebSocket.
     if let Some(link) = link {
         Effect::new(move |_| {
@@ -110,6 +119,24 @@ pub fn DocumentView() -> impl IntoView {
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {
+                // The server entered here becomes the setting: passages and the API key go only to it.
+                if let Some(LlmChoice::OpenAi { base_url, model }) = &request.llm {
+                    let saved = match api.settings().await {
+                        Ok(settings) => {
+                            let settings = attune_shared::Settings {
+                                llm_base_url: Some(base_url.clone()),
+                                llm_model: Some(model.clone()),
+                                ..settings
+                            };
+                            api.save_settings(&settings).await.map(|_| ())
+                        }
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = saved {
+                        start_error.set(Some(error.message));
+                        return;
+                    }
+                }
                 match api.start_synthesis(&request).await {
                     Ok(started) => run.set(Some((started, None))),
                     Err(error) => start_error.set(Some(error.message)),
@@ -174,6 +201,7 @@ pub fn DocumentView() -> impl IntoView {
                     " Use an OpenAI-compatible server instead of the local model"
                 </label>
                 <Show when=move || use_server.get()>
+                    <p class="muted">"Saved in the settings when you start: the passages, and the key in ATTUNE_LLM_API_KEY, go only to this server."</p>
                     <label>"Server URL (up to /v1) "
                         <input type="url" placeholder="http://127.0.0.1:8000/v1" prop:value=move || base_url.get()
                             on:input=move |e| base_url.set(event_target_value(&e)) />

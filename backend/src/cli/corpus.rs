@@ -160,7 +160,10 @@ pub fn build_llm(choice: &LlmChoice, generator: &std::path::Path, device: &str) 
             let name = generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
             Box::new(LocalLlm { generator: Generator::load(generator, &device)?, name })
         }
-        LlmChoice::OpenAi { base_url, model } => Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model))?),
+        // The command line is the user's own choice of server: the key goes to it.
+        LlmChoice::OpenAi { base_url, model } => {
+            Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model).with_key_for(Some(base_url)))?)
+        }
     })
 }
 

@@ -341,7 +341,17 @@ async fn several_passages(app: &TestApp) -> (i64, u64) {
     (document["id"].as_i64().unwrap(), document["passages"].as_u64().unwrap())
 }
 
+/// Saves `base_url` as the settings' OpenAI-compatible server (a run may only use that one).
+async fn configure_llm(app: &TestApp, base_url: &str) {
+    let (_, mut settings) = call(app, get("/api/v1/settings")).await;
+    settings["llm_base_url"] = json!(base_url);
+    settings["llm_model"] = json!("stand-in-7b");
+    let (status, body) = call(app, json_request("PUT", "/api/v1/settings", settings)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn start_run(app: &TestApp, document: i64, base_url: &str) -> i64 {
+    configure_llm(app, base_url).await;
     let (status, body) = call(
         app,
         json_request(
@@ -366,6 +376,28 @@ async fn triples_per_passage(app: &TestApp, document: i64) -> Vec<u64> {
         .collect()
 }
 
+/// Before, any URL in the request received the passages (and the API key).
+#[tokio::test]
+async fn a_run_may_only_use_the_configured_llm_server() {
+    let app = test_app(1 << 20).await;
+    let (document, _) = several_passages(&app).await;
+    let request = |url: &str| {
+        json_request(
+            "POST",
+            "/api/v1/synth/runs",
+            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": url, "model": "m"}}),
+        )
+    };
+    let (status, body) = call(&app, request("http://attacker.example/v1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "llm_server_not_configured");
+    configure_llm(&app, "http://127.0.0.1:9/v1").await;
+    let (status, body) = call(&app, request("http://attacker.example/v1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = call(&app, request("http://127.0.0.1:9/v1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_resumes_where_it_stopped() {
     let app = test_app(1 << 20).await;
@@ -378,7 +410,9 @@ async fn a_failed_run_resumes_where_it_stopped() {
     let run = wait_for_run(&app, run_id, finished).await;
     assert_eq!(run["report"]["passages_done"], 2, "{run}");
     assert_eq!(run["report"]["failed_passages"], passages - 2, "{run}");
-    assert!(run["error"].as_str().unwrap().contains("context length exceeded"), "{run}");
+    // The status is the client's to see; the server's own words stay in the log.
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("HTTP 400") && !error.contains("context length exceeded"), "{run}");
 
     stand_in.fail_from.store(0, Ordering::SeqCst);
     let (status, body) =

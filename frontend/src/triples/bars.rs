@@ -97,9 +97,15 @@ pub(super) fn BulkBar(
     on_import: Callback<web_sys::Event>,
 ) -> impl IntoView {
     let api = Api::from_context();
-    let export_href = move |format: &str| {
-        let status = filter.with(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
-        api.export_url(format, status)
+    let export_error = RwSignal::new(None::<String>);
+    let export = move |format: &'static str| {
+        let status = filter.with_untracked(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
+        export_error.set(None);
+        leptos::task::spawn_local(async move {
+            if let Err(error) = api.export_triples(format, status).await {
+                export_error.set(Some(format!("Export failed: {}", error.message)));
+            }
+        });
     };
     let page_ids = move || {
         page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.iter().map(|t| t.id).collect()))
@@ -122,8 +128,9 @@ pub(super) fn BulkBar(
             )}</button>
             <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
             <button on:click=move |_| on_undo.run(()) disabled=move || !can_undo.get()>"Undo last edit"</button>
-            <a class="button" href=move || export_href("csv") download="triples.csv">"Export CSV"</a>
-            <a class="button" href=move || export_href("jsonl") download="triples.jsonl">"Export JSONL"</a>
+            <button on:click=move |_| export("csv")>"Export CSV"</button>
+            <button on:click=move |_| export("jsonl")>"Export JSONL"</button>
+            {move || export_error.get().map(|e| view! { <span class="error" role="alert">{e}</span> })}
             <label class="button">"Import…"
                 <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=move |e| on_import.run(e) />
             </label>

@@ -25,7 +25,7 @@ use crate::engine::ingest::{Ingested, ingest_file};
 use crate::engine::synth::SynthJob;
 use crate::engine::triples_io::{self, ExportFormat};
 use crate::ingest::ChunkSettings;
-use crate::openai::{OpenAiLlm, OpenAiSettings};
+use crate::openai::{OpenAiLlm, OpenAiSettings, same_origin};
 use crate::store::corpus::{NewTripleRow, SynthRunConfig, TripleFilter, TripleSort, TriplesOfDeleted};
 use crate::synth::{FilterSettings, Llm, LocalLlm, prompt};
 
@@ -355,8 +355,22 @@ pub async fn start_synth(
     let prompts = request.prompts.unwrap_or_else(prompt::defaults);
     prompt::validate(&prompts).map_err(|e| AppError::Invalid { code: "invalid_prompts", message: e.to_string() })?;
     let llm = match request.llm {
+        // The corpus goes to this server: only to the one the user configured in the settings.
+        Some(LlmChoice::OpenAi { base_url, .. })
+            if !settings.llm_base_url.as_deref().is_some_and(|configured| same_origin(configured, &base_url)) =>
+        {
+            return Err(AppError::Invalid {
+                code: "llm_server_not_configured",
+                message: format!(
+                    "{base_url} is not the OpenAI-compatible server of the settings ({}): save it there \
+                     first (PUT /api/v1/settings, llm_base_url), so passages and the API key go only where you \
+                     chose",
+                    settings.llm_base_url.as_deref().unwrap_or("none set")
+                ),
+            });
+        }
         Some(llm) => llm,
-        None => match (settings.llm_base_url, settings.llm_model) {
+        None => match (settings.llm_base_url.clone(), settings.llm_model.clone()) {
             (Some(base_url), Some(model)) => LlmChoice::OpenAi { base_url, model },
             _ => LlmChoice::Local,
         },
@@ -408,7 +422,8 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                 let run = runtime
                     .block_on(state.store().synth_run(run_id))?
                     .ok_or(EngineError::Invalid("no such run".into()))?;
-                let llm = build_llm(&state, &run.llm)?;
+                let configured = runtime.block_on(state.store().settings())?.llm_base_url;
+                let llm = build_llm(&state, &run.llm, configured.as_deref())?;
                 let events = state.events().clone();
                 SynthJob {
                     run_id,
@@ -439,7 +454,8 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
     Ok(())
 }
 
-fn build_llm(state: &AppState, choice: &LlmChoice) -> Result<Box<dyn Llm>, EngineError> {
+/// The run's LLM; the API key goes only to the `configured` server (the settings' one now).
+fn build_llm(state: &AppState, choice: &LlmChoice, configured: Option<&str>) -> Result<Box<dyn Llm>, EngineError> {
     Ok(match choice {
         LlmChoice::Local => {
             let path = state.config().models_dir.join(crate::model::catalog::DEFAULT_GENERATOR_NAME);
@@ -449,7 +465,9 @@ fn build_llm(state: &AppState, choice: &LlmChoice) -> Result<Box<dyn Llm>, Engin
                 crate::model::generator::Generator::load(&path, &device).map_err(crate::synth::SynthError::Local)?;
             Box::new(LocalLlm { generator, name: crate::model::catalog::DEFAULT_GENERATOR_NAME.to_owned() })
         }
-        LlmChoice::OpenAi { base_url, model } => Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model))?),
+        LlmChoice::OpenAi { base_url, model } => {
+            Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model).with_key_for(configured))?)
+        }
     })
 }
 
