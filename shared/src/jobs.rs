@@ -193,22 +193,23 @@ impl Hyper {
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 20] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
-            (self.max_steps.is_none_or(|s| s >= 1), "max steps (max_steps) must be at least 1"),
+            (
+                self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
+                "max steps (max_steps) must be between 1 and 10000000",
+            ),
             ((1..=4096).contains(&self.batch_size), "batch size (batch_size) must be between 1 and 4096"),
             ((1..=1024).contains(&self.grad_accum), "gradient accumulation (grad_accum) must be between 1 and 1024"),
             (self.lr > 0.0 && self.lr < 1.0, "the learning rate (lr) must be above 0 and below 1"),
             ((0.0..1.0).contains(&self.warmup_ratio), "the warmup ratio (warmup_ratio) must be in [0, 1)"),
             ((0.0..1.0).contains(&self.weight_decay), "weight decay (weight_decay) must be in [0, 1)"),
-            (self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(), "max_grad_norm must not be negative"),
+            ((0.0..=1e4).contains(&self.max_grad_norm), "max_grad_norm must be between 0 and 10000"),
             ((1..=256).contains(&self.lora_r), "LoRA rank (lora_r) must be between 1 and 256"),
-            (self.lora_alpha > 0.0 && self.lora_alpha.is_finite(), "lora_alpha must be positive"),
+            (self.lora_alpha > 0.0 && self.lora_alpha <= 4096.0, "lora_alpha must be above 0 and at most 4096"),
             ((0.0..1.0).contains(&self.lora_dropout), "LoRA dropout (lora_dropout) must be in [0, 1)"),
             ((1..=64).contains(&self.top_k), "top-k (top_k) must be between 1 and 64"),
-            (
-                self.generator_weight >= 0.0 && self.generator_weight.is_finite(),
-                "generator_weight must not be negative",
-            ),
-            (self.scale > 0.0 && self.scale.is_finite(), "scale must be positive"),
+            ((0.0..=100.0).contains(&self.generator_weight), "generator_weight must be between 0 and 100"),
+            // exp(scale · cos) must stay far from f32's overflow: 1000 keeps every logit finite.
+            (self.scale > 0.0 && self.scale <= 1000.0, "scale must be above 0 and at most 1000"),
             ((8..=4096).contains(&self.max_passage_tokens), "max_passage_tokens must be between 8 and 4096"),
             ((1..=1024).contains(&self.max_answer_tokens), "max_answer_tokens must be between 1 and 1024"),
             (self.test_fraction > 0.0 && self.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
@@ -517,4 +518,32 @@ pub struct ChatStats {
     pub tokens: u32,
     /// Decoding speed: the tokens after the first over the time since the first.
     pub tokens_per_second: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before the upper bounds, `scale: 1e30` passed and its first step was NaN.
+    #[test]
+    fn every_number_is_bounded_above_and_below() {
+        assert!(Hyper::default().validate().is_ok());
+        let cases: [(&str, fn(&mut Hyper)); 9] = [
+            ("scale", |h| h.scale = 1e30),
+            ("scale", |h| h.scale = f64::NAN),
+            ("lora_alpha", |h| h.lora_alpha = f64::INFINITY),
+            ("generator_weight", |h| h.generator_weight = 1e12),
+            ("max_grad_norm", |h| h.max_grad_norm = f64::NAN),
+            ("lr", |h| h.lr = f64::NAN),
+            ("warmup_ratio", |h| h.warmup_ratio = -0.5),
+            ("max_steps", |h| h.max_steps = Some(u32::MAX)),
+            ("batch_size", |h| h.batch_size = 0),
+        ];
+        for (field, change) in cases {
+            let mut hyper = Hyper::default();
+            change(&mut hyper);
+            let error = hyper.validate().unwrap_err();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod common;
 mod corpus_api;
 mod corpus_cli;
 mod device_tools;
+mod faults;
 mod generator_reference;
 mod http_api;
 mod jobs_api;

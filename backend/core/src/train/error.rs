@@ -19,6 +19,13 @@ pub enum TrainError {
     /// A base model that would not load (a missing or unusable folder).
     #[error("cannot load the {what} {}: {message}", path.display())]
     Load { what: String, path: PathBuf, message: String },
+    /// The loss or gradient norm of a step is NaN or infinite: the run stops before the update,
+    /// so its last checkpoint holds the last good weights.
+    #[error(
+        "step {step}: the {what} is {value} (not a finite number); the run stopped before updating the weights, \
+         its last checkpoint is intact: lower the learning rate or scale and resume"
+    )]
+    NonFinite { step: usize, what: &'static str, value: f64 },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]

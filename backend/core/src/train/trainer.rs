@@ -310,6 +310,12 @@ impl Trainer {
             tokens += out.tokens;
         }
         let grad_norm = clip_grad_norm(&mut grads, self.config.hyper.max_grad_norm)?;
+        // One bad step would write NaN into every weight (and every later checkpoint).
+        for (what, value) in [("loss", loss), ("gradient norm", grad_norm)] {
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { step: self.step + 1, what, value });
+            }
+        }
         let lr = self.config.schedule(total).lr(self.step);
         self.optimizer.step(&grads, lr)?;
         self.step += 1;
@@ -568,6 +574,47 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    /// Before, a NaN step was stored (as JSON null, which then failed every read of the run) and
+    /// the NaN weights were checkpointed; now the run fails at that step and the checkpoint stays.
+    #[test]
+    fn a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint() {
+        let base = config_with(TrainMode::E2e, |h| {
+            (h.max_steps, h.epochs, h.checkpoint_every) = (Some(6), 5, 2);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = trainer(base.clone(), dir.path(), None);
+        let outcome = first
+            .run(&mut |e| {
+                if matches!(e, TrainEvent::Checkpoint { step: 2, .. }) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Cancelled { steps: 2, .. }), "{outcome:?}");
+        drop(first);
+        let good = latest_checkpoint(dir.path()).unwrap();
+        let mut poisoned = trainer(base.clone(), dir.path(), Some(&good));
+        let (_, var) = &poisoned.optimizer.params()[0];
+        var.set(&(var.as_tensor() * f64::NAN).unwrap()).unwrap();
+        let mut events = Vec::new();
+        let error = poisoned
+            .run(&mut |e| {
+                events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap_err();
+        assert!(matches!(error, TrainError::NonFinite { step: 3, .. }), "{error}");
+        assert!(error.to_string().contains("step 3"), "{error}");
+        assert!(losses(&events).is_empty(), "no step was reported: {events:?}");
+        assert!(matches!(events.last(), Some(TrainEvent::Failed { step: 2, .. })), "{events:?}");
+        // The newest checkpoint is still step 2's, and it resumes.
+        assert_eq!(latest_checkpoint(dir.path()).unwrap(), good);
+        let resumed = trainer(base, dir.path(), Some(&good));
+        assert_eq!(resumed.step(), 2);
     }
 
     /// 10 steps straight, and 5 + cancel + resume + 5, end at the same loss (and weights).

@@ -37,6 +37,12 @@ fn json<T: serde::de::DeserializeOwned>(text: &str, key: &str) -> Result<T, Stor
     serde_json::from_str(text).map_err(|error| StoreError::Corrupt { key: key.to_owned(), error })
 }
 
+/// The value, or `None` with a warning: one unreadable row must not fail a whole listing (or the
+/// server's start, which lists the runs).
+fn readable<T>(result: Result<T, StoreError>) -> Option<T> {
+    result.map_err(|error| tracing::warn!("skipping an unreadable row: {error}")).ok()
+}
+
 fn run(row: &SqliteRow) -> Result<Run, StoreError> {
     let request: NewRun = json(&row.try_get::<String, _>("request")?, "runs.request")?;
     let last: Option<String> = row.try_get("last")?;
@@ -53,7 +59,8 @@ fn run(row: &SqliteRow) -> Result<Run, StoreError> {
         held_out: row.try_get::<i64, _>("held_out")? as u32,
         step: row.try_get::<i64, _>("step")? as u32,
         total_steps: row.try_get::<i64, _>("total_steps")? as u32,
-        last: last.map(|text| json(&text, "runs.last")).transpose()?,
+        // The latest step's figures are a convenience: one that does not read is left out.
+        last: last.and_then(|text| readable(json(&text, "runs.last"))),
         eval_loss: row.try_get("eval_loss")?,
         checkpoint: row.try_get("checkpoint")?,
         device: row.try_get("device")?,
@@ -127,7 +134,7 @@ impl Store {
     pub async fn runs(&self) -> Result<Vec<Run>, StoreError> {
         let rows =
             sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC")).fetch_all(&self.pool).await?;
-        rows.iter().map(run).collect()
+        Ok(rows.iter().filter_map(|row| readable(run(row))).collect())
     }
 
     /// Moves a run to `status`, stamping when it started or finished; `error` replaces the last one.
@@ -198,7 +205,7 @@ impl Store {
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|text| json(text, "run_metrics.point")).collect()
+        Ok(rows.iter().filter_map(|text| readable(json(text, "run_metrics.point"))).collect())
     }
 
     /// Forgets steps after `step` (a resumed run redoes them from its checkpoint).
@@ -234,7 +241,7 @@ impl Store {
     pub async fn evals(&self) -> Result<Vec<Eval>, StoreError> {
         let rows =
             sqlx::query(&format!("SELECT {EVAL_COLUMNS} FROM evals ORDER BY id DESC")).fetch_all(&self.pool).await?;
-        let mut evals: Vec<Eval> = rows.iter().map(eval).collect::<Result<_, _>>()?;
+        let mut evals: Vec<Eval> = rows.iter().filter_map(|row| readable(eval(row))).collect();
         for e in &mut evals {
             if let Some(report) = &mut e.report {
                 report.items.clear();
