@@ -48,6 +48,23 @@ pub struct Health {
     pub device: ComputeDevice,
     #[serde(default)]
     pub database: DatabaseHealth,
+    /// The server's long-lived compute threads (job worker, chat) and synthesis runs.
+    #[serde(default)]
+    pub threads: Vec<ThreadHealth>,
+}
+
+/// One compute thread's state in `/api/v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThreadHealth {
+    /// `jobs`, `chat` or `synthesis`.
+    pub name: String,
+    /// `idle`, `busy: …` (what it works on) or `stopped`.
+    pub state: String,
+    /// Panics caught (each failed only its own job or question).
+    pub panics: u32,
+    /// The last caught panic's message.
+    pub last_panic: Option<String>,
 }
 
 /// One model folder the backend can use.

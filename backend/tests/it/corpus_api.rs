@@ -415,9 +415,21 @@ async fn a_failed_run_resumes_where_it_stopped() {
     assert!(error.contains("HTTP 400") && !error.contains("context length exceeded"), "{run}");
 
     stand_in.fail_from.store(0, Ordering::SeqCst);
-    let (status, body) =
-        call(&app, json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Eight resumes at once: one starts the run, the others are told it is running (before, each
+    // passed the check before any had registered, and the run ran several times at once).
+    let resumes = (0..8).map(|_| {
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let request = json_request("POST", &format!("/api/v1/synth/runs/{run_id}/resume"), json!({}));
+            call_router(&router, request).await.0
+        })
+    });
+    let mut statuses = Vec::new();
+    for resume in resumes.collect::<Vec<_>>() {
+        statuses.push(resume.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| matches!(*s, StatusCode::ACCEPTED | StatusCode::CONFLICT)), "{statuses:?}");
     let run = wait_for_run(&app, run_id, |r| finished(r) && r["report"]["passages_done"] == passages).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     // Done passages were skipped: one kept triple per passage, none twice.
@@ -538,4 +550,58 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
     assert_eq!(kept["total"], passages, "triples stay, with their passage text");
     assert!(kept["items"][0]["passage"].as_str().unwrap().contains("cat"));
     assert_eq!(kept["items"][0]["document_id"], Value::Null);
+}
+
+/// Concurrent edits of one triple and bulk changes of all: each edit is 200 or 409, never 500
+/// (a deferred transaction that upgraded to a write lock met SQLITE_BUSY, which no timeout waits out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_edits_answer_200_or_409_never_500() {
+    let app = test_app(1 << 20).await;
+    let rows: Vec<(String, String, String)> =
+        (0..30).map(|i| (format!("Question {i}?"), format!("Passage {i}."), format!("answer {i}"))).collect();
+    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(q, p, a)| (q.as_str(), p.as_str(), a.as_str())).collect();
+    let (status, body) = call(&app, multipart("/api/v1/triples/import", &[("triples.jsonl", &jsonl(&refs))])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, page) = call(&app, get("/api/v1/triples?per_page=100")).await;
+    let ids: Vec<i64> = page["items"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for (n, &id) in ids.iter().enumerate() {
+            let router = app.router.clone();
+            tasks.push(tokio::spawn(async move {
+                let (_, triple) = call_router(&router, get(&format!("/api/v1/triples/{id}"))).await;
+                let version = triple["version"].as_i64().unwrap();
+                let edit = json!({"version": version, "answer": format!("edit {round} {n}")});
+                let mut statuses = Vec::new();
+                for _ in 0..3 {
+                    let request = json_request("PATCH", &format!("/api/v1/triples/{id}"), edit.clone());
+                    statuses.push(call_router(&router, request).await.0);
+                }
+                statuses
+            }));
+            let router = app.router.clone();
+            let ids = ids.clone();
+            let status = if n % 2 == 0 { "approved" } else { "pending" };
+            tasks.push(tokio::spawn(async move {
+                let request = json_request(
+                    "POST",
+                    "/api/v1/triples/bulk",
+                    json!({"action": "set_status", "ids": ids, "status": status}),
+                );
+                vec![call_router(&router, request).await.0]
+            }));
+        }
+        for task in tasks {
+            for status in task.await.unwrap() {
+                assert!(matches!(status, StatusCode::OK | StatusCode::CONFLICT), "round {round}: {status}");
+            }
+        }
+    }
+}
+
+async fn call_router(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }

@@ -52,3 +52,54 @@ async fn an_unreadable_row_is_skipped_not_fatal() {
     assert_eq!(status, StatusCode::OK, "{points}");
     assert_eq!(points.as_array().unwrap().len(), 1, "{points}");
 }
+
+/// Before, a second `attune serve` on the same folder marked the first one's running jobs
+/// interrupted and ran its queue a second time.
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dirs = tempfile::tempdir().unwrap();
+    let config = || ServeConfig::new(dirs.path().join("data"), dirs.path().join("models"), dirs.path().join("dist"));
+    let first = AppState::open(config()).await.unwrap();
+    let second = AppState::open(config()).await.unwrap_err();
+    assert!(matches!(second, attune::serve::ServeError::DataDirInUse { .. }), "{second}");
+    assert!(second.to_string().contains("another `attune serve`"), "{second}");
+    first.stop_jobs().await;
+    drop(first);
+    AppState::open(config()).await.expect("free again once the first is gone");
+}
+
+/// Claim and cancel are compare-and-set: whichever lands first wins, the other sees it.
+#[tokio::test]
+async fn claim_and_cancel_of_a_queued_run_never_both_win() {
+    use attune::store::jobs::QueuedJob;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = Store::open(dirs.path()).await.unwrap();
+    let request = serde_json::from_str::<NewRun>("{}").unwrap();
+    let a = store.insert_run("a", &request, "runs/a", 1, 0).await.unwrap();
+    assert!(store.cancel_queued_run(a.id).await.unwrap().is_some());
+    assert!(!store.claim_job(QueuedJob::Run(a.id)).await.unwrap(), "a cancelled run is not claimed");
+    assert_eq!(store.run(a.id).await.unwrap().unwrap().status, attune_shared::JobStatus::Cancelled);
+    let b = store.insert_run("b", &request, "runs/b", 1, 0).await.unwrap();
+    assert!(store.claim_job(QueuedJob::Run(b.id)).await.unwrap());
+    assert!(store.cancel_queued_run(b.id).await.unwrap().is_none(), "a running run is not cancelled as queued");
+    assert_eq!(store.run(b.id).await.unwrap().unwrap().status, attune_shared::JobStatus::Running);
+    // Many racing pairs: exactly one of the two wins each time.
+    for i in 0..40 {
+        let run = store.insert_run(&format!("r{i}"), &request, "runs/r", 1, 0).await.unwrap();
+        let (claimed, cancelled) =
+            tokio::join!(store.claim_job(QueuedJob::Run(run.id)), store.cancel_queued_run(run.id));
+        assert!(claimed.unwrap() != cancelled.unwrap().is_some(), "run {i}");
+    }
+}
+
+#[tokio::test]
+async fn health_shows_each_compute_thread() {
+    let dirs = tempfile::tempdir().unwrap();
+    let config = ServeConfig::new(dirs.path().join("data"), dirs.path().join("models"), dirs.path().join("dist"));
+    let app = TestApp { router: app(AppState::open(config).await.unwrap()), _dirs: dirs };
+    let (status, health) = call(&app, get("/api/v1/health")).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let names: Vec<&str> = health["threads"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["jobs", "chat", "synthesis"]);
+    assert!(health["threads"].as_array().unwrap().iter().all(|t| t["state"] == "idle" && t["panics"] == 0), "{health}");
+}

@@ -99,6 +99,7 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct ChatEngine {
     commands: std::sync::mpsc::Sender<Command>,
+    monitor: super::health::ThreadMonitor,
 }
 
 impl std::fmt::Debug for Command {
@@ -119,6 +120,8 @@ pub struct ChatContext {
 impl ChatEngine {
     pub fn start(context: ChatContext) -> Result<ChatEngine, EngineError> {
         let (commands, received) = std::sync::mpsc::channel();
+        let monitor = super::health::ThreadMonitor::new("chat");
+        let thread_monitor = monitor.clone();
         std::thread::Builder::new()
             .name("attune-chat".into())
             .spawn(move || {
@@ -126,13 +129,30 @@ impl ChatEngine {
                 // Ends when every handle is dropped.
                 while let Ok(Command::Ask(question)) = received.recv() {
                     let events = question.events.clone();
-                    if let Err(e) = state.answer(*question) {
-                        let _ = events.send(ChatEvent::Error { code: e.0, message: e.1 });
+                    let outcome = thread_monitor.run("a chat question", || Ok(state.answer(*question)));
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err((code, message))) => {
+                            let _ = events.send(ChatEvent::Error { code, message });
+                        }
+                        Err(panic) => {
+                            // The loaded models may be half-changed: load them afresh next time.
+                            state.pairs.clear();
+                            state.indexes.clear();
+                            let _ =
+                                events.send(ChatEvent::Error { code: "internal_error", message: panic.to_string() });
+                        }
                     }
                 }
+                thread_monitor.set_state("stopped");
             })
             .map_err(|e| EngineError::Task(format!("cannot start the chat thread: {e}")))?;
-        Ok(ChatEngine { commands })
+        Ok(ChatEngine { commands, monitor })
+    }
+
+    /// The chat thread's state, for `/api/v1/health`.
+    pub fn health(&self) -> attune_shared::ThreadHealth {
+        self.monitor.health()
     }
 
     /// Queues a question; its answer arrives on `question.events`.

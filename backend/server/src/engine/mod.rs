@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod eval_job;
+pub mod health;
 pub mod ingest;
 pub mod job;
 pub mod synth;

@@ -65,7 +65,15 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError>
             DatabaseHealth { ok: false, schema_version: 0 }
         }
     };
-    Ok(Json(Health { version: crate::VERSION.to_owned(), models, device: state.config().device.clone(), database }))
+    let mut threads = vec![state.queue().health(), state.chat().health()];
+    threads.extend(state.synth_health());
+    Ok(Json(Health {
+        version: crate::VERSION.to_owned(),
+        models,
+        device: state.config().device.clone(),
+        database,
+        threads,
+    }))
 }
 
 async fn get_settings(State(state): State<AppState>) -> Result<Json<Settings>, AppError> {

@@ -412,13 +412,26 @@ pub async fn start_synth(
 /// Starts (or resumes) a run on a thread of its own.
 fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
     let cancel = Arc::new(AtomicBool::new(false));
-    state.jobs().lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, cancel.clone());
+    {
+        // Checked and taken under one lock: two concurrent resumes must not both start the run.
+        let mut jobs = state.jobs().lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.contains_key(&run_id) {
+            return Err(AppError::Conflict {
+                code: "not_resumable",
+                message: format!("synthesis run {run_id} is running already"),
+                current: None,
+            });
+        }
+        jobs.insert(run_id, cancel.clone());
+    }
+    let state_for_error = state.clone();
     let state = state.clone();
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name(format!("synth-{run_id}"))
         .spawn(move || {
-            let result = (|| -> Result<SynthRun, EngineError> {
+            let monitor = state.synth_monitor().clone();
+            let result = monitor.run(&format!("synthesis run {run_id}"), || -> Result<SynthRun, EngineError> {
                 let run = runtime
                     .block_on(state.store().synth_run(run_id))?
                     .ok_or(EngineError::Invalid("no such run".into()))?;
@@ -436,7 +449,7 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                 .run(|run, eta| {
                     let _ = events.send(ServerMessage::SynthProgress { run: run.clone(), eta_seconds: eta });
                 })
-            })();
+            });
             if let Err(error) = result {
                 tracing::error!(run = run_id, "synthesis run failed: {error}");
                 let _ = runtime.block_on(state.store().set_synth_status(
@@ -450,7 +463,10 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
             }
             state.jobs().lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
         })
-        .map_err(|e| AppError::Internal(format!("cannot start the synthesis thread: {e}")))?;
+        .map_err(|e| {
+            state_for_error.jobs().lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+            AppError::Internal(format!("cannot start the synthesis thread: {e}"))
+        })?;
     Ok(())
 }
 

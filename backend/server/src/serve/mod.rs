@@ -88,6 +88,12 @@ pub enum ServeError {
     TokenRequired { addr: SocketAddr },
     #[error("the token must be at least 8 characters of A-Z, a-z, 0-9, '-', '_', '.' or '~'")]
     WeakToken,
+    #[error(
+        "another `attune serve` is using the data directory {} (it holds {}); stop it first, or pass \
+         another --data-dir",
+        dir.display(), LOCK_FILE
+    )]
+    DataDirInUse { dir: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("server I/O error: {0}")]
@@ -106,6 +112,21 @@ impl ServeConfig {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The file in the data directory a running server holds an exclusive lock on.
+pub const LOCK_FILE: &str = "attune.lock";
+
+/// Takes the data directory's lock for as long as the returned file lives: a second server on the
+/// same folder would mark the first one's jobs interrupted and run them twice.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServeError> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::DataDirInUse { dir: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(error)) => Err(ServeError::Io(error)),
     }
 }
 
@@ -135,6 +156,10 @@ struct StateInner {
     chat: crate::engine::chat::ChatEngine,
     /// Wrong-token attempts per peer.
     failed_attempts: auth::FailedAttempts,
+    /// Panics caught in synthesis threads.
+    synth_monitor: crate::engine::health::ThreadMonitor,
+    /// Held (locked) while the state lives.
+    _data_dir_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for StateInner {
@@ -146,6 +171,7 @@ impl std::fmt::Debug for StateInner {
 impl AppState {
     /// Opens the store in `config.data_dir` and assembles the state.
     pub async fn open(config: ServeConfig) -> Result<AppState, ServeError> {
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
         // Runs a stopped server left behind can be resumed; they are not running any more.
         let interrupted = store.interrupt_unfinished_synth_runs().await?;
@@ -203,6 +229,8 @@ impl AppState {
                 job_context,
                 chat,
                 failed_attempts: Default::default(),
+                synth_monitor: crate::engine::health::ThreadMonitor::new("synthesis"),
+                _data_dir_lock: data_dir_lock,
             }),
         })
     }
@@ -266,6 +294,21 @@ impl AppState {
 
     fn token(&self) -> Option<&str> {
         self.inner.config.token.as_deref()
+    }
+
+    /// One entry per synthesis run in progress, and the panics synthesis threads caught.
+    fn synth_health(&self) -> Vec<attune_shared::ThreadHealth> {
+        let running = self.jobs().lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect::<Vec<_>>();
+        let mut health = self.inner.synth_monitor.health();
+        health.state = match running.as_slice() {
+            [] => "idle".into(),
+            ids => format!("busy: synthesis run(s) {}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
+        };
+        vec![health]
+    }
+
+    fn synth_monitor(&self) -> &crate::engine::health::ThreadMonitor {
+        &self.inner.synth_monitor
     }
 
     fn failed_attempts(&self) -> &auth::FailedAttempts {

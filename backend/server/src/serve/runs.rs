@@ -83,13 +83,14 @@ pub async fn run_metrics(State(state): State<AppState>, Path(id): Path<i64>) -> 
 /// `POST /runs/:id/cancel`: a queued run is cancelled at once; a running one at its next step
 /// (after saving a checkpoint), reported over the WebSocket.
 pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse, AppError> {
+    // Compare-and-set, so a cancel that lands while the worker claims the run is never lost:
+    // either the run was still queued (cancelled here) or it is running (the worker stops it).
+    if let Some(run) = state.store().cancel_queued_run(id).await? {
+        state.publish(JobEvent::Run(Box::new(run.clone())));
+        return Ok((StatusCode::OK, Json(run)));
+    }
     let run = state.store().run(id).await?.ok_or_else(|| not_found("run", id))?;
     match run.status {
-        JobStatus::Queued => {
-            let run = state.store().set_run_status(id, JobStatus::Cancelled, None).await?;
-            state.publish(JobEvent::Run(Box::new(run.clone())));
-            Ok((StatusCode::OK, Json(run)))
-        }
         JobStatus::Running if state.queue().cancel(QueuedJob::Run(id)) => Ok((StatusCode::ACCEPTED, Json(run))),
         status => Err(AppError::Conflict {
             code: "not_running",

@@ -181,7 +181,7 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 impl Store {
     /// Stores a document and all its passages in one transaction.
     pub async fn insert_document(&self, new: &NewDocument) -> Result<Document, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO documents (name, kind, sha256, bytes, pages, chunk_tokens, chunk_overlap)
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -243,7 +243,7 @@ impl Store {
     /// Deletes a document and its passages; its triples are kept (with their passage text) or
     /// deleted. `false` if there was no such document.
     pub async fn delete_document(&self, id: i64, triples: TriplesOfDeleted) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         if triples == TriplesOfDeleted::Delete {
             sqlx::query("DELETE FROM triples WHERE document_id = ?").bind(id).execute(&mut *tx).await?;
         }
@@ -278,7 +278,7 @@ impl Store {
 
     /// Inserts triples in one transaction; returns their ids.
     pub async fn insert_triples(&self, rows: &[NewTripleRow]) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             ids.push(insert_triple(&mut tx, row).await?);
@@ -360,7 +360,7 @@ impl Store {
     /// history and the version increases. A stale version is a [`StoreError::Conflict`] carrying the
     /// current triple.
     pub async fn update_triple(&self, id: i64, update: &TripleUpdate) -> Result<Triple, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let current = triple_in(&mut tx, id).await?.ok_or(StoreError::NotFound("triple"))?;
         if current.version != update.version {
             return Err(StoreError::Conflict(Box::new(current)));
@@ -407,7 +407,7 @@ impl Store {
 
     /// Sets the status of many triples in one transaction (each change recorded in its history).
     pub async fn set_status(&self, ids: &[i64], status: TripleStatus) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut changed = 0;
         for &id in ids {
             let Some(current) = triple_in(&mut tx, id).await? else { continue };
@@ -430,7 +430,7 @@ impl Store {
 
     /// Deletes triples; returns how many existed.
     pub async fn delete_triples(&self, ids: &[i64]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut deleted = 0;
         for id in ids {
             deleted +=
@@ -452,7 +452,7 @@ impl Store {
     pub async fn create_synth_run(&self, config: &SynthRunConfig, passage_ids: &[i64]) -> Result<SynthRun, StoreError> {
         let json = serde_json::to_string(config)
             .map_err(|error| StoreError::Corrupt { key: "synth_runs.config".into(), error })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO synth_runs (status, config, passages_total) VALUES ('queued', ?, ?) RETURNING id",
         )
@@ -505,7 +505,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(report)
             .map_err(|error| StoreError::Corrupt { key: "synth_runs.report".into(), error })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for row in triples {
             insert_triple(&mut tx, row).await?;
         }

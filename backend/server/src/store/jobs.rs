@@ -159,7 +159,7 @@ impl Store {
     /// Records one step's figures (the history and the run's latest) in one transaction.
     pub async fn record_step(&self, id: i64, point: &StepPoint, device: Option<&str>) -> Result<(), StoreError> {
         let text = serde_json::to_string(point).expect("a step point serialises");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query("INSERT OR REPLACE INTO run_metrics (run_id, step, point) VALUES (?, ?, ?)")
             .bind(id)
             .bind(i64::from(point.step))
@@ -296,9 +296,41 @@ impl Store {
         Ok(row.map(|(kind, id)| if kind == "run" { QueuedJob::Run(id) } else { QueuedJob::Eval(id) }))
     }
 
+    /// Moves a queued job to running, if it is still queued (compare-and-set: a cancel that landed
+    /// while the worker picked the job wins, and the worker skips it). True when claimed.
+    pub async fn claim_job(&self, job: QueuedJob) -> Result<bool, StoreError> {
+        let (table, id) = match job {
+            QueuedJob::Run(id) => ("runs", id),
+            QueuedJob::Eval(id) => ("evals", id),
+        };
+        let started =
+            if table == "runs" { format!(", started_at = COALESCE(started_at, {NOW})") } else { String::new() };
+        let claimed = sqlx::query(&format!(
+            "UPDATE {table} SET status = 'running', finished_at = NULL{started} WHERE id = ? AND status = 'queued'"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Cancels a run if it is still queued (compare-and-set); `None` when it was not queued any
+    /// more (the worker may have just claimed it).
+    pub async fn cancel_queued_run(&self, id: i64) -> Result<Option<Run>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE runs SET status = 'cancelled', finished_at = {NOW} WHERE id = ? AND status = 'queued'
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run).transpose()
+    }
+
     /// Marks the jobs that were running when the server stopped as interrupted; returns how many.
     pub async fn interrupt_unfinished_jobs(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let runs = sqlx::query(&format!(
             "UPDATE runs SET status = 'interrupted', finished_at = {NOW},
                  error = 'the server stopped while this run trained; resume it from its last checkpoint'

@@ -77,6 +77,13 @@ impl Store {
         Ok(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&self.pool).await?)
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`): one that read first
+    /// and upgraded later could meet another writer's lock and fail with SQLITE_BUSY, which the
+    /// busy timeout cannot wait out, and two concurrent edits answered 500 instead of 200/409.
+    pub(crate) async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -24,7 +24,7 @@ impl Store {
     pub async fn save_settings(&self, settings: &Settings) -> Result<(), StoreError> {
         let json = serde_json::to_string(settings)
             .map_err(|error| StoreError::Corrupt { key: PROJECT_SETTINGS_KEY.to_owned(), error })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value,
