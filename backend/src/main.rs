@@ -76,6 +76,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cli::sandbox::run_if_asked() {
+        return code;
+    }
     tune_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pdf_extract=error")))

@@ -6,6 +6,8 @@
 //! reusable without a runtime, a database or an HTTP stack.
 
 pub mod eval;
+#[cfg(feature = "testing")]
+pub mod fuzz_targets;
 pub mod ingest;
 pub mod model;
 pub mod rag;

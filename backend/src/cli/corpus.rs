@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use attune::engine::ingest::{Ingested, ingest_file};
+use attune::engine::ingest::{DocumentParser, Ingested, SandboxLimits, ingest_file};
 use attune::engine::synth::SynthJob;
 use attune::engine::triples_io::{self, ExportFormat};
 use attune::ingest::ChunkSettings;
@@ -60,6 +60,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         overlap: args.chunk_overlap.unwrap_or(saved.chunk_overlap as usize),
     };
     let tokenizer = chunking_tokenizer(&args.retriever, &args.models_dir)?;
+    let parser = DocumentParser::Sandboxed(SandboxLimits::for_program(std::env::current_exe()?));
     let mut failures = 0;
     for path in &args.files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned();
@@ -72,7 +73,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        match ingest_file(&store, &tokenizer, &name, bytes, settings, args.max_upload_mb * 1024 * 1024).await {
+        match ingest_file(&store, &tokenizer, &parser, &name, bytes, settings, args.max_upload_mb * 1024 * 1024).await {
             Ok(Ingested::New(document)) => {
                 let passages = store.passages(document.id).await?;
                 let mut tokens: Vec<u32> = passages.iter().map(|p| p.tokens).collect();

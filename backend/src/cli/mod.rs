@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod eval;
 pub mod fixtures;
 pub mod model;
+pub mod sandbox;
 pub mod serve;
 pub mod train;
 

@@ -48,6 +48,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         device_spec: args.device.clone(),
         max_upload_bytes: args.max_upload_mb * 1024 * 1024,
         host_rules: attune::serve::origin::HostRules::new(&args.allowed_hosts).map_err(anyhow::Error::msg)?,
+        document_parser: attune::engine::ingest::DocumentParser::Sandboxed(
+            attune::engine::ingest::SandboxLimits::for_program(std::env::current_exe()?),
+        ),
     };
     // Check before binding, so a refused configuration never opens a socket.
     config.check_for(args.addr)?;

@@ -605,3 +605,113 @@ async fn call_router(router: &Router, request: Request<Body>) -> (StatusCode, Va
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
+
+/// Before: page 4294967295 overflowed `(page - 1) * per_page` (a panic in debug builds), 2,000
+/// search words exceeded SQLite's variable limit (500), and a cell `=HYPERLINK(…)` went into the
+/// CSV export as a live formula.
+#[tokio::test]
+async fn paging_search_and_csv_cells_are_bounded() {
+    let app = test_app(1 << 20).await;
+    let refs = [("=HYPERLINK(\"http://x.example\",\"click\")?", "+1 passage", "@SUM(A1)")];
+    let (status, body) = call(&app, multipart("/api/v1/triples/import", &[("t.jsonl", &jsonl(&refs))])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for uri in
+        ["/api/v1/triples?page=4294967295&per_page=500", "/api/v1/triples?page=0", "/api/v1/triples?per_page=501"]
+    {
+        let (status, body) = call(&app, get(uri)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query");
+    }
+    let many = vec!["w"; 2000].join("%20");
+    let (status, body) = call(&app, get(&format!("/api/v1/triples?q={many}"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = call(&app, get("/api/v1/triples?page=1000000&q=a%20b")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let response = app.router.clone().oneshot(get("/api/v1/triples/export?format=csv&status=pending")).await.unwrap();
+    let csv = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let cells: Vec<String> =
+        csv::Reader::from_reader(csv.as_bytes()).records().next().unwrap().unwrap().iter().map(str::to_owned).collect();
+    assert!(cells.iter().all(|c| c.starts_with('\'')), "{cells:?}");
+    // And it imports back as it was.
+    let (_, body) = call(&app, multipart("/api/v1/triples/import", &[("back.csv", csv.as_bytes())])).await;
+    assert_eq!(body["imported"], 1, "{body}");
+    let (_, page) = call(&app, get("/api/v1/triples?sort=newest&per_page=1")).await;
+    assert_eq!(page["items"][0]["question"], refs[0].0);
+}
+
+/// A PDF whose one page's content stream inflates to `inflated` bytes of spaces (a few MB on disk).
+fn decompression_bomb(inflated: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let chunk = vec![b' '; 1 << 20];
+    for _ in 0..inflated / chunk.len() {
+        encoder.write_all(&chunk).unwrap();
+    }
+    let stream = encoder.finish().unwrap();
+    let mut pdf = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    let objects: Vec<Vec<u8>> = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".to_vec(),
+        [
+            format!("<< /Length {} /Filter /FlateDecode >>\nstream\n", stream.len()).into_bytes(),
+            stream,
+            b"\nendstream".to_vec(),
+        ]
+        .concat(),
+    ];
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(pdf.len());
+        pdf.extend(format!("{} 0 obj\n", i + 1).into_bytes());
+        pdf.extend(body);
+        pdf.extend(b"\nendobj\n");
+    }
+    let xref = pdf.len();
+    pdf.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).into_bytes());
+    for offset in offsets {
+        pdf.extend(format!("{offset:010} 00000 n \n").into_bytes());
+    }
+    pdf.extend(
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).into_bytes(),
+    );
+    pdf
+}
+
+/// Before, PDFs parsed in the server's process without limits: a 1.4 KB file found by fuzzing
+/// looped forever on a blocking thread, and a bomb's stream inflated into the server's memory.
+/// Now they get 422 within the limits and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_pdfs_get_422_and_the_server_stays_up() {
+    use attune::engine::ingest::{DocumentParser, SandboxLimits};
+    let dirs = tempfile::tempdir().unwrap();
+    let limits = SandboxLimits { program: env!("CARGO_BIN_EXE_attune").into(), memory_bytes: 768 << 20, seconds: 5 };
+    let config = ServeConfig {
+        document_parser: DocumentParser::Sandboxed(limits),
+        ..ServeConfig::new(dirs.path().join("data"), workspace().join("models"), dirs.path().join("dist"))
+    };
+    let app = TestApp { router: app(AppState::open(config).await.unwrap()), _dirs: dirs };
+    let started = std::time::Instant::now();
+    let (status, body) =
+        call(&app, multipart("/api/v1/documents", &[("stalls.pdf", &fixture("stalls_parser.pdf"))])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("longer than 5 s"), "{body}");
+    assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
+
+    let bomb = decompression_bomb(1 << 30);
+    assert!(bomb.len() < 8 << 20, "{}", bomb.len());
+    let (status, body) = call(&app, multipart("/api/v1/documents", &[("bomb.pdf", &bomb)])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "unreadable_pdf", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("memory"), "{body}");
+
+    // A good PDF parses in the child as it did in process, with its pages; a scan is still a scan.
+    let (status, body) =
+        call(&app, multipart("/api/v1/documents", &[("two_pages.pdf", &fixture("two_pages.pdf"))])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["files"][0]["document"]["pages"], 2, "{body}");
+    let (status, body) = call(&app, multipart("/api/v1/documents", &[("scanned.pdf", &fixture("scanned.pdf"))])).await;
+    assert_eq!(body["error"]["code"], "no_text_in_pdf", "{status} {body}");
+    assert_eq!(call(&app, get("/api/v1/health")).await.0, StatusCode::OK);
+}

@@ -38,7 +38,7 @@ impl DocumentKind {
 }
 
 /// A document's text with where its pages and sections start (character offsets into `text`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParsedDocument {
     pub kind: DocumentKind,
     pub text: String,

@@ -110,6 +110,23 @@ pub fn load_dataset(path: &Path, columns: &CsvColumns, split: SplitOptions) -> R
     Ok(Dataset { train, test, corpus, skipped, split_source: SplitSource::ByPassage })
 }
 
+/// Characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+pub const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A CSV cell as exported: a cell that would start a formula gets a leading `'`, which
+/// spreadsheets show as text.
+pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(FORMULA_STARTS) { format!("'{cell}").into() } else { cell.into() }
+}
+
+/// The inverse of [`neutralise_formula`], so an exported file imports as it was.
+fn unquote_formula(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest,
+        _ => cell,
+    }
+}
+
 /// Reads a triples file; rows with an empty field (or unreadable JSON) are skipped and reported.
 pub fn load_triples(path: &Path, columns: &CsvColumns) -> Result<(Vec<Triple>, Vec<Skipped>)> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -166,7 +183,7 @@ fn read_csv(path: &Path, columns: &CsvColumns) -> Result<(Vec<Triple>, Vec<Skipp
         let row = i + 1;
         match record {
             Ok(record) => {
-                let field = |n: usize| record.get(n).unwrap_or("");
+                let field = |n: usize| unquote_formula(record.get(n).unwrap_or(""));
                 match triple(field(q), field(p), field(a)) {
                     Ok(t) => triples.push(t),
                     Err(reason) => skipped.push(Skipped { row, reason }),
@@ -324,6 +341,15 @@ fn load_shared(files: &SharedFiles) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_and_read_back() {
+        for cell in ["=HYPERLINK(\"http://x\")", "+1", "-2 degrees", "@SUM(A1)", "\tx", "plain", "'quoted"] {
+            let out = neutralise_formula(cell);
+            assert!(!out.starts_with(FORMULA_STARTS), "{out}");
+            assert_eq!(unquote_formula(&out), cell);
+        }
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);

@@ -19,10 +19,155 @@ pub enum Ingested {
     Duplicate(Document),
 }
 
+/// How documents are parsed. PDF parsing has no time or memory bound of its own (fuzzing found a
+/// 1.4 KB file that loops forever, and a compressed stream can inflate to gigabytes), so the server
+/// parses PDFs in a child process with limits; text and Markdown parse in process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentParser {
+    InProcess,
+    Sandboxed(SandboxLimits),
+}
+
+/// The child process that parses one PDF: `program PARSE_SUBCOMMAND NAME MEMORY_BYTES` reads the
+/// file on standard input and writes the [`crate::ingest::ParsedDocument`] as JSON, or an
+/// [`IngestError`]'s message on standard error with exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// The `attune` binary.
+    pub program: std::path::PathBuf,
+    /// Address-space limit of the child (setrlimit RLIMIT_AS).
+    pub memory_bytes: u64,
+    /// Wall-clock limit; the child is killed after it.
+    pub seconds: u64,
+}
+
+/// The hidden subcommand of `attune` that [`SandboxLimits`] runs.
+pub const PARSE_SUBCOMMAND: &str = "__parse-document";
+
+impl SandboxLimits {
+    /// The limits `attune serve` uses: 2 GiB and 120 s.
+    pub fn for_program(program: std::path::PathBuf) -> SandboxLimits {
+        SandboxLimits { program, memory_bytes: 2 << 30, seconds: 120 }
+    }
+}
+
+impl DocumentParser {
+    /// Parses on the calling thread (blocking: call it off the async threads).
+    pub fn parse(&self, name: &str, bytes: &[u8]) -> Result<crate::ingest::ParsedDocument, IngestError> {
+        match self {
+            DocumentParser::Sandboxed(limits) if DocumentKind::from_name(name) == Some(DocumentKind::Pdf) => {
+                parse_in_child(limits, name, bytes)
+            }
+            _ => parse(name, bytes),
+        }
+    }
+}
+
+fn parse_in_child(
+    limits: &SandboxLimits,
+    name: &str,
+    bytes: &[u8],
+) -> Result<crate::ingest::ParsedDocument, IngestError> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let failed = |message: String| IngestError::Pdf { name: name.to_owned(), message };
+    let mut child = Command::new(&limits.program)
+        .arg(PARSE_SUBCOMMAND)
+        .arg(name)
+        .arg(limits.memory_bytes.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot start the PDF parser {}: {e}", limits.program.display())))?;
+    // Feed, and drain both outputs, on their own threads: the child may block on a full pipe.
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = bytes.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let error_reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limits.seconds);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "parsing it took longer than {} s (the file may be damaged or built to stall a parser)",
+                    limits.seconds
+                )));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => return Err(failed(format!("lost the PDF parser: {e}"))),
+        }
+    };
+    let _ = feeder.join();
+    let out = reader.join().unwrap_or_default();
+    let errors = String::from_utf8_lossy(&error_reader.join().unwrap_or_default()).trim().to_owned();
+    if status.success() {
+        return serde_json::from_slice(&out).map_err(|e| failed(format!("the PDF parser's answer is unreadable: {e}")));
+    }
+    if status.code() == Some(2) {
+        // The parser's own verdict (no text, unreadable PDF), as the in-process parse gives it.
+        return Err(match serde_json::from_str::<ChildError>(&errors) {
+            Ok(ChildError { no_text_pages: Some(pages), .. }) => IngestError::NoText { name: name.to_owned(), pages },
+            Ok(ChildError { message, .. }) => failed(message),
+            Err(_) => failed(errors),
+        });
+    }
+    tracing::warn!("the PDF parser for {name} ended with {status}: {errors}");
+    Err(failed(format!(
+        "parsing it needed more than {} MiB of memory or crashed the parser (the file may be damaged or a \
+         decompression bomb)",
+        limits.memory_bytes >> 20
+    )))
+}
+
+/// What the child writes on standard error when it refuses a file.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChildError {
+    pub message: String,
+    /// Set when the PDF had pages but no text (a scan).
+    #[serde(default)]
+    pub no_text_pages: Option<usize>,
+}
+
+/// The child's side: parse `bytes` as `name`; the JSON answer, or the error as a [`ChildError`].
+pub fn parse_for_parent(name: &str, bytes: &[u8]) -> Result<String, String> {
+    match parse(name, bytes) {
+        Ok(doc) => Ok(serde_json::to_string(&doc).expect("a parsed document serialises")),
+        Err(error) => {
+            let no_text_pages = match &error {
+                IngestError::NoText { pages, .. } => Some(*pages),
+                _ => None,
+            };
+            let message = match &error {
+                IngestError::Pdf { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            Err(serde_json::to_string(&ChildError { message, no_text_pages }).expect("serialises"))
+        }
+    }
+}
+
 /// Ingests `bytes` as the file `name`.
 pub async fn ingest_file(
     store: &Store,
     tokenizer: &Tokenizer,
+    parser: &DocumentParser,
     name: &str,
     bytes: Vec<u8>,
     settings: ChunkSettings,
@@ -41,8 +186,9 @@ pub async fn ingest_file(
     let tokenizer = tokenizer.clone();
     let owned_name = name.to_owned();
     let size = bytes.len() as u64;
+    let parser = parser.clone();
     let new = tokio::task::spawn_blocking(move || -> Result<NewDocument, IngestError> {
-        let doc = parse(&owned_name, &bytes)?;
+        let doc = parser.parse(&owned_name, &bytes)?;
         let passages = chunk(&owned_name, &doc, &tokenizer, settings)?;
         Ok(NewDocument {
             name: owned_name,

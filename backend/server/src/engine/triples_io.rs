@@ -7,7 +7,7 @@ use attune_shared::{Triple, TripleOrigin};
 
 use super::EngineError;
 use crate::store::corpus::NewTripleRow;
-use crate::train::data::{CsvColumns, Skipped, load_triples};
+use crate::train::data::{CsvColumns, Skipped, load_triples, neutralise_formula};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -46,7 +46,9 @@ pub fn export(triples: &[Triple], format: ExportFormat) -> Result<Vec<u8>, Engin
             let failed = |e: csv::Error| EngineError::Failed(format!("cannot write CSV: {e}"));
             writer.write_record([&columns.passage, &columns.question, &columns.answer]).map_err(failed)?;
             for t in triples {
-                writer.write_record([&t.passage, &t.question, &t.answer]).map_err(failed)?;
+                // A cell starting with = + - @ would run as a formula in a spreadsheet.
+                let cells = [&t.passage, &t.question, &t.answer].map(|c| neutralise_formula(c));
+                writer.write_record(cells.iter().map(|c| c.as_ref())).map_err(failed)?;
             }
             writer.into_inner().map_err(|e| EngineError::Failed(format!("cannot write CSV: {e}")))
         }

@@ -55,19 +55,26 @@ pub async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> 
         let Some(name) = field.file_name().map(str::to_owned) else { continue };
         let bytes =
             field.bytes().await.map_err(|e| AppError::BadRequest { code: "bad_multipart", message: e.body_text() })?;
-        let outcome =
-            match ingest_file(state.store(), &tokenizer, &name, bytes.to_vec(), chunk, state.config().max_upload_bytes)
-                .await
-            {
-                Ok(Ingested::New(document)) => UploadOutcome::Ingested { document },
-                Ok(Ingested::Duplicate(document)) => UploadOutcome::Duplicate { document },
-                Err(e) => {
-                    let error = AppError::from(e);
-                    let detail = ErrorDetail { code: error.code().to_owned(), message: error.to_string() };
-                    last_error = Some(error);
-                    UploadOutcome::Failed { name, error: detail }
-                }
-            };
+        let outcome = match ingest_file(
+            state.store(),
+            &tokenizer,
+            &state.config().document_parser,
+            &name,
+            bytes.to_vec(),
+            chunk,
+            state.config().max_upload_bytes,
+        )
+        .await
+        {
+            Ok(Ingested::New(document)) => UploadOutcome::Ingested { document },
+            Ok(Ingested::Duplicate(document)) => UploadOutcome::Duplicate { document },
+            Err(e) => {
+                let error = AppError::from(e);
+                let detail = ErrorDetail { code: error.code().to_owned(), message: error.to_string() };
+                last_error = Some(error);
+                UploadOutcome::Failed { name, error: detail }
+            }
+        };
         files.push(outcome);
     }
     if files.is_empty() {
@@ -176,8 +183,40 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
         Some("question") => TripleSort::Question,
         Some(s) => return Err(invalid(format!("sort={s:?}: expected oldest, newest, updated or question"))),
     };
+    check_search(query.q.as_deref())?;
+    if let Some(page) = query.page
+        && !(1..=MAX_PAGE).contains(&page)
+    {
+        return Err(invalid(format!("page={page}: pages are numbered 1 to {MAX_PAGE}")));
+    }
+    if let Some(per_page) = query.per_page
+        && !(1..=MAX_PER_PAGE).contains(&per_page)
+    {
+        return Err(invalid(format!("per_page={per_page}: between 1 and {MAX_PER_PAGE}")));
+    }
     Ok(TripleFilter { status, document_id: query.document_id, origin, search: query.q.clone(), sort })
 }
+
+/// A search of at most [`MAX_SEARCH_WORDS`] words of at most [`MAX_SEARCH_WORD_CHARS`] each.
+fn check_search(q: Option<&str>) -> Result<(), AppError> {
+    let Some(q) = q else { return Ok(()) };
+    let words: Vec<&str> = q.split_whitespace().collect();
+    if words.len() > MAX_SEARCH_WORDS || words.iter().any(|w| w.chars().count() > MAX_SEARCH_WORD_CHARS) {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!(
+                "q: search with at most {MAX_SEARCH_WORDS} words of at most {MAX_SEARCH_WORD_CHARS} characters each"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Bounds of a triples query: each search word is three bound parameters (SQLite allows 32766).
+const MAX_SEARCH_WORDS: usize = 16;
+const MAX_SEARCH_WORD_CHARS: usize = 200;
+const MAX_PAGE: u32 = 1_000_000;
+const MAX_PER_PAGE: u32 = 500;
 
 pub async fn list_triples(
     State(state): State<AppState>,
@@ -261,6 +300,9 @@ pub async fn bulk(
         search: m.q.clone(),
         sort: TripleSort::Oldest,
     };
+    if let BulkAction::SetStatusMatching { matching: m, .. } | BulkAction::DeleteMatching { matching: m } = &action {
+        check_search(m.q.as_deref())?;
+    }
     let changed = match action {
         BulkAction::SetStatus { ids, status } => state.store().set_status(&ids, status).await?,
         BulkAction::Delete { ids } => state.store().delete_triples(&ids).await?,

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// The `Host` names (beyond loopback) and origins the server answers to.
     pub host_rules: origin::HostRules,
+    /// Where uploaded documents are parsed (`attune serve`: PDFs in a limited child process).
+    pub document_parser: crate::engine::ingest::DocumentParser,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("device_spec", &self.device_spec)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("host_rules", &self.host_rules)
+            .field("document_parser", &self.document_parser)
             .finish()
     }
 }
@@ -75,6 +78,7 @@ impl ServeConfig {
             device_spec: "cpu".into(),
             max_upload_bytes: 50 * 1024 * 1024,
             host_rules: origin::HostRules::default(),
+            document_parser: crate::engine::ingest::DocumentParser::InProcess,
         }
     }
 }

@@ -308,7 +308,7 @@ impl Store {
             TripleSort::Question => " ORDER BY question COLLATE NOCASE, id",
         });
         query.push(" LIMIT ").push_bind(i64::from(per_page));
-        query.push(" OFFSET ").push_bind(i64::from((page - 1) * per_page));
+        query.push(" OFFSET ").push_bind((i64::from(page) - 1) * i64::from(per_page));
         let items = query.build().fetch_all(&self.pool).await?.iter().map(triple).collect::<Result<Vec<_>, _>>()?;
 
         let mut counting = QueryBuilder::<Sqlite>::new("SELECT status, COUNT(*) AS n FROM triples WHERE 1 = 1");
