@@ -715,3 +715,23 @@ async fn hostile_pdfs_get_422_and_the_server_stays_up() {
     assert_eq!(body["error"]["code"], "no_text_in_pdf", "{status} {body}");
     assert_eq!(call(&app, get("/api/v1/health")).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_looping_prompt_template_is_refused_within_a_second() {
+    let app = test_app(1 << 20).await;
+    let (document, _) = several_passages(&app).await;
+    let looping = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}{{ passage }}";
+    let started = std::time::Instant::now();
+    let (status, body) = call(
+        &app,
+        json_request(
+            "POST",
+            "/api/v1/synth/runs",
+            json!({"document_id": document, "prompts": {"questions": looping, "answer": "{{ passage }} {{ question }}"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_prompts");
+    assert!(started.elapsed().as_secs_f64() < 1.0, "{:?}", started.elapsed());
+}

@@ -395,7 +395,19 @@ pub async fn start_synth(
 ) -> Result<(StatusCode, Json<SynthRun>), AppError> {
     let settings = state.store().settings().await?;
     let prompts = request.prompts.unwrap_or_else(prompt::defaults);
-    prompt::validate(&prompts).map_err(|e| AppError::Invalid { code: "invalid_prompts", message: e.to_string() })?;
+    // Templates are the caller's code: checked off the async threads, with fuel and a deadline.
+    let checked = prompts.clone();
+    let validation = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::task::spawn_blocking(move || prompt::validate(&checked)),
+    )
+    .await
+    .map_err(|_| AppError::Invalid {
+        code: "invalid_prompts",
+        message: "the templates take too long to render".into(),
+    })?
+    .map_err(|e| AppError::Internal(format!("template check failed: {e}")))?;
+    validation.map_err(|e| AppError::Invalid { code: "invalid_prompts", message: e.to_string() })?;
     let llm = match request.llm {
         // The corpus goes to this server: only to the one the user configured in the settings.
         Some(LlmChoice::OpenAi { base_url, .. })
