@@ -71,6 +71,11 @@ pub fn fields() -> Vec<Field> {
         field!(test_fraction, "Held out", "Share of passages whose triples are kept for evaluation, never trained on."),
         field!(seed, "Seed", "Same seed, same data order and dropout: a run can be repeated exactly."),
         field!(checkpoint_every, "Checkpoint every", "Steps between resumable checkpoints (0: only at the end)."),
+        field!(
+            keep_checkpoints,
+            "Checkpoints kept",
+            "The newest this many stay in the run folder; older ones are deleted."
+        ),
     ]
 }
 

@@ -150,6 +150,8 @@ pub struct Hyper {
     pub retriever_targets: Vec<String>,
     /// Linear layers of the generator that get LoRA adapters.
     pub generator_targets: Vec<String>,
+    /// Checkpoints kept in the run folder (older ones are deleted as new ones are written).
+    pub keep_checkpoints: u32,
 }
 
 impl Default for Hyper {
@@ -183,6 +185,7 @@ impl Default for Hyper {
             sequences_per_chunk: 8,
             retriever_targets: ["query", "key", "value"].map(String::from).to_vec(),
             generator_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            keep_checkpoints: 3,
         }
     }
 }
@@ -191,7 +194,7 @@ impl Hyper {
     /// Checks ranges types cannot; the message names the setting and its field. The one validation
     /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 20] = [
+        let checks: [(bool, &str); 21] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
             (
                 self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
@@ -216,6 +219,7 @@ impl Hyper {
             (self.hard_negatives <= 64, "hard_negatives must be at most 64"),
             ((1..=4096).contains(&self.sequences_per_chunk), "sequences_per_chunk must be between 1 and 4096"),
             (self.max_train_examples.is_none_or(|n| n >= 1), "max_train_examples must be at least 1"),
+            ((1..=1000).contains(&self.keep_checkpoints), "keep_checkpoints must be between 1 and 1000"),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());

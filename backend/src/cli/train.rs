@@ -96,6 +96,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N optimiser steps (0: only at the end).
     #[arg(long, default_value_t = defaults().checkpoint_every)]
     checkpoint_every: u32,
+    /// Keep the newest N checkpoints; older ones are deleted.
+    #[arg(long, default_value_t = defaults().keep_checkpoints)]
+    keep_checkpoints: u32,
     /// Report the held-out loss every N steps (0: never).
     #[arg(long, default_value_t = defaults().eval_every)]
     eval_every: u32,
@@ -139,6 +142,7 @@ impl TrainArgs {
             test_fraction: self.test_fraction,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
             eval_every: self.eval_every,
             decay: self.decay,
             marginalization: self.marginalization,

@@ -57,14 +57,59 @@ pub fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
         return Ok(dir.to_owned());
     }
     let none = || TrainError::Checkpoint { path: dir.to_owned(), message: "no checkpoints in this run".into() };
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(CHECKPOINTS_DIR))
-        .map_err(|_| none())?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join(STATE_FILE).is_file())
-        .collect();
+    checkpoints(dir).pop().ok_or_else(none)
+}
+
+/// The complete checkpoints of a run folder, oldest first.
+pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+                .filter(|p| p.join(STATE_FILE).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
     found.sort();
-    found.pop().ok_or_else(none)
+    found
+}
+
+/// `checkpoint`, then the run's older checkpoints, newest first: what a resume tries in turn
+/// when a newer one does not load (a file torn by a power loss).
+pub fn resume_candidates(checkpoint: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![checkpoint.to_owned()];
+    if let Some(run) = checkpoint.parent().and_then(Path::parent) {
+        candidates.extend(checkpoints(run).into_iter().rev().filter(|c| c.as_path() < checkpoint));
+    }
+    candidates
+}
+
+/// Deletes all but the newest `keep` checkpoints of a run folder.
+pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = checkpoints(run_dir);
+    for old in &all[..all.len().saturating_sub(keep.max(1))] {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(())
+}
+
+/// Flushes a folder's files and the folder itself to the disk.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
 /// The run folder `dir` names: itself when it holds a `config.json`, else the run a checkpoint
@@ -186,6 +231,7 @@ mod legacy {
                 sequences_per_chunk: loss.sequences_per_chunk.unwrap_or(defaults.sequences_per_chunk),
                 retriever_targets: old.retriever_targets,
                 generator_targets: old.generator_targets,
+                keep_checkpoints: defaults.keep_checkpoints,
             };
             TrainConfig {
                 data: old.data,
@@ -250,10 +296,13 @@ pub fn write_checkpoint(
     let state_path = partial.join(STATE_FILE);
     std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
         .map_err(io(&state_path))?;
+    // Everything on the disk before the rename makes it a checkpoint, and the rename itself after.
+    sync_tree(&partial)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     std::fs::rename(&partial, &dir).map_err(io(&dir))?;
+    sync_dir(&root)?;
     Ok(dir)
 }
 

@@ -180,7 +180,7 @@ impl Trainer {
             step: 0,
         };
         match resume {
-            Some(checkpoint) => trainer.restore(&checkpoint)?,
+            Some(checkpoint) => trainer.restore_newest_good(&checkpoint)?,
             None => checkpoint::start_run_folder(&trainer.out, &trainer.config)?,
         }
         Ok(trainer)
@@ -372,11 +372,32 @@ impl Trainer {
             seed: self.config.hyper.seed,
             rng: "data order and dropout masks are derived from (seed, step); adapters start from (seed)".into(),
         };
-        checkpoint::write_checkpoint(&self.out, &state, |dir| {
+        let path = checkpoint::write_checkpoint(&self.out, &state, |dir| {
             self.save_adapters(dir)?;
             candle_core::safetensors::save(&self.optimizer.state(), dir.join(OPTIMIZER_FILE))?;
             Ok(())
-        })
+        })?;
+        checkpoint::prune_checkpoints(&self.out, self.config.hyper.keep_checkpoints as usize)?;
+        Ok(path)
+    }
+
+    /// Restores `checkpoint` or, when it does not load, the newest older one that does.
+    fn restore_newest_good(&mut self, checkpoint: &Path) -> Result<()> {
+        let mut first_error = None;
+        for candidate in checkpoint::resume_candidates(checkpoint) {
+            match self.restore(&candidate) {
+                Ok(()) => {
+                    if let Some(error) = &first_error {
+                        tracing::warn!("resumed from {} instead: {error}", candidate.display());
+                    }
+                    return Ok(());
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.expect("at least the checkpoint itself was tried"))
     }
 
     /// Loads a checkpoint's adapters and optimiser state, and continues from its step.
@@ -615,6 +636,37 @@ mod tests {
         assert_eq!(latest_checkpoint(dir.path()).unwrap(), good);
         let resumed = trainer(base, dir.path(), Some(&good));
         assert_eq!(resumed.step(), 2);
+    }
+
+    /// A torn newest checkpoint (power loss) resumes from the one before; old ones are pruned.
+    #[test]
+    fn a_torn_checkpoint_falls_back_and_only_the_newest_are_kept() {
+        let base = config_with(TrainMode::Retriever, |h| {
+            (h.max_steps, h.epochs, h.checkpoint_every, h.keep_checkpoints) = (Some(8), 5, 1, 3);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = trainer(base.clone(), dir.path(), None);
+        first
+            .run(&mut |e| {
+                if matches!(e, TrainEvent::Checkpoint { step: 6, .. }) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        drop(first);
+        let kept: Vec<String> = checkpoint::checkpoints(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["step-000004", "step-000005", "step-000006"]);
+        let newest = latest_checkpoint(dir.path()).unwrap();
+        let weights = newest.join(Part::Retriever.dir_name()).join(lora::ADAPTER_WEIGHTS);
+        let torn = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &torn[..torn.len() / 2]).unwrap();
+        let resumed = trainer(base, dir.path(), Some(&newest));
+        assert_eq!(resumed.step(), 5);
     }
 
     /// 10 steps straight, and 5 + cancel + resume + 5, end at the same loss (and weights).
