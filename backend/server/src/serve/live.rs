@@ -19,6 +19,20 @@ pub const STEP_INTERVAL: Duration = Duration::from_millis(250);
 pub struct LiveJobs {
     pub runs: BTreeMap<i64, Run>,
     pub evals: BTreeMap<i64, Eval>,
+    /// The final states of the last [`FINISHED_KEPT`] runs and evaluations to end, for a client
+    /// that lagged behind the events and may have missed them.
+    pub finished_runs: BTreeMap<i64, Run>,
+    pub finished_evals: BTreeMap<i64, Eval>,
+}
+
+/// Finished runs (and evaluations) whose final state a lagging client is sent again.
+pub const FINISHED_KEPT: usize = 32;
+
+fn keep_recent<T>(map: &mut BTreeMap<i64, T>, id: i64, value: T) {
+    map.insert(id, value);
+    while map.len() > FINISHED_KEPT {
+        map.pop_first();
+    }
 }
 
 impl LiveJobs {
@@ -27,6 +41,15 @@ impl LiveJobs {
         let runs = self.runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
         let evals = self.evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
         runs.chain(evals).collect()
+    }
+
+    /// What a client that lagged (and missed events) is sent: the unfinished jobs' state and the
+    /// recently finished ones' final state.
+    pub fn resync_messages(&self) -> Vec<ServerMessage> {
+        let finished_runs = self.finished_runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
+        let finished_evals =
+            self.finished_evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
+        finished_runs.chain(finished_evals).chain(self.messages()).collect()
     }
 }
 
@@ -57,8 +80,10 @@ impl Publisher {
                 self.live.send_modify(|live| {
                     if unfinished(run.status) {
                         live.runs.insert(run.id, (*run).clone());
+                        live.finished_runs.remove(&run.id);
                     } else {
                         live.runs.remove(&run.id);
+                        keep_recent(&mut live.finished_runs, run.id, (*run).clone());
                     }
                 });
                 if !unfinished(run.status) {
@@ -94,8 +119,10 @@ impl Publisher {
                 self.live.send_modify(|live| {
                     if unfinished(eval.status) {
                         live.evals.insert(eval.id, (*eval).clone());
+                        live.finished_evals.remove(&eval.id);
                     } else {
                         live.evals.remove(&eval.id);
+                        keep_recent(&mut live.finished_evals, eval.id, (*eval).clone());
                     }
                 });
                 ServerMessage::EvalState { eval }
@@ -104,5 +131,51 @@ impl Publisher {
         };
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: i64, status: JobStatus) -> Box<Run> {
+        let mut run: Run = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "r", "status": "queued", "mode": "e2e", "retriever": "", "generator": "",
+            "hyper": {}, "examples": 1, "held_out": 0, "step": 0, "total_steps": 1, "created_at": ""
+        }))
+        .unwrap();
+        run.status = status;
+        Box::new(run)
+    }
+
+    /// Before, a client that lagged skipped the missed events and never saw a run's final state.
+    #[test]
+    fn a_lagging_client_gets_the_final_state_again() {
+        let (events, mut receiver) = broadcast::channel(2);
+        let publisher = Publisher::new(events, LiveJobs::default());
+        publisher.publish(JobEvent::Run(run(1, JobStatus::Running)));
+        for i in 0..5 {
+            publisher.publish(JobEvent::Log {
+                job: "run:1".into(),
+                level: attune_shared::LogLevel::Info,
+                message: format!("{i}"),
+            });
+        }
+        publisher.publish(JobEvent::Run(run(1, JobStatus::Succeeded)));
+        publisher.publish(JobEvent::Run(run(2, JobStatus::Running)));
+        assert!(matches!(receiver.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+        let resync = publisher.live().borrow().resync_messages();
+        let states: Vec<(i64, JobStatus)> = resync
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::RunState { run } => Some((run.id, run.status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states, [(1, JobStatus::Succeeded), (2, JobStatus::Running)]);
+        for id in 10..(10 + FINISHED_KEPT as i64 + 5) {
+            publisher.publish(JobEvent::Run(run(id, JobStatus::Failed)));
+        }
+        assert_eq!(publisher.live().borrow().finished_runs.len(), FINISHED_KEPT);
     }
 }

@@ -57,8 +57,21 @@ async fn session(mut socket: WebSocket, state: AppState) {
                             break;
                         }
                     }
-                    // A slow client missed some progress; later events carry the whole state.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    // A slow client missed events, perhaps a job's end: send it the state again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!("a WebSocket client missed {missed} events; resending the state");
+                        let resync = state.publisher().live().borrow().resync_messages();
+                        let mut failed = false;
+                        for message in &resync {
+                            if send(&mut socket, message).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
@@ -68,6 +81,9 @@ async fn session(mut socket: WebSocket, state: AppState) {
                     Outgoing::Answered { chat_id, generation, question, answer, done } => {
                         if let Some(chat) = chats.get_mut(&chat_id).filter(|c| c.generation == generation) {
                             chat.history.push((question, answer));
+                            // Only the latest turns go into a prompt anyway; the rest is memory.
+                            let excess = chat.history.len().saturating_sub(MAX_HISTORY_TURNS);
+                            chat.history.drain(..excess);
                             chat.answering = None;
                         }
                         done
@@ -131,6 +147,11 @@ enum Outgoing {
     Failed { chat_id: String, generation: u64, error: ServerMessage },
 }
 
+/// Turns of a chat kept for its next prompts.
+const MAX_HISTORY_TURNS: usize = 32;
+/// Chats one connection may hold.
+const MAX_CHATS: usize = 64;
+
 /// Longest question accepted, in characters.
 const MAX_QUESTION_CHARS: usize = 4000;
 
@@ -158,6 +179,9 @@ async fn answer(
             None
         }
         ClientMessage::ChatClear { chat_id } => {
+            if !chats.contains_key(&chat_id) {
+                return None;
+            }
             let chat = chats.entry(chat_id).or_default();
             if let Some(stop) = chat.answering.take() {
                 stop.store(true, Ordering::Relaxed);
@@ -180,6 +204,13 @@ async fn answer(
             let top_k = top_k.unwrap_or(5);
             if !(1..=20).contains(&top_k) {
                 return refuse("bad_top_k", format!("top_k must be between 1 and 20 (got {top_k})"));
+            }
+            if !chats.contains_key(&chat_id) && chats.len() >= MAX_CHATS {
+                // Forget an idle chat to make room; refuse when all are answering.
+                let Some(idle) = chats.iter().find(|(_, c)| c.answering.is_none()).map(|(id, _)| id.clone()) else {
+                    return refuse("too_many_chats", format!("a connection holds at most {MAX_CHATS} chats"));
+                };
+                chats.remove(&idle);
             }
             let chat = chats.entry(chat_id.clone()).or_default();
             if chat.answering.is_some() {
