@@ -1,6 +1,7 @@
 //! The inputs an attacker or an unlucky user controls, as functions of raw bytes: what the fuzzers
 //! (`fuzz/`, `cargo fuzz`) drive and what the regression test replays in `make test`. Each must
-//! return (with an error or a value), never panic, hang or abort.
+//! return (with an error or a value), never panic, hang or abort. (The WebSocket decoder is the
+//! server's: `attune_server::serve::decode_client_message`.)
 
 use std::io::Cursor;
 
@@ -39,14 +40,5 @@ pub fn triples_file(data: &[u8], scratch: &std::path::Path) {
 pub fn gguf_metadata(data: &[u8]) {
     if let Ok(content) = candle_core::quantized::gguf_file::Content::read(&mut Cursor::new(data)) {
         let _ = gguf_tokenizer::from_gguf(&content);
-    }
-}
-
-/// A WebSocket client's text frame.
-pub fn client_message(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(message) = serde_json::from_str::<attune_shared::ClientMessage>(text)
-    {
-        let _ = serde_json::to_string(&message);
     }
 }

@@ -81,7 +81,12 @@ fn gguf_metadata() {
 
 #[test]
 fn client_messages() {
-    replay("client_message", 3000, fuzz_targets::client_message, |_| true);
+    let decode = |input: &[u8]| {
+        if let Ok(text) = std::str::from_utf8(input) {
+            let _ = attune::serve::decode_client_message(text);
+        }
+    };
+    replay("client_message", 3000, decode, |_| true);
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub mod origin;
 mod runs;
 mod ws;
 
+pub use ws::decode_client_message;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -147,6 +147,11 @@ enum Outgoing {
     Failed { chat_id: String, generation: u64, error: ServerMessage },
 }
 
+/// A client's text frame as the message it is (what the fuzzers drive).
+pub fn decode_client_message(text: &str) -> Result<ClientMessage, serde_json::Error> {
+    serde_json::from_str::<ClientMessage>(text)
+}
+
 /// Turns of a chat kept for its next prompts.
 const MAX_HISTORY_TURNS: usize = 32;
 /// Chats one connection may hold.
@@ -161,7 +166,7 @@ async fn answer(
     chats: &mut HashMap<String, Chat>,
     outgoing: &mpsc::UnboundedSender<Outgoing>,
 ) -> Option<ServerMessage> {
-    let message = match serde_json::from_str::<ClientMessage>(text) {
+    let message = match decode_client_message(text) {
         Ok(message) => message,
         Err(e) => {
             return Some(ServerMessage::Error {
