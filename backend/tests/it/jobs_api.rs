@@ -559,3 +559,77 @@ async fn a_killed_server_leaves_the_run_interrupted_and_it_resumes_to_the_end() 
     process.child.kill().unwrap();
     process.child.wait().unwrap();
 }
+
+/// The load test: 100 WebSocket clients watch a training run while 20 clients edit triples, on
+/// loopback. Every watcher must see the run's final state, and edits must stay quick (p99 under
+/// 2 s on this 2-core machine; the figures are printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_watchers_and_twenty_editors_during_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    let server = start(&dir.path().join("data"), &models).await;
+    let client = reqwest::Client::new();
+    approved_triples(&client, &server).await;
+    let mut watchers = Vec::new();
+    for _ in 0..100 {
+        watchers.push(connect(&server).await);
+    }
+    let (status, run) = call(&client, "POST", &server.url("/runs"), Some(quick(30, 10))).await;
+    assert_eq!(status, 202, "{run}");
+    let run_id = run["id"].as_i64().unwrap();
+    let watching: Vec<_> = watchers
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                let seen =
+                    until(&mut socket, |m| run_state(m, run_id).is_some_and(|s| s == JobStatus::Succeeded)).await;
+                seen.iter().filter(|m| matches!(m, ServerMessage::TrainStep { .. })).count()
+            })
+        })
+        .collect();
+    let (_, page) = call(&client, "GET", &server.url("/triples?per_page=100"), None).await;
+    let ids: Vec<i64> = page["items"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editors: Vec<_> = (0..20)
+        .map(|e| {
+            let (client, ids, done) = (client.clone(), ids.clone(), done.clone());
+            let url = server.url("");
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0usize;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = ids[(e * 7 + n) % ids.len()];
+                    n += 1;
+                    let started = Instant::now();
+                    let (_, triple) = call(&client, "GET", &format!("{url}/triples/{id}"), None).await;
+                    let edit = json!({"version": triple["version"], "answer": format!("edit {e} {n}")});
+                    let (status, body) = call(&client, "PATCH", &format!("{url}/triples/{id}"), Some(edit)).await;
+                    assert!(status == 200 || status == 409, "{status} {body}");
+                    latencies.push(started.elapsed().as_secs_f64());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut steps_seen = Vec::new();
+    for watcher in watching {
+        steps_seen.push(tokio::time::timeout(Duration::from_secs(300), watcher).await.expect("in time").unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut latencies: Vec<f64> = Vec::new();
+    for editor in editors {
+        latencies.extend(editor.await.unwrap());
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "load: 100 watchers all saw the final state (train steps seen per watcher {}..{}); {} edits, p50 {:.1} ms, p99 {:.1} ms",
+        steps_seen.iter().min().unwrap(),
+        steps_seen.iter().max().unwrap(),
+        latencies.len(),
+        at(0.5) * 1e3,
+        at(0.99) * 1e3
+    );
+    assert!(latencies.len() >= 20, "{}", latencies.len());
+    assert!(at(0.99) < 2.0, "p99 edit latency {:.3} s", at(0.99));
+}
