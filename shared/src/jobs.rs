@@ -532,7 +532,8 @@ mod tests {
     #[test]
     fn every_number_is_bounded_above_and_below() {
         assert!(Hyper::default().validate().is_ok());
-        let cases: [(&str, fn(&mut Hyper)); 9] = [
+        type Change = fn(&mut Hyper);
+        let cases: [(&str, Change); 9] = [
             ("scale", |h| h.scale = 1e30),
             ("scale", |h| h.scale = f64::NAN),
             ("lora_alpha", |h| h.lora_alpha = f64::INFINITY),
