@@ -572,7 +572,7 @@ mod tests {
         assert_eq!(h.max_steps, Some(12));
         (max_steps.set)(&mut h, "").unwrap();
         assert_eq!(h.max_steps, None);
-        assert_eq!(fields().len(), 19, "one field per hyper-parameter");
+        assert_eq!(fields().len(), 20, "one field per hyper-parameter");
     }
 
     #[test]
