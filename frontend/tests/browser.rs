@@ -51,6 +51,7 @@ async fn health_summary_shows_loading_models_and_errors() {
         models: vec![model("bge-small", ModelKind::Retriever), model("tiny-llama", ModelKind::Generator)],
         device: ComputeDevice::Cuda { ordinal: 1 },
         database: DatabaseHealth { ok: true, schema_version: 1 },
+        threads: Vec::new(),
     })));
     leptos::task::tick().await;
     let chips = root.query_selector_all("[data-testid=models] li").unwrap();
@@ -66,6 +67,7 @@ async fn health_summary_shows_loading_models_and_errors() {
         models: vec![],
         device: ComputeDevice::Cpu,
         database: DatabaseHealth { ok: false, schema_version: 0 },
+        threads: Vec::new(),
     })));
     leptos::task::tick().await;
     let text = root.text_content().unwrap();
