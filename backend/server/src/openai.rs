@@ -85,6 +85,11 @@ fn read_capped(response: reqwest::blocking::Response) -> Result<Vec<u8>, String>
     Ok(body)
 }
 
+/// Logs (the start of) what the server said, which never goes into a client-facing message.
+fn log_reply(url: &str, what: &str, body: &[u8]) {
+    tracing::warn!(url, "the LLM server answered {what}: {}", String::from_utf8_lossy(&body[..body.len().min(2000)]));
+}
+
 pub struct OpenAiLlm {
     settings: OpenAiSettings,
     client: reqwest::blocking::Client,
@@ -124,11 +129,7 @@ impl OpenAiLlm {
                     return match value.as_ref().and_then(|v| v["choices"][0]["message"]["content"].as_str()) {
                         Some(content) => Ok(content.to_owned()),
                         None => {
-                            tracing::warn!(
-                                url = %self.url(),
-                                "the LLM server's reply is not a chat completion: {}",
-                                String::from_utf8_lossy(&body[..body.len().min(2000)])
-                            );
+                            log_reply(&self.url(), "a reply that is not a chat completion", &body);
                             Err(error(
                                 "the reply is not a chat completion with choices[0].message.content (it is in the \
                                  server's log)"
@@ -140,11 +141,7 @@ impl OpenAiLlm {
                 Ok(response) => {
                     let status = response.status();
                     let body = read_capped(response).unwrap_or_default();
-                    tracing::warn!(
-                        url = %self.url(),
-                        "the LLM server answered HTTP {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(2000)])
-                    );
+                    log_reply(&self.url(), &format!("HTTP {status}"), &body);
                     let message = format!("HTTP {status} (the server's reply is in the log)");
                     if status.as_u16() == 429 || status.is_server_error() {
                         message

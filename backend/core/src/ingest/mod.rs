@@ -10,7 +10,8 @@ pub use chunk::{ChunkSettings, Passage, chunk};
 pub use parse::{DocumentKind, ParsedDocument, parse};
 
 /// Why a file could not become passages. Every variant names the file and says what to do.
-#[derive(Debug, thiserror::Error)]
+/// Serialisable, so the sandboxed PDF parser's child hands the parent the very error it met.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum IngestError {
     #[error(
         "{name}: unsupported file type; Attune reads .pdf, .txt and .md documents (triples: .csv and .jsonl through import)"

@@ -29,8 +29,8 @@ pub enum DocumentParser {
 }
 
 /// The child process that parses one PDF: `program PARSE_SUBCOMMAND NAME MEMORY_BYTES` reads the
-/// file on standard input and writes the [`crate::ingest::ParsedDocument`] as JSON, or an
-/// [`IngestError`]'s message on standard error with exit code 2.
+/// file on standard input and writes the [`crate::ingest::ParsedDocument`] as JSON, or the
+/// [`IngestError`] as JSON on standard error with exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxLimits {
     /// The `attune` binary.
@@ -121,12 +121,8 @@ fn parse_in_child(
         return serde_json::from_slice(&out).map_err(|e| failed(format!("the PDF parser's answer is unreadable: {e}")));
     }
     if status.code() == Some(2) {
-        // The parser's own verdict (no text, unreadable PDF), as the in-process parse gives it.
-        return Err(match serde_json::from_str::<ChildError>(&errors) {
-            Ok(ChildError { no_text_pages: Some(pages), .. }) => IngestError::NoText { name: name.to_owned(), pages },
-            Ok(ChildError { message, .. }) => failed(message),
-            Err(_) => failed(errors),
-        });
+        // The parser's own verdict (no text, unreadable PDF), exactly as the in-process parse gives it.
+        return Err(serde_json::from_str::<IngestError>(&errors).unwrap_or_else(|_| failed(errors)));
     }
     tracing::warn!("the PDF parser for {name} ended with {status}: {errors}");
     Err(failed(format!(
@@ -136,30 +132,11 @@ fn parse_in_child(
     )))
 }
 
-/// What the child writes on standard error when it refuses a file.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ChildError {
-    pub message: String,
-    /// Set when the PDF had pages but no text (a scan).
-    #[serde(default)]
-    pub no_text_pages: Option<usize>,
-}
-
-/// The child's side: parse `bytes` as `name`; the JSON answer, or the error as a [`ChildError`].
+/// The child's side: parse `bytes` as `name`; the document as JSON, or the error as JSON.
 pub fn parse_for_parent(name: &str, bytes: &[u8]) -> Result<String, String> {
     match parse(name, bytes) {
         Ok(doc) => Ok(serde_json::to_string(&doc).expect("a parsed document serialises")),
-        Err(error) => {
-            let no_text_pages = match &error {
-                IngestError::NoText { pages, .. } => Some(*pages),
-                _ => None,
-            };
-            let message = match &error {
-                IngestError::Pdf { message, .. } => message.clone(),
-                other => other.to_string(),
-            };
-            Err(serde_json::to_string(&ChildError { message, no_text_pages }).expect("serialises"))
-        }
+        Err(error) => Err(serde_json::to_string(&error).expect("an ingest error serialises")),
     }
 }
 

@@ -573,8 +573,8 @@ pub async fn resume_synth_run(
     Path(id): Path<i64>,
 ) -> Result<(StatusCode, Json<SynthRun>), AppError> {
     let run = state.store().synth_run(id).await?.ok_or_else(|| not_found("synthesis run", id))?;
-    let running = state.jobs().lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id);
-    if running || run.status == JobStatus::Succeeded && run.report.failed_passages == 0 {
+    // Whether it is running now is spawn_synth's to check, under the same lock that registers it.
+    if run.status == JobStatus::Succeeded && run.report.failed_passages == 0 {
         return Err(AppError::Conflict {
             code: "not_resumable",
             message: format!("synthesis run {id} is {:?}: nothing to resume", run.status),

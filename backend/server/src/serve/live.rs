@@ -38,19 +38,22 @@ fn keep_recent<T>(map: &mut BTreeMap<i64, T>, id: i64, value: T) {
 impl LiveJobs {
     /// The messages that bring a new client up to date.
     pub fn messages(&self) -> Vec<ServerMessage> {
-        let runs = self.runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
-        let evals = self.evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
-        runs.chain(evals).collect()
+        state_messages(&self.runs, &self.evals)
     }
 
-    /// What a client that lagged (and missed events) is sent: the unfinished jobs' state and the
-    /// recently finished ones' final state.
+    /// What a client that lagged (and missed events) is sent: the recently finished jobs' final
+    /// state, then the unfinished ones'.
     pub fn resync_messages(&self) -> Vec<ServerMessage> {
-        let finished_runs = self.finished_runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
-        let finished_evals =
-            self.finished_evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
-        finished_runs.chain(finished_evals).chain(self.messages()).collect()
+        let mut messages = state_messages(&self.finished_runs, &self.finished_evals);
+        messages.extend(self.messages());
+        messages
     }
+}
+
+fn state_messages(runs: &BTreeMap<i64, Run>, evals: &BTreeMap<i64, Eval>) -> Vec<ServerMessage> {
+    let runs = runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
+    let evals = evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
+    runs.chain(evals).collect()
 }
 
 fn unfinished(status: JobStatus) -> bool {
