@@ -29,6 +29,8 @@ pub struct TripleCounts {
     pub pending: u64,
     pub approved: u64,
     pub rejected: u64,
+    /// Synthetic candidates a filter dropped, kept for a person to rescue (not part of "all").
+    pub filtered: u64,
 }
 
 /// A passage of a document.
@@ -47,6 +49,12 @@ pub struct Passage {
     pub tokens: u32,
     #[serde(default)]
     pub section: Option<String>,
+    /// Triples made from this passage (pending, approved or rejected).
+    #[serde(default)]
+    pub triples: u32,
+    /// Set when synthesis skips the passage: `table of contents`, `index` or `bibliography`.
+    #[serde(default)]
+    pub reference_matter: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,6 +63,9 @@ pub enum TripleStatus {
     Pending,
     Approved,
     Rejected,
+    /// A synthetic candidate a filter dropped (`filter_reason` says which); never trained on
+    /// until a person keeps it (back to pending).
+    Filtered,
 }
 
 impl TripleStatus {
@@ -63,6 +74,7 @@ impl TripleStatus {
             TripleStatus::Pending => "pending",
             TripleStatus::Approved => "approved",
             TripleStatus::Rejected => "rejected",
+            TripleStatus::Filtered => "filtered",
         }
     }
 
@@ -71,6 +83,7 @@ impl TripleStatus {
             "pending" => Some(TripleStatus::Pending),
             "approved" => Some(TripleStatus::Approved),
             "rejected" => Some(TripleStatus::Rejected),
+            "filtered" => Some(TripleStatus::Filtered),
             _ => None,
         }
     }
@@ -128,6 +141,16 @@ pub struct Triple {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Why a filter dropped it (status `filtered`), in words.
+    #[serde(default)]
+    pub filter_reason: Option<String>,
+    /// The name of its document, and the pages of its passage, while they exist.
+    #[serde(default)]
+    pub document: Option<String>,
+    #[serde(default)]
+    pub page_start: Option<u32>,
+    #[serde(default)]
+    pub page_end: Option<u32>,
 }
 
 /// One page of a triple listing, with the counts of everything matching the filter's other terms.
@@ -337,6 +360,8 @@ pub struct SynthReport {
     pub filtered: FilterCounts,
     /// Passages whose LLM calls failed (after retries).
     pub failed_passages: u64,
+    /// Passages not sent to the LLM: tables of contents, indexes, bibliographies.
+    pub skipped_passages: u64,
     pub seconds: f64,
 }
 
@@ -352,6 +377,9 @@ pub struct SynthRun {
     pub passages_total: u64,
     #[serde(default)]
     pub report: SynthReport,
+    /// The document the run was started for (none: passages of several documents).
+    #[serde(default)]
+    pub document_id: Option<i64>,
     #[serde(default)]
     pub error: Option<String>,
     pub created_at: String,

@@ -324,6 +324,9 @@ pub struct StepPoint {
     pub tokens_per_second: f64,
     pub step_seconds: f64,
     pub eta_seconds: f64,
+    /// The held-out loss, on the steps where it was measured.
+    #[serde(default)]
+    pub eval_loss: Option<f64>,
 }
 
 /// A training run (`GET /api/v1/runs/:id`).
@@ -416,6 +419,10 @@ pub struct SystemScores {
     pub exact_match: Option<f64>,
     #[serde(default)]
     pub f1: Option<f64>,
+    /// 95% bootstrap interval (over questions) of each metric above, by the same names (`em`, `f1`
+    /// for the answers').
+    #[serde(default)]
+    pub intervals: BTreeMap<String, [f64; 2]>,
 }
 
 /// A retrieved passage in the drill-down.
@@ -522,6 +529,53 @@ pub struct ChatStats {
     pub tokens: u32,
     /// Decoding speed: the tokens after the first over the time since the first.
     pub tokens_per_second: f64,
+    /// The answer reached the token limit (it may end mid-sentence).
+    pub hit_cap: bool,
+    /// Generation stopped because the answer began repeating itself.
+    pub stopped_repeating: bool,
+}
+
+/// How chat answers are generated; sent with each question (every field has its default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChatOptions {
+    /// 0: greedy (the same answer every time); higher: more varied.
+    pub temperature: f64,
+    /// The longest answer, in tokens.
+    pub max_tokens: u32,
+    /// Above 1 makes tokens already in the answer less likely (1: off).
+    pub repetition_penalty: f64,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        ChatOptions { temperature: 0.0, max_tokens: 256, repetition_penalty: 1.15 }
+    }
+}
+
+impl ChatOptions {
+    /// The limits, checked once for the web app and the server.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(format!("temperature must be 0 to 2 (got {})", self.temperature));
+        }
+        if !(1..=2048).contains(&self.max_tokens) {
+            return Err(format!("max_tokens must be 1 to 2048 (got {})", self.max_tokens));
+        }
+        if !(1.0..=2.0).contains(&self.repetition_penalty) {
+            return Err(format!("repetition_penalty must be 1 to 2 (got {})", self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /api/v1/train/split`: how the approved triples would be split for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SplitPreview {
+    pub approved: u64,
+    pub train: u64,
+    pub held_out: u64,
 }
 
 #[cfg(test)]

@@ -254,6 +254,8 @@ pub enum ClientMessage {
         question: String,
         #[serde(default)]
         top_k: Option<u32>,
+        #[serde(default)]
+        options: ChatOptions,
     },
     /// Stop the answer being generated in `chat_id`.
     ChatStop { chat_id: String },

@@ -209,6 +209,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 model,
                 questions_per_passage: args.questions_per_passage.unwrap_or(saved.questions_per_passage),
                 prompts,
+                document_id: None,
             };
             store.create_synth_run(&config, &passages).await?
         }

@@ -62,6 +62,12 @@ pub struct GenerateArgs {
     /// Nucleus sampling threshold (with a temperature above 0).
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
+    /// Above 1 makes tokens already generated less likely (1: off; chat uses 1.15).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Stop when the output starts repeating itself (a sentence twice in a row).
+    #[arg(long)]
+    stop_on_loop: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop before this string (repeatable).
@@ -145,6 +151,8 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         stop: args.stop,
+        repetition_penalty: args.repetition_penalty,
+        stop_on_loop: args.stop_on_loop,
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;

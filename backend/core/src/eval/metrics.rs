@@ -75,6 +75,62 @@ impl RetrievalMetrics {
     }
 }
 
+/// Bootstrap resamples behind every interval a report shows.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+/// The 2.5th and 97.5th percentiles of `samples` (sorted in place).
+fn percentile_interval(samples: &mut [f64]) -> [f64; 2] {
+    if samples.is_empty() {
+        return [f64::NAN, f64::NAN];
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((q * (samples.len() - 1) as f64).round() as usize).min(samples.len() - 1)];
+    [at(0.025), at(0.975)]
+}
+
+/// 95% percentile-bootstrap intervals of every retrieval metric: the queries resampled with
+/// replacement `resamples` times (seeded, so a report is reproducible), the metrics recomputed.
+pub fn bootstrap_retrieval(
+    rankings: &[Vec<usize>],
+    relevant: &[HashSet<usize>],
+    ks: &[usize],
+    resamples: usize,
+    seed: u64,
+) -> BTreeMap<String, [f64; 2]> {
+    use rand::{Rng, SeedableRng};
+    let n = rankings.len();
+    if n == 0 {
+        return BTreeMap::new();
+    }
+    let depth = ks.iter().copied().max().unwrap_or(10).max(10);
+    let top: Vec<Vec<usize>> = rankings.iter().map(|r| r.iter().take(depth).copied().collect()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for _ in 0..resamples {
+        let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        let ranks: Vec<Vec<usize>> = picks.iter().map(|&q| top[q].clone()).collect();
+        let gold: Vec<HashSet<usize>> = picks.iter().map(|&q| relevant[q].clone()).collect();
+        for (name, value) in RetrievalMetrics::compute(&ranks, &gold, ks).flat() {
+            samples.entry(name).or_default().push(value);
+        }
+    }
+    samples.into_iter().map(|(name, mut values)| (name, percentile_interval(&mut values))).collect()
+}
+
+/// 95% percentile-bootstrap interval of the mean of `values` (per-question scores).
+pub fn bootstrap_mean(values: &[f64], resamples: usize, seed: u64) -> [f64; 2] {
+    use rand::{Rng, SeedableRng};
+    if values.is_empty() {
+        return [f64::NAN, f64::NAN];
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = values.len();
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    percentile_interval(&mut means)
+}
+
 /// SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces.
 pub fn normalize_answer(text: &str) -> String {
     let lowered = text.to_lowercase();
@@ -172,5 +228,24 @@ mod tests {
         assert!((token_f1("yes yes", "yes") - 2.0 / 3.0).abs() < 1e-12);
         let m = AnswerMetrics::compute(&[("Paris".into(), "paris".into()), ("Rome".into(), "Paris".into())]);
         assert_eq!((m.questions, m.exact_match, m.f1), (2, 0.5, 0.5));
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_estimate_and_narrow_with_more_questions() {
+        let values = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+        let [lo, hi] = bootstrap_mean(&values, BOOTSTRAP_RESAMPLES, 7);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!(lo <= mean && mean <= hi && lo >= 0.0 && hi <= 1.0, "{lo} {mean} {hi}");
+        assert_eq!(bootstrap_mean(&values, BOOTSTRAP_RESAMPLES, 7), [lo, hi], "seeded");
+        let many: Vec<f64> = values.iter().cycle().take(800).copied().collect();
+        let [lo2, hi2] = bootstrap_mean(&many, BOOTSTRAP_RESAMPLES, 7);
+        assert!(hi2 - lo2 < (hi - lo) / 4.0, "{lo2}..{hi2} vs {lo}..{hi}");
+        assert_eq!(bootstrap_mean(&[0.5; 3], 100, 1), [0.5, 0.5]);
+        // Retrieval: two questions, one found first, one missed.
+        let rankings = vec![vec![0, 1], vec![1, 0]];
+        let relevant = vec![HashSet::from([0]), HashSet::from([5])];
+        let intervals = bootstrap_retrieval(&rankings, &relevant, &[1], 200, 3);
+        assert_eq!(intervals["hit@1"], [0.0, 1.0]);
+        assert!(intervals.contains_key("mrr@10") && intervals.contains_key("ndcg@10"));
     }
 }

@@ -45,11 +45,54 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// Generation stops before any of these strings; they are not part of the output.
     pub stop: Vec<String>,
+    /// Above 1: the logits of tokens already generated are divided (positive) or multiplied
+    /// (negative) by it, as CTRL and transformers' `repetition_penalty` do — over the answer's own
+    /// tokens only, so copying words from the prompt's passages stays free. 1: off.
+    pub repetition_penalty: f32,
+    /// Stop when the output starts repeating itself ([`repeating_tail`]).
+    pub stop_on_loop: bool,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        GenerationConfig {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            repetition_penalty: 1.0,
+            stop_on_loop: false,
+        }
+    }
+}
+
+/// Whether `tokens` ends in a loop: a run of 8 to 128 tokens twice in a row, or of 1 to 7 tokens
+/// four times in a row (a sentence said again, or "the the the the").
+pub fn repeating_tail(tokens: &[u32]) -> bool {
+    let n = tokens.len();
+    (1..=128usize).any(|period| {
+        let times = if period >= 8 { 2 } else { 4 };
+        let span = period * times;
+        span <= n && {
+            let tail = &tokens[n - span..];
+            tail.chunks(period).all(|chunk| chunk == &tail[..period])
+        }
+    })
+}
+
+/// Applies the repetition penalty to `logits` for every token in `seen`.
+pub fn penalise_repeats(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut done = std::collections::HashSet::new();
+    for &token in seen {
+        if let Some(logit) = logits.get_mut(token as usize)
+            && done.insert(token)
+        {
+            *logit = if *logit > 0.0 { *logit / penalty } else { *logit * penalty };
+        }
     }
 }
 
@@ -61,6 +104,8 @@ pub enum StopReason {
     MaxNewTokens,
     /// The callback asked to stop.
     Cancelled,
+    /// The output began repeating itself (with `stop_on_loop`).
+    Repetition,
 }
 
 /// What [`Generator::generate`] produced.
@@ -232,13 +277,23 @@ impl Generator {
         let mut text = String::new();
         while tokens.len() < config.max_new_tokens {
             let logits = self.model.forward(&input, &mut cache, None)?;
-            let last = logits.get(0)?.get(logits.dim(1)? - 1)?.to_dtype(DType::F32)?;
+            let mut last = logits.get(0)?.get(logits.dim(1)? - 1)?.to_dtype(DType::F32)?;
+            if config.repetition_penalty != 1.0 && !tokens.is_empty() {
+                let mut values = last.to_vec1::<f32>()?;
+                penalise_repeats(&mut values, &tokens, config.repetition_penalty);
+                last = Tensor::new(values, last.device())?;
+            }
             let next = self.pick(&last, config, &mut rng)?;
             if self.eos_ids.contains(&next) {
                 stop_reason = StopReason::EndOfSequence;
                 break;
             }
             tokens.push(next);
+            if config.stop_on_loop && repeating_tail(&tokens) {
+                stop_reason = StopReason::Repetition;
+                text = self.decode(&tokens)?;
+                break;
+            }
             text = self.decode(&tokens)?;
             if let Some(cut) = config.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(cut);
@@ -323,6 +378,30 @@ fn read_chat_template(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_is_a_long_run_said_twice_or_a_short_one_four_times() {
+        let sentence: Vec<u32> = (10..22).collect();
+        let mut tokens: Vec<u32> = vec![1, 2, 3];
+        tokens.extend(&sentence);
+        assert!(!repeating_tail(&tokens));
+        tokens.extend(&sentence);
+        assert!(repeating_tail(&tokens), "a 12-token sentence said twice");
+        assert!(!repeating_tail(&[5, 6, 5, 6, 5, 6]), "a short run three times is still speech");
+        assert!(repeating_tail(&[5, 6, 5, 6, 5, 6, 5, 6]));
+        assert!(repeating_tail(&[9, 9, 9, 9]));
+        assert!(!repeating_tail(&[1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 9]));
+    }
+
+    #[test]
+    fn the_repetition_penalty_lowers_seen_tokens_once_each() {
+        let mut logits = vec![2.0, -1.0, 3.0, 0.5];
+        penalise_repeats(&mut logits, &[0, 1, 0], 2.0);
+        assert_eq!(logits, vec![1.0, -2.0, 3.0, 0.5], "positive divided, negative multiplied, once per token");
+        let mut same = vec![2.0, -1.0];
+        penalise_repeats(&mut same, &[0, 1, 7], 1.0);
+        assert_eq!(same, vec![2.0, -1.0]);
+    }
 
     #[test]
     fn top_p_keeps_only_the_nucleus() {

@@ -33,6 +33,18 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Why, in words (a filtered candidate's reason).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty question or answer",
+            Rejection::Duplicate => "the same question was asked already",
+            Rejection::NotAQuestion => "not a question (no question mark)",
+            Rejection::CopiesPassage => "copies a long span of the passage",
+            Rejection::Ungrounded => "the answer's words are not in the passage",
+            Rejection::AnswerTooLong => "the answer is too long",
+        }
+    }
+
     pub fn count(self, counts: &mut FilterCounts) {
         let slot = match self {
             Rejection::Empty => &mut counts.empty,

@@ -8,11 +8,13 @@ pub mod filter;
 pub mod llm;
 pub mod parse;
 pub mod prompt;
+pub mod reference;
 
 use attune_shared::{FilterCounts, SynthPrompts};
 
 pub use filter::{FilterSettings, Rejection};
 pub use llm::{Llm, LocalLlm};
+pub use reference::{ReferenceMatter, reference_matter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
@@ -31,6 +33,9 @@ pub struct PassageTriples {
     pub kept: Vec<(String, String)>,
     pub questions_seen: u64,
     pub filtered: FilterCounts,
+    /// What the filters dropped, each with why: (question, answer — empty when the question was
+    /// dropped before one was asked for, rejection).
+    pub dropped: Vec<(String, String, Rejection)>,
 }
 
 /// Asks `llm` for `n` questions about `passage`, then for an answer to each from the passage alone;
@@ -57,7 +62,12 @@ pub fn synthesize(
                 seen.push(filter::normalise_question(&question));
                 candidates.push(question);
             }
-            Err(rejection) => rejection.count(&mut out.filtered),
+            Err(rejection) => {
+                rejection.count(&mut out.filtered);
+                if !question.trim().is_empty() {
+                    out.dropped.push((question, String::new(), rejection));
+                }
+            }
         }
     }
     let answer_prompts =
@@ -67,7 +77,10 @@ pub fn synthesize(
         let answer = parse::answer(&answer?);
         match filter::check_answer(&answer, passage, filters) {
             Ok(()) => out.kept.push((question, answer)),
-            Err(rejection) => rejection.count(&mut out.filtered),
+            Err(rejection) => {
+                rejection.count(&mut out.filtered);
+                out.dropped.push((question, answer, rejection));
+            }
         }
     }
     Ok(out)

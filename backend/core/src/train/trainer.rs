@@ -334,6 +334,7 @@ impl Trainer {
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
             step_seconds: seconds,
             eta_seconds: mean * total.saturating_sub(self.step) as f64,
+            eval_loss: None,
         })
     }
 

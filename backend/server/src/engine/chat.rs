@@ -79,6 +79,8 @@ pub struct Question {
     /// Earlier (question, answer) turns of this chat.
     pub history: Vec<(String, String)>,
     pub top_k: usize,
+    /// Temperature, length and repetition penalty (validated by the caller).
+    pub options: attune_shared::ChatOptions,
     pub stop: Arc<AtomicBool>,
     pub events: UnboundedSender<ChatEvent>,
 }
@@ -88,8 +90,6 @@ pub struct Question {
 pub const PASSAGES_IN_PROMPT: usize = 1;
 /// Turns of history the prompt keeps.
 pub const HISTORY_TURNS: usize = 3;
-/// Longest answer in tokens.
-pub const MAX_ANSWER_TOKENS: usize = 256;
 
 enum Command {
     Ask(Box<Question>),
@@ -265,7 +265,7 @@ impl ChatThread {
 
     fn answer(&mut self, question: Question) -> Result<(), Failure> {
         let started = Instant::now();
-        let Question { pair: spec, question, history, top_k, stop, events } = question;
+        let Question { pair: spec, question, history, top_k, options, stop, events } = question;
         self.pair(&spec)?;
         self.ensure_index(&spec, &events)?;
         let rk = spec.retriever_key();
@@ -296,7 +296,15 @@ impl ChatThread {
         let prompt =
             chat_prompt(&pair.generator, recent, &question, &texts, limits).map_err(failure("model_failed"))?;
         let ids = pair.generator.encode(&prompt).map_err(failure("model_failed"))?;
-        let config = GenerationConfig { max_new_tokens: MAX_ANSWER_TOKENS, ..GenerationConfig::default() };
+        let config = GenerationConfig {
+            max_new_tokens: options.max_tokens as usize,
+            temperature: options.temperature,
+            top_p: if options.temperature > 0.0 { 0.95 } else { 1.0 },
+            seed: rand::random(),
+            repetition_penalty: options.repetition_penalty as f32,
+            stop_on_loop: true,
+            ..GenerationConfig::default()
+        };
         let mut first_token_at = None;
         let generation = pair
             .generator
@@ -319,6 +327,8 @@ impl ChatThread {
             tokens,
             // Decoding speed: the tokens after the first, over the time since the first.
             tokens_per_second: if decoding > 0.0 && tokens > 1 { f64::from(tokens - 1) / decoding } else { 0.0 },
+            hit_cap: generation.stop_reason == crate::model::generator::StopReason::MaxNewTokens,
+            stopped_repeating: generation.stop_reason == crate::model::generator::StopReason::Repetition,
         };
         let stopped = generation.stop_reason == crate::model::generator::StopReason::Cancelled;
         let _ = events.send(ChatEvent::Done { stopped, answer: generation.text, stats });

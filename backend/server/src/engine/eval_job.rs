@@ -11,7 +11,7 @@ use attune_shared::{EvalItem, EvalReport, JobStatus, LogLevel, Retrieved, Run, S
 
 use super::EngineError;
 use super::job::{Control, EventSink, JobContext, JobEvent};
-use crate::eval::metrics::token_f1;
+use crate::eval::metrics::{exact_match, token_f1};
 use crate::eval::run::{self, GenerationSettings};
 use crate::model::catalog::{DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
 use crate::model::generator::Generator;
@@ -36,6 +36,9 @@ struct System {
     generator: PathBuf,
     generator_adapter: Option<PathBuf>,
 }
+
+/// The seed of every bootstrap interval (the same questions give the same interval).
+const BOOTSTRAP_SEED: u64 = 20_260_101;
 
 /// The adapters a run produced (a mode trains one or both).
 pub fn run_adapters(context: &JobContext, run_id: i64) -> (Option<PathBuf>, Option<PathBuf>) {
@@ -215,12 +218,21 @@ fn evaluate(
                 f1: None,
             })
             .collect();
+        let relevant: Vec<std::collections::HashSet<usize>> =
+            gold.iter().map(|&g| std::collections::HashSet::from([g])).collect();
         let mut system_scores = SystemScores {
             label: system.label.clone(),
             run_id: system.run_id,
             retrieval: retrieval.metrics.flat(),
             exact_match: None,
             f1: None,
+            intervals: crate::eval::metrics::bootstrap_retrieval(
+                &retrieval.rankings,
+                &relevant,
+                &KS,
+                crate::eval::metrics::BOOTSTRAP_RESAMPLES,
+                BOOTSTRAP_SEED,
+            ),
         };
         if request.answers {
             if control.should_stop() {
@@ -241,6 +253,14 @@ fn evaluate(
             }
             system_scores.exact_match = Some(generation.metrics.exact_match);
             system_scores.f1 = Some(generation.metrics.f1);
+            let per_question = |score: fn(&str, &str) -> f64| -> Vec<f64> {
+                generation.predictions.iter().map(|p| score(&p.prediction, &p.answer)).collect()
+            };
+            let resamples = crate::eval::metrics::BOOTSTRAP_RESAMPLES;
+            for (name, score) in [("em", exact_match as fn(&str, &str) -> f64), ("f1", token_f1)] {
+                let interval = crate::eval::metrics::bootstrap_mean(&per_question(score), resamples, BOOTSTRAP_SEED);
+                system_scores.intervals.insert(name.to_owned(), interval);
+            }
         }
         scores.push(system_scores);
         answers_by_system.push(answers);

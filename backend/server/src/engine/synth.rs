@@ -2,17 +2,85 @@
 //! passage's kept triples, done mark and report stored in one transaction (so a stopped run
 //! resumes where it was), a cancel flag checked between passages, progress after each.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use attune_shared::{JobStatus, SynthRun, TripleOrigin};
+use attune_shared::{JobStatus, LlmChoice, SynthRun, TripleOrigin};
 use tokio::runtime::Handle;
 
 use super::EngineError;
 use crate::store::Store;
 use crate::store::corpus::NewTripleRow;
 use crate::synth::{FilterSettings, Llm, synthesize};
+
+/// Synthesis runs take turns per LLM — one at a time on the local model, one at a time per
+/// server — in the order they were started; the others wait, queued, on their own threads.
+#[derive(Debug, Default)]
+pub struct SynthLanes {
+    lanes: Mutex<HashMap<String, VecDeque<i64>>>,
+    changed: Condvar,
+}
+
+/// A run's turn in its lane; the lane moves on when it is dropped (also by a panic).
+#[derive(Debug)]
+pub struct Turn<'a> {
+    lanes: &'a SynthLanes,
+    lane: String,
+    run_id: i64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.lanes.leave(&self.lane, self.run_id);
+    }
+}
+
+impl SynthLanes {
+    /// The lane of an LLM: `local`, or the server's URL.
+    pub fn lane_of(llm: &LlmChoice) -> String {
+        match llm {
+            LlmChoice::Local => "local".to_owned(),
+            LlmChoice::OpenAi { base_url, .. } => base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Joins the back of `lane` and blocks until `run_id` is first; `None` when `cancel` was set
+    /// while it waited (it has left the lane then).
+    pub fn wait_turn(&self, lane: &str, run_id: i64, cancel: &AtomicBool) -> Option<Turn<'_>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.entry(lane.to_owned()).or_default().push_back(run_id);
+        loop {
+            if lanes.get(lane).and_then(|q| q.front()) == Some(&run_id) {
+                return Some(Turn { lanes: self, lane: lane.to_owned(), run_id });
+            }
+            if cancel.load(Ordering::Relaxed) {
+                drop(lanes);
+                self.leave(lane, run_id);
+                return None;
+            }
+            lanes = self.changed.wait_timeout(lanes, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// The runs waiting or running in `lane`, first the running one.
+    pub fn queued(&self, lane: &str) -> Vec<i64> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.get(lane).map(|q| q.iter().copied().collect()).unwrap_or_default()
+    }
+
+    fn leave(&self, lane: &str, run_id: i64) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = lanes.get_mut(lane) {
+            queue.retain(|id| *id != run_id);
+            if queue.is_empty() {
+                lanes.remove(lane);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
 
 /// Everything a run needs. `run` blocks: call it on a thread of its own (never a tokio worker).
 pub struct SynthJob {
@@ -51,6 +119,17 @@ impl SynthJob {
                 progress(&run, None);
                 return Ok(run);
             }
+            if passage.reference_matter.is_some() {
+                // A table of contents, index or bibliography: marked done, never sent to the LLM.
+                run.report.passages_done += 1;
+                run.report.skipped_passages += 1;
+                run.report.seconds = seconds_before + started.elapsed().as_secs_f64();
+                self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &[], &run.report))?;
+                let done = i + 1;
+                let per_passage = started.elapsed().as_secs_f64() / done as f64;
+                progress(&run, Some(per_passage * (pending.len() - done) as f64));
+                continue;
+            }
             let known = self.runtime.block_on(store.questions_of_passage(passage.id))?;
             match synthesize(
                 self.llm.as_ref(),
@@ -61,20 +140,26 @@ impl SynthJob {
                 &self.filters,
             ) {
                 Ok(out) => {
+                    let row = |question: &String, answer: &String, filter_reason: Option<String>| NewTripleRow {
+                        question: question.clone(),
+                        answer: answer.clone(),
+                        passage: passage.text.clone(),
+                        passage_id: Some(passage.id),
+                        document_id: Some(passage.document_id),
+                        origin: TripleOrigin::Synthetic,
+                        model: Some(run.model.clone()),
+                        prompt: Some(prompt_record.clone()),
+                        synth_run_id: Some(run.id),
+                        filter_reason,
+                    };
+                    // The kept ones for review, and what the filters dropped (with why) for rescue.
                     let rows: Vec<NewTripleRow> = out
                         .kept
                         .iter()
-                        .map(|(question, answer)| NewTripleRow {
-                            question: question.clone(),
-                            answer: answer.clone(),
-                            passage: passage.text.clone(),
-                            passage_id: Some(passage.id),
-                            document_id: Some(passage.document_id),
-                            origin: TripleOrigin::Synthetic,
-                            model: Some(run.model.clone()),
-                            prompt: Some(prompt_record.clone()),
-                            synth_run_id: Some(run.id),
-                        })
+                        .map(|(question, answer)| row(question, answer, None))
+                        .chain(out.dropped.iter().map(|(question, answer, rejection)| {
+                            row(question, answer, Some(rejection.reason().to_owned()))
+                        }))
                         .collect();
                     let report = &mut run.report;
                     report.passages_done += 1;
@@ -113,5 +198,47 @@ impl SynthJob {
         run.error = error;
         progress(&run, None);
         Ok(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_take_turns_per_lane_in_order_and_a_cancelled_waiter_leaves() {
+        let lanes = Arc::new(SynthLanes::default());
+        let never = AtomicBool::new(false);
+        let first = lanes.wait_turn("local", 1, &never).expect("an empty lane is ours");
+        // Another lane does not wait for this one.
+        let other = lanes.wait_turn("http://server/v1", 9, &never).expect("own lane");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |id: i64| {
+            let (lanes, order) = (lanes.clone(), order.clone());
+            std::thread::spawn(move || {
+                let never = AtomicBool::new(false);
+                let _turn = lanes.wait_turn("local", id, &never).unwrap();
+                order.lock().unwrap().push(id);
+            })
+        };
+        let second = waiter(2);
+        while lanes.queued("local").len() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let third = waiter(3);
+        while lanes.queued("local").len() < 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lanes.queued("local"), [1, 2, 3]);
+        let cancelled = AtomicBool::new(true);
+        assert!(lanes.wait_turn("local", 4, &cancelled).is_none(), "a cancelled run does not wait");
+        assert_eq!(lanes.queued("local"), [1, 2, 3]);
+        assert!(order.lock().unwrap().is_empty(), "nobody runs before the first is done");
+        drop(first);
+        second.join().unwrap();
+        third.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), [2, 3]);
+        drop(other);
+        assert!(lanes.queued("local").is_empty() && lanes.queued("http://server/v1").is_empty());
     }
 }

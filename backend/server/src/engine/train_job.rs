@@ -50,6 +50,25 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| EngineError::Task(e.to_string()))?
 }
 
+/// How the approved triples would split under `hyper` (what Start would train and hold out).
+pub async fn preview_split(context: &JobContext, hyper: &Hyper) -> Result<attune_shared::SplitPreview, EngineError> {
+    let triples = context.store.all_triples(&[TripleStatus::Approved]).await?;
+    let approved = triples.len() as u64;
+    if triples.len() < 2 {
+        return Ok(attune_shared::SplitPreview { approved, train: approved, held_out: 0 });
+    }
+    let path = std::env::temp_dir().join(format!("attune-split-{}.jsonl", rand::random::<u64>()));
+    let staged = Staged(path.clone());
+    let hyper = hyper.clone();
+    let (train, held_out) = blocking(move || {
+        write_triples(&path, &triples)?;
+        count_split(&path, &hyper)
+    })
+    .await?;
+    drop(staged);
+    Ok(attune_shared::SplitPreview { approved, train: u64::from(train), held_out: u64::from(held_out) })
+}
+
 /// Freezes the approved triples into a new run's folder and queues the run (`request` already
 /// names its models). The files are written, counted and moved on a blocking thread; the run is
 /// not taken from the queue before its folder and triples are in place.
@@ -143,9 +162,6 @@ fn train(
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
     let (models, device) = BaseModels::load(&config)?;
-    if let Some(checkpoint) = &resume {
-        log(LogLevel::Info, format!("resuming from {}", checkpoint.display()));
-    }
     let mut trainer = Trainer::new(RunSetup {
         config,
         out: dir.clone(),
@@ -165,6 +181,15 @@ fn train(
     let label = device_label(&device);
     let mut last_label = Instant::now();
     let mut store_error = None;
+    // The run as stored, sent again when its device or held-out loss changes, so pages that
+    // watch it show them live.
+    let announce = |sink: &EventSink| {
+        if let Ok(Some(run)) = context.runtime.block_on(context.store.run(id)) {
+            sink(JobEvent::Run(Box::new(run)));
+        }
+    };
+    let mut device_announced = false;
+    let mut last_point = None::<attune_shared::StepPoint>;
     let outcome = trainer.run(&mut |event| {
         let result = match event {
             TrainEvent::Step(point) => {
@@ -176,6 +201,11 @@ fn train(
                 });
                 let stored =
                     context.runtime.block_on(context.store.record_step(id, &point, device.as_deref().or(Some(&label))));
+                if !device_announced && stored.is_ok() {
+                    device_announced = true;
+                    announce(&sink);
+                }
+                last_point = Some(point);
                 sink(JobEvent::Step { run_id: id, point });
                 stored
             }
@@ -187,10 +217,20 @@ fn train(
             }
             TrainEvent::Eval { step, loss, .. } => {
                 log(LogLevel::Info, format!("step {step}: held-out loss {loss:.4}"));
-                context.runtime.block_on(context.store.set_run_eval_loss(id, *loss))
+                let stored = context.runtime.block_on(context.store.set_run_eval_loss(id, *step as u32, *loss));
+                if stored.is_ok() {
+                    announce(&sink);
+                    // The step's point again, with its held-out loss, for the live chart.
+                    if let Some(mut point) = last_point.filter(|p| p.step as usize == *step) {
+                        point.eval_loss = Some(*loss);
+                        sink(JobEvent::Step { run_id: id, point });
+                    }
+                }
+                stored
             }
             TrainEvent::Started { total_steps, examples, resumed_at, .. } => {
-                let at = resumed_at.map(|s| format!(", from step {s}")).unwrap_or_default();
+                // The step the trainer restored, which is the checkpoint it resumed from.
+                let at = resumed_at.map(|s| format!(", resumed from the checkpoint at step {s}")).unwrap_or_default();
                 log(LogLevel::Info, format!("training on {examples} examples, {total_steps} steps{at}"));
                 Ok(())
             }

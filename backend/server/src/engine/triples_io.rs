@@ -1,5 +1,6 @@
-//! Triples out (CSV in DALM's columns `Abstract,Question,Answer`, or JSONL
-//! `{question, passage, answer}`) and in (the trainer's readers: the same formats).
+//! Triples out (CSV in DALM's columns `Abstract,Question,Answer` and the review's columns, JSONL,
+//! Alpaca and ShareGPT JSONL, a Hugging Face dataset zip) and in (the trainer's readers: CSV and
+//! JSONL).
 
 use std::path::Path;
 
@@ -11,55 +12,156 @@ use crate::train::data::{CsvColumns, Skipped, load_triples, neutralise_formula};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
+    /// DALM's columns first (`Abstract,Question,Answer`), then id, status, origin, document, pages.
     Csv,
+    /// `{question, passage, answer, id, status, origin, document, page_start, page_end}` per line.
     Jsonl,
+    /// Alpaca's `{instruction, input, output}`: the RAG instruction and question, the passage.
+    Alpaca,
+    /// ShareGPT's `{conversations: [{from, value}, …]}` with the RAG prompt as the human turn.
+    ShareGpt,
+    /// A zip that `datasets.load_dataset(path)` reads: `README.md` (a dataset card naming the
+    /// file) and `data/train.jsonl` in the JSONL layout.
+    HfDataset,
 }
 
 impl ExportFormat {
+    pub const NAMES: &str = "csv, jsonl, alpaca, sharegpt or hf";
+
     pub fn from_name(name: &str) -> Option<ExportFormat> {
         match name {
             "csv" => Some(ExportFormat::Csv),
             "jsonl" => Some(ExportFormat::Jsonl),
+            "alpaca" => Some(ExportFormat::Alpaca),
+            "sharegpt" => Some(ExportFormat::ShareGpt),
+            "hf" => Some(ExportFormat::HfDataset),
             _ => None,
         }
     }
 
-    /// `csv` or `jsonl`, for a command line (the message names both).
+    /// A format's name for a command line (the message names them all).
     pub fn parse(name: &str) -> Result<ExportFormat, String> {
-        ExportFormat::from_name(name).ok_or_else(|| format!("`{name}` is not a triples format: csv or jsonl"))
+        ExportFormat::from_name(name).ok_or_else(|| format!("`{name}` is not a triples format: {}", Self::NAMES))
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
             ExportFormat::Csv => "text/csv; charset=utf-8",
-            ExportFormat::Jsonl => "application/x-ndjson",
+            ExportFormat::Jsonl | ExportFormat::Alpaca | ExportFormat::ShareGpt => "application/x-ndjson",
+            ExportFormat::HfDataset => "application/zip",
+        }
+    }
+
+    /// The downloaded file's name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "triples.csv",
+            ExportFormat::Jsonl => "triples.jsonl",
+            ExportFormat::Alpaca => "triples.alpaca.jsonl",
+            ExportFormat::ShareGpt => "triples.sharegpt.jsonl",
+            ExportFormat::HfDataset => "triples-dataset.zip",
         }
     }
 }
 
-/// Writes triples in `format`.
+fn page_cell(page: Option<u32>) -> String {
+    page.map(|p| p.to_string()).unwrap_or_default()
+}
+
+fn jsonl(triples: &[Triple], line: impl Fn(&Triple) -> serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in triples {
+        out.extend_from_slice(line(t).to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn full_record(t: &Triple) -> serde_json::Value {
+    serde_json::json!({
+        "question": t.question, "passage": t.passage, "answer": t.answer, "id": t.id,
+        "status": t.status.as_str(), "origin": t.origin.as_str(), "document": t.document,
+        "page_start": t.page_start, "page_end": t.page_end,
+    })
+}
+
+/// The dataset card of an `hf` export: YAML front matter that points `datasets` at the file.
+fn dataset_card(count: usize) -> String {
+    format!(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.jsonl\n\
+         task_categories:\n- question-answering\n---\n\n# Attune triples\n\n{count} (question, passage, answer) \
+         triples exported by Attune. Columns: question, passage, answer, id, status, origin, document, page_start, \
+         page_end.\n\n```python\nfrom datasets import load_dataset\nds = load_dataset(\"path/to/unzipped/folder\")\n```\n"
+    )
+}
+
+/// The bytes of `triples` in `format`.
 pub fn export(triples: &[Triple], format: ExportFormat) -> Result<Vec<u8>, EngineError> {
+    let instruction = crate::rag::prompt::INSTRUCTION;
     match format {
         ExportFormat::Csv => {
             let mut writer = csv::Writer::from_writer(Vec::new());
             let columns = CsvColumns::default();
             let failed = |e: csv::Error| EngineError::Failed(format!("cannot write CSV: {e}"));
-            writer.write_record([&columns.passage, &columns.question, &columns.answer]).map_err(failed)?;
+            writer
+                .write_record([
+                    columns.passage.as_str(),
+                    &columns.question,
+                    &columns.answer,
+                    "id",
+                    "status",
+                    "origin",
+                    "document",
+                    "page_start",
+                    "page_end",
+                ])
+                .map_err(failed)?;
             for t in triples {
                 // A cell starting with = + - @ would run as a formula in a spreadsheet.
-                let cells = [&t.passage, &t.question, &t.answer].map(|c| neutralise_formula(c));
-                writer.write_record(cells.iter().map(|c| c.as_ref())).map_err(failed)?;
+                let text = [&t.passage, &t.question, &t.answer, t.document.as_deref().unwrap_or_default()]
+                    .map(|c| neutralise_formula(c).into_owned());
+                let [passage, question, answer, document] = text;
+                let cells = [
+                    passage,
+                    question,
+                    answer,
+                    t.id.to_string(),
+                    t.status.as_str().to_owned(),
+                    t.origin.as_str().to_owned(),
+                    document,
+                    page_cell(t.page_start),
+                    page_cell(t.page_end),
+                ];
+                writer.write_record(&cells).map_err(failed)?;
             }
             writer.into_inner().map_err(|e| EngineError::Failed(format!("cannot write CSV: {e}")))
         }
-        ExportFormat::Jsonl => {
-            let mut out = Vec::new();
-            for t in triples {
-                let line = serde_json::json!({"question": t.question, "passage": t.passage, "answer": t.answer});
-                out.extend_from_slice(line.to_string().as_bytes());
-                out.push(b'\n');
-            }
-            Ok(out)
+        ExportFormat::Jsonl => Ok(jsonl(triples, full_record)),
+        ExportFormat::Alpaca => Ok(jsonl(triples, |t| {
+            serde_json::json!({
+                "instruction": format!("{instruction}\n\nQuestion: {}", t.question),
+                "input": t.passage,
+                "output": t.answer,
+            })
+        })),
+        ExportFormat::ShareGpt => Ok(jsonl(triples, |t| {
+            serde_json::json!({"conversations": [
+                {"from": "human", "value": crate::rag::prompt::user_message(&t.question, &[t.passage.as_str()])},
+                {"from": "gpt", "value": t.answer},
+            ]})
+        })),
+        ExportFormat::HfDataset => {
+            use std::io::Write;
+            let failed = |e: zip::result::ZipError| EngineError::Failed(format!("cannot write the zip: {e}"));
+            let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            zip.start_file("README.md", options).map_err(failed)?;
+            zip.write_all(dataset_card(triples.len()).as_bytes())
+                .map_err(|e| EngineError::Failed(format!("cannot write the zip: {e}")))?;
+            zip.start_file("data/train.jsonl", options).map_err(failed)?;
+            zip.write_all(&jsonl(triples, full_record))
+                .map_err(|e| EngineError::Failed(format!("cannot write the zip: {e}")))?;
+            Ok(zip.finish().map_err(failed)?.into_inner())
         }
     }
 }
@@ -80,6 +182,7 @@ pub fn import(path: &Path) -> Result<(Vec<NewTripleRow>, Vec<Skipped>), EngineEr
             model: None,
             prompt: None,
             synth_run_id: None,
+            filter_reason: None,
         })
         .collect();
     Ok((rows, skipped))

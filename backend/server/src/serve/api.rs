@@ -36,6 +36,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/synth/runs/{id}/cancel", post(corpus::cancel_synth_run))
         .route("/synth/runs/{id}/resume", post(corpus::resume_synth_run))
         .route("/train/presets", get(runs::presets))
+        .route("/train/split", post(runs::split))
         .route("/runs", get(runs::list_runs).post(runs::create_run))
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/metrics", get(runs::run_metrics))
@@ -43,6 +44,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/runs/{id}/resume", post(runs::resume_run))
         .route("/evals", get(runs::list_evals).post(runs::create_eval))
         .route("/evals/{id}", get(runs::get_eval))
+        .route("/evals/{id}/cancel", post(runs::cancel_eval))
         .route(
             "/test-sets",
             post(runs::upload_test_set)

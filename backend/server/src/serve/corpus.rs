@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use attune_shared::{
     BulkAction, BulkResult, Document, ErrorDetail, ImportResult, JobStatus, LlmChoice, NewTriple, Passage,
-    ServerMessage, SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage,
+    SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage,
     TripleStatus, TripleUpdate, UploadOutcome, UploadResult,
 };
 
@@ -166,7 +166,7 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
         None | Some("") | Some("all") => None,
         Some(s) => Some(
             TripleStatus::parse(s)
-                .ok_or_else(|| invalid(format!("status={s:?}: expected pending, approved, rejected or all")))?,
+                .ok_or_else(|| invalid(format!("status={s:?}: expected pending, approved, rejected, filtered or all")))?,
         ),
     };
     let origin = match query.origin.as_deref() {
@@ -250,6 +250,7 @@ pub async fn create_triple(
         model: None,
         prompt: None,
         synth_run_id: None,
+        filter_reason: None,
     };
     let id = state.store().insert_triples(&[row]).await?[0];
     let triple = state.store().triple(id).await?.ok_or_else(|| not_found("triple", id))?;
@@ -270,6 +271,16 @@ pub async fn update_triple(
     }
     if let Some(answer) = &update.answer {
         non_empty("answer", answer)?;
+    }
+    // A candidate dropped before it had an answer is kept only with one.
+    if update.status.is_some_and(|s| s != TripleStatus::Filtered) && update.answer.is_none() {
+        let current = state.store().triple(id).await?.ok_or_else(|| not_found("triple", id))?;
+        if current.answer.trim().is_empty() {
+            return Err(AppError::Invalid {
+                code: "empty_field",
+                message: "this candidate has no answer yet: write one before keeping it".into(),
+            });
+        }
     }
     Ok(Json(state.store().update_triple(id, &update).await?))
 }
@@ -320,27 +331,33 @@ pub async fn bulk(
 
 #[derive(Debug, Deserialize)]
 pub struct ExportQuery {
+    /// `csv` (default), `jsonl`, `alpaca`, `sharegpt` or `hf`.
     format: Option<String>,
-    /// `approved` (default), `pending`, `rejected` or `all`.
+    /// `approved` (default), `pending`, `rejected`, `filtered` or `all` (all under review).
     status: Option<String>,
+    /// The listing's other terms, so an export is what the page shows.
+    document_id: Option<i64>,
+    origin: Option<String>,
+    q: Option<String>,
 }
 
 pub async fn export(State(state): State<AppState>, Query(query): Query<ExportQuery>) -> Result<Response, AppError> {
     let format_name = query.format.as_deref().unwrap_or("csv");
     let format = ExportFormat::from_name(format_name).ok_or_else(|| AppError::Invalid {
         code: "invalid_query",
-        message: format!("format={format_name:?}: expected csv or jsonl"),
+        message: format!("format={format_name:?}: expected {}", ExportFormat::NAMES),
     })?;
-    let statuses = match query.status.as_deref().unwrap_or("approved") {
-        "all" => Vec::new(),
-        s => vec![TripleStatus::parse(s).ok_or_else(|| AppError::Invalid {
-            code: "invalid_query",
-            message: format!("status={s:?}: expected approved, pending, rejected or all"),
-        })?],
+    let listing = TripleQuery {
+        status: Some(query.status.clone().unwrap_or_else(|| "approved".to_owned())),
+        document_id: query.document_id,
+        origin: query.origin.clone(),
+        q: query.q.clone(),
+        ..TripleQuery::default()
     };
-    let triples = state.store().all_triples(&statuses).await?;
+    let filter = filter_of(&listing)?;
+    let triples = state.store().matching_triples(&filter).await?;
     let bytes = triples_io::export(&triples, format)?;
-    let file = format!("attachment; filename=\"triples.{format_name}\"");
+    let file = format!("attachment; filename=\"{}\"", format.file_name());
     Ok(([(header::CONTENT_TYPE, format.content_type().to_owned()), (header::CONTENT_DISPOSITION, file)], bytes)
         .into_response())
 }
@@ -457,7 +474,12 @@ pub async fn start_synth(
         LlmChoice::Local => crate::model::catalog::DEFAULT_GENERATOR_NAME.to_owned(),
         LlmChoice::OpenAi { model, .. } => model.clone(),
     };
-    let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts };
+    // The document the run is for: the one asked for, or the one all chosen passages share.
+    let document_id = match request.document_id {
+        Some(id) => Some(id),
+        None => state.store().document_of_passages(&passages).await?,
+    };
+    let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id };
     let run = state.store().create_synth_run(&config, &passages).await?;
     spawn_synth(&state, run.id)?;
     Ok((StatusCode::ACCEPTED, Json(run)))
@@ -486,12 +508,22 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
         .spawn(move || {
             let monitor = state.synth_monitor().clone();
             let result = monitor.run(&format!("synthesis run {run_id}"), || -> Result<SynthRun, EngineError> {
-                let run = runtime
+                let mut run = runtime
                     .block_on(state.store().synth_run(run_id))?
                     .ok_or(EngineError::Invalid("no such run".into()))?;
+                // Queued until its LLM is free: one run at a time per LLM, in order.
+                runtime.block_on(state.store().set_synth_status(run_id, JobStatus::Queued, None))?;
+                run.status = JobStatus::Queued;
+                state.publisher().publish_synth(&run, None);
+                let lane = crate::engine::synth::SynthLanes::lane_of(&run.llm);
+                let Some(_turn) = state.synth_lanes().wait_turn(&lane, run_id, &cancel) else {
+                    runtime.block_on(state.store().set_synth_status(run_id, JobStatus::Cancelled, None))?;
+                    run.status = JobStatus::Cancelled;
+                    state.publisher().publish_synth(&run, None);
+                    return Ok(run);
+                };
                 let configured = runtime.block_on(state.store().settings())?.llm_base_url;
                 let llm = build_llm(&state, &run.llm, configured.as_deref())?;
-                let events = state.events().clone();
                 SynthJob {
                     run_id,
                     store: state.store().clone(),
@@ -500,9 +532,7 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                     cancel,
                     runtime: runtime.clone(),
                 }
-                .run(|run, eta| {
-                    let _ = events.send(ServerMessage::SynthProgress { run: run.clone(), eta_seconds: eta });
-                })
+                .run(|run, eta| state.publisher().publish_synth(run, eta))
             });
             if let Err(error) = result {
                 tracing::error!(run = run_id, "synthesis run failed: {error}");
@@ -512,7 +542,7 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                     Some(&error.to_string()),
                 ));
                 if let Ok(Some(run)) = runtime.block_on(state.store().synth_run(run_id)) {
-                    let _ = state.events().send(ServerMessage::SynthProgress { run, eta_seconds: None });
+                    state.publisher().publish_synth(&run, None);
                 }
             }
             state.jobs().lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use attune_shared::{Eval, JobStatus, Run, ServerMessage};
+use attune_shared::{Eval, JobStatus, Run, ServerMessage, SynthRun};
 use tokio::sync::{broadcast, watch};
 
 use crate::engine::job::JobEvent;
@@ -23,6 +23,9 @@ pub struct LiveJobs {
     /// that lagged behind the events and may have missed them.
     pub finished_runs: BTreeMap<i64, Run>,
     pub finished_evals: BTreeMap<i64, Eval>,
+    /// Unfinished synthesis runs with their ETA, and the recently finished ones.
+    pub synth: BTreeMap<i64, (SynthRun, Option<f64>)>,
+    pub finished_synth: BTreeMap<i64, (SynthRun, Option<f64>)>,
 }
 
 /// Finished runs (and evaluations) whose final state a lagging client is sent again.
@@ -38,13 +41,16 @@ fn keep_recent<T>(map: &mut BTreeMap<i64, T>, id: i64, value: T) {
 impl LiveJobs {
     /// The messages that bring a new client up to date.
     pub fn messages(&self) -> Vec<ServerMessage> {
-        state_messages(&self.runs, &self.evals)
+        let mut messages = state_messages(&self.runs, &self.evals);
+        messages.extend(synth_messages(&self.synth));
+        messages
     }
 
     /// What a client that lagged (and missed events) is sent: the recently finished jobs' final
     /// state, then the unfinished ones'.
     pub fn resync_messages(&self) -> Vec<ServerMessage> {
         let mut messages = state_messages(&self.finished_runs, &self.finished_evals);
+        messages.extend(synth_messages(&self.finished_synth));
         messages.extend(self.messages());
         messages
     }
@@ -54,6 +60,10 @@ fn state_messages(runs: &BTreeMap<i64, Run>, evals: &BTreeMap<i64, Eval>) -> Vec
     let runs = runs.values().map(|run| ServerMessage::RunState { run: run.clone() });
     let evals = evals.values().map(|eval| ServerMessage::EvalState { eval: Box::new(eval.clone()) });
     runs.chain(evals).collect()
+}
+
+fn synth_messages(runs: &BTreeMap<i64, (SynthRun, Option<f64>)>) -> impl Iterator<Item = ServerMessage> + '_ {
+    runs.values().map(|(run, eta)| ServerMessage::SynthProgress { run: run.clone(), eta_seconds: *eta })
 }
 
 fn unfinished(status: JobStatus) -> bool {
@@ -74,6 +84,20 @@ impl Publisher {
 
     pub fn live(&self) -> watch::Receiver<LiveJobs> {
         self.live.subscribe()
+    }
+
+    /// Records a synthesis run's progress in the live state and forwards it.
+    pub fn publish_synth(&self, run: &SynthRun, eta_seconds: Option<f64>) {
+        self.live.send_modify(|live| {
+            if unfinished(run.status) {
+                live.synth.insert(run.id, (run.clone(), eta_seconds));
+                live.finished_synth.remove(&run.id);
+            } else {
+                live.synth.remove(&run.id);
+                keep_recent(&mut live.finished_synth, run.id, (run.clone(), None));
+            }
+        });
+        let _ = self.events.send(ServerMessage::SynthProgress { run: run.clone(), eta_seconds });
     }
 
     /// Records `event` in the live state and forwards it (throttled steps excepted).
@@ -104,7 +128,7 @@ impl Publisher {
                 });
                 let mut last = self.last_step.lock().unwrap_or_else(|e| e.into_inner());
                 let due = last.get(&run_id).is_none_or(|at| at.elapsed() >= STEP_INTERVAL);
-                if !due && point.step < point.total_steps {
+                if !due && point.step < point.total_steps && point.eval_loss.is_none() {
                     return;
                 }
                 last.insert(run_id, Instant::now());

@@ -164,6 +164,8 @@ struct StateInner {
     failed_attempts: auth::FailedAttempts,
     /// Panics caught in synthesis threads.
     synth_monitor: crate::engine::health::ThreadMonitor,
+    /// Synthesis runs' turns per LLM.
+    synth_lanes: crate::engine::synth::SynthLanes,
     /// Held (locked) while the state lives.
     _data_dir_lock: std::fs::File,
 }
@@ -236,6 +238,7 @@ impl AppState {
                 chat,
                 failed_attempts: Default::default(),
                 synth_monitor: crate::engine::health::ThreadMonitor::new("synthesis"),
+                synth_lanes: Default::default(),
                 _data_dir_lock: data_dir_lock,
             }),
         })
@@ -315,6 +318,10 @@ impl AppState {
 
     fn synth_monitor(&self) -> &crate::engine::health::ThreadMonitor {
         &self.inner.synth_monitor
+    }
+
+    fn synth_lanes(&self) -> &crate::engine::synth::SynthLanes {
+        &self.inner.synth_lanes
     }
 
     fn failed_attempts(&self) -> &auth::FailedAttempts {

@@ -32,6 +32,16 @@ pub async fn presets() -> Json<Vec<Preset>> {
     Json(attune_shared::presets())
 }
 
+/// `POST /train/split` with a run's settings: how many approved triples it would train on and
+/// hold out.
+pub async fn split(
+    State(state): State<AppState>,
+    ApiJson(hyper): ApiJson<attune_shared::Hyper>,
+) -> Result<Json<attune_shared::SplitPreview>, AppError> {
+    hyper.validate().map_err(|message| invalid("invalid_hyper", message))?;
+    Ok(Json(crate::engine::train_job::preview_split(state.job_context(), &hyper).await?))
+}
+
 /// Checks that `name` is a model folder of `kind` in the models directory.
 fn check_model(state: &AppState, name: &str, kind: ModelKind) -> Result<(), AppError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
@@ -95,6 +105,24 @@ pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> R
         status => Err(AppError::Conflict {
             code: "not_running",
             message: format!("run {id} is {status:?}, not queued or running: nothing to cancel"),
+            current: None,
+        }),
+    }
+}
+
+/// `POST /evals/:id/cancel`: a queued evaluation is cancelled at once, a running one stops at its
+/// next question.
+pub async fn cancel_eval(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse, AppError> {
+    if let Some(eval) = state.store().cancel_queued_eval(id).await? {
+        state.publish(JobEvent::Eval(Box::new(eval.clone())));
+        return Ok((StatusCode::OK, Json(eval)));
+    }
+    let eval = state.store().eval(id).await?.ok_or_else(|| not_found("evaluation", id))?;
+    match eval.status {
+        JobStatus::Running if state.queue().cancel(QueuedJob::Eval(id)) => Ok((StatusCode::ACCEPTED, Json(eval))),
+        status => Err(AppError::Conflict {
+            code: "not_running",
+            message: format!("evaluation {id} is {status:?}, not queued or running: nothing to cancel"),
             current: None,
         }),
     }

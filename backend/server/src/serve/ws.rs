@@ -195,7 +195,7 @@ async fn answer(
             chat.generation += 1;
             None
         }
-        ClientMessage::ChatAsk { chat_id, request_id, model, question, top_k } => {
+        ClientMessage::ChatAsk { chat_id, request_id, model, question, top_k, options } => {
             let refuse = |code: &str, message: String| {
                 Some(ServerMessage::ChatError { chat_id: chat_id.clone(), request_id, code: code.into(), message })
             };
@@ -209,6 +209,9 @@ async fn answer(
             let top_k = top_k.unwrap_or(5);
             if !(1..=20).contains(&top_k) {
                 return refuse("bad_top_k", format!("top_k must be between 1 and 20 (got {top_k})"));
+            }
+            if let Err(message) = options.validate() {
+                return refuse("bad_options", message);
             }
             if !chats.contains_key(&chat_id) && chats.len() >= MAX_CHATS {
                 // Forget an idle chat to make room; refuse when all are answering.
@@ -230,6 +233,7 @@ async fn answer(
             let asked = state.chat().ask(Question {
                 pair,
                 question: question.clone(),
+                options,
                 history: chat.history.clone(),
                 top_k: top_k as usize,
                 stop: stop.clone(),

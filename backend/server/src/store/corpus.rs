@@ -46,6 +46,8 @@ pub struct NewTripleRow {
     pub model: Option<String>,
     pub prompt: Option<String>,
     pub synth_run_id: Option<i64>,
+    /// Set for a candidate a filter dropped: stored as `filtered`, with this reason.
+    pub filter_reason: Option<String>,
 }
 
 /// What happens to a deleted document's triples.
@@ -83,7 +85,14 @@ const DOCUMENT_COLUMNS: &str = "d.id, d.name, d.kind, d.sha256, d.bytes, d.pages
     (SELECT COUNT(*) FROM triples t WHERE t.document_id = d.id AND t.status = 'rejected') AS rejected";
 
 const TRIPLE_COLUMNS: &str = "id, question, answer, passage, passage_id, document_id, status, origin, model, prompt,
-    synth_run_id, version, created_at, updated_at";
+    synth_run_id, version, created_at, updated_at, filter_reason,
+    (SELECT d.name FROM documents d WHERE d.id = triples.document_id) AS document_name,
+    (SELECT p.page_start FROM passages p WHERE p.id = triples.passage_id) AS passage_page_start,
+    (SELECT p.page_end FROM passages p WHERE p.id = triples.passage_id) AS passage_page_end";
+
+/// A passage's columns with the number of its triples under review (filtered candidates aside).
+const PASSAGE_COLUMNS: &str = "*, (SELECT COUNT(*) FROM triples t WHERE t.passage_id = passages.id
+    AND t.status != 'filtered') AS triple_count";
 
 fn document(row: &SqliteRow) -> Result<Document, sqlx::Error> {
     Ok(Document {
@@ -98,6 +107,7 @@ fn document(row: &SqliteRow) -> Result<Document, sqlx::Error> {
             pending: row.try_get::<i64, _>("pending")? as u64,
             approved: row.try_get::<i64, _>("approved")? as u64,
             rejected: row.try_get::<i64, _>("rejected")? as u64,
+            filtered: 0,
         },
         created_at: row.try_get("created_at")?,
     })
@@ -115,6 +125,12 @@ fn passage(row: &SqliteRow) -> Result<Passage, sqlx::Error> {
         page_end: row.try_get::<Option<i64>, _>("page_end")?.map(|p| p as u32),
         tokens: row.try_get::<i64, _>("tokens")? as u32,
         section: row.try_get("section")?,
+        triples: row.try_get::<Option<i64>, _>("triple_count").ok().flatten().unwrap_or(0) as u32,
+        reference_matter: None,
+    })
+    .map(|mut p: Passage| {
+        p.reference_matter = crate::synth::reference_matter(&p.text).map(|kind| kind.as_str().to_owned());
+        p
     })
 }
 
@@ -136,6 +152,10 @@ fn triple(row: &SqliteRow) -> Result<Triple, sqlx::Error> {
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        filter_reason: row.try_get("filter_reason")?,
+        document: row.try_get("document_name")?,
+        page_start: row.try_get::<Option<i64>, _>("passage_page_start")?.map(|p| p as u32),
+        page_end: row.try_get::<Option<i64>, _>("passage_page_end")?.map(|p| p as u32),
     })
 }
 
@@ -146,6 +166,9 @@ pub struct SynthRunConfig {
     pub model: String,
     pub questions_per_passage: u32,
     pub prompts: attune_shared::SynthPrompts,
+    /// The document the run was started for.
+    #[serde(default)]
+    pub document_id: Option<i64>,
 }
 
 fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
@@ -165,6 +188,7 @@ fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
         prompts: config.prompts,
         passages_total: row.try_get::<i64, _>("passages_total")? as u64,
         report,
+        document_id: config.document_id,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -254,7 +278,7 @@ impl Store {
 
     /// A document's passages in order.
     pub async fn passages(&self, document_id: i64) -> Result<Vec<Passage>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM passages WHERE document_id = ? ORDER BY ord")
+        let rows = sqlx::query(&format!("SELECT {PASSAGE_COLUMNS} FROM passages WHERE document_id = ? ORDER BY ord"))
             .bind(document_id)
             .fetch_all(&self.pool)
             .await?;
@@ -262,8 +286,23 @@ impl Store {
     }
 
     pub async fn passage(&self, id: i64) -> Result<Option<Passage>, StoreError> {
-        let row = sqlx::query("SELECT * FROM passages WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {PASSAGE_COLUMNS} FROM passages WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(passage).transpose()?)
+    }
+
+    /// The one document all of `passage_ids` belong to, if they share one.
+    pub async fn document_of_passages(&self, passage_ids: &[i64]) -> Result<Option<i64>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT DISTINCT document_id FROM passages WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in passage_ids {
+            list.push_bind(id);
+        }
+        query.push(") LIMIT 2");
+        let documents: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        Ok(match documents.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        })
     }
 
     /// The ids of every passage (of one document, if given), in document and passage order.
@@ -321,6 +360,7 @@ impl Store {
                 Some(TripleStatus::Pending) => counts.pending = n,
                 Some(TripleStatus::Approved) => counts.approved = n,
                 Some(TripleStatus::Rejected) => counts.rejected = n,
+                Some(TripleStatus::Filtered) => counts.filtered = n,
                 None => {}
             }
         }
@@ -328,6 +368,7 @@ impl Store {
             Some(TripleStatus::Pending) => counts.pending,
             Some(TripleStatus::Approved) => counts.approved,
             Some(TripleStatus::Rejected) => counts.rejected,
+            Some(TripleStatus::Filtered) => counts.filtered,
             None => counts.pending + counts.approved + counts.rejected,
         };
         Ok(TriplePage { items, total, counts, page, per_page })
@@ -341,10 +382,20 @@ impl Store {
         Ok(query.build_query_scalar().fetch_all(&self.pool).await?)
     }
 
-    /// Every triple with one of `statuses` (all when empty), oldest first.
+    /// Every triple `filter` matches (its sort aside), oldest first: what an export writes.
+    pub async fn matching_triples(&self, filter: &TripleFilter) -> Result<Vec<Triple>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {TRIPLE_COLUMNS} FROM triples WHERE 1 = 1"));
+        push_filter(&mut query, filter, true);
+        query.push(" ORDER BY id");
+        Ok(query.build().fetch_all(&self.pool).await?.iter().map(triple).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every triple with one of `statuses` (all under review when empty), oldest first.
     pub async fn all_triples(&self, statuses: &[TripleStatus]) -> Result<Vec<Triple>, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {TRIPLE_COLUMNS} FROM triples"));
-        if !statuses.is_empty() {
+        if statuses.is_empty() {
+            query.push(" WHERE status != 'filtered'");
+        } else {
             query.push(" WHERE status IN (");
             let mut list = query.separated(", ");
             for status in statuses {
@@ -585,8 +636,9 @@ async fn record_edit(tx: &mut sqlx::Transaction<'_, Sqlite>, current: &Triple) -
 
 async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRow) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO triples (question, answer, passage, passage_id, document_id, origin, model, prompt, synth_run_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO triples (question, answer, passage, passage_id, document_id, origin, model, prompt, synth_run_id,
+                              status, filter_reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&row.question)
     .bind(&row.answer)
@@ -597,13 +649,22 @@ async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRo
     .bind(&row.model)
     .bind(&row.prompt)
     .bind(row.synth_run_id)
+    .bind(if row.filter_reason.is_some() { "filtered" } else { "pending" })
+    .bind(&row.filter_reason)
     .fetch_one(&mut **tx)
     .await?)
 }
 
 fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &TripleFilter, with_status: bool) {
-    if let (true, Some(status)) = (with_status, filter.status) {
-        query.push(" AND status = ").push_bind(status.as_str());
+    match (with_status, filter.status) {
+        (true, Some(status)) => {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        // "All" means the triples under review: dropped candidates only when asked for.
+        (true, None) => {
+            query.push(" AND status != 'filtered'");
+        }
+        (false, _) => {}
     }
     if let Some(document_id) = filter.document_id {
         query.push(" AND document_id = ").push_bind(document_id);

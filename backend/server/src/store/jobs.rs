@@ -194,8 +194,17 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_run_eval_loss(&self, id: i64, loss: f64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE runs SET eval_loss = ? WHERE id = ?").bind(loss).bind(id).execute(&self.pool).await?;
+    /// The held-out loss measured at `step`: the run's latest, and that step's point.
+    pub async fn set_run_eval_loss(&self, id: i64, step: u32, loss: f64) -> Result<(), StoreError> {
+        let mut tx = self.write_transaction().await?;
+        sqlx::query("UPDATE runs SET eval_loss = ? WHERE id = ?").bind(loss).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE run_metrics SET point = json_set(point, '$.eval_loss', ?) WHERE run_id = ? AND step = ?")
+            .bind(loss)
+            .bind(id)
+            .bind(i64::from(step))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -326,6 +335,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(run).transpose()
+    }
+
+    /// Cancels an evaluation that is still queued (compare-and-set, as for runs).
+    pub async fn cancel_queued_eval(&self, id: i64) -> Result<Option<Eval>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE evals SET status = 'cancelled', finished_at = {NOW} WHERE id = ? AND status = 'queued'
+             RETURNING {EVAL_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(eval).transpose()
     }
 
     /// Marks the jobs that were running when the server stopped as interrupted; returns how many.
