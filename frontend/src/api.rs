@@ -267,6 +267,19 @@ impl Api {
         self.post(&format!("/synth/runs/{run_id}/cancel"), &serde_json::json!({})).await
     }
 
+    pub async fn synth_runs(self) -> Result<Vec<SynthRun>, ApiError> {
+        self.get("/synth/runs").await
+    }
+
+    pub async fn cancel_eval(self, id: i64) -> Result<Eval, ApiError> {
+        self.post(&format!("/evals/{id}/cancel"), &serde_json::json!({})).await
+    }
+
+    /// How the approved triples would split for a run with `hyper`.
+    pub async fn split(self, hyper: &attune_shared::Hyper) -> Result<attune_shared::SplitPreview, ApiError> {
+        self.post("/train/split", hyper).await
+    }
+
     /// A page of triples; `query` is the filter's query string.
     pub async fn triples(self, query: &str) -> Result<TriplePage, ApiError> {
         self.get(&format!("/triples?{query}")).await
@@ -290,10 +303,10 @@ impl Api {
         self.upload("/triples/import", file_form("file", file)?).await
     }
 
-    /// Downloads the triples in `format` (`csv`, `jsonl`) with `status` as `triples.FORMAT`. A
-    /// fetch with the token and a Blob, not a link: a link carries no `Authorization` header.
-    pub async fn export_triples(self, format: &str, status: &str) -> Result<(), ApiError> {
-        let mut request = Request::get(&url(&format!("/triples/export?format={format}&status={status}")));
+    /// Downloads the triples `query` selects (`format=…&status=…&document_id=…`) as `file`. A fetch
+    /// with the token and a Blob, not a link: a link carries no `Authorization` header.
+    pub async fn export_triples(self, query: &str, file: &str) -> Result<(), ApiError> {
+        let mut request = Request::get(&url(&format!("/triples/export?{query}")));
         if let Some(token) = self.token {
             request = request.header("Authorization", &bearer(token));
         }
@@ -305,7 +318,7 @@ impl Api {
         }
         let mime = response.headers().get("content-type").unwrap_or_else(|| "application/octet-stream".into());
         let bytes = response.binary().await.map_err(ApiError::unreachable)?;
-        save_file(&bytes, &format!("triples.{format}"), &mime).map_err(form_error)
+        save_file(&bytes, file, &mime).map_err(form_error)
     }
 
     pub async fn presets(self) -> Result<Vec<Preset>, ApiError> {

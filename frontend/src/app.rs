@@ -26,6 +26,8 @@ pub fn App() -> impl IntoView {
     provide_context(api);
     let link = link::start(api.token());
     provide_context(link);
+    // The chat's conversation outlives the Chat page (moving to another page and back keeps it).
+    provide_context(crate::chat::ChatMemory::new());
     // Health is fetched on load and again after every reconnection; the last answer stays
     // on screen while a new one is on its way.
     let health = RwSignal::new(None::<Result<Health, ApiError>>);
@@ -42,6 +44,7 @@ pub fn App() -> impl IntoView {
                 <header class="topbar">
                     <a class="brand" href="/documents">"Attune"</a>
                     <HealthSummary health=health />
+                    <crate::jobs::JobsButton />
                     <LinkIndicator link=link />
                 </header>
                 <nav class="sidenav" aria-label="Main">
@@ -59,6 +62,7 @@ pub fn App() -> impl IntoView {
                     </ul>
                 </nav>
                 <main class="content" id="main">
+                    <crate::stepper::Stepper />
                     <Routes fallback=|| view! { <pages::NotFound /> }>
                         <Route path=path!("/") view=|| view! { <Redirect path="/documents" /> } />
                         <Route path=path!("/documents") view=pages::Documents />
@@ -66,6 +70,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/triples") view=pages::Triples />
                         <Route path=path!("/train") view=pages::Train />
                         <Route path=path!("/evaluate") view=pages::Evaluate />
+                        <Route path=path!("/evaluate/:id") view=pages::Evaluate />
                         <Route path=path!("/chat") view=pages::Chat />
                     </Routes>
                 </main>

@@ -17,7 +17,8 @@ const HEIGHT: f64 = 220.0;
 const LEFT: f64 = 58.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 10.0;
-const BOTTOM: f64 = 30.0;
+/// Room for the step ticks and, under them, the axis label.
+const BOTTOM: f64 = 40.0;
 
 /// Round tick values covering `[min, max]`, about `count` of them (1, 2 or 5 times a power of ten).
 pub fn nice_ticks(min: f64, max: f64, count: usize) -> Vec<f64> {
@@ -33,8 +34,33 @@ pub fn nice_ticks(min: f64, max: f64, count: usize) -> Vec<f64> {
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
-/// The range the axes span: the data's, widened to whole ticks.
+/// Round ticks about `count` of them whose first is at or below `min` and last at or above `max`,
+/// so every point lies within the gridlines.
+pub fn covering_ticks(min: f64, max: f64, count: usize) -> Vec<f64> {
+    let inner = nice_ticks(min, max, count);
+    let step = match inner.as_slice() {
+        [a, b, ..] => b - a,
+        _ => return inner,
+    };
+    let mut ticks = inner;
+    while ticks.first().is_some_and(|&t| t > min + step * 1e-9) {
+        ticks.insert(0, ticks[0] - step);
+    }
+    while ticks.last().is_some_and(|&t| t < max - step * 1e-9) {
+        ticks.push(ticks[ticks.len() - 1] + step);
+    }
+    // 0.30000000000000004 reads as 0.3.
+    ticks.iter().map(|t| (t / step).round() * step).collect()
+}
+
+/// The range the axes span: the data's; a flat series (one point) spans 0 to one and a half
+/// times its value, so it does not sit on a 0.9–1.1 axis that says nothing.
 pub fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    bounds_with(values, true)
+}
+
+/// [`bounds`]; with `from_zero` false a flat series spans its value ± 0.5 (the step axis).
+fn bounds_with(values: impl Iterator<Item = f64>, from_zero: bool) -> Option<(f64, f64)> {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in values.filter(|v| v.is_finite()) {
         lo = lo.min(v);
@@ -43,9 +69,15 @@ pub fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     if lo > hi {
         return None;
     }
-    if hi - lo < 1e-12 {
-        let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
-        return Some((lo - pad, hi + pad));
+    if hi - lo < 1e-12 * hi.abs().max(1e-300) {
+        if !from_zero {
+            return Some((lo - 0.5, hi + 0.5));
+        }
+        return Some(match lo {
+            v if v > 0.0 => (0.0, v * 1.5),
+            v if v < 0.0 => (v * 1.5, 0.0),
+            _ => (0.0, 1.0),
+        });
     }
     Some((lo, hi))
 }
@@ -86,26 +118,51 @@ impl Frame {
 
 /// The frame that holds every series, with ticks on both axes.
 pub fn frame(series: &[Series]) -> Option<(Frame, Vec<f64>, Vec<f64>)> {
-    let xs = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)))?;
+    let xs = bounds_with(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), false)?;
     let ys = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)))?;
-    let y_ticks = nice_ticks(ys.0, ys.1, 4);
+    let y_ticks = covering_ticks(ys.0, ys.1, 4);
     let y = (ys.0.min(y_ticks.first().copied().unwrap_or(ys.0)), ys.1.max(y_ticks.last().copied().unwrap_or(ys.1)));
-    let x_ticks: Vec<f64> =
-        nice_ticks(xs.0, xs.1, 6).into_iter().filter(|t| t.fract() == 0.0 || xs.1 - xs.0 < 6.0).collect();
+    // Steps are whole numbers: so are their ticks.
+    let mut x_ticks: Vec<f64> = nice_ticks(xs.0, xs.1, 6).into_iter().filter(|t| t.fract() == 0.0).collect();
+    if x_ticks.is_empty() {
+        x_ticks = (xs.0.ceil() as i64..=xs.1.floor() as i64).map(|t| t as f64).collect();
+    }
     Some((Frame { x: xs, y }, x_ticks, y_ticks))
 }
 
-/// A compact tick label: 0.0003 → 3e-4, 1200 → 1200, 0.25 → 0.25.
-pub fn tick_label(value: f64) -> String {
+/// A compact tick label with `digits` significant decimals: 0.0003 → 3e-4, 1200 → 1200, 0.25 → 0.25.
+fn label_with(value: f64, digits: usize) -> String {
     if value == 0.0 {
         return "0".into();
     }
     if value.abs() < 1e-2 || value.abs() >= 1e5 {
-        let text = format!("{value:.0e}");
-        return text;
+        let text = format!("{value:.digits$e}", digits = digits.saturating_sub(1));
+        // 2.50e-4 → 2.5e-4
+        return match text.split_once('e') {
+            Some((mantissa, exponent)) if mantissa.contains('.') => {
+                format!("{}e{exponent}", mantissa.trim_end_matches('0').trim_end_matches('.'))
+            }
+            _ => text,
+        };
     }
-    let text = format!("{value:.3}");
+    let text = format!("{value:.prec$}", prec = digits.max(3));
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A compact tick label: 0.0003 → 3e-4, 1200 → 1200, 0.25 → 0.25.
+pub fn tick_label(value: f64) -> String {
+    label_with(value, 1)
+}
+
+/// Labels for `ticks` with just enough digits that no two read the same.
+pub fn tick_labels(ticks: &[f64]) -> Vec<String> {
+    for digits in 1..=8 {
+        let labels: Vec<String> = ticks.iter().map(|&t| label_with(t, digits)).collect();
+        if labels.windows(2).all(|w| w[0] != w[1]) {
+            return labels;
+        }
+    }
+    ticks.iter().map(|t| format!("{t}")).collect()
 }
 
 /// A chart of `series` against steps; `testid` names it for tests, and `data-points` counts the
@@ -133,16 +190,16 @@ pub fn LineChart(
                     None => view! { <p class="muted chart-empty">"Waiting for the first step…"</p> }.into_any(),
                     Some((f, x_ticks, y_ticks)) => view! {
                         <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img" aria-label=title preserveAspectRatio="none">
-                            {y_ticks.iter().map(|&t| view! {
+                            {y_ticks.iter().zip(tick_labels(&y_ticks)).map(|(&t, label)| view! {
                                 <g class="tick">
                                     <line x1=LEFT x2=WIDTH - RIGHT y1=f.py(t) y2=f.py(t) />
-                                    <text x=LEFT - 6.0 y=f.py(t) + 4.0 text-anchor="end">{tick_label(t)}</text>
+                                    <text x=LEFT - 6.0 y=f.py(t) + 4.0 text-anchor="end">{label}</text>
                                 </g>
                             }).collect_view()}
-                            {x_ticks.iter().map(|&t| view! {
-                                <text class="tick" x=f.px(t) y=HEIGHT - 10.0 text-anchor="middle">{tick_label(t)}</text>
+                            {x_ticks.iter().zip(tick_labels(&x_ticks)).map(|(&t, label)| view! {
+                                <text class="tick" x=f.px(t) y=HEIGHT - BOTTOM + 16.0 text-anchor="middle">{label}</text>
                             }).collect_view()}
-                            <text class="axis-label" x=LEFT - 6.0 y=HEIGHT - 10.0 text-anchor="end">"step"</text>
+                            <text class="axis-label" x=LEFT + (WIDTH - LEFT - RIGHT) / 2.0 y=HEIGHT - 4.0 text-anchor="middle">"step"</text>
                             // Drawn last to first, so the first series (the total) lies on top.
                             {all.iter().rev().map(|s| {
                                 let single = s.points.len() == 1;
@@ -201,5 +258,25 @@ mod tests {
         assert_eq!(tick_label(0.25), "0.25");
         assert_eq!(tick_label(3e-4), "3e-4");
         assert_eq!(tick_label(1200.0), "1200");
+    }
+
+    #[test]
+    fn the_axes_cover_every_point_with_whole_steps_and_distinct_labels() {
+        // Every point within the gridlines: none above the top one.
+        let series = vec![Series { label: "a", class: "a", points: vec![(1.0, 0.87), (2.0, 1.93), (3.0, 1.41)] }];
+        let (f, xs, ys) = frame(&series).unwrap();
+        assert!(*ys.first().unwrap() <= 0.87 && *ys.last().unwrap() >= 1.93, "{ys:?}");
+        assert_eq!((f.y.0, f.y.1), (*ys.first().unwrap(), *ys.last().unwrap()));
+        assert_eq!(xs, vec![1.0, 2.0, 3.0], "whole steps only");
+        // One point: an axis from 0, not 0.9–1.1.
+        let one = vec![Series { label: "a", class: "a", points: vec![(1.0, 1.0)] }];
+        let (f, xs, _) = frame(&one).unwrap();
+        assert_eq!(f.y.0, 0.0);
+        assert!(f.y.1 >= 1.5);
+        assert_eq!(xs, vec![1.0]);
+        // A learning rate warming up to 3e-4: labels that differ.
+        let labels = tick_labels(&covering_ticks(2.9e-4, 3.0e-4, 4));
+        assert!(labels.windows(2).all(|w| w[0] != w[1]), "{labels:?}");
+        assert_eq!(tick_labels(&[0.0, 0.5, 1.0]), ["0", "0.5", "1"]);
     }
 }

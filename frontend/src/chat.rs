@@ -1,11 +1,14 @@
 //! The Chat page: questions to a chosen model pair (base, or a run's tuned retriever + generator)
 //! over the live link; the retrieved passages arrive first as expandable citations with scores,
 //! then the answer streams in token by token. Stop ends an answer; clear forgets the history the
-//! server keeps for the conversation; side by side asks two pairs the same question.
+//! server keeps for the conversation; side by side asks two pairs the same question. Answers are
+//! Markdown with `[n]` markers linked to the cited passages; temperature, length and the
+//! repetition penalty are set per question; the conversation lives in the shell, so it survives
+//! moving to another page and back.
 
 use leptos::prelude::*;
 
-use attune_shared::{ChatStats, Citation, ClientMessage, ModelPair, ServerMessage};
+use attune_shared::{ChatOptions, ChatStats, Citation, ClientMessage, ModelPair, ServerMessage};
 
 use crate::api::Api;
 use crate::format::page_range;
@@ -25,6 +28,8 @@ pub struct Answer {
     pub stopped: bool,
     pub error: Option<String>,
     pub stats: Option<ChatStats>,
+    /// The token limit it was asked with.
+    pub max_tokens: u32,
 }
 
 impl Answer {
@@ -87,34 +92,78 @@ pub fn stats_words(stats: &ChatStats) -> String {
     )
 }
 
+/// The conversation and its settings, kept by the shell for the page's lifetime (a reload starts
+/// a new conversation: chat ids are fresh per page load).
+#[derive(Clone, Copy)]
+pub struct ChatMemory {
+    pub turns: RwSignal<Vec<Turn>>,
+    pub pairs: RwSignal<Option<Vec<ModelPair>>>,
+    pub left: RwSignal<String>,
+    pub right: RwSignal<String>,
+    pub side_by_side: RwSignal<bool>,
+    pub top_k: RwSignal<u32>,
+    pub options: RwSignal<ChatOptions>,
+    pub session: StoredValue<String>,
+    pub next_request: StoredValue<u64>,
+}
+
+impl ChatMemory {
+    pub fn new() -> ChatMemory {
+        ChatMemory {
+            turns: RwSignal::new(Vec::new()),
+            pairs: RwSignal::new(None),
+            left: RwSignal::new("base".to_owned()),
+            right: RwSignal::new("base".to_owned()),
+            side_by_side: RwSignal::new(false),
+            top_k: RwSignal::new(5),
+            options: RwSignal::new(ChatOptions::default()),
+            session: StoredValue::new(format!("{:x}", (js_sys::Math::random() * 1e12) as u64)),
+            next_request: StoredValue::new(1),
+        }
+    }
+}
+
+impl Default for ChatMemory {
+    fn default() -> Self {
+        ChatMemory::new()
+    }
+}
+
+/// What the end of an answer says about how it stopped, if anything.
+pub fn ending_words(stats: &ChatStats, max_tokens: u32) -> Option<String> {
+    if stats.stopped_repeating {
+        Some("Stopped: the answer began repeating itself.".to_owned())
+    } else if stats.hit_cap {
+        Some(format!("Stopped at the {max_tokens}-token limit: raise “Max tokens” for a longer answer."))
+    } else {
+        None
+    }
+}
+
 #[component]
 pub fn ChatPage() -> impl IntoView {
     let api = Api::from_context();
     let link = use_context::<Link>();
     let send = move |message: &ClientMessage| link.is_some_and(|l| l.send(message));
-    let pairs = RwSignal::new(Vec::<ModelPair>::new());
-    let left = RwSignal::new("base".to_owned());
-    let right = RwSignal::new("base".to_owned());
-    let side_by_side = RwSignal::new(false);
-    let top_k = RwSignal::new(5u32);
-    let turns = RwSignal::new(Vec::<Turn>::new());
+    let memory = use_context::<ChatMemory>().unwrap_or_default();
+    let ChatMemory { turns, pairs, left, right, side_by_side, top_k, options, session, next_request } = memory;
     let draft = RwSignal::new(String::new());
     let problem = RwSignal::new(None::<String>);
-    // Chat ids are fresh per page load, so a reload starts a new conversation.
-    let session = format!("{:x}", (js_sys::Math::random() * 1e12) as u64);
+    let session = session.get_value();
     let chat_ids = [format!("{session}-a"), format!("{session}-b")];
-    let next_request = StoredValue::new(1u64);
 
-    leptos::task::spawn_local(async move {
-        if let Ok(list) = api.models().await {
-            // Talk to the newest tuned pair by default, and compare it with the base one.
-            if let Some(tuned) = list.iter().rev().find(|p| p.run_id.is_some()) {
-                left.set(tuned.id.clone());
-                right.set("base".into());
+    if pairs.with_untracked(Option::is_none) {
+        leptos::task::spawn_local(async move {
+            if let Ok(list) = api.models().await {
+                // Talk to the newest tuned pair by default, and compare it with the base one.
+                if let Some(tuned) = list.iter().rev().find(|p| p.run_id.is_some()) {
+                    left.set(tuned.id.clone());
+                    right.set("base".into());
+                }
+                pairs.set(Some(list));
             }
-            pairs.set(list);
-        }
-    });
+        });
+    }
     if let Some(link) = link {
         Effect::new(move |_| {
             let messages = take(link.chat);
@@ -134,13 +183,20 @@ pub fn ChatPage() -> impl IntoView {
     }
     let answering = move || turns.with(|t| t.last().is_some_and(|t| t.answers.iter().any(|a| !a.done)));
     let label_of = move |id: &str| {
-        pairs.with_untracked(|p| p.iter().find(|p| p.id == id).map(|p| p.label.clone())).unwrap_or(id.to_owned())
+        pairs
+            .with_untracked(|p| p.as_ref().and_then(|p| p.iter().find(|p| p.id == id).map(|p| p.label.clone())))
+            .unwrap_or(id.to_owned())
     };
     let ask = {
         let chat_ids = chat_ids.clone();
         move || {
             let question = draft.get_untracked().trim().to_owned();
             if question.is_empty() || answering() {
+                return;
+            }
+            let chosen = options.get_untracked();
+            if let Err(message) = chosen.validate() {
+                problem.set(Some(message));
                 return;
             }
             let mut models = vec![left.get_untracked()];
@@ -157,6 +213,7 @@ pub fn ChatPage() -> impl IntoView {
                     model: model.clone(),
                     question: question.clone(),
                     top_k: Some(top_k.get_untracked()),
+                    options: chosen,
                 };
                 if !send(&message) {
                     problem.set(Some("Not connected to the server; wait for the link to come back.".into()));
@@ -166,6 +223,7 @@ pub fn ChatPage() -> impl IntoView {
                     chat_id: chat_id.clone(),
                     request_id,
                     model_label: label_of(&model),
+                    max_tokens: chosen.max_tokens,
                     ..Answer::default()
                 });
             }
@@ -192,7 +250,23 @@ pub fn ChatPage() -> impl IntoView {
         }
     };
     let ask_on_click = ask.clone();
-    let pair_options = move || pairs.get().into_iter().map(|p| (p.id.clone(), p.label.clone())).collect::<Vec<_>>();
+    let pair_options = move || {
+        pairs.get().unwrap_or_default().into_iter().map(|p| (p.id.clone(), p.label.clone())).collect::<Vec<_>>()
+    };
+    let set_option = move |apply: fn(&mut ChatOptions, f64), text: String| match text.trim().parse::<f64>() {
+        Ok(value) => {
+            let mut next = options.get_untracked();
+            apply(&mut next, value);
+            match next.validate() {
+                Ok(()) => {
+                    options.set(next);
+                    problem.set(None);
+                }
+                Err(message) => problem.set(Some(message)),
+            }
+        }
+        Err(_) => problem.set(Some(format!("{text:?} is not a number"))),
+    };
 
     view! {
         <section class="page chat">
@@ -222,7 +296,25 @@ pub fn ChatPage() -> impl IntoView {
                         on:change=move |e| top_k.set(event_target_value(&e).parse().unwrap_or(5).clamp(1, 20)) />
                 </label>
                 <button type="button" data-testid="chat-clear" on:click=clear>"Clear history"</button>
+                {move || pairs.with(Option::is_none).then(|| view! { <span class="muted" data-testid="pairs-loading">"loading the model list…"</span> })}
             </div>
+            <details class="chat-options">
+                <summary>"Generation settings"</summary>
+                <div class="toolbar">
+                    <label title="0: the same answer every time; higher: more varied">"Temperature "
+                        <input type="number" min="0" max="2" step="0.1" data-testid="chat-temperature" prop:value=move || options.get().temperature.to_string()
+                            on:change=move |e| set_option(|o, v| o.temperature = v, event_target_value(&e)) />
+                    </label>
+                    <label title="the longest answer, in tokens">"Max tokens "
+                        <input type="number" min="1" max="2048" step="1" data-testid="chat-max-tokens" prop:value=move || options.get().max_tokens.to_string()
+                            on:change=move |e| set_option(|o, v| o.max_tokens = v as u32, event_target_value(&e)) />
+                    </label>
+                    <label title="above 1 makes words already in the answer less likely (1: off)">"Repetition penalty "
+                        <input type="number" min="1" max="2" step="0.05" data-testid="chat-repetition" prop:value=move || options.get().repetition_penalty.to_string()
+                            on:change=move |e| set_option(|o, v| o.repetition_penalty = v, event_target_value(&e)) />
+                    </label>
+                </div>
+            </details>
             <ol class="conversation" aria-live="polite">
                 {move || turns.get().into_iter().map(|turn| { let paired = turn.answers.len() > 1; view! {
                     <li class="turn">
@@ -249,32 +341,45 @@ pub fn ChatPage() -> impl IntoView {
 #[component]
 fn AnswerView(answer: Answer) -> impl IntoView {
     let state = answer.state();
+    let hrefs: Vec<String> = answer
+        .passages
+        .iter()
+        .flatten()
+        .map(|c| crate::markdown::citation_href(c.document_id, c.passage_id))
+        .collect();
+    let waiting = !answer.done && answer.passages.is_none() && answer.indexing.is_none();
+    let html = crate::markdown::render(&answer.text, &hrefs);
+    let ending = answer.stats.as_ref().and_then(|s| ending_words(s, answer.max_tokens));
     view! {
         <article class="answer" data-testid="answer" data-state=state>
             <header class="muted">{answer.model_label.clone()}</header>
+            {waiting.then(|| view! { <p class="muted" data-testid="answer-loading">"Loading the models and searching the passages…"</p> })}
             {answer.indexing.map(|(done, total)| view! {
                 <p class="muted" data-testid="indexing">{format!("Indexing passages for this retriever: {done} / {total}")}</p>
             })}
             {answer.passages.clone().map(|passages| view! {
                 <div class="citations" data-testid="citations">
-                    {passages.into_iter().enumerate().map(|(i, c)| view! {
-                        <details class="citation" data-testid="citation">
-                            <summary>
-                                <span class="cite-no">{format!("[{}]", i + 1)}</span>
-                                {format!(" {} {}", c.document, page_range(c.page_start, c.page_end))}
-                                <span class="score" title="cosine similarity to the question">{format!("{:.3}", c.score)}</span>
-                            </summary>
-                            <p>{c.text}</p>
-                        </details>
+                    {passages.into_iter().enumerate().map(|(i, c)| {
+                        let href = crate::markdown::citation_href(c.document_id, c.passage_id);
+                        view! {
+                            <details class="citation" data-testid="citation">
+                                <summary>
+                                    <span class="cite-no">{format!("[{}]", i + 1)}</span>
+                                    {format!(" {} {}", c.document, page_range(c.page_start, c.page_end))}
+                                    <span class="score" title="cosine similarity to the question">{format!("{:.3}", c.score)}</span>
+                                </summary>
+                                <p>{c.text}</p>
+                                <a href=href>"Open in the document"</a>
+                            </details>
+                        }
                     }).collect_view()}
                 </div>
             })}
-            <p class="answer-text" data-testid="answer-text">
-                {answer.text.clone()}
-                {(!answer.done && answer.passages.is_some()).then(|| view! { <span class="cursor" aria-hidden="true">"▍"</span> })}
-            </p>
+            <div class="answer-text" data-testid="answer-text" inner_html=html></div>
+            {(!answer.done && answer.passages.is_some()).then(|| view! { <span class="cursor" aria-hidden="true">"▍"</span> })}
             {answer.error.clone().map(|e| view! { <p class="error">{e}</p> })}
             {answer.stopped.then(|| view! { <p class="muted">"(stopped)"</p> })}
+            {ending.map(|words| view! { <p class="notice warn" data-testid="answer-ending">{words}</p> })}
             {answer.stats.filter(|_| answer.error.is_none()).map(|s| view! { <p class="muted stats" data-testid="chat-stats">{stats_words(&s)}</p> })}
         </article>
     }
@@ -310,7 +415,18 @@ mod tests {
             assert!(a.apply(&ServerMessage::ChatToken { chat_id: "c".into(), request_id: 2, text: piece.into() }));
         }
         assert_eq!((a.text.as_str(), a.state()), ("Hello", "streaming"));
-        let stats = ChatStats { retrieval_ms: 1.0, first_token_ms: 840.0, tokens: 41, tokens_per_second: 23.5 };
+        let stats = ChatStats {
+            retrieval_ms: 1.0,
+            first_token_ms: 840.0,
+            tokens: 41,
+            tokens_per_second: 23.5,
+            ..ChatStats::default()
+        };
+        assert_eq!(ending_words(&stats, 256), None);
+        let capped = ChatStats { hit_cap: true, ..stats };
+        assert!(ending_words(&capped, 256).unwrap().contains("256-token limit"));
+        let looping = ChatStats { stopped_repeating: true, ..stats };
+        assert!(ending_words(&looping, 256).unwrap().contains("repeating"));
         assert!(a.apply(&ServerMessage::ChatDone { chat_id: "c".into(), request_id: 2, stopped: true, stats }));
         assert_eq!(a.state(), "stopped");
         assert_eq!(stats_words(&stats), "first token after 0.84 s · 23.5 tokens/s · 41 tokens");

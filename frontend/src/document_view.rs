@@ -1,6 +1,8 @@
-//! One document: its passages in order with page ranges and sections, and synthetic question
-//! generation for the whole document or the selected passages, watched live over the WebSocket
-//! (a progress bar with kept and filtered counts, the ETA, and a cancel button).
+//! One document: its passages in order (in full) with page ranges, sections and triple counts,
+//! search within it and a jump to a page; synthetic question generation for the whole document or
+//! the selected passages, watched live over the WebSocket (a progress bar with kept and filtered
+//! counts, the ETA, and Cancel — found again after a reload from the server's live state), and,
+//! when a run keeps nothing, why, with the way to the dropped candidates.
 
 use std::collections::BTreeSet;
 
@@ -12,6 +14,60 @@ use attune_shared::{Document, JobStatus, LlmChoice, Passage, SynthRequest, Synth
 use crate::api::{Api, ApiError};
 use crate::format::{count, page_range};
 use crate::link::Link;
+use crate::triples::row::marked;
+
+/// Where the form's "questions per passage" is remembered.
+const QUESTIONS_KEY: &str = "attune.questions_per_passage";
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window().and_then(|w| w.local_storage().ok().flatten())
+}
+
+/// The remembered questions per passage (3 when none, or a bad one, is stored).
+pub fn remembered_questions(stored: Option<String>) -> u32 {
+    stored.and_then(|s| s.parse().ok()).filter(|n| (1..=20).contains(n)).unwrap_or(3)
+}
+
+/// Why a finished run kept nothing, in words, biggest reason first.
+pub fn why_nothing_kept(run: &SynthRun) -> Option<String> {
+    let r = &run.report;
+    if r.kept > 0 || matches!(run.status, JobStatus::Running | JobStatus::Queued) {
+        return None;
+    }
+    let f = &r.filtered;
+    let mut reasons = vec![
+        (f.ungrounded, "answers not found in the passage"),
+        (f.answer_too_long, "answers too long"),
+        (f.duplicate, "duplicate questions"),
+        (f.not_a_question, "not questions"),
+        (f.copies_passage, "questions copying the passage"),
+        (f.empty, "empty"),
+        (r.skipped_passages, "passages skipped as table of contents, index or bibliography"),
+        (r.failed_passages, "passages whose LLM calls failed"),
+    ];
+    reasons.retain(|(n, _)| *n > 0);
+    reasons.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    if reasons.is_empty() {
+        return Some("The model wrote no questions for these passages.".to_owned());
+    }
+    let list: Vec<String> = reasons.iter().map(|(n, what)| format!("{n} {what}")).collect();
+    Some(format!("No triple was kept: {}.", list.join(", ")))
+}
+
+/// The first passage (index into `passages`) on `page`.
+pub fn first_on_page(passages: &[Passage], page: u32) -> Option<usize> {
+    passages.iter().position(|p| match (p.page_start, p.page_end) {
+        (Some(a), Some(b)) => a <= page && page <= b,
+        (Some(a), None) => a == page,
+        _ => false,
+    })
+}
+
+fn scroll_to(element_id: &str) {
+    if let Some(element) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(element_id)) {
+        element.scroll_into_view();
+    }
+}
 
 /// A run's progress in words: passages, kept, filtered, ETA.
 pub fn progress_words(run: &SynthRun, eta_seconds: Option<f64>) -> String {
@@ -53,7 +109,8 @@ fn status_words(status: JobStatus) -> &'static str {
 #[component]
 pub fn DocumentView() -> impl IntoView {
     let params = use_params_map();
-    let id = move || params.with(|p| p.get("id").and_then(|id| id.parse::<i64>().ok()));
+    let raw_id = move || params.with(|p| p.get("id").unwrap_or_default());
+    let id = move || raw_id().parse::<i64>().ok().filter(|id| *id > 0);
     let api = Api::from_context();
     let link = use_context::<Link>();
     let document = RwSignal::new(None::<Result<Document, ApiError>>);
@@ -61,7 +118,10 @@ pub fn DocumentView() -> impl IntoView {
     let selected = RwSignal::new(BTreeSet::<i64>::new());
     let run = RwSignal::new(None::<(SynthRun, Option<f64>)>);
     let start_error = RwSignal::new(None::<String>);
-    let questions = RwSignal::new(3u32);
+    let questions = RwSignal::new(remembered_questions(storage().and_then(|s| s.get_item(QUESTIONS_KEY).ok().flatten())));
+    let cancelling = RwSignal::new(false);
+    let search = RwSignal::new(String::new());
+    let jump_error = RwSignal::new(None::<String>);
     let use_server = RwSignal::new(false);
     let base_url = RwSignal::new(String::new());
     let model = RwSignal::new(String::new());
@@ -70,10 +130,25 @@ pub fn DocumentView() -> impl IntoView {
     {
         Effect::new(move |_| {
             reloads.track();
-            let Some(id) = id() else { return };
+            let Some(id) = id() else {
+                let message = format!("“{}” is not a document's address: documents are numbered.", raw_id());
+                let error = ApiError { status: 404, code: "not_found".into(), message, current: None };
+                document.set(Some(Err(error.clone())));
+                passages.set(Some(Err(error)));
+                return;
+            };
             leptos::task::spawn_local(async move {
                 document.set(Some(api.document(id).await));
-                passages.set(Some(api.passages(id).await));
+                let list = api.passages(id).await;
+                let first_load = passages.with_untracked(Option::is_none);
+                passages.set(Some(list));
+                // An address with #passage-N scrolls to that passage once it is there.
+                if first_load && let Some(hash) = web_sys::window().and_then(|w| w.location().hash().ok()) {
+                    let target = hash.trim_start_matches('#').to_owned();
+                    if !target.is_empty() {
+                        gloo_timers::callback::Timeout::new(50, move || scroll_to(&target)).forget();
+                    }
+                }
             });
         });
     }
@@ -86,7 +161,8 @@ pub fn DocumentView() -> impl IntoView {
             model.set(name);
         }
     });
-    // Progress of our run from the WebSocket.
+    // Progress of our run from the WebSocket; after a reload (or in another tab) the server's
+    // live state names this document's running run, which is ours then.
     if let Some(link) = link {
         Effect::new(move |_| {
             if let Some((update, eta)) = link.synth.get()
@@ -95,8 +171,18 @@ pub fn DocumentView() -> impl IntoView {
                 let ended = !matches!(update.status, JobStatus::Running | JobStatus::Queued);
                 run.set(Some((update, eta)));
                 if ended {
+                    cancelling.set(false);
                     reloads.update(|n| *n += 1);
                 }
+            }
+        });
+        Effect::new(move |_| {
+            let Some(document_id) = id() else { return };
+            let found = link.board.with(|b| b.synth_for_document(document_id));
+            if let Some(found) = found
+                && run.with_untracked(|r| r.as_ref().is_none_or(|(mine, _)| mine.id != found.0.id && !matches!(mine.status, JobStatus::Running | JobStatus::Queued)))
+            {
+                run.set(Some(found));
             }
         });
     }
@@ -138,7 +224,10 @@ pub fn DocumentView() -> impl IntoView {
                     }
                 }
                 match api.start_synthesis(&request).await {
-                    Ok(started) => run.set(Some((started, None))),
+                    Ok(started) => {
+                        cancelling.set(false);
+                        run.set(Some((started, None)));
+                    }
                     Err(error) => start_error.set(Some(error.message)),
                 }
             });
@@ -146,7 +235,8 @@ pub fn DocumentView() -> impl IntoView {
     };
     // The passage a triple is being written for by hand, and what happened to the last one.
     let adding = RwSignal::new(None::<i64>);
-    let added = RwSignal::new(None::<Result<String, String>>);
+    // The outcome of the last one, shown in the passage it was written for.
+    let added = RwSignal::new(None::<(i64, Result<String, String>)>);
     let add_triple = {
         move |passage_id: i64, question: String, answer: String| {
             let new = attune_shared::NewTriple { passage_id, question, answer };
@@ -154,10 +244,10 @@ pub fn DocumentView() -> impl IntoView {
                 match api.add_triple(&new).await {
                     Ok(triple) => {
                         adding.set(None);
-                        added.set(Some(Ok(format!("Triple {} added, pending review", triple.id))));
+                        added.set(Some((passage_id, Ok(format!("Triple {} added, pending review", triple.id)))));
                         reloads.update(|n| *n += 1);
                     }
-                    Err(error) => added.set(Some(Err(error.message))),
+                    Err(error) => added.set(Some((passage_id, Err(error.message)))),
                 }
             });
         }
@@ -165,8 +255,11 @@ pub fn DocumentView() -> impl IntoView {
     let cancel = {
         move |_| {
             let Some(run_id) = run.with_untracked(|r| r.as_ref().map(|(r, _)| r.id)) else { return };
+            // Said at once: a running passage finishes first, which takes a while.
+            cancelling.set(true);
             leptos::task::spawn_local(async move {
                 if let Err(error) = api.cancel_synthesis(run_id).await {
+                    cancelling.set(false);
                     start_error.set(Some(error.message));
                 }
             });
@@ -189,11 +282,18 @@ pub fn DocumentView() -> impl IntoView {
                     )}</p>
                 }.into_any(),
             }}
+            <Show when=move || document.with(|d| matches!(d, Some(Ok(_))))>
             <form class="synth-form" aria-label="Generate questions" on:submit=|e: web_sys::SubmitEvent| e.prevent_default()>
                 <h2>"Generate questions"</h2>
                 <label>"Questions per passage "
                     <input type="number" min="1" max="20" prop:value=move || questions.get().to_string()
-                        on:input=move |e| questions.set(event_target_value(&e).parse().unwrap_or(3)) />
+                        on:input=move |e| {
+                            let n = remembered_questions(Some(event_target_value(&e)));
+                            questions.set(n);
+                            if let Some(storage) = storage() {
+                                let _ = storage.set_item(QUESTIONS_KEY, &n.to_string());
+                            }
+                        } />
                 </label>
                 <label>
                     <input type="checkbox" prop:checked=move || use_server.get()
@@ -219,6 +319,7 @@ pub fn DocumentView() -> impl IntoView {
                 </button>
                 {move || start_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
             </form>
+            </Show>
             {move || run.get().map(|(current, eta)| {
                 let running = matches!(current.status, JobStatus::Running | JobStatus::Queued);
                 view! {
@@ -227,24 +328,63 @@ pub fn DocumentView() -> impl IntoView {
                         <progress max=current.passages_total.max(1) value=current.report.passages_done></progress>
                         <p class="counts">{progress_words(&current, eta)}</p>
                         {current.error.clone().map(|e| view! { <p class="error">{e}</p> })}
-                        {running.then(|| view! { <button on:click=cancel>"Cancel"</button> })}
+                        {running.then(|| view! {
+                            <button data-testid="synth-cancel" disabled=move || cancelling.get() on:click=cancel>
+                                {move || if cancelling.get() { "Cancelling… (after the current passage)" } else { "Cancel" }}
+                            </button>
+                        })}
+                        {why_nothing_kept(&current).map(|why| {
+                            let filtered_href = format!("/triples?status=filtered{}", current.document_id.map(|d| format!("&document_id={d}")).unwrap_or_default());
+                            view! {
+                                <div class="nothing-kept" data-testid="nothing-kept">
+                                    <p><strong>{why}</strong></p>
+                                    <p><a href=filtered_href data-testid="see-filtered">"See the dropped candidates with their reasons"</a>
+                                        " and keep the good ones anyway. A larger model writes better questions: tick “Use an OpenAI-compatible server” above (a local llama.cpp or vLLM server works)."</p>
+                                </div>
+                            }
+                        })}
                     </div>
                 }
             })}
             <h2>"Passages"</h2>
-            {move || added.get().map(|result| match result {
-                Ok(text) => view! { <p class="notice ok" role="status">{text}</p> }.into_any(),
-                Err(text) => view! { <p class="error" role="alert">{format!("Not added: {text}")}</p> }.into_any(),
-            })}
+            <div class="toolbar passage-tools">
+                <input type="search" aria-label="Search this document" placeholder="Search this document" data-testid="doc-search"
+                    on:input=move |e| search.set(event_target_value(&e)) />
+                <form class="jump" on:submit=move |e: web_sys::SubmitEvent| {
+                    e.prevent_default();
+                    let input: Option<web_sys::HtmlInputElement> = e.target()
+                        .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlFormElement>(t).ok())
+                        .and_then(|f| f.elements().named_item("page"))
+                        .and_then(|i| wasm_bindgen::JsCast::dyn_into(i).ok());
+                    let page: Option<u32> = input.and_then(|i| i.value().trim().parse().ok());
+                    let found = page.and_then(|page| passages.with_untracked(|p| {
+                        p.as_ref().and_then(|r| r.as_ref().ok()).and_then(|list| first_on_page(list, page).map(|i| list[i].id))
+                    }));
+                    match found {
+                        Some(passage_id) => { jump_error.set(None); search.set(String::new()); scroll_to(&format!("passage-{passage_id}")); }
+                        None => jump_error.set(Some("No passage on that page.".into())),
+                    }
+                }>
+                    <label>"Go to page " <input type="number" name="page" min="1" size="4" data-testid="jump-page" /></label>
+                    <button type="submit">"Go"</button>
+                </form>
+                {move || jump_error.get().map(|e| view! { <span class="error" role="alert">{e}</span> })}
+            </div>
             {move || match passages.get() {
                 None => view! { <p class="loading">"Loading passages…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error">{error.message}</p> }.into_any(),
                 Some(Ok(list)) => view! {
                     <ol class="passages">
-                        {list.into_iter().map(|p| {
+                        {move || {
+                        let words: Vec<String> = search.get().split_whitespace().map(str::to_lowercase).collect();
+                        list.clone().into_iter().filter(|p| {
+                            let text = p.text.to_lowercase();
+                            words.iter().all(|w| text.contains(w.as_str()))
+                        }).map(|p| {
                             let pid = p.id;
+                            let words = words.clone();
                             view! {
-                                <li class="passage">
+                                <li class="passage" id=format!("passage-{pid}") data-testid="passage">
                                     <label class="passage-head">
                                         <input type="checkbox" aria-label=format!("Select passage {}", p.ord + 1)
                                             prop:checked=move || selected.with(|s| s.contains(&pid))
@@ -255,8 +395,16 @@ pub fn DocumentView() -> impl IntoView {
                                         <span class="muted">{page_range(p.page_start, p.page_end)}</span>
                                         <span class="muted">{p.section.clone().unwrap_or_default()}</span>
                                         <span class="muted">{format!("{} tokens", p.tokens)}</span>
+                                        <span class="muted" data-testid="passage-triples">{count(u64::from(p.triples), "triple")}</span>
+                                        {p.reference_matter.clone().map(|kind| view! {
+                                            <span class="badge muted" title="question generation skips it">{format!("{kind}: skipped")}</span>
+                                        })}
                                     </label>
-                                    <p class="passage-text">{p.text.clone()}</p>
+                                    <p class="passage-text">{marked(&p.text, &words)}</p>
+                                    {move || added.get().filter(|(at, _)| *at == pid).map(|(_, result)| match result {
+                                        Ok(text) => view! { <p class="notice ok" role="status" data-testid="triple-added">{text}</p> }.into_any(),
+                                        Err(text) => view! { <p class="error" role="alert">{format!("Not added: {text}")}</p> }.into_any(),
+                                    })}
                                     <button class="secondary" aria-label=format!("Add a triple for passage {}", p.ord + 1)
                                         on:click=move |_| adding.set(Some(pid))>"Add a triple"</button>
                                     {move || (adding.get() == Some(pid)).then(|| {
@@ -276,7 +424,8 @@ pub fn DocumentView() -> impl IntoView {
                                     })}
                                 </li>
                             }
-                        }).collect_view()}
+                        }).collect_view()
+                        }}
                     </ol>
                 }.into_any(),
             }}
@@ -287,6 +436,28 @@ pub fn DocumentView() -> impl IntoView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_values_and_why_nothing_was_kept() {
+        assert_eq!(remembered_questions(Some("7".into())), 7);
+        assert_eq!(remembered_questions(Some("70".into())), 3);
+        assert_eq!(remembered_questions(None), 3);
+        let run: SynthRun = serde_json::from_value(serde_json::json!({
+            "id": 4, "status": "succeeded", "llm": {"type": "local"}, "model": "m", "questions_per_passage": 3,
+            "prompts": {"questions": "q", "answer": "a"}, "passages_total": 2,
+            "report": {"passages_done": 2, "kept": 0, "skipped_passages": 1, "filtered": {"ungrounded": 4, "duplicate": 1}},
+            "created_at": "t", "updated_at": "t"
+        }))
+        .unwrap();
+        assert_eq!(
+            why_nothing_kept(&run).unwrap(),
+            "No triple was kept: 4 answers not found in the passage, 1 duplicate questions, \
+             1 passages skipped as table of contents, index or bibliography."
+        );
+        let mut kept = run.clone();
+        kept.report.kept = 1;
+        assert_eq!(why_nothing_kept(&kept), None);
+    }
 
     #[test]
     fn pages_and_progress_in_words() {

@@ -12,6 +12,27 @@ use crate::api::{Api, ApiError, KeepTriples};
 use crate::endpoints::bearer;
 use crate::format::count;
 
+/// A refused upload in words for people (the parser's own words stay behind a disclosure).
+pub fn failure_words(code: &str, message: &str) -> String {
+    let lower = message.to_lowercase();
+    match code {
+        "unsupported_media_type" => "This kind of file cannot be read: upload a PDF, .txt or .md file.".into(),
+        "payload_too_large" | "file_too_large" => "This file is too large to upload.".into(),
+        "empty_file" => "This file is empty.".into(),
+        "no_text_in_pdf" => "This PDF holds no text to read (it may be scanned images: run OCR on it first).".into(),
+        "unreadable_pdf" => "This file is not a PDF or is damaged.".into(),
+        "not_utf8" => "This text file is not in UTF-8: save it as UTF-8 and upload it again.".into(),
+        "no_passages" => "No passages could be cut from this file.".into(),
+        _ if lower.contains("took too long") || lower.contains("timed out") => {
+            "Reading this file took too long, so it was stopped.".into()
+        }
+        _ if lower.contains("pdf") && (lower.contains("parse") || lower.contains("header") || lower.contains("damaged")) => {
+            "This file is not a PDF or is damaged.".into()
+        }
+        _ => "This file could not be read.".into(),
+    }
+}
+
 /// Where one file's upload stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UploadState {
@@ -20,13 +41,15 @@ pub enum UploadState {
     /// Sent; the server is parsing and chunking it.
     Processing,
     Done(String),
-    Failed(String),
+    /// Words for people, and the server's own message.
+    Failed(String, String),
 }
 
 /// The outcome of `POST /documents` for one file, in words, from the response's status and body.
 pub fn upload_outcome(status: u16, body: &str) -> UploadState {
     if !(200..300).contains(&status) {
-        return UploadState::Failed(ApiError::from_response(status, body).message);
+        let error = ApiError::from_response(status, body);
+        return UploadState::Failed(failure_words(&error.code, &error.message), error.message);
     }
     match serde_json::from_str::<UploadResult>(body).ok().and_then(|r| r.files.into_iter().next()) {
         Some(UploadOutcome::Ingested { document }) => UploadState::Done(format!(
@@ -37,8 +60,11 @@ pub fn upload_outcome(status: u16, body: &str) -> UploadState {
         Some(UploadOutcome::Duplicate { document }) => {
             UploadState::Done(format!("already uploaded as “{}”: nothing new stored", document.name))
         }
-        Some(UploadOutcome::Failed { error, .. }) => UploadState::Failed(error.message),
-        None => UploadState::Failed("the server's answer could not be read".to_owned()),
+        Some(UploadOutcome::Failed { error, .. }) => UploadState::Failed(failure_words(&error.code, &error.message), error.message),
+        None => UploadState::Failed(
+            "The server's answer could not be read.".to_owned(),
+            "unreadable response".to_owned(),
+        ),
     }
 }
 
@@ -96,14 +122,17 @@ fn send_file(file: web_sys::File, api: Api, state: RwSignal<UploadState>, done: 
         xhr.set_onload(Some(load.as_ref().unchecked_ref()));
         load.forget();
         let failed = Closure::<dyn FnMut()>::new(move || {
-            state.set(UploadState::Failed("cannot reach the server: the upload did not get through".to_owned()));
+            state.set(UploadState::Failed(
+                "The upload did not get through: is the server running?".to_owned(),
+                "network error".to_owned(),
+            ));
         });
         xhr.set_onerror(Some(failed.as_ref().unchecked_ref()));
         failed.forget();
         xhr.send_with_opt_form_data(Some(&form))
     })();
     if let Err(error) = result {
-        state.set(UploadState::Failed(format!("the browser refused the upload: {error:?}")));
+        state.set(UploadState::Failed("The browser refused the upload.".to_owned(), format!("{error:?}")));
     }
 }
 
@@ -239,12 +268,12 @@ pub fn DocumentsPage() -> impl IntoView {
                                 let name = document.name.clone();
                                 view! {
                                     <tr>
-                                        <td><a href=format!("/documents/{}", document.id)>{document.name.clone()}</a></td>
-                                        <td>{document.kind.clone()}</td>
-                                        <td>{document.pages.map(|p| p.to_string()).unwrap_or_else(|| "–".into())}</td>
-                                        <td>{document.passages}</td>
-                                        <td>{format!("{} / {} / {}", t.pending, t.approved, t.rejected)}</td>
-                                        <td>{document.created_at.get(..10).unwrap_or_default().to_owned()}</td>
+                                        <td data-label="Name"><a href=format!("/documents/{}", document.id)>{document.name.clone()}</a></td>
+                                        <td data-label="Type">{document.kind.clone()}</td>
+                                        <td data-label="Pages">{document.pages.map(|p| p.to_string()).unwrap_or_else(|| "–".into())}</td>
+                                        <td data-label="Passages">{document.passages}</td>
+                                        <td data-label="Triples">{format!("{} / {} / {}", t.pending, t.approved, t.rejected)}</td>
+                                        <td data-label="Added">{document.created_at.get(..10).unwrap_or_default().to_owned()}</td>
                                         <td>
                                             <button class="secondary" aria-label=format!("Delete {name}")
                                                 on:click=move |_| { delete_error.set(None); confirming.set(Some(target.clone())); }>
@@ -269,7 +298,7 @@ fn UploadLine(row: UploadRow) -> impl IntoView {
         <li class="upload" data-state=move || match state.get() {
             UploadState::Sending(_) | UploadState::Processing => "busy",
             UploadState::Done(_) => "done",
-            UploadState::Failed(_) => "failed",
+            UploadState::Failed(..) => "failed",
         }>
             <span class="name">{row.name}</span>
             <progress max="1" value=move || match state.get() {
@@ -280,8 +309,14 @@ fn UploadLine(row: UploadRow) -> impl IntoView {
                 UploadState::Sending(share) => format!("sending… {:.0}%", share * 100.0),
                 UploadState::Processing => "reading and cutting into passages…".to_owned(),
                 UploadState::Done(text) => text,
-                UploadState::Failed(text) => text,
+                UploadState::Failed(text, _) => text,
             }}</span>
+            {move || match state.get() {
+                UploadState::Failed(_, detail) => Some(view! {
+                    <details class="detail"><summary>"Details"</summary><code>{detail}</code></details>
+                }),
+                _ => None,
+            }}
         </li>
     }
 }
@@ -301,8 +336,22 @@ mod tests {
             matches!(upload_outcome(200, &duplicate), UploadState::Done(t) if t.contains("already uploaded as “a.pdf”"))
         );
         let refused = r#"{"error":{"code":"unsupported_media_type","message":"x.pptx: unsupported file type"}}"#;
-        assert_eq!(upload_outcome(415, refused), UploadState::Failed("x.pptx: unsupported file type".into()));
-        assert!(matches!(upload_outcome(201, "garbage"), UploadState::Failed(_)));
+        assert_eq!(
+            upload_outcome(415, refused),
+            UploadState::Failed(
+                "This kind of file cannot be read: upload a PDF, .txt or .md file.".into(),
+                "x.pptx: unsupported file type".into()
+            )
+        );
+        assert!(matches!(upload_outcome(201, "garbage"), UploadState::Failed(..)));
+        let damaged = r#"{"files":[{"outcome":"failed","name":"a.pdf","error":{"code":"unreadable_pdf","message":"PDF error: couldn't parse input: invalid file header"}}]}"#;
+        match upload_outcome(201, damaged) {
+            UploadState::Failed(words, detail) => {
+                assert_eq!(words, "This file is not a PDF or is damaged.");
+                assert!(detail.contains("invalid file header"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -33,6 +33,24 @@ pub fn metric(report: &EvalReport, system: usize, key: &str) -> Option<f64> {
     }
 }
 
+/// A system's 95% interval of a row's metric (`em`, `f1` for the answers').
+pub fn interval(report: &EvalReport, system: usize, key: &str) -> Option<[f64; 2]> {
+    report.systems.get(system)?.intervals.get(key).copied().filter(|[lo, hi]| lo.is_finite() && hi.is_finite())
+}
+
+/// A generated answer cut at the token limit ends at its last full sentence (with "…"), not
+/// mid-word; one without a sentence end is shown whole.
+pub fn whole_sentences(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() || text.ends_with(['.', '!', '?', '"', ')']) {
+        return text.to_owned();
+    }
+    match text.rfind(['.', '!', '?']) {
+        Some(end) if end > 0 => format!("{} …", &text[..=end]),
+        _ => format!("{text} …"),
+    }
+}
+
 /// "+0.125", "−0.050", "±0" for a tuned − base difference.
 pub fn delta_words(delta: f64) -> String {
     if delta.abs() < 5e-4 {
@@ -70,6 +88,9 @@ pub fn change(item: &EvalItem, tuned: usize) -> Change {
 #[component]
 pub fn EvaluatePage() -> impl IntoView {
     let api = Api::from_context();
+    let params = leptos_router::hooks::use_params_map();
+    let navigate = StoredValue::new_local(leptos_router::hooks::use_navigate());
+    let go = move |path: String| navigate.with_value(|n| n(&path, Default::default()));
     let link = use_context::<Link>();
     let runs = RwSignal::new(Vec::<Run>::new());
     let chosen = RwSignal::new(Vec::<i64>::new());
@@ -100,16 +121,24 @@ pub fn EvaluatePage() -> impl IntoView {
             });
         });
     }
-    let open = {
-        move |id: i64| {
-            leptos::task::spawn_local(async move {
-                match api.eval(id).await {
-                    Ok(eval) => shown.set(Some(eval)),
-                    Err(e) => error.set(Some(e.message)),
-                }
-            });
-        }
+    let fetch_shown = move |id: i64| {
+        leptos::task::spawn_local(async move {
+            match api.eval(id).await {
+                Ok(eval) => shown.set(Some(eval)),
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
     };
+    // Each evaluation has its own address: /evaluate/ID shows it.
+    Effect::new(move |_| {
+        let wanted = params.with(|p| p.get("id").and_then(|id| id.parse::<i64>().ok()));
+        match wanted {
+            Some(id) if shown.with_untracked(|s| s.as_ref().is_none_or(|s| s.id != id)) => fetch_shown(id),
+            None if params.with(|p| p.get("id").is_some()) => error.set(Some("That is not an evaluation's address.".into())),
+            _ => {}
+        }
+    });
+    let open = move |id: i64| go(format!("/evaluate/{id}"));
     if let Some(link) = link {
         Effect::new(move |_| {
             for message in take(link.jobs) {
@@ -126,7 +155,7 @@ pub fn EvaluatePage() -> impl IntoView {
                     });
                     if shown.with_untracked(|s| s.as_ref().is_some_and(|s| s.id == id)) {
                         if finished {
-                            open(id);
+                            fetch_shown(id);
                         } else {
                             shown.set(Some(*eval));
                         }
@@ -194,7 +223,9 @@ pub fn EvaluatePage() -> impl IntoView {
                         if shown.with_untracked(|s| {
                             s.as_ref().is_none_or(|s| s.id != eval.id || s.status == JobStatus::Queued)
                         }) {
+                            let id = eval.id;
                             shown.set(Some(eval));
+                            go(format!("/evaluate/{id}"));
                         }
                     }
                     Err(e) => error.set(Some(e.message)),
@@ -311,6 +342,11 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
     view! {
         <div class="eval-report" data-testid="eval-report">
             <h2>{format!("Evaluation #{}: {} questions, {} passages searched", eval.id, report.questions, report.corpus)}</h2>
+            <p class="muted" data-testid="eval-note">{format!(
+                "Each figure is the mean over the {} questions; the range under it is its 95% bootstrap interval. {}",
+                report.questions,
+                if report.questions < 30 { "With this few questions the intervals are wide: differences inside them are noise." } else { "Differences inside the intervals may be noise." }
+            )}</p>
             <table class="metrics-table" aria-label="Metrics" data-testid="metrics-table">
                 <thead>
                     <tr>
@@ -326,7 +362,11 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
                         view! {
                             <tr>
                                 <th scope="row">{*label}</th>
-                                {values.iter().map(|v| view! { <td>{v.map(|v| format!("{v:.3}")).unwrap_or("–".into())}</td> }).collect_view()}
+                                {values.iter().enumerate().map(|(i, v)| {
+                                    let range = interval(&table_report, i, key);
+                                    view! { <td>{v.map(|v| format!("{v:.3}")).unwrap_or("–".into())}
+                                        {range.map(|[lo, hi]| view! { <span class="interval" data-testid="interval">{format!("{lo:.3}–{hi:.3}")}</span> })}</td> }
+                                }).collect_view()}
                                 {values.iter().skip(1).map(|v| {
                                     let delta = v.zip(base).map(|(t, b)| t - b);
                                     let class = match delta { Some(d) if d > 5e-4 => "delta up", Some(d) if d < -5e-4 => "delta down", _ => "delta" };
@@ -360,8 +400,8 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
                                     <summary>
                                         <span class="question">{item.question.clone()}</span>
                                         {item.systems.iter().zip(&systems).map(|(a, s)| view! {
-                                            <span class="rank" title=format!("{}: rank of the gold passage", s.label)>
-                                                {format!("{}: {}", s.label, a.gold_rank.map(|r| format!("#{r}")).unwrap_or("miss".into()))}
+                                            <span class="rank" title="where the passage the question was written from came in the search (1 is first)">
+                                                {format!("{}: {}", s.label, a.gold_rank.map(|r| format!("gold passage at #{r}")).unwrap_or("gold passage not in the top 10".into()))}
                                             </span>
                                         }).collect_view()}
                                     </summary>
@@ -371,12 +411,20 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
                                             <div class="system">
                                                 <h4>{s.label.clone()}</h4>
                                                 {a.prediction.clone().map(|p| view! {
-                                                    <p class="prediction"><strong>"Answer: "</strong>{p}
+                                                    <p class="prediction"><strong>"Answer: "</strong>{whole_sentences(&p)}
                                                         {a.f1.map(|f| view! { <span class="muted">{format!(" (F1 {f:.2})")}</span> })}</p>
                                                 })}
+                                                <p class="muted">{match a.gold_rank {
+                                                    Some(r) => format!("The gold passage (the one the question was written from) came #{r}; it is marked below."),
+                                                    None => "The gold passage (the one the question was written from) was not among the top 10.".to_owned(),
+                                                }}</p>
                                                 <ol class="retrieved">
-                                                    {a.retrieved.iter().map(|r| view! {
-                                                        <li class:gold=r.gold>{r.gold.then(|| view! { <span class="badge gold">"gold"</span> })}{r.text.chars().take(400).collect::<String>()}</li>
+                                                    {a.retrieved.iter().map(|r| {
+                                                        let text: String = r.text.chars().take(400).collect();
+                                                        let cut = r.text.chars().count() > 400;
+                                                        view! {
+                                                            <li class:gold=r.gold data-gold=r.gold.to_string()>{r.gold.then(|| view! { <span class="badge gold">"gold passage"</span> })}{text}{cut.then_some(" …")}</li>
+                                                        }
                                                     }).collect_view()}
                                                 </ol>
                                             </div>
@@ -427,6 +475,7 @@ mod tests {
                 retrieval: [("hit@1".to_string(), 0.5)].into(),
                 exact_match: Some(0.25),
                 f1: None,
+                intervals: [("hit@1".to_string(), [0.25, 0.75])].into(),
             }],
             items: vec![],
         };
@@ -434,6 +483,11 @@ mod tests {
         assert_eq!(metric(&report, 0, "em"), Some(0.25));
         assert_eq!(metric(&report, 0, "f1"), None);
         assert_eq!(metric(&report, 1, "hit@1"), None);
+        assert_eq!(interval(&report, 0, "hit@1"), Some([0.25, 0.75]));
+        assert_eq!(interval(&report, 0, "f1"), None);
+        assert_eq!(whole_sentences("It is 57. And then the"), "It is 57. …");
+        assert_eq!(whole_sentences("Yes."), "Yes.");
+        assert_eq!(whole_sentences("the Cox model"), "the Cox model …");
         assert_eq!(delta_words(0.125), "+0.125");
         assert_eq!(delta_words(-0.05), "−0.050");
         assert_eq!(delta_words(0.0001), "±0");

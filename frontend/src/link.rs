@@ -11,7 +11,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage, SynthRun};
+use attune_shared::{ClientMessage, Eval, JobStatus, PROTOCOL_VERSION, Run, ServerMessage, SynthRun};
 
 use crate::backoff::Backoff;
 use crate::endpoints::ws_url;
@@ -60,6 +60,61 @@ impl LinkState {
     }
 }
 
+/// Every job the server has told of since the page loaded (its late-joiner state first): what
+/// the jobs panel lists and the document view finds its running synthesis in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobBoard {
+    pub synth: std::collections::BTreeMap<i64, (SynthRun, Option<f64>)>,
+    pub runs: std::collections::BTreeMap<i64, Run>,
+    pub evals: std::collections::BTreeMap<i64, Eval>,
+}
+
+/// Queued or running.
+pub fn unfinished(status: JobStatus) -> bool {
+    matches!(status, JobStatus::Queued | JobStatus::Running)
+}
+
+impl JobBoard {
+    /// Takes what `message` says about a job; false when it says nothing about one.
+    pub fn apply(&mut self, message: &ServerMessage) -> bool {
+        match message {
+            ServerMessage::SynthProgress { run, eta_seconds } => {
+                self.synth.insert(run.id, (run.clone(), *eta_seconds));
+            }
+            ServerMessage::RunState { run } => {
+                self.runs.insert(run.id, run.clone());
+            }
+            ServerMessage::TrainStep { run_id, point } => {
+                let Some(run) = self.runs.get_mut(run_id) else { return false };
+                run.step = point.step;
+                run.total_steps = point.total_steps;
+                run.last = Some(*point);
+            }
+            ServerMessage::EvalState { eval } => {
+                self.evals.insert(eval.id, (**eval).clone());
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Jobs queued or running.
+    pub fn active(&self) -> usize {
+        self.synth.values().filter(|(r, _)| unfinished(r.status)).count()
+            + self.runs.values().filter(|r| unfinished(r.status)).count()
+            + self.evals.values().filter(|e| unfinished(e.status)).count()
+    }
+
+    /// The newest unfinished synthesis run for `document_id`.
+    pub fn synth_for_document(&self, document_id: i64) -> Option<(SynthRun, Option<f64>)> {
+        self.synth
+            .values()
+            .rev()
+            .find(|(run, _)| run.document_id == Some(document_id) && unfinished(run.status))
+            .cloned()
+    }
+}
+
 /// Handle to the live link, shared through Leptos context.
 #[derive(Clone, Copy)]
 pub struct Link {
@@ -74,6 +129,8 @@ pub struct Link {
     pub jobs: RwSignal<VecDeque<ServerMessage>>,
     /// Chat messages (passages, tokens, done, errors) not yet taken by the chat page.
     pub chat: RwSignal<VecDeque<ServerMessage>>,
+    /// Every job heard of, for the jobs panel.
+    pub board: RwSignal<JobBoard>,
     /// Sends client messages (chat questions) on the link.
     pub sender: Sender,
 }
@@ -131,6 +188,7 @@ struct Inner {
     set_synth: WriteSignal<Option<(SynthRun, Option<f64>)>>,
     jobs: RwSignal<VecDeque<ServerMessage>>,
     chat: RwSignal<VecDeque<ServerMessage>>,
+    board: RwSignal<JobBoard>,
     backoff: RefCell<Backoff>,
     last_heard_ms: Cell<f64>,
     nonce: Cell<u64>,
@@ -153,6 +211,7 @@ pub fn start(token: Option<&str>) -> Link {
     let (synth, set_synth) = signal(None::<(SynthRun, Option<f64>)>);
     let jobs = RwSignal::new(VecDeque::new());
     let chat = RwSignal::new(VecDeque::new());
+    let board = RwSignal::new(JobBoard::default());
     let location = web_sys::window().expect("a browser window").location();
     let url =
         ws_url(&location.protocol().unwrap_or_else(|_| "http:".into()), &location.host().unwrap_or_default(), token);
@@ -163,6 +222,7 @@ pub fn start(token: Option<&str>) -> Link {
         set_synth,
         jobs,
         chat,
+        board,
         backoff: RefCell::new(Backoff::default()),
         last_heard_ms: Cell::new(js_sys::Date::now()),
         nonce: Cell::new(0),
@@ -173,7 +233,7 @@ pub fn start(token: Option<&str>) -> Link {
     let sender = Sender(StoredValue::new_local(Rc::downgrade(&inner)));
     // The page owns the link until it unloads.
     std::mem::forget(inner);
-    Link { state, connections, synth, jobs, chat, sender }
+    Link { state, connections, synth, jobs, chat, board, sender }
 }
 
 fn connect(inner: &Rc<Inner>) {
@@ -194,7 +254,13 @@ fn connect(inner: &Rc<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         inner.last_heard_ms.set(js_sys::Date::now());
         let Some(text) = event.data().as_string() else { return };
-        match serde_json::from_str::<ServerMessage>(&text) {
+        let message = serde_json::from_str::<ServerMessage>(&text);
+        if let Ok(message) = &message {
+            inner.board.update(|board| {
+                board.apply(message);
+            });
+        }
+        match message {
             Ok(ServerMessage::Hello { protocol_version, .. }) if protocol_version == PROTOCOL_VERSION => {
                 inner.backoff.borrow_mut().reset();
                 inner.set_state.set(LinkState::Connected);
@@ -276,6 +342,27 @@ fn schedule_retry(inner: &Rc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_board_keeps_every_job_and_finds_a_documents_synthesis() {
+        let synth: SynthRun = serde_json::from_value(serde_json::json!({
+            "id": 4, "status": "running", "llm": {"type": "local"}, "model": "m", "questions_per_passage": 3,
+            "prompts": {"questions": "q", "answer": "a"}, "passages_total": 20, "document_id": 7,
+            "created_at": "t", "updated_at": "t"
+        }))
+        .unwrap();
+        let mut board = JobBoard::default();
+        assert!(board.apply(&ServerMessage::SynthProgress { run: synth.clone(), eta_seconds: Some(5.0) }));
+        assert_eq!(board.active(), 1);
+        assert_eq!(board.synth_for_document(7).map(|(r, _)| r.id), Some(4));
+        assert!(board.synth_for_document(8).is_none());
+        let mut done = synth;
+        done.status = JobStatus::Cancelled;
+        board.apply(&ServerMessage::SynthProgress { run: done, eta_seconds: None });
+        assert_eq!(board.active(), 0);
+        assert!(board.synth_for_document(7).is_none(), "a finished run is not the document's running one");
+        assert!(!board.apply(&ServerMessage::Pong { nonce: 1 }));
+    }
 
     #[test]
     fn labels_say_what_is_happening() {

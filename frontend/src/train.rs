@@ -100,23 +100,36 @@ pub fn merge_points(points: &mut Vec<StepPoint>, new: &[StepPoint]) {
     }
 }
 
-/// The loss chart's series: total, and the retriever's and generator's parts when they exist.
-pub fn loss_series(points: &[StepPoint]) -> Vec<Series> {
+/// The loss charts, one panel each (parts of very different size on one axis flatten the small
+/// one): the training loss with the held-out loss beside it, then — when both parts exist — the
+/// retriever's and the generator's. (title, test id, series.)
+pub fn loss_panels(points: &[StepPoint]) -> Vec<(&'static str, &'static str, Vec<Series>)> {
     let line = |f: fn(&StepPoint) -> Option<f64>| -> Vec<(f64, f64)> {
         points.iter().filter_map(|p| f(p).map(|v| (f64::from(p.step), v))).collect()
     };
-    let total = Series { label: "total", class: "s-total", points: line(|p| Some(p.loss)) };
+    let total = Series { label: "training", class: "s-total", points: line(|p| Some(p.loss)) };
+    let held_out = Series { label: "held out", class: "s-heldout", points: line(|p| p.eval_loss) };
+    let mut panels = vec![("Loss", "loss-chart", vec![total, held_out])];
     let retriever = line(|p| p.retriever_loss);
     let generator = line(|p| p.generator_loss);
-    // In a one-model mode the part equals the total: one line says it. The total goes first (the
-    // legend and `data-points` read it) and is drawn dashed, so a part it covers stays visible.
-    let mut series = vec![total];
+    // In a one-model mode the part equals the total: the first panel says it.
     if !retriever.is_empty() && !generator.is_empty() {
-        series.push(Series { label: "retriever", class: "s-retriever", points: retriever });
-        series.push(Series { label: "generator", class: "s-generator", points: generator });
+        panels.push((
+            "Retriever loss",
+            "retriever-loss-chart",
+            vec![Series { label: "retriever", class: "s-retriever", points: retriever }],
+        ));
+        panels.push((
+            "Generator loss",
+            "generator-loss-chart",
+            vec![Series { label: "generator", class: "s-generator", points: generator }],
+        ));
     }
-    series
+    panels
 }
+
+/// Fewer approved triples than this and a run learns little: the form says so.
+pub const FEW_TRIPLES: u64 = 30;
 
 pub fn duration_words(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -166,6 +179,21 @@ pub fn TrainPage() -> impl IntoView {
     let field_errors = RwSignal::new(std::collections::BTreeMap::<&'static str, String>::new());
     let start_error = RwSignal::new(None::<String>);
     let action_error = RwSignal::new(None::<String>);
+    let split = RwSignal::new(None::<attune_shared::SplitPreview>);
+    // How the approved triples split under the form's settings, asked again when they change.
+    Effect::new(move |_| {
+        let h = hyper.get();
+        if h.validate().is_err() {
+            return;
+        }
+        leptos::task::spawn_local(async move {
+            if let Ok(preview) = api.split(&h).await
+                && hyper.with_untracked(|now| *now == h)
+            {
+                split.set(Some(preview));
+            }
+        });
+    });
 
     {
         leptos::task::spawn_local(async move {
@@ -351,10 +379,22 @@ pub fn TrainPage() -> impl IntoView {
             <div class="train-grid">
                 <form class="run-form" aria-label="New training run" on:submit=|e: web_sys::SubmitEvent| e.prevent_default()>
                     <h2>"New run"</h2>
-                    <p class="muted" data-testid="approved-count">{move || match approved.get() {
-                        Some(n) => format!("{n} approved triples will be used (some held out for evaluation)."),
-                        None => "Counting approved triples…".into(),
+                    <p class="muted" data-testid="approved-count">{move || match (approved.get(), split.get()) {
+                        (Some(_), Some(s)) => format!("{} approved triples: {} to train on, {} held out for evaluation.", s.approved, s.train, s.held_out),
+                        (Some(n), None) => format!("{n} approved triples will be used (some held out for evaluation)."),
+                        (None, _) => "Counting approved triples…".into(),
                     }}</p>
+                    {move || approved.get().filter(|n| *n < FEW_TRIPLES).map(|n| view! {
+                        <p class="notice warn" data-testid="few-triples">{format!(
+                            "Only {n} approved: with fewer than {FEW_TRIPLES} a run learns little and its evaluation says little. Approve more on the Triples page, or generate more questions."
+                        )}</p>
+                    })}
+                    {move || {
+                        let on_cpu = models.with(|h| h.as_ref().is_some_and(|h| matches!(h.device, attune_shared::ComputeDevice::Cpu)));
+                        (on_cpu && preset.get().as_deref() == Some("gpu")).then(|| view! {
+                            <p class="notice warn" data-testid="gpu-on-cpu">"This server computes on the CPU: the GPU preset's large batches and three epochs will be slow here."</p>
+                        })
+                    }}
                     <div class="presets" role="group" aria-label="Presets">
                         {move || presets.get().into_iter().map(|p| {
                             let id = p.id.clone();
@@ -402,7 +442,14 @@ pub fn TrainPage() -> impl IntoView {
                     }}
                     {move || action_error.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
                     <Show when=move || selected.get().is_some()>
-                        <LineChart title="Loss" testid="loss-chart" series=Signal::derive(move || points.with(|p| loss_series(p))) />
+                        {move || {
+                            let count = points.with(|p| loss_panels(p).len());
+                            (0..count).map(|i| {
+                                let panel = move || points.with(|p| loss_panels(p).into_iter().nth(i));
+                                let (title, testid) = panel().map(|(t, id, _)| (t, id)).unwrap_or(("Loss", "loss-chart"));
+                                view! { <LineChart title=title testid=testid series=Signal::derive(move || panel().map(|p| p.2).unwrap_or_default()) /> }
+                            }).collect_view()
+                        }}
                         <LineChart title="Learning rate" testid="lr-chart"
                             series=Signal::derive(move || points.with(|p| vec![Series { label: "learning rate", class: "s-lr", points: p.iter().map(|p| (f64::from(p.step), p.lr)).collect() }])) />
                         <ul class="log" aria-label="Run log">{move || logs.get().into_iter().rev().take(8).map(|l| view! { <li>{l}</li> }).collect_view()}</ul>
@@ -483,7 +530,7 @@ fn RunSummary(run: Run, on_action: Callback<(i64, RunAction)>) -> impl IntoView 
         <div class="actions">
             {live.then(|| view! { <button type="button" class="danger" data-testid="cancel-run" on:click=move |_| on_action.run((id, RunAction::Cancel))>"Cancel"</button> })}
             {resumable.then(|| view! { <button type="button" class="primary" data-testid="resume-run" on:click=move |_| on_action.run((id, RunAction::Resume))>"Resume"</button> })}
-            {run.checkpoint.clone().map(|c| view! { <span class="muted" title=c.clone()>"last checkpoint saved"</span> })}
+            {run.checkpoint.clone().map(|_| view! { <span class="muted">"a checkpoint is saved: Resume continues from it"</span> })}
         </div>
     }
 }
@@ -576,17 +623,20 @@ mod tests {
     }
 
     #[test]
-    fn loss_series_split_only_when_both_parts_exist() {
+    fn loss_panels_split_only_when_both_parts_exist() {
         let both = [StepPoint {
             step: 1,
-            loss: 3.0,
+            loss: 51.0,
             retriever_loss: Some(1.0),
-            generator_loss: Some(2.0),
+            generator_loss: Some(50.0),
+            eval_loss: Some(52.0),
             ..StepPoint::default()
         }];
-        assert_eq!(loss_series(&both).len(), 3);
+        let panels = loss_panels(&both);
+        assert_eq!(panels.iter().map(|p| p.1).collect::<Vec<_>>(), ["loss-chart", "retriever-loss-chart", "generator-loss-chart"]);
+        assert_eq!(panels[0].2[1].points, vec![(1.0, 52.0)], "held-out loss beside the training loss");
         let one = [StepPoint { step: 1, loss: 3.0, retriever_loss: Some(3.0), ..StepPoint::default() }];
-        assert_eq!(loss_series(&one).len(), 1);
+        assert_eq!(loss_panels(&one).len(), 1);
         assert_eq!(duration_words(75.0), "1 min 15 s");
         assert_eq!(duration_words(7300.0), "2 h 1 min");
     }

@@ -91,6 +91,7 @@ async fn link_indicator_follows_the_link_state() {
         synth,
         jobs: RwSignal::new(Default::default()),
         chat: RwSignal::new(Default::default()),
+        board: RwSignal::new(Default::default()),
         sender: attune_frontend::link::Sender::none(),
     };
     let _mounted = leptos::mount::mount_to(root.clone(), move || view! { <LinkIndicator link=link /> });

@@ -10,6 +10,41 @@ use attune_shared::{Document, TripleOrigin, TriplePage, TripleStatus};
 use super::{Filter, Sort, status_label};
 use crate::api::{Api, ApiError};
 
+/// How long typing must pause before the search applies.
+pub const SEARCH_DEBOUNCE_MS: u32 = 300;
+
+/// The export formats: (API name, label, file name).
+pub const EXPORT_FORMATS: [(&str, &str, &str); 5] = [
+    ("csv", "CSV", "triples.csv"),
+    ("jsonl", "JSONL", "triples.jsonl"),
+    ("alpaca", "Alpaca JSONL", "triples.alpaca.jsonl"),
+    ("sharegpt", "ShareGPT JSONL", "triples.sharegpt.jsonl"),
+    ("hf", "Hugging Face dataset (zip)", "triples-dataset.zip"),
+];
+
+/// What Export exports: the current tab (approved on "all"), with the document, origin and search
+/// of the filter; the words of its button and the query.
+pub fn export_target(filter: &Filter, counts: attune_shared::TripleCounts) -> (String, String, u64) {
+    let status = filter.status.unwrap_or(TripleStatus::Approved);
+    let n = match status {
+        TripleStatus::Pending => counts.pending,
+        TripleStatus::Approved => counts.approved,
+        TripleStatus::Rejected => counts.rejected,
+        TripleStatus::Filtered => counts.filtered,
+    };
+    let mut query = format!("status={}", status.as_str());
+    if let Some(document) = filter.document_id {
+        query.push_str(&format!("&document_id={document}"));
+    }
+    if let Some(origin) = filter.origin {
+        query.push_str(&format!("&origin={}", origin.as_str()));
+    }
+    if !filter.search.trim().is_empty() {
+        query.push_str(&format!("&q={}", crate::endpoints::encode_query_value(filter.search.trim())));
+    }
+    (format!("Export {} ({n})", status_label(status)), query, n)
+}
+
 /// The listing's filters: status tabs with counts, document, origin, sort and search.
 #[component]
 pub(super) fn FilterBar(
@@ -17,10 +52,11 @@ pub(super) fn FilterBar(
     page: RwSignal<Option<Result<TriplePage, ApiError>>>,
     documents: RwSignal<Vec<Document>>,
 ) -> impl IntoView {
+    let typed = StoredValue::new(0u64);
     view! {
         <div class="toolbar" role="toolbar" aria-label="Filters">
             <div class="status-tabs" role="group" aria-label="Status">
-                {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected)]
+                {[None, Some(TripleStatus::Pending), Some(TripleStatus::Approved), Some(TripleStatus::Rejected), Some(TripleStatus::Filtered)]
                     .into_iter()
                     .map(|status| {
                         let label = move || {
@@ -31,6 +67,7 @@ pub(super) fn FilterBar(
                                     TripleStatus::Pending => counts.pending,
                                     TripleStatus::Approved => counts.approved,
                                     TripleStatus::Rejected => counts.rejected,
+                                    TripleStatus::Filtered => counts.filtered,
                                 }),
                             };
                             format!("{name} ({n})")
@@ -38,6 +75,8 @@ pub(super) fn FilterBar(
                         view! {
                             <button
                                 class="tab"
+                                data-testid=format!("tab-{}", status.map(status_label).unwrap_or("all"))
+                                title=(status == Some(TripleStatus::Filtered)).then_some("candidates the filters dropped, with why: keep one anyway")
                                 aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
                                 on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
                             >{label}</button>
@@ -46,13 +85,14 @@ pub(super) fn FilterBar(
                     .collect_view()}
             </div>
             <label>"Document "
-                <select on:change=move |e| {
+                <select prop:value=move || filter.with(|f| f.document_id.map(|d| d.to_string()).unwrap_or_default()) on:change=move |e| {
                     let value = event_target_value(&e);
                     filter.update(|f| { f.document_id = value.parse().ok(); f.page = 1; });
                 }>
                     <option value="">"any"</option>
-                    {move || documents.get().into_iter().map(|d| view! {
-                        <option value=d.id.to_string()>{d.name}</option>
+                    {move || documents.get().into_iter().map(|d| {
+                        let chosen = filter.with_untracked(|f| f.document_id == Some(d.id));
+                        view! { <option value=d.id.to_string() selected=chosen>{d.name}</option> }
                     }).collect_view()}
                 </select>
             </label>
@@ -76,7 +116,18 @@ pub(super) fn FilterBar(
                 </select>
             </label>
             <input type="search" placeholder="Search questions, answers, passages" aria-label="Search"
-                on:change=move |e| filter.update(|f| { f.search = event_target_value(&e); f.page = 1; }) />
+                prop:value=move || filter.with_untracked(|f| f.search.clone())
+                on:input=move |e| {
+                    // Applied as you type, once typing pauses.
+                    let text = event_target_value(&e);
+                    let mine = typed.get_value() + 1;
+                    typed.set_value(mine);
+                    gloo_timers::callback::Timeout::new(SEARCH_DEBOUNCE_MS, move || {
+                        if typed.get_value() == mine {
+                            filter.update(|f| { f.search = text; f.page = 1; });
+                        }
+                    }).forget();
+                } />
         </div>
     }
 }
@@ -98,11 +149,15 @@ pub(super) fn BulkBar(
 ) -> impl IntoView {
     let api = Api::from_context();
     let export_error = RwSignal::new(None::<String>);
-    let export = move |format: &'static str| {
-        let status = filter.with_untracked(|f| f.status.map(|s| s.as_str()).unwrap_or("approved"));
+    let format = RwSignal::new(0usize);
+    let counts = move || page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
+    let target = move || filter.with(|f| export_target(f, counts()));
+    let export = move || {
+        let (_, query, _) = target();
+        let (name, _, file) = EXPORT_FORMATS[format.get_untracked()];
         export_error.set(None);
         leptos::task::spawn_local(async move {
-            if let Err(error) = api.export_triples(format, status).await {
+            if let Err(error) = api.export_triples(&format!("format={name}&{query}"), file).await {
                 export_error.set(Some(format!("Export failed: {}", error.message)));
             }
         });
@@ -128,8 +183,12 @@ pub(super) fn BulkBar(
             )}</button>
             <button on:click=move |_| { all_matching.set(false); selected.set(BTreeSet::new()); }>"Clear selection"</button>
             <button on:click=move |_| on_undo.run(()) disabled=move || !can_undo.get()>"Undo last edit"</button>
-            <button on:click=move |_| export("csv")>"Export CSV"</button>
-            <button on:click=move |_| export("jsonl")>"Export JSONL"</button>
+            <span class="export">
+                <button data-testid="export" disabled=move || target().2 == 0 on:click=move |_| export()>{move || target().0}</button>
+                <select aria-label="Export format" on:change=move |e| format.set(event_target_value(&e).parse().unwrap_or(0))>
+                    {EXPORT_FORMATS.iter().enumerate().map(|(i, (_, label, _))| view! { <option value=i.to_string()>{*label}</option> }).collect_view()}
+                </select>
+            </span>
             {move || export_error.get().map(|e| view! { <span class="error" role="alert">{e}</span> })}
             <label class="button">"Import…"
                 <input type="file" accept=".csv,.jsonl" class="visually-hidden" aria-label="Import triples" on:change=move |e| on_import.run(e) />

@@ -2,9 +2,10 @@
 
 use leptos::prelude::*;
 
-use attune_shared::TripleUpdate;
+use attune_shared::{Triple, TripleStatus, TripleUpdate};
 
-use super::Conflict;
+use super::{Conflict, find_answer, status_label};
+use crate::format::page_range;
 
 /// An edit someone else beat: both versions, keep mine or take theirs.
 #[component]
@@ -53,5 +54,55 @@ pub(super) fn KeyHelp(open: RwSignal<bool>) -> impl IntoView {
                 </dl>
             </div>
         </Show>
+    }
+}
+
+/// The focused record (Enter): question, answer and the passage beside them with the answer
+/// marked; previous and next, approve and reject; Esc closes.
+#[component]
+pub(super) fn RecordView(
+    triple: Triple,
+    index: usize,
+    total: usize,
+    cursor: RwSignal<usize>,
+    focused: RwSignal<bool>,
+    on_status: Callback<TripleStatus>,
+) -> impl IntoView {
+    let passage = match find_answer(&triple.passage, &triple.answer) {
+        Some((start, end)) => {
+            let chars: Vec<char> = triple.passage.chars().collect();
+            let [before, hit, after] =
+                [&chars[..start], &chars[start..end], &chars[end..]].map(|c| c.iter().collect::<String>());
+            view! { <p class="full-passage">{before}<mark>{hit}</mark>{after}</p> }.into_any()
+        }
+        None => view! { <p class="full-passage">{triple.passage.clone()}</p> }.into_any(),
+    };
+    let source = format!(
+        "{} {}",
+        triple.document.clone().unwrap_or_else(|| "(no document)".into()),
+        page_range(triple.page_start, triple.page_end)
+    );
+    view! {
+        <div class="record-view" role="dialog" aria-label="Focused triple" data-testid="record-view">
+            <header>
+                <span>{format!("Triple {} of {} on this page · ", index + 1, total)}
+                    <span class=format!("badge {}", status_label(triple.status))>{status_label(triple.status)}</span></span>
+                <button type="button" class="icon" aria-label="Close" on:click=move |_| focused.set(false)>"✕"</button>
+            </header>
+            <div class="record-body">
+                <div class="record-qa">
+                    <h3>"Question"</h3><p data-testid="record-question">{triple.question.clone()}</p>
+                    <h3>"Answer"</h3><p>{triple.answer.clone()}</p>
+                    {triple.filter_reason.clone().map(|r| view! { <p class="filter-reason">{format!("Filtered: {r}")}</p> })}
+                </div>
+                <div class="record-passage"><h3>{source}</h3>{passage}</div>
+            </div>
+            <div class="actions">
+                <button type="button" disabled=index == 0 on:click=move |_| cursor.update(|c| *c = c.saturating_sub(1))>"← Previous (k)"</button>
+                <button type="button" class="primary" on:click=move |_| on_status.run(TripleStatus::Approved)>"Approve (a)"</button>
+                <button type="button" on:click=move |_| on_status.run(TripleStatus::Rejected)>"Reject (r)"</button>
+                <button type="button" data-testid="record-next" disabled=index + 1 >= total on:click=move |_| cursor.update(|c| *c = (*c + 1).min(total.saturating_sub(1)))>"Next (j) →"</button>
+            </div>
+        </div>
     }
 }

@@ -1,8 +1,9 @@
 //! The Triples page: a server-paged table of (question, answer, passage) triples with filters,
 //! search and counts per status; rows expand to the full passage with the answer highlighted;
 //! questions and answers are edited in place (saved on Enter or blur, conflicts shown with both
-//! versions); approve/reject one row or a selection; keyboard first (j/k, a/r/u, e, Esc, ?);
-//! export and import.
+//! versions); approve/reject one row (the cursor moves on) or a selection; keyboard first (j/k,
+//! a/r/u, e, Enter for the focused record, Esc, ?); filtered candidates with their reasons, to
+//! keep anyway; export of what the filter shows, import.
 
 use std::collections::BTreeSet;
 
@@ -15,10 +16,10 @@ use crate::endpoints::encode_query_value;
 
 mod bars;
 mod dialogs;
-mod row;
+pub mod row;
 
 use bars::{BulkBar, FilterBar, Pager};
-use dialogs::{ConflictDialog, KeyHelp};
+use dialogs::{ConflictDialog, KeyHelp, RecordView};
 use row::TripleRow;
 
 pub const PER_PAGE: u32 = 25;
@@ -163,6 +164,7 @@ pub enum KeyAction {
     Cancel,
     Help,
     Undo,
+    Focus,
 }
 
 pub fn key_action(key: &str) -> Option<KeyAction> {
@@ -177,6 +179,7 @@ pub fn key_action(key: &str) -> Option<KeyAction> {
         "Escape" => KeyAction::Cancel,
         "?" => KeyAction::Help,
         "z" => KeyAction::Undo,
+        "Enter" => KeyAction::Focus,
         _ => return None,
     })
 }
@@ -193,13 +196,31 @@ fn status_label(status: TripleStatus) -> &'static str {
         TripleStatus::Pending => "pending",
         TripleStatus::Approved => "approved",
         TripleStatus::Rejected => "rejected",
+        TripleStatus::Filtered => "filtered",
     }
 }
+
+/// The filter an address asks for (`/triples?status=filtered&document_id=3`).
+pub fn filter_from_query(status: Option<&str>, document_id: Option<&str>, q: Option<&str>) -> Filter {
+    Filter {
+        status: status.and_then(TripleStatus::parse),
+        document_id: document_id.and_then(|d| d.parse().ok()),
+        search: q.unwrap_or_default().to_owned(),
+        page: 1,
+        ..Filter::default()
+    }
+}
+
+/// How long a notice stays before it fades.
+pub const NOTICE_MS: u32 = 4000;
 
 #[component]
 pub fn TriplesPage() -> impl IntoView {
     let api = Api::from_context();
-    let filter = RwSignal::new(Filter { page: 1, ..Filter::default() });
+    let query = leptos_router::hooks::use_query_map();
+    let initial = query.with_untracked(|q| filter_from_query(q.get_str("status"), q.get_str("document_id"), q.get_str("q")));
+    let filter = RwSignal::new(initial);
+    let focused = RwSignal::new(false);
     let page = RwSignal::new(None::<Result<TriplePage, ApiError>>);
     let cursor = RwSignal::new(0usize);
     let expanded = RwSignal::new(None::<i64>);
@@ -238,6 +259,23 @@ pub fn TriplesPage() -> impl IntoView {
         });
     }
     let reload = move || reloads.update(|n| *n += 1);
+    // A notice fades after a while (a newer one is not cut short by an older one's timer).
+    let notices = StoredValue::new(0u64);
+    Effect::new(move |_| {
+        if notice.with(Option::is_some) {
+            let mine = notices.get_value() + 1;
+            notices.set_value(mine);
+            gloo_timers::callback::Timeout::new(NOTICE_MS, move || {
+                if notices.get_value() == mine {
+                    notice.set(None);
+                }
+            })
+            .forget();
+        }
+    });
+    let search_words = Signal::derive(move || {
+        filter.with(|f| f.search.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    });
     let items =
         move || page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.clone()).unwrap_or_default());
 
@@ -250,7 +288,15 @@ pub fn TriplesPage() -> impl IntoView {
                 let status_changed = update.status.is_some();
                 match api.update_triple(id, &update).await {
                     Ok(saved) if status_changed => {
-                        // The counts per status move too: read the page again.
+                        // The counts per status move too: read the page again. The cursor moves
+                        // on to the next row (in a status tab the row leaves and the next takes
+                        // its place).
+                        if filter.with_untracked(|f| f.status.is_none()) {
+                            let count = page.with_untracked(|p| {
+                                p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.len()).unwrap_or(0)
+                            });
+                            cursor.update(|c| *c = (*c + 1).min(count.saturating_sub(1)));
+                        }
                         last_edit.set(before.map(|b| (id, inverse(&b, &update, saved.version))));
                         notice.set(Some((true, format!("Saved (version {})", saved.version))));
                         reload();
@@ -362,6 +408,10 @@ pub fn TriplesPage() -> impl IntoView {
             if in_field && action != KeyAction::Cancel {
                 return;
             }
+            // In the focused record view only its keys count.
+            if focused.get_untracked() && !matches!(action, KeyAction::Cancel | KeyAction::Next | KeyAction::Previous | KeyAction::Approve | KeyAction::Reject) {
+                return;
+            }
             event.prevent_default();
             let count = items().len();
             let current = items().get(cursor.get_untracked()).map(|t| t.id);
@@ -385,7 +435,9 @@ pub fn TriplesPage() -> impl IntoView {
                     editing.set(None);
                     help.set(false);
                     expanded.set(None);
+                    focused.set(false);
                 }
+                KeyAction::Focus => focused.set(current.is_some()),
                 KeyAction::Help => help.update(|h| *h = !*h),
                 KeyAction::Undo => undo(),
             }
@@ -439,11 +491,22 @@ pub fn TriplesPage() -> impl IntoView {
             })}
             <ConflictDialog conflict=conflict on_keep=Callback::new(move |(update, id)| save(update, id)) on_theirs=Callback::new(move |()| reload()) />
             <KeyHelp open=help />
+            {move || focused.get().then(|| {
+                let rows = items();
+                rows.get(cursor.get()).cloned().map(|t| {
+                    let total = rows.len();
+                    view! { <RecordView triple=t index=cursor.get() total=total cursor=cursor focused=focused on_status=Callback::new(set_status) /> }
+                })
+            })}
             {move || match page.get() {
                 None => view! { <p class="loading">"Loading triples…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error">{format!("Cannot list triples: {}", error.message)}</p> }.into_any(),
                 Some(Ok(p)) if p.items.is_empty() => view! {
-                    <div class="empty-state"><p>"No triples match. Generate some from a document, or import a file."</p></div>
+                    <div class="empty-state"><p>{if filter.with(|f| f.status == Some(TripleStatus::Filtered)) {
+                        "No filtered candidates: the filters dropped nothing here."
+                    } else {
+                        "No triples match. Generate some from a document, or import a file."
+                    }}</p></div>
                 }.into_any(),
                 Some(Ok(p)) => {
                     let pages = p.total.div_ceil(u64::from(PER_PAGE)).max(1);
@@ -452,11 +515,11 @@ pub fn TriplesPage() -> impl IntoView {
                             <thead><tr>
                                 <th scope="col"><span class="visually-hidden">"Selected"</span></th>
                                 <th scope="col">"Question"</th><th scope="col">"Answer"</th>
-                                <th scope="col">"Passage"</th><th scope="col">"Status"</th>
+                                <th scope="col">"Document"</th><th scope="col">"Passage"</th><th scope="col">"Status"</th>
                             </tr></thead>
                             <tbody>
                                 {p.items.into_iter().enumerate().map(|(i, t)| view! {
-                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing draft=draft selected=selected save=save />
+                                    <TripleRow triple=t index=i cursor=cursor expanded=expanded editing=editing draft=draft selected=selected search=search_words save=save />
                                 }).collect_view()}
                             </tbody>
                         </table>
