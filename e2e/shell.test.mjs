@@ -120,10 +120,19 @@ test("a server started with a token works when the page is opened with it", asyn
     assert.ok(!page.url().includes(token), "token removed from the address bar");
 
     // Export is a request with the token, not a bare link (which got 401 as its file).
+    const auth = { Authorization: `Bearer ${token}` };
+    const form = new FormData();
+    form.append("file", new Blob(["Abstract,Question,Answer\nCats sleep a lot.,Do cats sleep?,a lot\n"]), "one.csv");
+    const imported = await fetch(`${guarded.url}/api/v1/triples/import`, { method: "POST", headers: auth, body: form });
+    assert.equal(imported.status, 200, await imported.text());
+    await fetch(`${guarded.url}/api/v1/triples/bulk`, {
+      method: "POST", headers: { ...auth, "content-type": "application/json" },
+      body: JSON.stringify({ action: "set_status_matching", matching: {}, status: "approved" }),
+    });
     await page.getByRole("link", { name: "Triples" }).first().click();
     const [download] = await Promise.all([
       page.waitForEvent("download"),
-      page.getByRole("button", { name: "Export CSV" }).click(),
+      page.getByRole("button", { name: "Export approved (1)" }).click(),
     ]);
     const csv = await readFile(await download.path(), "utf8");
     assert.ok(csv.startsWith("Abstract,Question,Answer"), csv.slice(0, 120));

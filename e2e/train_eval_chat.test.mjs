@@ -67,7 +67,7 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   assert.match(await page.getByRole("table", { name: "Runs" }).innerText(), /succeeded/);
   await screenshot(page, "train");
 
-  await page.getByRole("link", { name: "Evaluate" }).click();
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Evaluate" }).click();
   const form = page.getByRole("form", { name: "New evaluation" });
   await form.getByRole("checkbox").first().waitFor();
   assert.ok(await form.getByRole("checkbox").first().isChecked(), "the latest run is picked");
@@ -86,7 +86,7 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   assert.ok((await item.locator(".system").count()) === 2, "base and tuned answers side by side");
   await screenshot(page, "evaluate");
 
-  await page.getByRole("link", { name: "Chat" }).click();
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Chat" }).click();
   await page.getByLabel("Models").locator("option", { hasText: "(tuned)" }).waitFor({ state: "attached" });
   assert.match(await page.getByLabel("Models").inputValue(), /^run:/, "the tuned pair is the default");
   const input = page.getByTestId("chat-input");

@@ -103,10 +103,11 @@ test("review triples with the keyboard, edit, filter, bulk-approve, export, conf
   await page.getByRole("button", { name: `Approve triple ${rowId}`, exact: true }).click();
   await tab(page, "approved").filter({ hasText: "approved (23)" }).waitFor();
 
-  // Export the approved ones: 23 rows and a header.
+  // Export the approved ones (the tab's): 23 rows and a header.
+  await tab(page, "approved").click();
   const [download] = await Promise.all([
     page.waitForEvent("download"),
-    page.getByRole("button", { name: "Export CSV" }).click(),
+    page.getByRole("button", { name: "Export approved (23)" }).click(),
   ]);
   assert.equal(download.suggestedFilename(), "triples.csv");
   const csv = await readFile(await download.path(), "utf8");

@@ -346,6 +346,7 @@ pub fn DocumentView() -> impl IntoView {
                     </div>
                 }
             })}
+            <Show when=move || document.with(|d| matches!(d, Some(Ok(_))))>
             <h2>"Passages"</h2>
             <div class="toolbar passage-tools">
                 <input type="search" aria-label="Search this document" placeholder="Search this document" data-testid="doc-search"
@@ -429,6 +430,7 @@ pub fn DocumentView() -> impl IntoView {
                     </ol>
                 }.into_any(),
             }}
+            </Show>
         </section>
     }
 }

@@ -1,10 +1,8 @@
--- no-transaction
 -- Synthetic candidates a filter dropped are kept as triples with status 'filtered' and the reason,
 -- so a person can rescue one. SQLite cannot change a CHECK constraint in place: the table is
--- rebuilt (foreign keys off meanwhile, so triple_edits' rows are not cascaded away), in one
--- transaction of its own.
-PRAGMA foreign_keys = OFF;
-BEGIN IMMEDIATE;
+-- rebuilt. The migration runs in a transaction, where foreign keys cannot be switched off, so
+-- dropping the old table cascades to triple_edits: its rows are set aside first and put back.
+CREATE TABLE triple_edits_kept AS SELECT * FROM triple_edits;
 CREATE TABLE triples_new (
     id          INTEGER PRIMARY KEY,
     question    TEXT NOT NULL,
@@ -31,5 +29,5 @@ ALTER TABLE triples_new RENAME TO triples;
 CREATE INDEX triples_by_status ON triples (status);
 CREATE INDEX triples_by_document ON triples (document_id);
 CREATE INDEX triples_by_passage ON triples (passage_id);
-COMMIT;
-PRAGMA foreign_keys = ON;
+INSERT INTO triple_edits SELECT * FROM triple_edits_kept;
+DROP TABLE triple_edits_kept;

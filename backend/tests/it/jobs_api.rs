@@ -375,6 +375,7 @@ async fn chat_streams_passages_then_tokens_stops_and_reindexes_when_passages_cha
         model: model.into(),
         question: question.into(),
         top_k: Some(3),
+        options: Default::default(),
     };
 
     // No passages yet: a clear error, not a hang.

@@ -101,7 +101,7 @@ pub(super) fn RecordView(
                 <button type="button" disabled=index == 0 on:click=move |_| cursor.update(|c| *c = c.saturating_sub(1))>"← Previous (k)"</button>
                 <button type="button" class="primary" on:click=move |_| on_status.run(TripleStatus::Approved)>"Approve (a)"</button>
                 <button type="button" on:click=move |_| on_status.run(TripleStatus::Rejected)>"Reject (r)"</button>
-                <button type="button" data-testid="record-next" disabled=index + 1 >= total on:click=move |_| cursor.update(|c| *c = (*c + 1).min(total.saturating_sub(1)))>"Next (j) →"</button>
+                <button type="button" data-testid="record-next" disabled={index + 1 >= total} on:click=move |_| cursor.update(|c| *c = (*c + 1).min(total.saturating_sub(1)))>"Next (j) →"</button>
             </div>
         </div>
     }

@@ -103,8 +103,16 @@ where
                     }
                 };
                 let on_blur = commit.clone();
+                // Focused when it appears (an inserted field's `autofocus` does nothing), so typing
+                // and Esc go to it.
+                let node = NodeRef::<leptos::html::Textarea>::new();
+                Effect::new(move |_| {
+                    if let Some(field) = node.get() {
+                        let _ = field.focus();
+                    }
+                });
                 view! {
-                    <textarea class="edit" aria-label=format!("Edit {}", name.name()) autofocus=true
+                    <textarea class="edit" node_ref=node aria-label=format!("Edit {}", name.name()) autofocus=true
                         on:keydown=move |e: web_sys::KeyboardEvent| {
                             if e.key() == "Enter" && !e.shift_key() {
                                 e.prevent_default();

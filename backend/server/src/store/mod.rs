@@ -100,10 +100,45 @@ mod tests {
         let store = Store::open(&dir.path().join("nested/data")).await.unwrap();
         assert!(dir.path().join("nested/data").join(DATABASE_FILE).is_file());
         assert_eq!(store.journal_mode().await.unwrap(), "wal");
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store.close().await;
         // Re-opening applies nothing new and keeps the data.
         let again = Store::open(&dir.path().join("nested/data")).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 3);
+        assert_eq!(again.schema_version().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_filtered_status_migration_keeps_every_triple_and_its_history() {
+        // A database as round 1 left it (migrations 1 to 3), with a triple edited twice.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        let options = SqliteConnectOptions::from_str("sqlite://").unwrap().filename(&path).create_if_missing(true).foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        let mut old = sqlx::migrate!("./migrations");
+        old.migrations = std::borrow::Cow::Owned(old.migrations.iter().filter(|m| m.version <= 3).cloned().collect());
+        old.run(&pool).await.unwrap();
+        sqlx::query("INSERT INTO triples (id, question, answer, passage, origin, status) VALUES (7, 'Q?', 'A', 'P', 'manual', 'approved')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for version in [1, 2] {
+            sqlx::query("INSERT INTO triple_edits (triple_id, version, question, answer, status) VALUES (7, ?, 'Q?', 'A', 'pending')")
+                .bind(version)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 4);
+        let triple = store.triple(7).await.unwrap().expect("the triple survives the rebuild");
+        assert_eq!((triple.status, triple.filter_reason), (attune_shared::TripleStatus::Approved, None));
+        assert_eq!(store.triple_history(7).await.unwrap().len(), 2, "its history was not cascaded away");
+        // The new status is accepted, the old CHECK is gone, foreign keys still hold.
+        sqlx::query("UPDATE triples SET status = 'filtered', filter_reason = 'r' WHERE id = 7").execute(&store.pool).await.unwrap();
+        let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&store.pool).await.unwrap();
+        assert!(fk.is_empty(), "{fk:?}");
+        assert!(sqlx::query("UPDATE triples SET status = 'lost' WHERE id = 7").execute(&store.pool).await.is_err());
     }
 }
