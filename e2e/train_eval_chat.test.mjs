@@ -80,9 +80,17 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   }
   assert.match(table, /base/);
   assert.match(table, /Δ e2e run 1/);
+  // Each evaluation has its own address, its figures their intervals, ranks their meaning.
+  assert.match(page.url(), /\/evaluate\/\d+$/);
+  assert.ok((await page.getByTestId("interval").count()) > 0, "intervals beside the figures");
+  assert.match(await page.getByTestId("eval-note").innerText(), /95% bootstrap interval/);
   const item = page.locator(".eval-item").first();
   await item.locator("summary").click();
   await item.getByText("Gold answer:").waitFor();
+  assert.match(await item.locator("summary").innerText(), /gold passage (at #\d+|not in the top 10)/);
+  const address = page.url();
+  await page.goto(address);
+  await page.getByTestId("metrics-table").waitFor();
   assert.ok((await item.locator(".system").count()) === 2, "base and tuned answers side by side");
   await screenshot(page, "evaluate");
 
@@ -128,6 +136,22 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   await page.locator('.turn:last-child [data-testid="answer-text"]:not(:empty)').waitFor({ timeout: 120_000 });
   await page.getByTestId("chat-stop").click();
   await page.waitForSelector('.turn:last-child [data-testid="answer"][data-state="stopped"]', { timeout: 60_000 });
+  // Answers are Markdown; a short token limit says the answer stopped at it.
+  assert.ok((await page.getByTestId("answer-text").first().innerHTML()).includes("<p>"), "rendered as Markdown");
+  await page.getByText("Generation settings").click();
+  await page.getByTestId("chat-max-tokens").fill("4");
+  await page.getByTestId("chat-max-tokens").press("Tab");
+  await input.fill("Describe the band in detail.");
+  await page.getByTestId("chat-send").click();
+  await page.waitForSelector('.turn:last-child [data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.match(await page.locator(".turn:last-child").getByTestId("answer-ending").innerText(), /4-token limit/);
+  // The conversation survives moving to another page and back.
+  const turns = await page.locator(".turn").count();
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Documents" }).click();
+  await page.getByRole("heading", { level: 1, name: "Documents" }).waitFor();
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Chat" }).click();
+  await page.locator(".turn").nth(turns - 1).waitFor();
+  assert.equal(await page.locator(".turn").count(), turns);
   await page.getByTestId("chat-clear").click();
   assert.equal(await page.getByTestId("answer").count(), 0);
   assert.deepEqual(browser.errors, []);

@@ -341,12 +341,8 @@ pub fn ChatPage() -> impl IntoView {
 #[component]
 fn AnswerView(answer: Answer) -> impl IntoView {
     let state = answer.state();
-    let hrefs: Vec<String> = answer
-        .passages
-        .iter()
-        .flatten()
-        .map(|c| crate::markdown::citation_href(c.document_id, c.passage_id))
-        .collect();
+    let hrefs: Vec<String> =
+        answer.passages.iter().flatten().map(|c| crate::markdown::citation_href(c.document_id, c.passage_id)).collect();
     let waiting = !answer.done && answer.passages.is_none() && answer.indexing.is_none();
     let html = crate::markdown::render(&answer.text, &hrefs);
     let ending = answer.stats.as_ref().and_then(|s| ending_words(s, answer.max_tokens));

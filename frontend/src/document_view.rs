@@ -118,7 +118,8 @@ pub fn DocumentView() -> impl IntoView {
     let selected = RwSignal::new(BTreeSet::<i64>::new());
     let run = RwSignal::new(None::<(SynthRun, Option<f64>)>);
     let start_error = RwSignal::new(None::<String>);
-    let questions = RwSignal::new(remembered_questions(storage().and_then(|s| s.get_item(QUESTIONS_KEY).ok().flatten())));
+    let questions =
+        RwSignal::new(remembered_questions(storage().and_then(|s| s.get_item(QUESTIONS_KEY).ok().flatten())));
     let cancelling = RwSignal::new(false);
     let search = RwSignal::new(String::new());
     let jump_error = RwSignal::new(None::<String>);
@@ -180,7 +181,11 @@ pub fn DocumentView() -> impl IntoView {
             let Some(document_id) = id() else { return };
             let found = link.board.with(|b| b.synth_for_document(document_id));
             if let Some(found) = found
-                && run.with_untracked(|r| r.as_ref().is_none_or(|(mine, _)| mine.id != found.0.id && !matches!(mine.status, JobStatus::Running | JobStatus::Queued)))
+                && run.with_untracked(|r| {
+                    r.as_ref().is_none_or(|(mine, _)| {
+                        mine.id != found.0.id && !matches!(mine.status, JobStatus::Running | JobStatus::Queued)
+                    })
+                })
             {
                 run.set(Some(found));
             }

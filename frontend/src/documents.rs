@@ -26,7 +26,9 @@ pub fn failure_words(code: &str, message: &str) -> String {
         _ if lower.contains("took too long") || lower.contains("timed out") => {
             "Reading this file took too long, so it was stopped.".into()
         }
-        _ if lower.contains("pdf") && (lower.contains("parse") || lower.contains("header") || lower.contains("damaged")) => {
+        _ if lower.contains("pdf")
+            && (lower.contains("parse") || lower.contains("header") || lower.contains("damaged")) =>
+        {
             "This file is not a PDF or is damaged.".into()
         }
         _ => "This file could not be read.".into(),
@@ -60,11 +62,12 @@ pub fn upload_outcome(status: u16, body: &str) -> UploadState {
         Some(UploadOutcome::Duplicate { document }) => {
             UploadState::Done(format!("already uploaded as “{}”: nothing new stored", document.name))
         }
-        Some(UploadOutcome::Failed { error, .. }) => UploadState::Failed(failure_words(&error.code, &error.message), error.message),
-        None => UploadState::Failed(
-            "The server's answer could not be read.".to_owned(),
-            "unreadable response".to_owned(),
-        ),
+        Some(UploadOutcome::Failed { error, .. }) => {
+            UploadState::Failed(failure_words(&error.code, &error.message), error.message)
+        }
+        None => {
+            UploadState::Failed("The server's answer could not be read.".to_owned(), "unreadable response".to_owned())
+        }
     }
 }
 

@@ -134,7 +134,9 @@ pub fn EvaluatePage() -> impl IntoView {
         let wanted = params.with(|p| p.get("id").and_then(|id| id.parse::<i64>().ok()));
         match wanted {
             Some(id) if shown.with_untracked(|s| s.as_ref().is_none_or(|s| s.id != id)) => fetch_shown(id),
-            None if params.with(|p| p.get("id").is_some()) => error.set(Some("That is not an evaluation's address.".into())),
+            None if params.with(|p| p.get("id").is_some()) => {
+                error.set(Some("That is not an evaluation's address.".into()))
+            }
             _ => {}
         }
     });

@@ -59,7 +59,10 @@ pub fn rows(board: &JobBoard) -> Vec<JobRow> {
         rows.push(JobRow {
             kind: JobKind::Synthesis,
             id: run.id,
-            title: format!("Questions, run {}: {} of {} passages", run.id, run.report.passages_done, run.passages_total),
+            title: format!(
+                "Questions, run {}: {} of {} passages",
+                run.id, run.report.passages_done, run.passages_total
+            ),
             status: run.status,
             done: run.report.passages_done,
             total: run.passages_total,

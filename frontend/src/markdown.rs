@@ -47,7 +47,9 @@ fn cite(text: &str, citations: &[String]) -> Vec<Event<'static>> {
 
 fn safe_link(url: &str) -> bool {
     let lower = url.trim().to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://") || (lower.starts_with('/') && !lower.starts_with("//"))
+    lower.starts_with("http://")
+        || lower.starts_with("https://")
+        || (lower.starts_with('/') && !lower.starts_with("//"))
 }
 
 /// `markdown` as HTML that is safe to set as an element's inner HTML; `citations[n - 1]` is where

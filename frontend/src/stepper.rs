@@ -121,7 +121,8 @@ mod tests {
     fn the_next_step_follows_the_page_and_the_counts() {
         let none = FlowCounts::default();
         assert_eq!(next_step("/documents", &none), None);
-        let some = FlowCounts { documents: 2, first_document: Some(5), pending: 3, approved: 9, runs_finished: 1, evals: 0 };
+        let some =
+            FlowCounts { documents: 2, first_document: Some(5), pending: 3, approved: 9, runs_finished: 1, evals: 0 };
         assert_eq!(next_step("/documents", &some).unwrap().1, "/documents/5");
         assert!(next_step("/documents/5", &some).unwrap().0.starts_with("3 pending triples"));
         assert_eq!(next_step("/triples", &some).unwrap(), ("9 approved → train".to_owned(), "/train".to_owned()));

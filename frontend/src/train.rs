@@ -633,7 +633,10 @@ mod tests {
             ..StepPoint::default()
         }];
         let panels = loss_panels(&both);
-        assert_eq!(panels.iter().map(|p| p.1).collect::<Vec<_>>(), ["loss-chart", "retriever-loss-chart", "generator-loss-chart"]);
+        assert_eq!(
+            panels.iter().map(|p| p.1).collect::<Vec<_>>(),
+            ["loss-chart", "retriever-loss-chart", "generator-loss-chart"]
+        );
         assert_eq!(panels[0].2[1].points, vec![(1.0, 52.0)], "held-out loss beside the training loss");
         let one = [StepPoint { step: 1, loss: 3.0, retriever_loss: Some(3.0), ..StepPoint::default() }];
         assert_eq!(loss_panels(&one).len(), 1);

@@ -582,6 +582,21 @@ pub struct SplitPreview {
 mod tests {
     use super::*;
 
+    #[test]
+    fn chat_options_default_and_bounds() {
+        assert!(ChatOptions::default().validate().is_ok());
+        let old: ChatOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(old, ChatOptions::default(), "an older client's question gets the defaults");
+        for bad in [
+            ChatOptions { temperature: 3.0, ..ChatOptions::default() },
+            ChatOptions { max_tokens: 0, ..ChatOptions::default() },
+            ChatOptions { repetition_penalty: 0.5, ..ChatOptions::default() },
+            ChatOptions { repetition_penalty: f64::NAN, ..ChatOptions::default() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
     /// Before the upper bounds, `scale: 1e30` passed and its first step was NaN.
     #[test]
     fn every_number_is_bounded_above_and_below() {

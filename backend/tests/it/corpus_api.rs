@@ -213,7 +213,7 @@ async fn triples_review_concurrency_bulk_export_and_import() {
     assert_eq!(result["changed"], 1);
     let (_, approved) = call(&app, get("/api/v1/triples?status=approved")).await;
     assert_eq!(approved["total"], 6);
-    assert_eq!(approved["counts"], json!({"pending": 5, "approved": 6, "rejected": 1}));
+    assert_eq!(approved["counts"], json!({"pending": 5, "approved": 6, "rejected": 1, "filtered": 0}));
     let (_, result) =
         call(&app, json_request("POST", "/api/v1/triples/bulk", json!({"action": "delete", "ids": [7, 8, 999]}))).await;
     assert_eq!(result["changed"], 2);
@@ -225,7 +225,12 @@ async fn triples_review_concurrency_bulk_export_and_import() {
         assert_eq!(response.status(), StatusCode::OK);
         let exported = response.into_body().collect().await.unwrap().to_bytes().to_vec();
         if format == "csv" {
-            assert!(exported.starts_with(b"Abstract,Question,Answer\n"), "{}", String::from_utf8_lossy(&exported));
+            // DALM's columns first, then the review's.
+            assert!(
+                exported.starts_with(b"Abstract,Question,Answer,id,status,origin,document,page_start,page_end\n"),
+                "{}",
+                String::from_utf8_lossy(&exported)
+            );
         }
         let other = test_app(1 << 20).await;
         let (status, body) =
@@ -470,7 +475,9 @@ async fn a_run_is_cancelled_between_passages_and_progress_reaches_the_websocket(
             seen.push(message);
         }
     }
-    assert_eq!(seen.first().unwrap()["run"]["status"], "running");
+    // Queued first (its LLM may be busy with another run), then running.
+    assert_eq!(seen.first().unwrap()["run"]["status"], "queued");
+    assert!(seen.iter().any(|m| m["run"]["status"] == "running"), "{seen:?}");
     assert!(
         seen.iter().any(|m| m["eta_seconds"].as_f64().is_some() && m["run"]["report"]["passages_done"] == 1),
         "{seen:?}"
@@ -532,6 +539,48 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
     assert_eq!(first["origin"], "synthetic");
     assert_eq!(first["model"], "stand-in-7b");
     assert!(first["prompt"].as_str().unwrap().contains("different questions"));
+    assert_eq!(first["document"], "pets.pdf");
+    assert_eq!(run["document_id"], document, "the run remembers its document");
+
+    // What the filters dropped is kept aside with why: not under review, not exported, not in
+    // "all"; a person can keep one (back to pending) once it has an answer.
+    let (_, dropped) = call(&app, get(&format!("/api/v1/triples?status=filtered&document_id={document}"))).await;
+    assert_eq!(dropped["total"], 2 * passages, "{dropped}");
+    assert_eq!(triples["counts"]["filtered"], 2 * passages, "{triples}");
+    assert_eq!(triples["total"], passages, "\"all\" is what is under review");
+    let items = dropped["items"].as_array().unwrap();
+    let ungrounded = items.iter().find(|t| t["answer"] == "Rust compilers and borrow checkers").expect("{dropped}");
+    assert_eq!(ungrounded["filter_reason"], "the answer's words are not in the passage");
+    let copied = items.iter().find(|t| t["answer"] == "").expect("the copied question, never answered");
+    assert_eq!(copied["filter_reason"], "copies a long span of the passage");
+    let keep = |t: &Value| {
+        json_request(
+            "PATCH",
+            &format!("/api/v1/triples/{}", t["id"]),
+            json!({"version": t["version"], "status": "pending"}),
+        )
+    };
+    let (status, body) = call(&app, keep(copied)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an answerless candidate is not kept: {body}");
+    let (status, body) = call(&app, keep(ungrounded)).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("pending")), "{body}");
+    let response = app.router.clone().oneshot(get("/api/v1/triples/export?format=jsonl&status=all")).await.unwrap();
+    let exported = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(exported.lines().count() as u64, passages + 1, "all under review, the rescued one too");
+    assert!(!exported.contains("\"filtered\""), "{exported}");
+
+    // A table of contents is skipped, never sent to the LLM.
+    let contents = "Contents\n1 Introduction . . . . . . . . 3\n2 Survival curves . . . . . . . 7\n\
+                    2.1 Kaplan-Meier . . . . . . . . 9\n3 Cox models . . . . . . . . . 57\n";
+    let (_, body) = call(&app, multipart("/api/v1/documents", &[("contents.txt", contents.as_bytes())])).await;
+    let toc = body["files"][0]["document"]["id"].as_i64().unwrap();
+    let (_, listed) = call(&app, get(&format!("/api/v1/documents/{toc}/passages"))).await;
+    assert_eq!(listed[0]["reference_matter"], "table of contents", "{listed}");
+    let before = calls.load(Ordering::SeqCst);
+    let toc_run = start_run(&app, toc, &base_url).await;
+    let toc_run = wait_for_run(&app, toc_run, finished).await;
+    assert_eq!(toc_run["report"]["skipped_passages"], 1, "{toc_run}");
+    assert_eq!(calls.load(Ordering::SeqCst), before, "the LLM was not asked about a table of contents");
 
     // A finished run cannot be resumed or cancelled.
     let (status, body) =
@@ -548,7 +597,7 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
             .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, kept) = call(&app, get("/api/v1/triples")).await;
-    assert_eq!(kept["total"], passages, "triples stay, with their passage text");
+    assert_eq!(kept["total"], passages + 1, "triples stay, with their passage text (the rescued one too)");
     assert!(kept["items"][0]["passage"].as_str().unwrap().contains("cat"));
     assert_eq!(kept["items"][0]["document_id"], Value::Null);
 }
@@ -633,7 +682,9 @@ async fn paging_search_and_csv_cells_are_bounded() {
     let csv = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     let cells: Vec<String> =
         csv::Reader::from_reader(csv.as_bytes()).records().next().unwrap().unwrap().iter().map(str::to_owned).collect();
-    assert!(cells.iter().all(|c| c.starts_with('\'')), "{cells:?}");
+    // The text cells (passage, question, answer) are neutralised; id, status and origin follow.
+    assert!(cells[..3].iter().all(|c| c.starts_with('\'')), "{cells:?}");
+    assert_eq!(cells[4..6], ["pending", "imported"], "{cells:?}");
     // And it imports back as it was.
     let (_, body) = call(&app, multipart("/api/v1/triples/import", &[("back.csv", csv.as_bytes())])).await;
     assert_eq!(body["imported"], 1, "{body}");

@@ -61,7 +61,10 @@ fn ingest_import_export_and_clear_failures() {
     let approved = dir.path().join("approved.csv");
     let output = attune(&data, &["triples", "export", "--format", "csv", "--out", approved.to_str().unwrap()]);
     assert!(output.status.success());
-    assert_eq!(std::fs::read_to_string(&approved).unwrap(), "Abstract,Question,Answer\n");
+    assert_eq!(
+        std::fs::read_to_string(&approved).unwrap(),
+        "Abstract,Question,Answer,id,status,origin,document,page_start,page_end\n"
+    );
 
     let output = attune(&data, &["synth", "--llm", "openai"]);
     assert!(!output.status.success());

@@ -198,6 +198,14 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
         presets.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(),
         ["quick", "standard", "gpu"]
     );
+    // The split a run would make, before Start: the same counts the run then records.
+    let (status, split) = call(&client, "POST", &server.url("/train/split"), Some(quick(6, 3)["hyper"].clone())).await;
+    assert_eq!(status, 200, "{split}");
+    assert_eq!(split["approved"], 24);
+    assert_eq!(split["train"].as_u64().unwrap() + split["held_out"].as_u64().unwrap(), 24, "{split}");
+    assert!(split["held_out"].as_u64().unwrap() > 0, "{split}");
+    let (status, body) = call(&client, "POST", &server.url("/train/split"), Some(json!({"lr": -1.0}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_hyper")), "{body}");
 
     // queue → run → succeed, watched over the WebSocket.
     let mut socket = connect(&server).await;
@@ -205,6 +213,7 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
     assert_eq!(status, 202, "{run}");
     assert_eq!(run["status"], "queued");
     assert_eq!(run["examples"].as_u64().unwrap() + run["held_out"].as_u64().unwrap(), 24);
+    assert_eq!((run["examples"].clone(), run["held_out"].clone()), (split["train"].clone(), split["held_out"].clone()));
     let id = run["id"].as_i64().unwrap();
     let seen = until(&mut socket, |m| run_state(m, id) == Some(JobStatus::Succeeded)).await;
     let states: Vec<JobStatus> = seen.iter().filter_map(|m| run_state(m, id)).collect();
@@ -301,6 +310,18 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
             assert!((0.0..=1.0).contains(&value));
         }
         assert!(system["exact_match"].is_f64() && system["f1"].is_f64());
+        // Each figure with its bootstrap interval around it.
+        for key in ["hit@1", "mrr@10", "ndcg@10", "em", "f1"] {
+            let value =
+                if key == "em" { &system["exact_match"] } else { system["retrieval"].get(key).unwrap_or(&system[key]) };
+            let value = value.as_f64().unwrap();
+            let [lo, hi] =
+                [0, 1].map(|i| system["intervals"][key][i].as_f64().unwrap_or_else(|| panic!("{key}: {system}")));
+            assert!(
+                lo <= value + 1e-9 && value <= hi + 1e-9 && (0.0..=1.0).contains(&lo) && hi <= 1.0,
+                "{key}: {lo} {value} {hi}"
+            );
+        }
     }
     let items = report["items"].as_array().unwrap();
     assert_eq!(items.len() as u64, held_out);
@@ -330,6 +351,19 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
     let (status, body) = upload(&client, &server.url("/test-sets"), "empty.jsonl", b"\n".to_vec()).await;
     assert_eq!(status, 422, "{body}");
     let request = json!({"runs": [], "test_set": {"type": "uploaded", "id": info["id"]}, "answers": false});
+    // An evaluation can be cancelled (and one that ended cannot).
+    let (_, cancelled) = call(&client, "POST", &server.url("/evals"), Some(request.clone())).await;
+    let (status, body) =
+        call(&client, "POST", &server.url(&format!("/evals/{}/cancel", cancelled["id"])), Some(json!({}))).await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+    let stopped = wait_for(&client, &server.url(&format!("/evals/{}", cancelled["id"])), "the cancel", |e| {
+        e["status"] != "queued" && e["status"] != "running"
+    })
+    .await;
+    assert!(["cancelled", "succeeded"].contains(&stopped["status"].as_str().unwrap()), "{stopped}");
+    let (status, _) =
+        call(&client, "POST", &server.url(&format!("/evals/{}/cancel", cancelled["id"])), Some(json!({}))).await;
+    assert_eq!(status, 409);
     let (status, eval) = call(&client, "POST", &server.url("/evals"), Some(request)).await;
     assert_eq!(status, 202, "{eval}");
     let url = server.url(&format!("/evals/{}", eval["id"]));
@@ -377,6 +411,20 @@ async fn chat_streams_passages_then_tokens_stops_and_reindexes_when_passages_cha
         top_k: Some(3),
         options: Default::default(),
     };
+
+    // Generation settings out of bounds are refused with the reason.
+    let mut bad = ask(9, "base", "What are glaciers?");
+    if let ClientMessage::ChatAsk { options, .. } = &mut bad {
+        options.max_tokens = 0;
+    }
+    send(&mut socket, bad).await;
+    match next(&mut socket).await {
+        ServerMessage::ChatError { request_id: 9, code, message, .. } => {
+            assert_eq!(code, "bad_options");
+            assert!(message.contains("max_tokens"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 
     // No passages yet: a clear error, not a hang.
     send(&mut socket, ask(1, "base", "What are glaciers?")).await;

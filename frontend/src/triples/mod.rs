@@ -218,7 +218,8 @@ pub const NOTICE_MS: u32 = 4000;
 pub fn TriplesPage() -> impl IntoView {
     let api = Api::from_context();
     let query = leptos_router::hooks::use_query_map();
-    let initial = query.with_untracked(|q| filter_from_query(q.get_str("status"), q.get_str("document_id"), q.get_str("q")));
+    let initial =
+        query.with_untracked(|q| filter_from_query(q.get_str("status"), q.get_str("document_id"), q.get_str("q")));
     let filter = RwSignal::new(initial);
     let focused = RwSignal::new(false);
     let page = RwSignal::new(None::<Result<TriplePage, ApiError>>);
@@ -273,9 +274,8 @@ pub fn TriplesPage() -> impl IntoView {
             .forget();
         }
     });
-    let search_words = Signal::derive(move || {
-        filter.with(|f| f.search.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-    });
+    let search_words =
+        Signal::derive(move || filter.with(|f| f.search.split_whitespace().map(str::to_owned).collect::<Vec<_>>()));
     let items =
         move || page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.items.clone()).unwrap_or_default());
 
@@ -409,7 +409,12 @@ pub fn TriplesPage() -> impl IntoView {
                 return;
             }
             // In the focused record view only its keys count.
-            if focused.get_untracked() && !matches!(action, KeyAction::Cancel | KeyAction::Next | KeyAction::Previous | KeyAction::Approve | KeyAction::Reject) {
+            if focused.get_untracked()
+                && !matches!(
+                    action,
+                    KeyAction::Cancel | KeyAction::Next | KeyAction::Previous | KeyAction::Approve | KeyAction::Reject
+                )
+            {
                 return;
             }
             event.prevent_default();

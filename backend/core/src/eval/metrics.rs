@@ -125,9 +125,8 @@ pub fn bootstrap_mean(values: &[f64], resamples: usize, seed: u64) -> [f64; 2] {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n = values.len();
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> =
+        (0..resamples).map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
     percentile_interval(&mut means)
 }
 

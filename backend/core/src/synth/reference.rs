@@ -57,9 +57,7 @@ fn page_number(word: &str) -> bool {
 fn year(word: &str) -> bool {
     let word = word.trim_matches(|c: char| matches!(c, '(' | ')' | ',' | '.' | ';' | ':' | '[' | ']'));
     let digits: String = word.chars().take_while(char::is_ascii_digit).collect();
-    digits.len() == 4
-        && word.len() <= 5
-        && matches!(digits.parse::<u32>(), Ok(1800..=2100))
+    digits.len() == 4 && word.len() <= 5 && matches!(digits.parse::<u32>(), Ok(1800..=2100))
 }
 
 /// The kind of reference matter `text` is, if it is any.

@@ -187,3 +187,55 @@ pub fn import(path: &Path) -> Result<(Vec<NewTripleRow>, Vec<Skipped>), EngineEr
         .collect();
     Ok((rows, skipped))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triple() -> Triple {
+        serde_json::from_value(serde_json::json!({
+            "id": 5, "question": "How long do cats sleep?", "answer": "fifteen hours", "passage": "Cats sleep fifteen hours.",
+            "status": "approved", "origin": "synthetic", "version": 1, "created_at": "t", "updated_at": "t",
+            "document": "=cats.pdf", "page_start": 2, "page_end": 3
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_format_carries_the_triple_and_its_source() {
+        let t = [triple()];
+        let csv = String::from_utf8(export(&t, ExportFormat::Csv).unwrap()).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "Cats sleep fifteen hours.,How long do cats sleep?,fifteen hours,5,approved,synthetic,'=cats.pdf,2,3"
+        );
+        let line = |format| -> serde_json::Value {
+            serde_json::from_slice(export(&t, format).unwrap().split(|b| *b == b'\n').next().unwrap()).unwrap()
+        };
+        let full = line(ExportFormat::Jsonl);
+        assert_eq!((full["id"].as_i64(), full["page_end"].as_u64()), (Some(5), Some(3)));
+        let alpaca = line(ExportFormat::Alpaca);
+        assert!(alpaca["instruction"].as_str().unwrap().ends_with("Question: How long do cats sleep?"));
+        assert_eq!(
+            (alpaca["input"].as_str(), alpaca["output"].as_str()),
+            (Some("Cats sleep fifteen hours."), Some("fifteen hours"))
+        );
+        let sharegpt = line(ExportFormat::ShareGpt);
+        let turns = sharegpt["conversations"].as_array().unwrap();
+        assert_eq!(turns.iter().map(|t| t["from"].as_str().unwrap()).collect::<Vec<_>>(), ["human", "gpt"]);
+        assert!(turns[0]["value"].as_str().unwrap().contains("Passage: Cats sleep"));
+        // The dataset zip: a card that names the file, and the file.
+        let zip = export(&t, ExportFormat::HfDataset).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let mut names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["README.md", "data/train.jsonl"]);
+        let mut card = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("README.md").unwrap(), &mut card).unwrap();
+        assert!(card.starts_with("---\nconfigs:") && card.contains("path: data/train.jsonl"), "{card}");
+        assert_eq!(
+            ExportFormat::parse("parquet").unwrap_err(),
+            "`parquet` is not a triples format: csv, jsonl, alpaca, sharegpt or hf"
+        );
+    }
+}

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use attune_shared::{
     BulkAction, BulkResult, Document, ErrorDetail, ImportResult, JobStatus, LlmChoice, NewTriple, Passage,
-    SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage,
-    TripleStatus, TripleUpdate, UploadOutcome, UploadResult,
+    SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage, TripleStatus,
+    TripleUpdate, UploadOutcome, UploadResult,
 };
 
 use super::AppState;
@@ -162,13 +162,13 @@ pub struct TripleQuery {
 
 fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
     let invalid = |message: String| AppError::Invalid { code: "invalid_query", message };
-    let status = match query.status.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(s) => Some(
-            TripleStatus::parse(s)
-                .ok_or_else(|| invalid(format!("status={s:?}: expected pending, approved, rejected, filtered or all")))?,
-        ),
-    };
+    let status =
+        match query.status.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(s) => Some(TripleStatus::parse(s).ok_or_else(|| {
+                invalid(format!("status={s:?}: expected pending, approved, rejected, filtered or all"))
+            })?),
+        };
     let origin = match query.origin.as_deref() {
         None | Some("") | Some("all") => None,
         Some(s) => Some(

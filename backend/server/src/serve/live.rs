@@ -205,4 +205,32 @@ mod tests {
         }
         assert_eq!(publisher.live().borrow().finished_runs.len(), FINISHED_KEPT);
     }
+
+    /// Before, synthesis progress went past the live state: a reload lost the running run.
+    #[test]
+    fn a_late_joiner_is_told_of_running_synthesis_and_a_laggard_of_its_end() {
+        let (events, _receiver) = broadcast::channel(8);
+        let publisher = Publisher::new(events, LiveJobs::default());
+        let mut synth: SynthRun = serde_json::from_value(serde_json::json!({
+            "id": 3, "status": "running", "llm": {"type": "local"}, "model": "m", "questions_per_passage": 1,
+            "prompts": {"questions": "q", "answer": "a"}, "passages_total": 4, "document_id": 9,
+            "created_at": "t", "updated_at": "t"
+        }))
+        .unwrap();
+        publisher.publish_synth(&synth, Some(12.0));
+        let joined = publisher.live().borrow().messages();
+        assert!(
+            joined
+                .iter()
+                .any(|m| matches!(m, ServerMessage::SynthProgress { run, eta_seconds: Some(_) } if run.id == 3)),
+            "{joined:?}"
+        );
+        synth.status = JobStatus::Cancelled;
+        publisher.publish_synth(&synth, None);
+        assert!(publisher.live().borrow().messages().is_empty(), "a finished run is not live");
+        let resync = publisher.live().borrow().resync_messages();
+        assert!(
+            matches!(&resync[..], [ServerMessage::SynthProgress { run, .. }] if run.status == JobStatus::Cancelled)
+        );
+    }
 }

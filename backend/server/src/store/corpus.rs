@@ -286,7 +286,10 @@ impl Store {
     }
 
     pub async fn passage(&self, id: i64) -> Result<Option<Passage>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {PASSAGE_COLUMNS} FROM passages WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {PASSAGE_COLUMNS} FROM passages WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(passage).transpose()?)
     }
 

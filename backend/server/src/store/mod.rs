@@ -112,7 +112,11 @@ mod tests {
         // A database as round 1 left it (migrations 1 to 3), with a triple edited twice.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DATABASE_FILE);
-        let options = SqliteConnectOptions::from_str("sqlite://").unwrap().filename(&path).create_if_missing(true).foreign_keys(true);
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
         let mut old = sqlx::migrate!("./migrations");
         old.migrations = std::borrow::Cow::Owned(old.migrations.iter().filter(|m| m.version <= 3).cloned().collect());
@@ -136,8 +140,12 @@ mod tests {
         assert_eq!((triple.status, triple.filter_reason), (attune_shared::TripleStatus::Approved, None));
         assert_eq!(store.triple_history(7).await.unwrap().len(), 2, "its history was not cascaded away");
         // The new status is accepted, the old CHECK is gone, foreign keys still hold.
-        sqlx::query("UPDATE triples SET status = 'filtered', filter_reason = 'r' WHERE id = 7").execute(&store.pool).await.unwrap();
-        let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&store.pool).await.unwrap();
+        sqlx::query("UPDATE triples SET status = 'filtered', filter_reason = 'r' WHERE id = 7")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let fk: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&store.pool).await.unwrap();
         assert!(fk.is_empty(), "{fk:?}");
         assert!(sqlx::query("UPDATE triples SET status = 'lost' WHERE id = 7").execute(&store.pool).await.is_err());
     }
