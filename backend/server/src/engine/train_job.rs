@@ -203,7 +203,7 @@ fn train(
                     context.runtime.block_on(context.store.record_step(id, &point, device.as_deref().or(Some(&label))));
                 if !device_announced && stored.is_ok() {
                     device_announced = true;
-                    announce(&sink);
+                    announce(sink);
                 }
                 last_point = Some(point);
                 sink(JobEvent::Step { run_id: id, point });
@@ -219,7 +219,7 @@ fn train(
                 log(LogLevel::Info, format!("step {step}: held-out loss {loss:.4}"));
                 let stored = context.runtime.block_on(context.store.set_run_eval_loss(id, *step as u32, *loss));
                 if stored.is_ok() {
-                    announce(&sink);
+                    announce(sink);
                     // The step's point again, with its held-out loss, for the live chart.
                     if let Some(mut point) = last_point.filter(|p| p.step as usize == *step) {
                         point.eval_loss = Some(*loss);
