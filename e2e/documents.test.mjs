@@ -43,7 +43,11 @@ test("upload files, see them listed, delete one with confirmation", async () => 
   const line = (name) => lines.find((l) => l.includes(name)) ?? "";
   assert.match(line("two_pages.pdf"), /1 passage from 2 pages/);
   assert.match(line("notes.md"), /1 passage$/);
-  assert.match(line("slides.pptx"), /unsupported file type/);
+  // Refusals in words; the parser's own words behind "Details".
+  assert.match(line("slides.pptx"), /This kind of file cannot be read: upload a PDF, \.txt or \.md file\./);
+  const refused = uploads.locator("li", { hasText: "slides.pptx" });
+  await refused.getByText("Details").click();
+  assert.match(await refused.locator("details").innerText(), /unsupported file type/);
 
   // The list, once every upload is in.
   const table = page.locator(".documents-table");

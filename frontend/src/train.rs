@@ -342,11 +342,20 @@ pub fn TrainPage() -> impl IntoView {
             });
         }
     };
+    // The run whose Cancel was pressed: it says so at once (the step in progress finishes first).
+    let cancelling = RwSignal::new(None::<i64>);
     let act = {
         move |id: i64, action: RunAction| {
             action_error.set(None);
+            if action == RunAction::Cancel {
+                cancelling.set(Some(id));
+            }
             leptos::task::spawn_local(async move {
-                match api.run_action(id, action).await {
+                let result = api.run_action(id, action).await;
+                if result.is_err() {
+                    cancelling.set(None);
+                }
+                match result {
                     Ok(run) => runs.update(|r| {
                         if let Some(Ok(list)) = r {
                             upsert(list, run);
@@ -438,7 +447,7 @@ pub fn TrainPage() -> impl IntoView {
                 <div class="run-live" data-testid="run-live">
                     {move || match current() {
                         None => view! { <div class="empty-state"><p>"No run yet: choose a preset and press Start."</p></div> }.into_any(),
-                        Some(run) => view! { <RunSummary run=run on_action=Callback::new(move |(id, action)| act(id, action)) /> }.into_any(),
+                        Some(run) => view! { <RunSummary run=run cancelling=cancelling on_action=Callback::new(move |(id, action)| act(id, action)) /> }.into_any(),
                     }}
                     {move || action_error.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
                     <Show when=move || selected.get().is_some()>
@@ -501,7 +510,7 @@ fn HyperFields(
 
 /// The selected run: status, progress, its figures, Cancel or Resume.
 #[component]
-fn RunSummary(run: Run, on_action: Callback<(i64, RunAction)>) -> impl IntoView {
+fn RunSummary(run: Run, cancelling: RwSignal<Option<i64>>, on_action: Callback<(i64, RunAction)>) -> impl IntoView {
     let id = run.id;
     let live = matches!(run.status, JobStatus::Queued | JobStatus::Running);
     let resumable = matches!(run.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed);
@@ -528,7 +537,14 @@ fn RunSummary(run: Run, on_action: Callback<(i64, RunAction)>) -> impl IntoView 
         </dl>
         {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
         <div class="actions">
-            {live.then(|| view! { <button type="button" class="danger" data-testid="cancel-run" on:click=move |_| on_action.run((id, RunAction::Cancel))>"Cancel"</button> })}
+            {live.then(|| {
+                let pressed = move || cancelling.get() == Some(id);
+                view! {
+                    <button type="button" class="danger" data-testid="cancel-run" disabled=pressed on:click=move |_| on_action.run((id, RunAction::Cancel))>
+                        {move || if pressed() { "Cancelling… (after this step)" } else { "Cancel" }}
+                    </button>
+                }
+            })}
             {resumable.then(|| view! { <button type="button" class="primary" data-testid="resume-run" on:click=move |_| on_action.run((id, RunAction::Resume))>"Resume"</button> })}
             {run.checkpoint.clone().map(|_| view! { <span class="muted">"a checkpoint is saved: Resume continues from it"</span> })}
         </div>

@@ -277,6 +277,8 @@ pub enum StatusChoice {
     Approved,
     Pending,
     Rejected,
+    /// The candidates the filters dropped, with their reasons.
+    Filtered,
     All,
 }
 
@@ -308,6 +310,7 @@ pub async fn triples(command: TriplesCommand) -> anyhow::Result<()> {
                 StatusChoice::Approved => &[TripleStatus::Approved],
                 StatusChoice::Pending => &[TripleStatus::Pending],
                 StatusChoice::Rejected => &[TripleStatus::Rejected],
+                StatusChoice::Filtered => &[TripleStatus::Filtered],
                 StatusChoice::All => &[],
             };
             let triples = store.all_triples(statuses).await?;

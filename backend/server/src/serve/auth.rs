@@ -46,7 +46,9 @@ impl FailedAttempts {
 
 /// Lets the request through when no token is configured or the request carries it, either as
 /// `Authorization: Bearer <token>` or, on the WebSocket upgrade only, as `?token=<token>`.
-/// A peer with [`MAX_FAILED_ATTEMPTS`] failures in the last minute gets 429 without a check.
+/// A peer with [`MAX_FAILED_ATTEMPTS`] wrong tokens in the last minute gets 429 without a check.
+/// A request with no token at all is refused but not counted: it guesses nothing, and a page
+/// opened without its token makes a dozen such requests before the user adds it.
 pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.token() else {
         return next.run(request).await;
@@ -77,7 +79,9 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
     if presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
         next.run(request).await
     } else {
-        state.failed_attempts().record_failure(peer, now);
+        if presented.is_some() {
+            state.failed_attempts().record_failure(peer, now);
+        }
         AppError::Unauthorized.into_response()
     }
 }
