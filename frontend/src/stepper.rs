@@ -79,12 +79,12 @@ pub fn Stepper() -> impl IntoView {
     let link = use_context::<Link>();
     let location = use_location();
     let counts = RwSignal::new(FlowCounts::default());
+    // A job that starts or ends changes the counts; a training step does not (a memo changes only
+    // when the number of active jobs does).
+    let active = Memo::new(move |_| link.map(|l| l.board.with(crate::link::JobBoard::active)).unwrap_or(0));
     Effect::new(move |_| {
         location.pathname.track();
-        // A job that ends changes the counts.
-        if let Some(link) = link {
-            link.board.with(|b| b.active());
-        }
+        active.track();
         leptos::task::spawn_local(async move {
             counts.set(fetch(api).await);
         });
