@@ -400,12 +400,20 @@ pub fn TriplesPage() -> impl IntoView {
     let on_key = {
         move |event: web_sys::KeyboardEvent| {
             // Keys typed into a field belong to the field (Escape still leaves it).
-            let in_field = event
+            let tag = event
                 .target()
                 .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(t).ok())
-                .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
+                .map(|e| e.tag_name())
+                .unwrap_or_default();
+            let in_field = matches!(tag.as_str(), "INPUT" | "TEXTAREA" | "SELECT");
             let Some(action) = key_action(&event.key()) else { return };
             if in_field && action != KeyAction::Cancel {
+                return;
+            }
+            // Enter and Space on a focused button or link press it.
+            if matches!(action, KeyAction::Focus | KeyAction::Toggle)
+                && matches!(tag.as_str(), "BUTTON" | "A" | "SUMMARY")
+            {
                 return;
             }
             // In the focused record view only its keys count.

@@ -475,9 +475,11 @@ pub async fn start_synth(
         LlmChoice::OpenAi { model, .. } => model.clone(),
     };
     // The document the run is for: the one asked for, or the one all chosen passages share.
+    // (Asked only for a selection of a size one page shows; SQLite binds at most 32766 values.)
     let document_id = match request.document_id {
         Some(id) => Some(id),
-        None => state.store().document_of_passages(&passages).await?,
+        None if passages.len() <= 1000 => state.store().document_of_passages(&passages).await?,
+        None => None,
     };
     let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id };
     let run = state.store().create_synth_run(&config, &passages).await?;
