@@ -562,6 +562,9 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
     };
     let (status, body) = call(&app, keep(copied)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an answerless candidate is not kept: {body}");
+    let bulk = json!({"action": "set_status", "ids": [copied["id"]], "status": "approved"});
+    let (_, body) = call(&app, json_request("POST", "/api/v1/triples/bulk", bulk)).await;
+    assert_eq!(body["changed"], 0, "not by a bulk approval either: {body}");
     let (status, body) = call(&app, keep(ungrounded)).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("pending")), "{body}");
     let response = app.router.clone().oneshot(get("/api/v1/triples/export?format=jsonl&status=all")).await.unwrap();

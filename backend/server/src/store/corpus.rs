@@ -459,13 +459,15 @@ impl Store {
             .collect()
     }
 
-    /// Sets the status of many triples in one transaction (each change recorded in its history).
+    /// Sets the status of many triples in one transaction (each change recorded in its history);
+    /// answerless candidates are left filtered.
     pub async fn set_status(&self, ids: &[i64], status: TripleStatus) -> Result<u64, StoreError> {
         let mut tx = self.write_transaction().await?;
         let mut changed = 0;
         for &id in ids {
             let Some(current) = triple_in(&mut tx, id).await? else { continue };
-            if current.status == status {
+            // A candidate dropped before it had an answer stays filtered until one is written.
+            if current.status == status || (status != TripleStatus::Filtered && current.answer.trim().is_empty()) {
                 continue;
             }
             record_edit(&mut tx, &current).await?;
