@@ -246,12 +246,14 @@ pub fn TrainPage() -> impl IntoView {
                     ServerMessage::RunState { run } => {
                         let id = run.id;
                         let started = run.status == JobStatus::Running;
+                        // A finished run the server recalls on connect does not take the focus.
+                        let live = matches!(run.status, JobStatus::Queued | JobStatus::Running);
                         runs.update(|r| {
                             if let Some(Ok(list)) = r {
                                 upsert(list, run);
                             }
                         });
-                        if selected.get_untracked().is_none()
+                        if (selected.get_untracked().is_none() && live)
                             || (started && selected.get_untracked() != Some(id) && !selected_is_live(runs, selected))
                         {
                             selected.set(Some(id));

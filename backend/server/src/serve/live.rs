@@ -39,10 +39,23 @@ fn keep_recent<T>(map: &mut BTreeMap<i64, T>, id: i64, value: T) {
 }
 
 impl LiveJobs {
-    /// The messages that bring a new client up to date.
+    /// The unfinished jobs' states.
     pub fn messages(&self) -> Vec<ServerMessage> {
         let mut messages = state_messages(&self.runs, &self.evals);
         messages.extend(synth_messages(&self.synth));
+        messages
+    }
+
+    /// What a client that connects is sent: the unfinished jobs first, then the recently finished
+    /// ones (so a jobs list after a reload also shows what ended while the page was away).
+    /// Finished evaluations go without their reports (`GET /evals/:id` has them): a client that
+    /// connects is not sent megabytes of drill-down it did not ask for.
+    pub fn joiner_messages(&self) -> Vec<ServerMessage> {
+        let mut messages = self.messages();
+        let light: BTreeMap<i64, Eval> =
+            self.finished_evals.iter().map(|(id, e)| (*id, Eval { report: None, ..e.clone() })).collect();
+        messages.extend(state_messages(&self.finished_runs, &light));
+        messages.extend(synth_messages(&self.finished_synth));
         messages
     }
 

@@ -40,7 +40,7 @@ async fn session(mut socket: WebSocket, state: AppState) {
     let shutdown = state.shutdown_token().clone();
     // Subscribe before reading the live state, so nothing falls between the two.
     let mut events = state.events().subscribe();
-    let snapshot = state.publisher().live().borrow().messages();
+    let snapshot = state.publisher().live().borrow().joiner_messages();
     for message in &snapshot {
         if send(&mut socket, message).await.is_err() {
             return;
