@@ -1,10 +1,9 @@
 // One document in a real browser: its passages with pages, then question generation against a
 // stand-in OpenAI-compatible server (started here), watched live until it finishes.
 import assert from "node:assert/strict";
-import http from "node:http";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { launchBrowser, screenshot, startServer } from "./harness.mjs";
+import { launchBrowser, screenshot, standInLlm, startServer } from "./harness.mjs";
 
 const fixtures = path.resolve(import.meta.dirname, "../backend/tests/fixtures");
 
@@ -13,30 +12,14 @@ let browser;
 let llm;
 
 /** Questions for question prompts, an answer from the passage for answer prompts; 100 ms each. */
-function standInLlm() {
-  return new Promise((resolve) => {
-    const s = http.createServer((request, response) => {
-      let body = "";
-      request.on("data", (d) => (body += d));
-      request.on("end", () => {
-        const prompt = JSON.parse(body).messages[0].content;
-        const content = prompt.includes("different questions")
-          ? "1. How long does a domestic cat sleep?\n2. What do dogs help farmers with?"
-          : prompt.includes("How long") ? "about fifteen hours a day" : "herd sheep across the hills";
-        setTimeout(() => {
-          response.setHeader("content-type", "application/json");
-          response.end(JSON.stringify({ choices: [{ message: { role: "assistant", content } }] }));
-        }, 100);
-      });
-    });
-    s.listen(0, "127.0.0.1", () => resolve(s));
-  });
-}
+const catsAndDogs = (prompt) => prompt.includes("different questions")
+  ? "1. How long does a domestic cat sleep?\n2. What do dogs help farmers with?"
+  : prompt.includes("How long") ? "about fifteen hours a day" : "herd sheep across the hills";
 
 before(async () => {
   server = await startServer();
   browser = await launchBrowser();
-  llm = await standInLlm();
+  llm = await standInLlm(100, catsAndDogs);
 });
 
 after(async () => {

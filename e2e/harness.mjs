@@ -1,6 +1,7 @@
 // Helpers for Attune's browser tests: start `attune serve` on a free port with a temporary data
 // directory, and launch Debian's chromium headless through playwright-core with a fresh profile.
 import { spawn } from "node:child_process";
+import http from "node:http";
 import { mkdtemp, mkdir, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -92,4 +93,23 @@ export async function launchBrowser({ viewport = { width: 1280, height: 800 } } 
 export async function screenshot(page, name) {
   await mkdir(artifacts, { recursive: true });
   await page.screenshot({ path: path.join(artifacts, `${name}.png`), fullPage: true });
+}
+
+/** A stand-in OpenAI-compatible server on a free port: `answer(prompt)` as the reply to each
+ * chat completion, after `delayMs`. */
+export function standInLlm(delayMs, answer) {
+  return new Promise((resolve) => {
+    const s = http.createServer((request, response) => {
+      let body = "";
+      request.on("data", (d) => (body += d));
+      request.on("end", () => {
+        const prompt = JSON.parse(body).messages[0].content;
+        setTimeout(() => {
+          response.setHeader("content-type", "application/json");
+          response.end(JSON.stringify({ choices: [{ message: { role: "assistant", content: answer(prompt) } }] }));
+        }, delayMs);
+      });
+    });
+    s.listen(0, "127.0.0.1", () => resolve(s));
+  });
 }

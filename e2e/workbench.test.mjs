@@ -5,10 +5,9 @@
 // that follows the tab), bad document addresses, and every page on a 390 px phone.
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import http from "node:http";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { launchBrowser, screenshot, startServer } from "./harness.mjs";
+import { launchBrowser, screenshot, standInLlm, startServer } from "./harness.mjs";
 
 const fixtures = path.resolve(import.meta.dirname, "../backend/tests/fixtures");
 
@@ -17,24 +16,6 @@ let browser;
 let slow;
 let wrong;
 let documentId;
-
-/** A stand-in OpenAI-compatible server: `answer(prompt)` after `delayMs`. */
-function standInLlm(delayMs, answer) {
-  return new Promise((resolve) => {
-    const s = http.createServer((request, response) => {
-      let body = "";
-      request.on("data", (d) => (body += d));
-      request.on("end", () => {
-        const prompt = JSON.parse(body).messages[0].content;
-        setTimeout(() => {
-          response.setHeader("content-type", "application/json");
-          response.end(JSON.stringify({ choices: [{ message: { role: "assistant", content: answer(prompt) } }] }));
-        }, delayMs);
-      });
-    });
-    s.listen(0, "127.0.0.1", () => resolve(s));
-  });
-}
 
 const questionsOrAnswer = (question, answer) => (prompt) =>
   prompt.includes("different questions") ? `1. ${question}` : answer;
