@@ -1,4 +1,4 @@
-//! Small formatters every page shares: counts with their noun, page ranges, job statuses.
+//! Small formatters every page shares: counts with their noun, page ranges, durations, job statuses.
 
 use attune_shared::JobStatus;
 
@@ -13,6 +13,16 @@ pub fn page_range(start: Option<u32>, end: Option<u32>) -> String {
         (Some(a), Some(b)) if a != b => format!("pp. {a}–{b}"),
         (Some(a), _) => format!("p. {a}"),
         _ => String::new(),
+    }
+}
+
+/// `45 s`, `1 min 15 s`, `2 h 1 min`.
+pub fn duration_words(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -33,5 +43,7 @@ mod tests {
         assert_eq!(page_range(Some(7), Some(7)), "p. 7");
         assert_eq!(page_range(None, None), "");
         assert_eq!(status_label(JobStatus::Interrupted), "interrupted");
+        assert_eq!(duration_words(75.0), "1 min 15 s");
+        assert_eq!(duration_words(7300.0), "2 h 1 min");
     }
 }

@@ -10,7 +10,7 @@ use leptos::prelude::*;
 use attune_shared::JobStatus;
 
 use crate::api::{Api, RunAction};
-use crate::format::status_label;
+use crate::format::{duration_words, status_label};
 use crate::link::{JobBoard, Link, unfinished};
 
 /// What kind of job a row is.
@@ -104,13 +104,7 @@ pub fn rows(board: &JobBoard) -> Vec<JobRow> {
 
 /// "about 2 min 5 s left".
 pub fn eta_words(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    let time = match s {
-        0..60 => format!("{s} s"),
-        60..3600 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    };
-    format!("about {time} left")
+    format!("about {} left", duration_words(seconds))
 }
 
 /// The header's button with the number of jobs in progress, and the panel it opens.

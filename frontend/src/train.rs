@@ -8,7 +8,7 @@ use attune_shared::{Health, Hyper, JobStatus, ModelKind, NewRun, Preset, Run, Se
 
 use crate::api::{Api, ApiError, RunAction};
 use crate::chart::{LineChart, Series};
-use crate::format::status_label;
+use crate::format::{duration_words, status_label};
 use crate::link::{Link, take};
 
 /// One hyper-parameter in the form: its key, label, one-line explanation, and how to read and
@@ -130,15 +130,6 @@ pub fn loss_panels(points: &[StepPoint]) -> Vec<(&'static str, &'static str, Vec
 
 /// Fewer approved triples than this and a run learns little: the form says so.
 pub const FEW_TRIPLES: u64 = 30;
-
-pub fn duration_words(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s} s"),
-        60..3600 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
-}
 
 fn mode_label(mode: TrainMode) -> &'static str {
     match mode {
@@ -658,7 +649,5 @@ mod tests {
         assert_eq!(panels[0].2[1].points, vec![(1.0, 52.0)], "held-out loss beside the training loss");
         let one = [StepPoint { step: 1, loss: 3.0, retriever_loss: Some(3.0), ..StepPoint::default() }];
         assert_eq!(loss_panels(&one).len(), 1);
-        assert_eq!(duration_words(75.0), "1 min 15 s");
-        assert_eq!(duration_words(7300.0), "2 h 1 min");
     }
 }
