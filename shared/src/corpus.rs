@@ -33,6 +33,29 @@ pub struct TripleCounts {
     pub filtered: u64,
 }
 
+impl TripleCounts {
+    /// The count of `status`; `None` is "all": the triples under review (filtered ones aside).
+    pub fn of(&self, status: Option<TripleStatus>) -> u64 {
+        match status {
+            Some(TripleStatus::Pending) => self.pending,
+            Some(TripleStatus::Approved) => self.approved,
+            Some(TripleStatus::Rejected) => self.rejected,
+            Some(TripleStatus::Filtered) => self.filtered,
+            None => self.pending + self.approved + self.rejected,
+        }
+    }
+
+    /// The counter of `status`.
+    pub fn slot(&mut self, status: TripleStatus) -> &mut u64 {
+        match status {
+            TripleStatus::Pending => &mut self.pending,
+            TripleStatus::Approved => &mut self.approved,
+            TripleStatus::Rejected => &mut self.rejected,
+            TripleStatus::Filtered => &mut self.filtered,
+        }
+    }
+}
+
 /// A passage of a document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Passage {

@@ -26,22 +26,9 @@ pub const EXPORT_FORMATS: [(&str, &str, &str); 5] = [
 /// of the filter; the words of its button and the query.
 pub fn export_target(filter: &Filter, counts: attune_shared::TripleCounts) -> (String, String, u64) {
     let status = filter.status.unwrap_or(TripleStatus::Approved);
-    let n = match status {
-        TripleStatus::Pending => counts.pending,
-        TripleStatus::Approved => counts.approved,
-        TripleStatus::Rejected => counts.rejected,
-        TripleStatus::Filtered => counts.filtered,
-    };
-    let mut query = format!("status={}", status.as_str());
-    if let Some(document) = filter.document_id {
-        query.push_str(&format!("&document_id={document}"));
-    }
-    if let Some(origin) = filter.origin {
-        query.push_str(&format!("&origin={}", origin.as_str()));
-    }
-    if !filter.search.trim().is_empty() {
-        query.push_str(&format!("&q={}", crate::endpoints::encode_query_value(filter.search.trim())));
-    }
+    let n = counts.of(Some(status));
+    let query =
+        std::iter::once(format!("status={}", status.as_str())).chain(filter.terms()).collect::<Vec<_>>().join("&");
     (format!("Export {} ({n})", status_label(status)), query, n)
 }
 
@@ -61,16 +48,7 @@ pub(super) fn FilterBar(
                     .map(|status| {
                         let label = move || {
                             let counts = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.counts)).unwrap_or_default();
-                            let (name, n) = match status {
-                                None => ("all", counts.pending + counts.approved + counts.rejected),
-                                Some(s) => (status_label(s), match s {
-                                    TripleStatus::Pending => counts.pending,
-                                    TripleStatus::Approved => counts.approved,
-                                    TripleStatus::Rejected => counts.rejected,
-                                    TripleStatus::Filtered => counts.filtered,
-                                }),
-                            };
-                            format!("{name} ({n})")
+                            format!("{} ({})", status.map(status_label).unwrap_or("all"), counts.of(status))
                         };
                         view! {
                             <button

@@ -95,6 +95,16 @@ impl Filter {
         if let Some(status) = self.status {
             parts.push(format!("status={}", status.as_str()));
         }
+        parts.extend(self.terms());
+        if self.sort != Sort::default() {
+            parts.push(format!("sort={}", self.sort.as_str()));
+        }
+        parts.join("&")
+    }
+
+    /// The query's document, origin and search terms (what an export of the listing shares).
+    pub fn terms(&self) -> Vec<String> {
+        let mut parts = Vec::new();
         if let Some(document) = self.document_id {
             parts.push(format!("document_id={document}"));
         }
@@ -104,10 +114,7 @@ impl Filter {
         if !self.search.trim().is_empty() {
             parts.push(format!("q={}", encode_query_value(self.search.trim())));
         }
-        if self.sort != Sort::default() {
-            parts.push(format!("sort={}", self.sort.as_str()));
-        }
-        parts.join("&")
+        parts
     }
 }
 
@@ -556,6 +563,15 @@ mod tests {
         assert_eq!(Filter::default().query(), "page=1&per_page=25");
         let by_document = Filter { document_id: Some(7), origin: Some(TripleOrigin::Manual), ..Filter::default() };
         assert_eq!(by_document.query(), "page=1&per_page=25&document_id=7&origin=manual");
+        let counts = attune_shared::TripleCounts { pending: 4, approved: 9, rejected: 1, filtered: 2 };
+        assert_eq!(
+            bars::export_target(&by_document, counts),
+            ("Export approved (9)".to_owned(), "status=approved&document_id=7&origin=manual".to_owned(), 9),
+            "an export on \"all\" is of the approved ones, with the listing's other terms"
+        );
+        let filtered = Filter { status: Some(TripleStatus::Filtered), search: "a b".into(), ..Filter::default() };
+        assert_eq!(bars::export_target(&filtered, counts).1, "status=filtered&q=a%20b");
+        assert_eq!(counts.of(None), 14, "all: under review, the filtered aside");
         let matching = by_document.matching();
         assert_eq!((matching.document_id, matching.origin, matching.q), (Some(7), Some(TripleOrigin::Manual), None));
     }

@@ -359,21 +359,11 @@ impl Store {
         let mut counts = TripleCounts::default();
         for row in counting.build().fetch_all(&self.pool).await? {
             let n = row.try_get::<i64, _>("n")? as u64;
-            match TripleStatus::parse(&row.try_get::<String, _>("status")?) {
-                Some(TripleStatus::Pending) => counts.pending = n,
-                Some(TripleStatus::Approved) => counts.approved = n,
-                Some(TripleStatus::Rejected) => counts.rejected = n,
-                Some(TripleStatus::Filtered) => counts.filtered = n,
-                None => {}
+            if let Some(status) = TripleStatus::parse(&row.try_get::<String, _>("status")?) {
+                *counts.slot(status) = n;
             }
         }
-        let total = match filter.status {
-            Some(TripleStatus::Pending) => counts.pending,
-            Some(TripleStatus::Approved) => counts.approved,
-            Some(TripleStatus::Rejected) => counts.rejected,
-            Some(TripleStatus::Filtered) => counts.filtered,
-            None => counts.pending + counts.approved + counts.rejected,
-        };
+        let total = counts.of(filter.status);
         Ok(TriplePage { items, total, counts, page, per_page })
     }
 
