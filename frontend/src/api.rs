@@ -182,6 +182,12 @@ fn save_file(bytes: &[u8], name: &str, mime: &str) -> Result<(), wasm_bindgen::J
     Ok(())
 }
 
+/// The file name of `attachment; filename="NAME"`.
+pub fn attachment_name(disposition: &str) -> Option<String> {
+    let name = disposition.split_once("filename=")?.1.trim().trim_matches('"');
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 fn form_error(e: wasm_bindgen::JsValue) -> ApiError {
     ApiError::unreachable(format!("{e:?}"))
 }
@@ -303,9 +309,10 @@ impl Api {
         self.upload("/triples/import", file_form("file", file)?).await
     }
 
-    /// Downloads the triples `query` selects (`format=…&status=…&document_id=…`) as `file`. A fetch
-    /// with the token and a Blob, not a link: a link carries no `Authorization` header.
-    pub async fn export_triples(self, query: &str, file: &str) -> Result<(), ApiError> {
+    /// Downloads the triples `query` selects (`format=…&status=…&document_id=…`) under the file name
+    /// the server gives. A fetch with the token and a Blob, not a link: a link carries no
+    /// `Authorization` header.
+    pub async fn export_triples(self, query: &str) -> Result<(), ApiError> {
         let mut request = Request::get(&url(&format!("/triples/export?{query}")));
         if let Some(token) = self.token {
             request = request.header("Authorization", &bearer(token));
@@ -317,8 +324,10 @@ impl Api {
             return Err(ApiError::from_response(status, &text));
         }
         let mime = response.headers().get("content-type").unwrap_or_else(|| "application/octet-stream".into());
+        let file =
+            response.headers().get("content-disposition").and_then(|d| attachment_name(&d)).unwrap_or("triples".into());
         let bytes = response.binary().await.map_err(ApiError::unreachable)?;
-        save_file(&bytes, file, &mime).map_err(form_error)
+        save_file(&bytes, &file, &mime).map_err(form_error)
     }
 
     pub async fn presets(self) -> Result<Vec<Preset>, ApiError> {
@@ -370,6 +379,15 @@ mod tests {
     fn error_body_becomes_code_and_message() {
         let e = ApiError::from_response(401, r#"{"error":{"code":"unauthorized","message":"token needed"}}"#);
         assert_eq!((e.status, e.code.as_str(), e.message.as_str()), (401, "unauthorized", "token needed"));
+    }
+
+    #[test]
+    fn the_download_takes_the_servers_file_name() {
+        assert_eq!(
+            attachment_name("attachment; filename=\"triples.alpaca.jsonl\"").as_deref(),
+            Some("triples.alpaca.jsonl")
+        );
+        assert_eq!(attachment_name("attachment"), None);
     }
 
     #[test]

@@ -13,13 +13,13 @@ use crate::api::{Api, ApiError};
 /// How long typing must pause before the search applies.
 pub const SEARCH_DEBOUNCE_MS: u32 = 300;
 
-/// The export formats: (API name, label, file name).
-pub const EXPORT_FORMATS: [(&str, &str, &str); 5] = [
-    ("csv", "CSV", "triples.csv"),
-    ("jsonl", "JSONL", "triples.jsonl"),
-    ("alpaca", "Alpaca JSONL", "triples.alpaca.jsonl"),
-    ("sharegpt", "ShareGPT JSONL", "triples.sharegpt.jsonl"),
-    ("hf", "Hugging Face dataset (zip)", "triples-dataset.zip"),
+/// The export formats: (API name, label). The file's name is the server's.
+pub const EXPORT_FORMATS: [(&str, &str); 5] = [
+    ("csv", "CSV"),
+    ("jsonl", "JSONL"),
+    ("alpaca", "Alpaca JSONL"),
+    ("sharegpt", "ShareGPT JSONL"),
+    ("hf", "Hugging Face dataset (zip)"),
 ];
 
 /// What Export exports: the current tab (approved on "all"), with the document, origin and search
@@ -132,10 +132,10 @@ pub(super) fn BulkBar(
     let target = move || filter.with(|f| export_target(f, counts()));
     let export = move || {
         let (_, query, _) = target();
-        let (name, _, file) = EXPORT_FORMATS[format.get_untracked()];
+        let (name, _) = EXPORT_FORMATS[format.get_untracked()];
         export_error.set(None);
         leptos::task::spawn_local(async move {
-            if let Err(error) = api.export_triples(&format!("format={name}&{query}"), file).await {
+            if let Err(error) = api.export_triples(&format!("format={name}&{query}")).await {
                 export_error.set(Some(format!("Export failed: {}", error.message)));
             }
         });
@@ -164,7 +164,7 @@ pub(super) fn BulkBar(
             <span class="export">
                 <button data-testid="export" disabled=move || target().2 == 0 on:click=move |_| export()>{move || target().0}</button>
                 <select aria-label="Export format" on:change=move |e| format.set(event_target_value(&e).parse().unwrap_or(0))>
-                    {EXPORT_FORMATS.iter().enumerate().map(|(i, (_, label, _))| view! { <option value=i.to_string()>{*label}</option> }).collect_view()}
+                    {EXPORT_FORMATS.iter().enumerate().map(|(i, (_, label))| view! { <option value=i.to_string()>{*label}</option> }).collect_view()}
                 </select>
             </span>
             {move || export_error.get().map(|e| view! { <span class="error" role="alert">{e}</span> })}
