@@ -31,6 +31,17 @@ pub struct LiveJobs {
 /// Finished runs (and evaluations) whose final state a lagging client is sent again.
 pub const FINISHED_KEPT: usize = 32;
 
+/// Files job `id` under unfinished (`live`) or recently finished (`finished`) by its status.
+fn file_job<T>(live: &mut BTreeMap<i64, T>, finished: &mut BTreeMap<i64, T>, id: i64, status: JobStatus, value: T) {
+    if unfinished(status) {
+        live.insert(id, value);
+        finished.remove(&id);
+    } else {
+        live.remove(&id);
+        keep_recent(finished, id, value);
+    }
+}
+
 fn keep_recent<T>(map: &mut BTreeMap<i64, T>, id: i64, value: T) {
     map.insert(id, value);
     while map.len() > FINISHED_KEPT {
@@ -101,14 +112,10 @@ impl Publisher {
 
     /// Records a synthesis run's progress in the live state and forwards it.
     pub fn publish_synth(&self, run: &SynthRun, eta_seconds: Option<f64>) {
+        // A finished run keeps no ETA.
+        let eta = eta_seconds.filter(|_| unfinished(run.status));
         self.live.send_modify(|live| {
-            if unfinished(run.status) {
-                live.synth.insert(run.id, (run.clone(), eta_seconds));
-                live.finished_synth.remove(&run.id);
-            } else {
-                live.synth.remove(&run.id);
-                keep_recent(&mut live.finished_synth, run.id, (run.clone(), None));
-            }
+            file_job(&mut live.synth, &mut live.finished_synth, run.id, run.status, (run.clone(), eta));
         });
         let _ = self.events.send(ServerMessage::SynthProgress { run: run.clone(), eta_seconds });
     }
@@ -118,13 +125,7 @@ impl Publisher {
         let message = match event {
             JobEvent::Run(run) => {
                 self.live.send_modify(|live| {
-                    if unfinished(run.status) {
-                        live.runs.insert(run.id, (*run).clone());
-                        live.finished_runs.remove(&run.id);
-                    } else {
-                        live.runs.remove(&run.id);
-                        keep_recent(&mut live.finished_runs, run.id, (*run).clone());
-                    }
+                    file_job(&mut live.runs, &mut live.finished_runs, run.id, run.status, (*run).clone());
                 });
                 if !unfinished(run.status) {
                     self.last_step.lock().unwrap_or_else(|e| e.into_inner()).remove(&run.id);
@@ -157,13 +158,7 @@ impl Publisher {
             }
             JobEvent::Eval(eval) => {
                 self.live.send_modify(|live| {
-                    if unfinished(eval.status) {
-                        live.evals.insert(eval.id, (*eval).clone());
-                        live.finished_evals.remove(&eval.id);
-                    } else {
-                        live.evals.remove(&eval.id);
-                        keep_recent(&mut live.finished_evals, eval.id, (*eval).clone());
-                    }
+                    file_job(&mut live.evals, &mut live.finished_evals, eval.id, eval.status, (*eval).clone());
                 });
                 ServerMessage::EvalState { eval }
             }
