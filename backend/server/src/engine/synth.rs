@@ -112,6 +112,9 @@ impl SynthJob {
         let started = Instant::now();
         let seconds_before = run.report.seconds;
         let mut last_error = None;
+        // Seconds left after `done` passages, at the pace so far.
+        let eta_after =
+            |done: usize| Some(started.elapsed().as_secs_f64() / done as f64 * (pending.len() - done) as f64);
         for (i, passage) in pending.iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
                 self.runtime.block_on(store.set_synth_status(run.id, JobStatus::Cancelled, None))?;
@@ -125,9 +128,7 @@ impl SynthJob {
                 run.report.skipped_passages += 1;
                 run.report.seconds = seconds_before + started.elapsed().as_secs_f64();
                 self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &[], &run.report))?;
-                let done = i + 1;
-                let per_passage = started.elapsed().as_secs_f64() / done as f64;
-                progress(&run, Some(per_passage * (pending.len() - done) as f64));
+                progress(&run, eta_after(i + 1));
                 continue;
             }
             let known = self.runtime.block_on(store.questions_of_passage(passage.id))?;
@@ -183,9 +184,7 @@ impl SynthJob {
                     last_error = Some(error.to_string());
                 }
             }
-            let done = i + 1;
-            let per_passage = started.elapsed().as_secs_f64() / done as f64;
-            progress(&run, Some(per_passage * (pending.len() - done) as f64));
+            progress(&run, eta_after(i + 1));
         }
         let (status, error) = match last_error {
             Some(error) if run.report.kept == 0 => (JobStatus::Failed, Some(error)),
