@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 use attune_shared::{Triple, TripleStatus, TripleUpdate};
 
-use super::{Conflict, find_answer, status_label};
+use super::{Conflict, marked_answer, status_label};
 use crate::format::page_range;
 
 /// An edit someone else beat: both versions, keep mine or take theirs.
@@ -68,15 +68,8 @@ pub(super) fn RecordView(
     focused: RwSignal<bool>,
     on_status: Callback<TripleStatus>,
 ) -> impl IntoView {
-    let passage = match find_answer(&triple.passage, &triple.answer) {
-        Some((start, end)) => {
-            let chars: Vec<char> = triple.passage.chars().collect();
-            let [before, hit, after] =
-                [&chars[..start], &chars[start..end], &chars[end..]].map(|c| c.iter().collect::<String>());
-            view! { <p class="full-passage">{before}<mark>{hit}</mark>{after}</p> }.into_any()
-        }
-        None => view! { <p class="full-passage">{triple.passage.clone()}</p> }.into_any(),
-    };
+    let passage = marked_answer(&triple.passage, &triple.answer)
+        .unwrap_or_else(|| view! { <p class="full-passage">{triple.passage.clone()}</p> }.into_any());
     let source = format!(
         "{} {}",
         triple.document.clone().unwrap_or_else(|| "(no document)".into()),

@@ -158,6 +158,15 @@ pub fn find_answer(passage: &str, answer: &str) -> Option<(usize, usize)> {
         .map(|start| (start, start + lower_answer.len()))
 }
 
+/// `passage` with `answer` marked, when it occurs there.
+pub fn marked_answer(passage: &str, answer: &str) -> Option<AnyView> {
+    let (start, end) = find_answer(passage, answer)?;
+    let chars: Vec<char> = passage.chars().collect();
+    let [before, hit, after] =
+        [&chars[..start], &chars[start..end], &chars[end..]].map(|c| c.iter().collect::<String>());
+    Some(view! { <p class="full-passage">{before}<mark>{hit}</mark>{after}</p> }.into_any())
+}
+
 /// What a key press does on the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAction {

@@ -8,7 +8,7 @@ use leptos::prelude::*;
 
 use attune_shared::{Triple, TripleStatus, TripleUpdate};
 
-use super::{Field, find_answer, status_label};
+use super::{Field, marked_answer, status_label};
 use crate::format::page_range;
 
 /// `text` cut into (piece, is a match of one of `words`) runs, case-insensitively.
@@ -172,19 +172,10 @@ where
                     on:click=move |_| expanded.update(|e| *e = if *e == Some(id) { None } else { Some(id) })>{preview}</button>
                 {move || (expanded.get() == Some(id)).then(|| {
                     let passage = passage.clone();
-                    match find_answer(&passage, &answer) {
-                        Some((start, end)) => {
-                            let chars: Vec<char> = passage.chars().collect();
-                            let before: String = chars[..start].iter().collect();
-                            let hit: String = chars[start..end].iter().collect();
-                            let after: String = chars[end..].iter().collect();
-                            view! { <p class="full-passage">{before}<mark>{hit}</mark>{after}</p> }.into_any()
-                        }
-                        None => view! {
-                            <div><p class="warning" role="note">"The answer does not occur word for word in this passage."</p>
-                            <p class="full-passage">{passage}</p></div>
-                        }.into_any(),
-                    }
+                    marked_answer(&passage, &answer).unwrap_or_else(|| view! {
+                        <div><p class="warning" role="note">"The answer does not occur word for word in this passage."</p>
+                        <p class="full-passage">{passage}</p></div>
+                    }.into_any())
                 })}
             </td>
             <td class="status" data-label="Status">
