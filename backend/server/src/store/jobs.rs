@@ -327,26 +327,30 @@ impl Store {
     /// Cancels a run if it is still queued (compare-and-set); `None` when it was not queued any
     /// more (the worker may have just claimed it).
     pub async fn cancel_queued_run(&self, id: i64) -> Result<Option<Run>, StoreError> {
-        let row = sqlx::query(&format!(
-            "UPDATE runs SET status = 'cancelled', finished_at = {NOW} WHERE id = ? AND status = 'queued'
-             RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(run).transpose()
+        self.cancel_queued("runs", RUN_COLUMNS, id, run).await
     }
 
     /// Cancels an evaluation that is still queued (compare-and-set, as for runs).
     pub async fn cancel_queued_eval(&self, id: i64) -> Result<Option<Eval>, StoreError> {
+        self.cancel_queued("evals", EVAL_COLUMNS, id, eval).await
+    }
+
+    /// The compare-and-set behind both: queued → cancelled, the row read back as `T`.
+    async fn cancel_queued<T>(
+        &self,
+        table: &str,
+        columns: &str,
+        id: i64,
+        read: fn(&SqliteRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE evals SET status = 'cancelled', finished_at = {NOW} WHERE id = ? AND status = 'queued'
-             RETURNING {EVAL_COLUMNS}"
+            "UPDATE {table} SET status = 'cancelled', finished_at = {NOW} WHERE id = ? AND status = 'queued'
+             RETURNING {columns}"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(eval).transpose()
+        row.as_ref().map(read).transpose()
     }
 
     /// Marks the jobs that were running when the server stopped as interrupted; returns how many.
