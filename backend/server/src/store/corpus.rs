@@ -114,23 +114,21 @@ fn document(row: &SqliteRow) -> Result<Document, sqlx::Error> {
 }
 
 fn passage(row: &SqliteRow) -> Result<Passage, sqlx::Error> {
+    let text: String = row.try_get("text")?;
     Ok(Passage {
+        reference_matter: crate::synth::reference_matter(&text).map(|kind| kind.as_str().to_owned()),
         id: row.try_get("id")?,
         document_id: row.try_get("document_id")?,
         ord: row.try_get::<i64, _>("ord")? as u32,
-        text: row.try_get("text")?,
+        text,
         char_start: row.try_get::<i64, _>("char_start")? as u64,
         char_end: row.try_get::<i64, _>("char_end")? as u64,
         page_start: row.try_get::<Option<i64>, _>("page_start")?.map(|p| p as u32),
         page_end: row.try_get::<Option<i64>, _>("page_end")?.map(|p| p as u32),
         tokens: row.try_get::<i64, _>("tokens")? as u32,
         section: row.try_get("section")?,
+        // Queries without PASSAGE_COLUMNS' count (a run's pending passages) read 0.
         triples: row.try_get::<Option<i64>, _>("triple_count").ok().flatten().unwrap_or(0) as u32,
-        reference_matter: None,
-    })
-    .map(|mut p: Passage| {
-        p.reference_matter = crate::synth::reference_matter(&p.text).map(|kind| kind.as_str().to_owned());
-        p
     })
 }
 
