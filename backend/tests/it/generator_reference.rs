@@ -35,7 +35,7 @@ fn load() -> (Llama, Reference) {
 }
 
 /// Greedy decoding with the KV cache: the prompt in one pass, then one token at a time.
-fn greedy(model: &Llama, prompt: &[u32], new_tokens: usize) -> Vec<u32> {
+pub(crate) fn greedy(model: &Llama, prompt: &[u32], new_tokens: usize) -> Vec<u32> {
     let mut cache = KvCache::default();
     let mut input = Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut out = Vec::new();

@@ -10,6 +10,7 @@ mod corpus_api;
 mod corpus_cli;
 mod device_tools;
 mod faults;
+mod families_reference;
 mod fuzz_corpus;
 mod generator_reference;
 mod http_api;

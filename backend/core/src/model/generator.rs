@@ -161,8 +161,8 @@ impl Generator {
                 (model, tokenizer, read_chat_template(path))
             }
         };
-        let mut eos_ids: Vec<u32> = model.config().eos_token_id.into_iter().collect();
-        for marker in ["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"] {
+        let mut eos_ids: Vec<u32> = model.config().eos_token_ids();
+        for marker in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "</s>", "<|endoftext|>"] {
             if let Some(id) = tokenizer.token_to_id(marker)
                 && !eos_ids.contains(&id)
                 && (chat_template.as_deref().is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
@@ -198,8 +198,8 @@ impl Generator {
     }
 
     /// Writes what `--random-init` needs to rebuild this generator's architecture elsewhere, without
-    /// its weights: a Hugging Face `config.json` (Llama), `tokenizer.json`, and the chat template in
-    /// `tokenizer_config.json`.
+    /// its weights: a Hugging Face `config.json` (of its family), `tokenizer.json`, and the chat
+    /// template in `tokenizer_config.json`.
     pub fn save_shape(&self, dir: &Path) -> Result<()> {
         let write = |name: &str, text: String| {
             let path = dir.join(name);
@@ -208,8 +208,7 @@ impl Generator {
         std::fs::create_dir_all(dir).map_err(|error| ModelError::Write { path: dir.to_owned(), error })?;
         let mut config = serde_json::to_value(self.model.config()).unwrap_or_default();
         if let Some(object) = config.as_object_mut() {
-            object.insert("model_type".into(), "llama".into());
-            object.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+            object.insert("architectures".into(), serde_json::json!([self.model.config().family().architecture()]));
         }
         write("config.json", serde_json::to_string_pretty(&config).unwrap_or_default())?;
         let tokenizer = self

@@ -1,7 +1,9 @@
-//! A Llama-family decoder (Llama 2/3, SmolLM/SmolLM2, TinyLlama, Mistral without sliding window),
-//! written from differentiable ops: RMSNorm, rotary position embeddings with the config's theta,
-//! grouped-query attention, SwiGLU, tied embeddings. Tensor names are Hugging Face's; GGUF files are
-//! renamed (and llama.cpp's q/k row permutation undone) on load so one forward serves both.
+//! The decoder of every generator family Attune loads, written from differentiable ops: Llama
+//! (2, 3.x with `llama3` rope scaling; SmolLM/SmolLM2, TinyLlama), Mistral (sliding-window
+//! attention), Qwen2/Qwen2.5 (q/k/v biases) and Qwen3 (per-head q/k RMS norms, explicit head size).
+//! RMSNorm, rotary position embeddings, grouped-query attention, SwiGLU, optionally tied
+//! embeddings. Tensor names are Hugging Face's; GGUF files are renamed (and, for llama.cpp's
+//! `llama` architecture, its q/k row permutation undone) on load so one forward serves both.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,7 +12,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
 use super::layers::{Mode, softmax_last_dim};
@@ -18,9 +20,72 @@ use super::linear::Linear;
 use super::lora::HasLinears;
 use super::random::{RandomWeights, WeightSource};
 
-/// `config.json` of a Llama-architecture model (or the same, read from GGUF metadata).
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+/// The architectures [`Llama`] implements, from `config.json`'s `model_type` (or GGUF's
+/// `general.architecture`). Each differs from Llama only where its method says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    /// `model_type` values and the family each means (GGUF's architecture names are the same).
+    const MODEL_TYPES: [(&'static str, Family); 4] =
+        [("llama", Family::Llama), ("mistral", Family::Mistral), ("qwen2", Family::Qwen2), ("qwen3", Family::Qwen3)];
+
+    pub fn of(model_type: &str) -> Option<Family> {
+        Self::MODEL_TYPES.iter().find(|(name, _)| *name == model_type).map(|(_, family)| *family)
+    }
+
+    pub fn model_type(self) -> &'static str {
+        Self::MODEL_TYPES.iter().find(|(_, family)| *family == self).map_or("llama", |(name, _)| name)
+    }
+
+    /// Hugging Face's class name for `architectures`.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// One token id or several (Llama 3.1 lists three end-of-turn ids).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// Rotary settings: transformers 5's `rope_parameters` or the older `rope_scaling` (whose
+/// `type` is the older name of `rope_type`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct RopeParameters {
+    #[serde(default, alias = "type", skip_serializing_if = "Option::is_none")]
+    pub rope_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// `config.json` of a model of one of the [`Family`]s (or the same, read from GGUF metadata).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Config {
+    /// `llama` when absent (older folders and Attune's own test configs leave it out).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -28,10 +93,28 @@ pub struct Config {
     pub num_attention_heads: usize,
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
+    /// Per-head size when it is not `hidden_size / num_attention_heads` (Qwen3, some Mistrals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     #[serde(default = "default_rms_norm_eps")]
     pub rms_norm_eps: f64,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeParameters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Llama's biases on the four attention projections (Qwen2 has q/k/v biases whatever this says).
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Mistral: a position attends to the last `sliding_window` positions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen's switch for its sliding window (off in every released Qwen2/2.5/3 model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
     #[serde(default = "default_max_position_embeddings")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -39,9 +122,16 @@ pub struct Config {
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
-    pub eos_token_id: Option<u32>,
+    pub eos_token_id: Option<TokenIds>,
+    /// llama.cpp's `rope_freqs.weight` (a GGUF of a Llama 3.1+ model): each frequency's divisor,
+    /// which stands for the `llama3` scaling settings GGUF metadata does not carry.
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
+fn default_model_type() -> String {
+    "llama".to_owned()
+}
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
@@ -53,52 +143,140 @@ fn default_max_position_embeddings() -> usize {
 }
 
 impl Config {
+    /// What this decoder cannot run, said before any weight is read.
+    pub fn validate(&self) -> Result<()> {
+        let unsupported = |what: String| Err(ModelError::Unsupported(what));
+        let Some(family) = Family::of(&self.model_type) else {
+            let known: Vec<&str> = Family::MODEL_TYPES.iter().map(|(name, _)| *name).collect();
+            return unsupported(format!(
+                "generator model_type {:?} (supported: {})",
+                self.model_type,
+                known.join(", ")
+            ));
+        };
+        if matches!(family, Family::Qwen2 | Family::Qwen3) && self.use_sliding_window == Some(true) {
+            return unsupported(format!("{} with use_sliding_window", self.model_type));
+        }
+        if self.num_attention_heads == 0 || self.num_attention_heads % self.num_kv_heads().max(1) != 0 {
+            return unsupported(format!(
+                "{} attention heads over {} key/value heads",
+                self.num_attention_heads,
+                self.num_kv_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return unsupported(format!("odd head size {}", self.head_dim()));
+        }
+        let rope = self.rope();
+        match rope.rope_type.as_deref() {
+            None | Some("default") | Some("linear") => {}
+            Some("llama3") => {
+                if rope.factor.is_none()
+                    || rope.low_freq_factor.is_none()
+                    || rope.high_freq_factor.is_none()
+                    || rope.original_max_position_embeddings.is_none()
+                {
+                    return unsupported("llama3 rope scaling without all four of its settings".to_owned());
+                }
+            }
+            Some(other) => return unsupported(format!("rope scaling {other:?} (supported: default, linear, llama3)")),
+        }
+        Ok(())
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.model_type).unwrap_or(Family::Llama)
+    }
+
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Reads the hyper-parameters from a GGUF file's `llama.*` metadata.
+    /// The rotary settings in force: `rope_parameters`, else `rope_scaling`, with the theta filled in.
+    pub fn rope(&self) -> RopeParameters {
+        let mut rope = self.rope_parameters.clone().or_else(|| self.rope_scaling.clone()).unwrap_or_default();
+        rope.rope_theta = Some(rope.rope_theta.unwrap_or(self.rope_theta));
+        rope
+    }
+
+    /// Biases on q, k, v (and o).
+    fn qkv_bias(&self) -> bool {
+        self.family() == Family::Qwen2 || self.attention_bias
+    }
+
+    /// The attention window, where the family has one.
+    pub fn window(&self) -> Option<usize> {
+        match self.family() {
+            Family::Mistral => self.sliding_window,
+            _ => None,
+        }
+    }
+
+    /// Every end-of-sequence id the config names.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            None => Vec::new(),
+            Some(TokenIds::One(id)) => vec![*id],
+            Some(TokenIds::Many(ids)) => ids.clone(),
+        }
+    }
+
+    /// Reads the hyper-parameters from a GGUF file's `<architecture>.*` metadata.
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let get = |key: &str| {
             content.metadata.get(key).ok_or_else(|| ModelError::Unsupported(format!("GGUF metadata has no {key}")))
         };
-        let usize_of = |key: &str| -> Result<usize> { Ok(get(key)?.to_u32()? as usize) };
         let architecture = get("general.architecture")?.to_string()?.clone();
-        if architecture != "llama" {
-            return Err(ModelError::Unsupported(format!("GGUF architecture {architecture:?}")));
-        }
-        let vocab_size = match content.metadata.get("llama.vocab_size") {
-            Some(v) => v.to_u32()? as usize,
+        let family = match Family::of(&architecture) {
+            Some(family @ (Family::Llama | Family::Qwen2 | Family::Qwen3)) => family,
+            _ => return Err(ModelError::Unsupported(format!("GGUF architecture {architecture:?}"))),
+        };
+        let key = |name: &str| format!("{architecture}.{name}");
+        let usize_of = |name: &str| -> Result<usize> { Ok(get(&key(name))?.to_u32()? as usize) };
+        let optional_usize =
+            |name: &str| content.metadata.get(&key(name)).map(|v| v.to_u32().map(|n| n as usize)).transpose();
+        let vocab_size = match optional_usize("vocab_size")? {
+            Some(n) => n,
             None => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
         };
         let optional_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
-        Ok(Config {
+        let hidden_size = usize_of("embedding_length")?;
+        let num_attention_heads = usize_of("attention.head_count")?;
+        let head_dim = optional_usize("attention.key_length")?.filter(|d| *d != hidden_size / num_attention_heads.max(1));
+        let cfg = Config {
+            model_type: family.model_type().to_owned(),
             vocab_size,
-            hidden_size: usize_of("llama.embedding_length")?,
-            intermediate_size: usize_of("llama.feed_forward_length")?,
-            num_hidden_layers: usize_of("llama.block_count")?,
-            num_attention_heads: usize_of("llama.attention.head_count")?,
-            num_key_value_heads: content
-                .metadata
-                .get("llama.attention.head_count_kv")
-                .map(|v| v.to_u32().map(|n| n as usize))
-                .transpose()?,
-            rms_norm_eps: f64::from(get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?),
+            hidden_size,
+            intermediate_size: usize_of("feed_forward_length")?,
+            num_hidden_layers: usize_of("block_count")?,
+            num_attention_heads,
+            num_key_value_heads: optional_usize("attention.head_count_kv")?,
+            head_dim,
+            rms_norm_eps: f64::from(get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?),
             rope_theta: content
                 .metadata
-                .get("llama.rope.freq_base")
+                .get(&key("rope.freq_base"))
                 .map(|v| v.to_f32())
                 .transpose()?
                 .map_or(10_000.0, f64::from),
-            max_position_embeddings: usize_of("llama.context_length")?,
+            rope_scaling: None,
+            rope_parameters: None,
+            attention_bias: false,
+            mlp_bias: false,
+            sliding_window: None,
+            use_sliding_window: None,
+            max_position_embeddings: usize_of("context_length")?,
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             bos_token_id: optional_u32("tokenizer.ggml.bos_token_id"),
-            eos_token_id: optional_u32("tokenizer.ggml.eos_token_id"),
-        })
+            eos_token_id: optional_u32("tokenizer.ggml.eos_token_id").map(TokenIds::One),
+            rope_freq_factors: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
@@ -128,10 +306,7 @@ struct Rotary {
 
 impl Rotary {
     fn new(cfg: &Config, device: &Device) -> candle_core::Result<Self> {
-        let half = cfg.head_dim() / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64) as f32).collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let inv_freq = Tensor::from_vec(inverse_frequencies(cfg), (1, cfg.head_dim() / 2), device)?;
         let positions =
             Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
         let angles = positions.broadcast_mul(&inv_freq)?;
@@ -151,11 +326,50 @@ impl Rotary {
     }
 }
 
+/// The rotary frequency of each pair of dimensions, `θ^(-2i/d)`, scaled as the config says
+/// (transformers' `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
+/// `_compute_llama3_parameters`; a GGUF's `rope_freqs` divisors stand in for the llama3 settings).
+fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
+    let rope = cfg.rope();
+    let dim = cfg.head_dim();
+    let theta = rope.rope_theta.unwrap_or(cfg.rope_theta);
+    let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64)).collect();
+    let scaled: Vec<f64> = match (rope.rope_type.as_deref(), &cfg.rope_freq_factors) {
+        (_, Some(divisors)) => base.iter().zip(divisors).map(|(f, d)| f / f64::from(*d)).collect(),
+        (Some("linear"), None) => base.iter().map(|f| f / rope.factor.unwrap_or(1.0)).collect(),
+        (Some("llama3"), None) => {
+            // Settings checked by `Config::validate`.
+            let factor = rope.factor.unwrap_or(1.0);
+            let (low, high) = (rope.low_freq_factor.unwrap_or(1.0), rope.high_freq_factor.unwrap_or(4.0));
+            let old_context = rope.original_max_position_embeddings.unwrap_or(8192) as f64;
+            let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old_context / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+        _ => base,
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}
+
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3: RMS norms over each head's queries and keys, before the rotation.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -164,11 +378,22 @@ struct Attention {
 impl Attention {
     fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
+        let qkv_bias = cfg.qkv_bias();
+        let (q_norm, k_norm) = if cfg.family() == Family::Qwen3 {
+            (
+                Some(RmsNorm::load(vb.pp("q_norm"), d, cfg.rms_norm_eps)?),
+                Some(RmsNorm::load(vb.pp("k_norm"), d, cfg.rms_norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Attention {
-            q_proj: Linear::load(vb.pp("q_proj"), h, cfg.num_attention_heads * d, false)?,
-            k_proj: Linear::load(vb.pp("k_proj"), h, cfg.num_kv_heads() * d, false)?,
-            v_proj: Linear::load(vb.pp("v_proj"), h, cfg.num_kv_heads() * d, false)?,
-            o_proj: Linear::load(vb.pp("o_proj"), cfg.num_attention_heads * d, h, false)?,
+            q_proj: Linear::load(vb.pp("q_proj"), h, cfg.num_attention_heads * d, qkv_bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), h, cfg.num_kv_heads() * d, qkv_bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), h, cfg.num_kv_heads() * d, qkv_bias)?,
+            o_proj: Linear::load(vb.pp("o_proj"), cfg.num_attention_heads * d, h, cfg.attention_bias)?,
+            q_norm,
+            k_norm,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_kv_heads(),
             head_dim: d,
@@ -185,12 +410,17 @@ impl Attention {
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq_len, _) = xs.dims3()?;
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((batch, seq_len, n, self.head_dim))?.transpose(1, 2)?.contiguous()
+        let heads = |t: Tensor, n: usize, norm: Option<&RmsNorm>| -> candle_core::Result<Tensor> {
+            let mut t = t.reshape((batch, seq_len, n, self.head_dim))?;
+            if let Some(norm) = norm {
+                t = norm.forward(&t)?;
+            }
+            t.transpose(1, 2)?.contiguous()
         };
-        let q = rotary.apply(&heads(self.q_proj.forward_t(xs, mode)?, self.num_heads)?, offset)?;
-        let k = rotary.apply(&heads(self.k_proj.forward_t(xs, mode)?, self.num_kv_heads)?, offset)?;
-        let v = heads(self.v_proj.forward_t(xs, mode)?, self.num_kv_heads)?;
+        let q = heads(self.q_proj.forward_t(xs, mode)?, self.num_heads, self.q_norm.as_ref())?;
+        let k = heads(self.k_proj.forward_t(xs, mode)?, self.num_kv_heads, self.k_norm.as_ref())?;
+        let (q, k) = (rotary.apply(&q, offset)?, rotary.apply(&k, offset)?);
+        let v = heads(self.v_proj.forward_t(xs, mode)?, self.num_kv_heads, None)?;
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
             None => (k, v),
@@ -233,9 +463,9 @@ impl Mlp {
     fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Mlp {
-            gate_proj: Linear::load(vb.pp("gate_proj"), h, i, false)?,
-            up_proj: Linear::load(vb.pp("up_proj"), h, i, false)?,
-            down_proj: Linear::load(vb.pp("down_proj"), i, h, false)?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), h, i, cfg.mlp_bias)?,
+            up_proj: Linear::load(vb.pp("up_proj"), h, i, cfg.mlp_bias)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, h, cfg.mlp_bias)?,
         })
     }
 
@@ -377,7 +607,12 @@ impl Llama {
             cache.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
-        let mask = attention_mask(seq_len, offset, padding_mask, hidden.device(), hidden.dtype())?;
+        let mask = attention_mask(
+            MaskShape { seq_len, offset, window: self.config.window() },
+            padding_mask,
+            hidden.device(),
+            hidden.dtype(),
+        )?;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let attended = layer.self_attn.forward(
                 &layer.input_layernorm.forward(&hidden)?,
@@ -399,21 +634,32 @@ impl Llama {
     }
 }
 
-/// Additive mask `(batch or 1, 1, seq, offset + seq)`: causal, plus padded keys hidden.
-/// `None` when a single new token attends to everything before it.
-fn attention_mask(
+/// The positions a mask covers: `seq_len` new ones after `offset` cached ones, each seeing at most
+/// the last `window` positions (itself included) when there is a window.
+#[derive(Debug, Clone, Copy)]
+struct MaskShape {
     seq_len: usize,
     offset: usize,
+    window: Option<usize>,
+}
+
+/// Additive mask `(batch or 1, 1, seq, offset + seq)`: causal (within the window, if any), plus
+/// padded keys hidden. `None` when a single new token attends to everything before it.
+fn attention_mask(
+    shape: MaskShape,
     padding_mask: Option<&Tensor>,
     device: &Device,
     dtype: DType,
 ) -> candle_core::Result<Option<Tensor>> {
-    if seq_len == 1 && padding_mask.is_none() {
+    let MaskShape { seq_len, offset, window } = shape;
+    let windowed = window.is_some_and(|w| offset + seq_len > w);
+    if seq_len == 1 && padding_mask.is_none() && !windowed {
         return Ok(None);
     }
     let total = offset + seq_len;
+    let hidden = move |i: usize, j: usize| j > offset + i || window.is_some_and(|w| offset + i >= j + w);
     let causal: Vec<f32> =
-        (0..seq_len).flat_map(|i| (0..total).map(move |j| if j > offset + i { -1e9 } else { 0.0 })).collect();
+        (0..seq_len).flat_map(|i| (0..total).map(move |j| if hidden(i, j) { -1e9 } else { 0.0 })).collect();
     let mut mask = Tensor::from_vec(causal, (1, 1, seq_len, total), device)?;
     if let Some(padding) = padding_mask {
         let (batch, keys) = padding.dims2()?;
@@ -427,26 +673,34 @@ fn attention_mask(
 }
 
 /// Reads every tensor of a GGUF file, dequantized to f32, under Hugging Face names, with the
-/// q/k rows llama.cpp's converter permuted put back in order. Returns the config and the file's
-/// metadata (tokenizer, chat template) too.
+/// q/k rows llama.cpp's converter permuted (its `llama` architecture only) put back in order.
+/// Returns the config and the file's metadata (tokenizer, chat template) too.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Config, HashMap<String, Tensor>, gguf_file::Content)> {
     let mut file = fs::File::open(path).map_err(|error| ModelError::Read { path: path.to_owned(), error })?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::Unsupported(format!("{} is not a readable GGUF file: {e}", path.display())))?;
-    let cfg = Config::from_gguf(&content)?;
+    let mut cfg = Config::from_gguf(&content)?;
+    let permuted = cfg.family() == Family::Llama;
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
-        let Some(hf_name) = hf_name(name) else {
-            // e.g. `rope_freqs`: derived from the config instead.
+        if name == "rope_freqs.weight" {
+            let divisors = content.tensor(&mut file, name, device)?.dequantize(device)?;
+            cfg.rope_freq_factors = Some(divisors.flatten_all()?.to_vec1::<f32>()?);
             continue;
+        }
+        let Some(hf_name) = hf_name(name) else {
+            return Err(ModelError::Unsupported(format!("{}: unknown GGUF tensor {name}", path.display())));
         };
         let mut tensor = content.tensor(&mut file, name, device)?.dequantize(device)?;
-        if name.ends_with("attn_q.weight") {
+        if permuted && name.ends_with("attn_q.weight") {
             tensor = unpermute_rows(&tensor, cfg.num_attention_heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if permuted && name.ends_with("attn_k.weight") {
             tensor = unpermute_rows(&tensor, cfg.num_kv_heads())?;
         }
         tensors.insert(hf_name, tensor);
+    }
+    if cfg.rope_freq_factors.as_ref().is_some_and(|f| f.len() != cfg.head_dim() / 2) {
+        return Err(ModelError::Unsupported(format!("{}: rope_freqs does not match the head size", path.display())));
     }
     Ok((cfg, tensors, content))
 }
@@ -464,19 +718,25 @@ fn hf_name(gguf_name: &str) -> Option<String> {
     }
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
-    let part = match part {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
+    let (module, kind) = part.rsplit_once('.')?;
+    if !matches!(kind, "weight" | "bias") {
+        return None;
+    }
+    let module = match module {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{part}"))
+    Some(format!("model.layers.{layer}.{module}.{kind}"))
 }
 
 /// Undoes llama.cpp's rotary row permutation of a `(heads * head_dim, in)` q or k weight.
@@ -501,7 +761,9 @@ fn read_config(path: &Path) -> Result<Config> {
     let config_path = path.join("config.json");
     let text =
         fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
-    serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path, error })
+    let cfg: Config = serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path, error })?;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// [`load_as`] with the weights from `source`; random weights need a Hugging Face folder's
@@ -611,6 +873,54 @@ mod tests {
     }
 
     #[test]
+    fn llama3_scaling_divides_low_frequencies_and_smooths_the_middle() {
+        let mut cfg = tiny_config();
+        cfg.head_dim = Some(8);
+        cfg.rope_parameters = Some(RopeParameters {
+            rope_type: Some("llama3".into()),
+            rope_theta: Some(10_000.0),
+            factor: Some(8.0),
+            low_freq_factor: Some(1.0),
+            high_freq_factor: Some(4.0),
+            original_max_position_embeddings: Some(16),
+        });
+        cfg.validate().unwrap();
+        // transformers 5.24's `_compute_llama3_parameters` on the same settings.
+        let expected = [0.57606f32, 0.0125, 0.00125, 0.000125];
+        for (ours, theirs) in inverse_frequencies(&cfg).iter().zip(expected) {
+            assert!((ours - theirs).abs() <= 1e-5 * theirs.max(1.0), "{ours} vs {theirs}");
+        }
+        cfg.rope_parameters.as_mut().unwrap().factor = None;
+        assert!(cfg.validate().is_err(), "llama3 scaling needs all its settings");
+    }
+
+    #[test]
+    fn unknown_families_and_scalings_are_refused_before_any_weight_is_read() {
+        let mut cfg = tiny_config();
+        cfg.model_type = "gpt2".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("gpt2"));
+        let mut cfg = tiny_config();
+        cfg.rope_scaling = Some(RopeParameters { rope_type: Some("yarn".into()), ..Default::default() });
+        assert!(cfg.validate().unwrap_err().to_string().contains("yarn"));
+        let mut cfg = tiny_config();
+        cfg.model_type = "qwen2".into();
+        cfg.use_sliding_window = Some(true);
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn a_sliding_window_hides_keys_older_than_the_window() {
+        let shape = MaskShape { seq_len: 2, offset: 3, window: Some(2) };
+        let mask = attention_mask(shape, None, &Device::Cpu, DType::F32).unwrap().unwrap();
+        let rows = mask.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let visible: Vec<Vec<bool>> = rows.iter().map(|r| r.iter().map(|v| *v == 0.0).collect()).collect();
+        // Position 3 sees 2..=3, position 4 sees 3..=4.
+        assert_eq!(visible, vec![vec![false, false, true, true, false], vec![false, false, false, true, true]]);
+        let one_token = MaskShape { seq_len: 1, offset: 1, window: Some(4) };
+        assert!(attention_mask(one_token, None, &Device::Cpu, DType::F32).unwrap().is_none(), "window not reached");
+    }
+
+    #[test]
     fn unpermute_inverts_llama_cpp_permutation() {
         // llama.cpp: reshape (heads, 2, head_dim/2, in), swap axes 1 and 2.
         let (heads, head_dim, cols) = (3, 4, 5);
@@ -634,7 +944,10 @@ mod tests {
         assert_eq!(hf_name("blk.12.attn_q.weight").as_deref(), Some("model.layers.12.self_attn.q_proj.weight"));
         assert_eq!(hf_name("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
         assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("blk.3.attn_q.bias").as_deref(), Some("model.layers.3.self_attn.q_proj.bias"));
+        assert_eq!(hf_name("blk.1.attn_k_norm.weight").as_deref(), Some("model.layers.1.self_attn.k_norm.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("blk.0.attn_q.scales"), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl SimpleBackend for Recording {
     }
 }
 
-/// Writes `model.safetensors` of seeded random weights into a model folder that has a BERT or Llama
+/// Writes `model.safetensors` of seeded random weights into a model folder that has a BERT or generator
 /// `config.json` (and a tokenizer): a small but complete checkpoint for tests and demos, loadable
 /// like any downloaded model.
 pub fn save_random_checkpoint(dir: &std::path::Path, seed: u64) -> std::result::Result<(), super::ModelError> {
@@ -48,14 +48,15 @@ pub fn save_random_checkpoint(dir: &std::path::Path, seed: u64) -> std::result::
                 .map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
             super::bert::BertModel::load(vb, &cfg)?;
         }
-        Some("llama") => {
+        Some(model_type) if super::llama::Family::of(model_type).is_some() => {
             let cfg: super::llama::Config = serde_json::from_value(value)
                 .map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
+            cfg.validate()?;
             super::llama::Llama::load(vb, &cfg)?;
         }
         other => {
             return Err(ModelError::Unsupported(format!(
-                "random checkpoints are made for bert or llama, not {other:?}"
+                "random checkpoints are made for bert and the generator families, not {other:?}"
             )));
         }
     }
