@@ -3,7 +3,8 @@
 //! window) — each a tiny random model that transformers wrote, against transformers' own numbers
 //! from `tests/fixtures/families/<family>/` (scripts/reference/family_fixtures.py): logits at
 //! every position, greedy continuations through the KV cache, the same weights read from GGUF
-//! (named and permuted as llama.cpp's converter does), and PEFT's LoRA gradients.
+//! (named and permuted as llama.cpp's converter does), and PEFT's LoRA gradients; and the
+//! families' chat templates rendered as transformers renders them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use attune::model::generator::{ChatMessage, TemplateTokens, render_chat_template};
 use attune::model::llama::{self, Family, KvCache, Llama};
 use attune::model::lora::{self, HasLinears, LoraConfig};
 
@@ -115,5 +117,35 @@ fn lora_gradients_equal_peft_for_every_family() {
             // Gradients are O(1); 1e-4 relative to the largest entry, as the issue asks.
             assert!(diff <= 1e-4 * scale, "{name}: {key} gradient differs by {diff} (largest entry {scale})");
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct TemplateCase {
+    template: String,
+    bos_token: String,
+    eos_token: String,
+    messages: Vec<ChatMessage>,
+    rendered: String,
+}
+
+/// Qwen2.5-, Qwen3- and Llama 3.x-style templates (`tests/fixtures/chat_templates/`) through
+/// minijinja, against transformers' own Jinja rendering (scripts/reference/chat_template_fixtures.py).
+#[test]
+fn qwen_and_llama3_chat_templates_render_as_transformers_renders_them() {
+    let dir = workspace().join("backend/tests/fixtures/chat_templates");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cases: Vec<TemplateCase> = serde_json::from_value(reference["cases"].clone()).unwrap();
+    assert_eq!(cases.len(), 9);
+    // `strftime_now` is UTC; `date -u` is an independent clock reading of the same day.
+    let today = std::process::Command::new("date").args(["-u", "+%d %b %Y"]).output().unwrap();
+    let today = String::from_utf8(today.stdout).unwrap().trim().to_owned();
+    for case in cases {
+        let template = std::fs::read_to_string(dir.join(&case.template)).unwrap();
+        let tokens = TemplateTokens { bos: case.bos_token.clone(), eos: case.eos_token.clone() };
+        let ours = render_chat_template(&template, &case.messages, &tokens)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.template));
+        assert_eq!(ours, case.rendered.replace("{today}", &today), "{} on {:?}", case.template, case.messages);
     }
 }

@@ -1,8 +1,8 @@
 //! Finds usable model folders under the models directory and says what each one is.
 //!
 //! A folder is a retriever when its `config.json` names a BERT-family `model_type`, and a
-//! generator when its `config.json` names a Llama-family one or it holds a GGUF file whose
-//! `general.architecture` is Llama-family. Anything else is skipped with a log line.
+//! generator when its `config.json` names one of the generator families (`llama::Family`) or it
+//! holds a GGUF file whose `general.architecture` is one of them. Anything else is skipped with a log line.
 
 /// Folder name of the default retriever inside the models directory.
 pub const DEFAULT_RETRIEVER_NAME: &str = "all-MiniLM-L6-v2";
@@ -16,8 +16,6 @@ use attune_shared::{ModelInfo, ModelKind, WeightFormat};
 
 /// `model_type` values of encoders the retriever code loads.
 const RETRIEVER_ARCHITECTURES: &[&str] = &["bert"];
-/// `model_type` / GGUF `general.architecture` values of decoders the generator code loads.
-const GENERATOR_ARCHITECTURES: &[&str] = &["llama"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -55,7 +53,7 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
 
     if let Some(gguf) = super::files_with_extension(dir, "gguf").into_iter().next() {
         let architecture = gguf_architecture(&gguf)?;
-        if !GENERATOR_ARCHITECTURES.contains(&architecture.as_str()) {
+        if super::llama::Family::of_gguf(&architecture).is_none() {
             return Err(format!("GGUF architecture {architecture:?} is not supported"));
         }
         return Ok(ModelInfo {
@@ -74,7 +72,7 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
         config.get("model_type").and_then(|v| v.as_str()).ok_or("config.json has no model_type")?.to_owned();
     let kind = if RETRIEVER_ARCHITECTURES.contains(&model_type.as_str()) {
         ModelKind::Retriever
-    } else if GENERATOR_ARCHITECTURES.contains(&model_type.as_str()) {
+    } else if super::llama::Family::of(&model_type).is_some() {
         ModelKind::Generator
     } else {
         return Err(format!("model_type {model_type:?} is not supported"));
@@ -117,6 +115,8 @@ mod tests {
         write(&dir.path().join("bge-small/model.safetensors"), b"");
         write(&dir.path().join("tiny-llama/config.json"), br#"{"model_type":"llama"}"#);
         write(&dir.path().join("tiny-llama/pytorch_model.bin"), b"");
+        write(&dir.path().join("qwen/config.json"), br#"{"model_type":"qwen3"}"#);
+        write(&dir.path().join("qwen/model.safetensors"), b"");
         write(&dir.path().join("t5/config.json"), br#"{"model_type":"t5"}"#);
         write(&dir.path().join("t5/model.safetensors"), b"");
         write(&dir.path().join("no-weights/config.json"), br#"{"model_type":"bert"}"#);
@@ -129,6 +129,7 @@ mod tests {
             summary,
             vec![
                 ("bge-small", ModelKind::Retriever, WeightFormat::Safetensors),
+                ("qwen", ModelKind::Generator, WeightFormat::Safetensors),
                 ("tiny-llama", ModelKind::Generator, WeightFormat::PytorchBin),
             ]
         );

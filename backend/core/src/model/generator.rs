@@ -21,7 +21,7 @@ use super::lora::{self, LoraConfig};
 use super::random::WeightSource;
 
 /// One turn of a conversation, as chat templates expect it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
@@ -121,6 +121,7 @@ pub struct Generator {
     model: Llama,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
+    template_tokens: TemplateTokens,
     eos_ids: Vec<u32>,
     device: Device,
 }
@@ -144,7 +145,7 @@ impl Generator {
             WeightSource::Checkpoint => super::gguf_file_at(path),
             WeightSource::Random { .. } => None,
         };
-        let (model, tokenizer, chat_template) = match gguf {
+        let (model, tokenizer, chat_template, named_tokens) = match gguf {
             Some(file) => {
                 let (cfg, tensors, content) = llama::load_gguf(&file, device)?;
                 let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
@@ -153,12 +154,14 @@ impl Generator {
                 };
                 let template =
                     content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-                (Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?, tokenizer, template)
+                let model = Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?;
+                (model, tokenizer, template, TokenNames::default())
             }
             None => {
                 let model = llama::load_with(path, device, dtype, source)?;
                 let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
-                (model, tokenizer, read_chat_template(path))
+                let (template, names) = read_tokenizer_config(path);
+                (model, tokenizer, template, names)
             }
         };
         let mut eos_ids: Vec<u32> = model.config().eos_token_ids();
@@ -170,7 +173,14 @@ impl Generator {
                 eos_ids.push(id);
             }
         }
-        Ok(Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() })
+        let token = |name: Option<String>, id: Option<u32>| {
+            name.or_else(|| id.and_then(|id| tokenizer.id_to_token(id))).unwrap_or_default()
+        };
+        let template_tokens = TemplateTokens {
+            bos: token(named_tokens.bos, model.config().bos_token_id),
+            eos: token(named_tokens.eos, eos_ids.first().copied()),
+        };
+        Ok(Generator { model, tokenizer, chat_template, template_tokens, eos_ids, device: device.clone() })
     }
 
     /// Assembles a generator from parts (tests build tiny random ones this way).
@@ -181,7 +191,7 @@ impl Generator {
         eos_ids: Vec<u32>,
         device: &Device,
     ) -> Self {
-        Generator { model, tokenizer, chat_template, eos_ids, device: device.clone() }
+        Generator { model, tokenizer, chat_template, template_tokens: TemplateTokens::default(), eos_ids, device: device.clone() }
     }
 
     pub fn model(&self) -> &Llama {
@@ -252,7 +262,7 @@ impl Generator {
             .chat_template
             .as_deref()
             .ok_or_else(|| ModelError::Unsupported("this model has no chat template".to_owned()))?;
-        render_chat_template(template, messages)
+        render_chat_template(template, messages, &self.template_tokens)
     }
 
     /// Continues `prompt_ids`. `on_text` receives each new piece of text as soon as it is
@@ -353,25 +363,68 @@ pub fn sample_top_p(probs: &[f32], top_p: f64, rng: &mut StdRng) -> u32 {
     }
 }
 
-/// Renders a Hugging Face (Jinja) chat template for `messages`, with the generation prompt.
-pub fn render_chat_template(template: &str, messages: &[ChatMessage]) -> Result<String> {
+/// The special-token strings a chat template may write (`bos_token`, `eos_token`), as
+/// transformers passes them to `apply_chat_template`; empty when the model has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateTokens {
+    pub bos: String,
+    pub eos: String,
+}
+
+/// Budget of template instructions per rendering: the templates of real models need a few
+/// thousand for a long conversation; a template from a model folder cannot loop for ever.
+const CHAT_TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Renders a Hugging Face (Jinja) chat template for `messages`, with the generation prompt, in
+/// the environment transformers gives templates: Python's string methods (`startswith`,
+/// `split`, `strip`, ...), `tojson`, `raise_exception` and `strftime_now` (UTC).
+pub fn render_chat_template(template: &str, messages: &[ChatMessage], tokens: &TemplateTokens) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
     env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
     });
+    env.add_function("strftime_now", |format: String| -> std::result::Result<String, minijinja::Error> {
+        let mut out = String::new();
+        std::fmt::write(&mut out, format_args!("{}", chrono::Utc::now().format(&format))).map_err(|_| {
+            minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("bad strftime format {format:?}"))
+        })?;
+        Ok(out)
+    });
     env.add_template("chat", template).map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))?;
     let tmpl = env.get_template("chat").map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))?;
-    tmpl.render(
-        minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" },
-    )
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => tokens.bos,
+        eos_token => tokens.eos,
+    })
     .map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))
 }
 
-/// `chat_template` from `tokenizer_config.json`, when the folder has one.
-fn read_chat_template(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    config.get("chat_template")?.as_str().map(str::to_owned)
+/// `bos_token` and `eos_token` as a folder's `tokenizer_config.json` names them.
+#[derive(Debug, Default)]
+struct TokenNames {
+    bos: Option<String>,
+    eos: Option<String>,
+}
+
+/// `chat_template` and the special-token names from `tokenizer_config.json`, when the folder has
+/// one. (Token names are strings there, or `{"content": ...}` objects in older files.)
+fn read_tokenizer_config(dir: &Path) -> (Option<String>, TokenNames) {
+    let Some(config) = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    else {
+        return (None, TokenNames::default());
+    };
+    let name = |key: &str| {
+        let value = config.get(key)?;
+        value.as_str().or_else(|| value.get("content").and_then(|c| c.as_str())).map(str::to_owned)
+    };
+    let template = config.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned);
+    (template, TokenNames { bos: name("bos_token"), eos: name("eos_token") })
 }
 
 #[cfg(test)]
@@ -416,10 +469,13 @@ mod tests {
     #[test]
     fn chat_template_renders_roles_and_generation_prompt() {
         let template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
-        let rendered = render_chat_template(template, &[ChatMessage::new("user", "hi")]).unwrap();
+        let none = TemplateTokens::default();
+        let rendered = render_chat_template(template, &[ChatMessage::new("user", "hi")], &none).unwrap();
         assert_eq!(rendered, "<user>hi\n<assistant>");
         let failing = "{{ raise_exception('roles must alternate') }}";
-        let error = render_chat_template(failing, &[]).unwrap_err().to_string();
+        let error = render_chat_template(failing, &[], &none).unwrap_err().to_string();
         assert!(error.contains("roles must alternate"), "{error}");
+        let endless = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        assert!(render_chat_template(endless, &[], &none).is_err(), "a template's work is bounded");
     }
 }

@@ -39,6 +39,12 @@ impl Family {
         Self::MODEL_TYPES.iter().find(|(name, _)| *name == model_type).map(|(_, family)| *family)
     }
 
+    /// The family of a GGUF `general.architecture`: llama.cpp writes Mistral models as `llama`
+    /// (without their window), so `mistral` is not one of its names.
+    pub fn of_gguf(architecture: &str) -> Option<Family> {
+        Self::of(architecture).filter(|family| *family != Family::Mistral)
+    }
+
     pub fn model_type(self) -> &'static str {
         Self::MODEL_TYPES.iter().find(|(_, family)| *family == self).map_or("llama", |(name, _)| name)
     }
@@ -231,9 +237,8 @@ impl Config {
             content.metadata.get(key).ok_or_else(|| ModelError::Unsupported(format!("GGUF metadata has no {key}")))
         };
         let architecture = get("general.architecture")?.to_string()?.clone();
-        let family = match Family::of(&architecture) {
-            Some(family @ (Family::Llama | Family::Qwen2 | Family::Qwen3)) => family,
-            _ => return Err(ModelError::Unsupported(format!("GGUF architecture {architecture:?}"))),
+        let Some(family) = Family::of_gguf(&architecture) else {
+            return Err(ModelError::Unsupported(format!("GGUF architecture {architecture:?}")));
         };
         let key = |name: &str| format!("{architecture}.{name}");
         let usize_of = |name: &str| -> Result<usize> { Ok(get(&key(name))?.to_u32()? as usize) };
