@@ -6,7 +6,9 @@ the way llama.cpp's converter names and permutes them (`model.gguf`; not for Mis
 and B), and `reference.json`: transformers' logits at every position of a 12-token sequence, its greedy
 continuation of a 6-token prompt, the LoRA model's cross-entropy loss on the sequence, and (in
 `lora_grads.safetensors`) PEFT's gradients of that loss for every A and B. Attune's decoder is tested against
-these numbers (backend/tests/it/families_reference.rs).
+these numbers (backend/tests/it/families_reference.rs). Also `tokenizer-qwen2.gguf` and `tokenizer-llama-bpe.gguf`:
+small byte-level BPE tokenizers with Qwen2's and Llama 3's pre-tokenizer regexes, as GGUF metadata, with the
+Hugging Face tokenizer's ids of a few strings in `tokenizers.json`.
 
 Run once, by hand (needs torch, transformers, peft, gguf, safetensors from requirements.txt):
     python scripts/reference/family_fixtures.py
@@ -19,6 +21,7 @@ import pathlib
 import numpy as np
 import torch
 from gguf import GGUFWriter
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
@@ -133,7 +136,59 @@ def write_gguf(name: str, cfg, model, path: pathlib.Path) -> None:
     writer.close()
 
 
+# The pre-tokenizer regexes of Qwen2/2.5/3's and Llama 3's tokenizer.json (llama.cpp: `qwen2`, `llama-bpe`);
+# they differ in how digits group.
+PRE_TOKENIZERS = {
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+TRAINING_TEXT = [
+    "The capital of France is Paris. Paris is the most populous city of France.",
+    "Water boils at 100 degrees Celsius at sea level; at 3,000 metres it boils near 90 degrees.",
+    "Don't panic: it's only 1234567 bytes, they'll say, and we've checked it twice.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Café naïve résumé — Übergrößenträger; 東京は日本の首都です。",
+]
+TOKENIZER_STRINGS = ["Hello, world!", "1234567890 and 3.14159", "  two spaces\n\nnew paragraph", "it's 42°C",
+                     "<|im_start|>user\nWhat boils at 100 degrees?<|im_end|>", "東京 Café 1,000,000", "x\r\n\ty"]
+SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+
+
+def write_tokenizer_gguf(pre: str, path: pathlib.Path) -> list:
+    """A small byte-level BPE trained with `pre`'s regex, written as GGUF tokenizer metadata the way llama.cpp's
+    converter writes it; returns the Hugging Face tokenizer's ids of TOKENIZER_STRINGS."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKENIZERS[pre]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(TRAINING_TEXT * 4, trainer)
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    writer = GGUFWriter(str(path), "qwen2" if pre == "qwen2" else "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in SPECIAL_TOKENS else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return [{"text": s, "ids": tokenizer.encode(s, add_special_tokens=False).ids} for s in TOKENIZER_STRINGS]
+
+
 def main() -> None:
+    tokenizer_cases = {pre: write_tokenizer_gguf(pre, OUT / f"tokenizer-{pre}.gguf") for pre in PRE_TOKENIZERS}
+    (OUT / "tokenizers.json").write_text(json.dumps({"generated_by": "scripts/reference/family_fixtures.py",
+                                                     "cases": tokenizer_cases}, ensure_ascii=False) + "\n")
     for index, (name, cfg) in enumerate(FAMILIES.items()):
         torch.manual_seed(index)
         out = OUT / name

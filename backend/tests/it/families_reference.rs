@@ -149,3 +149,28 @@ fn qwen_and_llama3_chat_templates_render_as_transformers_renders_them() {
         assert_eq!(ours, case.rendered.replace("{today}", &today), "{} on {:?}", case.template, case.messages);
     }
 }
+
+/// Qwen2's and Llama 3's pre-tokenizers (`tokenizer.ggml.pre` `qwen2`, `llama-bpe`) rebuilt from
+/// GGUF metadata give the Hugging Face tokenizer's ids (a small BPE trained with each regex).
+#[test]
+fn qwen_and_llama3_gguf_tokenizers_match_hugging_face() {
+    let dir = workspace().join("backend/tests/fixtures/families");
+    let reference: HashMap<String, Vec<serde_json::Value>> = serde_json::from_value(
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("tokenizers.json")).unwrap())
+            .unwrap()["cases"]
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(reference.len(), 2);
+    for (pre, cases) in reference {
+        let mut file = std::fs::File::open(dir.join(format!("tokenizer-{pre}.gguf"))).unwrap();
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+        let tokenizer = attune::model::gguf_tokenizer::from_gguf(&content).unwrap();
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let ours = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(ours, expected, "{pre}: {text:?}");
+        }
+    }
+}

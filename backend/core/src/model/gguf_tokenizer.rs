@@ -1,5 +1,6 @@
 //! Rebuilds a Hugging Face `tokenizers::Tokenizer` from a GGUF file's tokenizer metadata
-//! (byte-level BPE: tokens, merges, control tokens, the pre-tokenizer named by `tokenizer.ggml.pre`).
+//! (byte-level BPE: tokens, merges, control tokens, the pre-tokenizer named by `tokenizer.ggml.pre`:
+//! GPT-2's, SmolLM's, Qwen2's or Llama 3's).
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde_json::json;
@@ -9,6 +10,11 @@ use super::error::{ModelError, Result};
 
 /// llama.cpp's token type for control (special) tokens.
 const TOKEN_TYPE_CONTROL: i32 = 3;
+
+/// The split regexes of the `tokenizer.json` files llama.cpp names `qwen2` (Qwen2, 2.5, 3) and
+/// `llama-bpe` (Llama 3.x): they differ only in digits, one at a time or up to three together.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer the GGUF metadata describes.
 pub fn from_gguf(content: &Content) -> Result<Tokenizer> {
@@ -28,6 +34,13 @@ pub fn from_gguf(content: &Content) -> Result<Tokenizer> {
             {"type": "Digits", "individual_digits": true}, byte_level
         ]}),
         None | Some("default") | Some("gpt2") => byte_level,
+        Some(name @ ("qwen2" | "llama-bpe")) => {
+            let split = if name == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+            ]})
+        }
         Some(other) => {
             return Err(ModelError::Unsupported(format!("GGUF pre-tokenizer {other:?} is not rebuilt yet")));
         }
