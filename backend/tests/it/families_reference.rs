@@ -99,7 +99,8 @@ fn lora_gradients_equal_peft_for_every_family() {
             }
         }
         assert_eq!(model.linears_mut().len(), 7 * 2, "{name}: seven adapted projections per layer");
-        let logits = model.forward(&ids(&reference.sequence), &mut KvCache::default(), None).unwrap().squeeze(0).unwrap();
+        let logits =
+            model.forward(&ids(&reference.sequence), &mut KvCache::default(), None).unwrap().squeeze(0).unwrap();
         let n = reference.sequence.len();
         let targets = Tensor::new(&reference.sequence[1..], &Device::Cpu).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, n - 1).unwrap(), &targets).unwrap();

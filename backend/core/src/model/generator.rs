@@ -191,7 +191,14 @@ impl Generator {
         eos_ids: Vec<u32>,
         device: &Device,
     ) -> Self {
-        Generator { model, tokenizer, chat_template, template_tokens: TemplateTokens::default(), eos_ids, device: device.clone() }
+        Generator {
+            model,
+            tokenizer,
+            chat_template,
+            template_tokens: TemplateTokens::default(),
+            eos_ids,
+            device: device.clone(),
+        }
     }
 
     pub fn model(&self) -> &Llama {

@@ -163,14 +163,14 @@ impl Config {
         if matches!(family, Family::Qwen2 | Family::Qwen3) && self.use_sliding_window == Some(true) {
             return unsupported(format!("{} with use_sliding_window", self.model_type));
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.num_kv_heads().max(1) != 0 {
+        if self.num_attention_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_kv_heads().max(1)) {
             return unsupported(format!(
                 "{} attention heads over {} key/value heads",
                 self.num_attention_heads,
                 self.num_kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return unsupported(format!("odd head size {}", self.head_dim()));
         }
         let rope = self.rope();
@@ -251,7 +251,8 @@ impl Config {
         let optional_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
         let hidden_size = usize_of("embedding_length")?;
         let num_attention_heads = usize_of("attention.head_count")?;
-        let head_dim = optional_usize("attention.key_length")?.filter(|d| *d != hidden_size / num_attention_heads.max(1));
+        let head_dim =
+            optional_usize("attention.key_length")?.filter(|d| *d != hidden_size / num_attention_heads.max(1));
         let cfg = Config {
             model_type: family.model_type().to_owned(),
             vocab_size,
