@@ -527,6 +527,8 @@ pub struct ChatStats {
     /// From the question's arrival to the first streamed token (retrieval and prefill included).
     pub first_token_ms: f64,
     pub tokens: u32,
+    /// Tokens of the prompt (instructions, passage, earlier turns, question).
+    pub prompt_tokens: u32,
     /// Decoding speed: the tokens after the first over the time since the first.
     pub tokens_per_second: f64,
     /// The answer reached the token limit (it may end mid-sentence).

@@ -29,11 +29,15 @@ pub struct ErrorBody {
     pub current: Option<Box<Triple>>,
 }
 
-/// A machine-readable `code` (snake_case, stable) and a sentence for people.
+/// A machine-readable `code` (snake_case, stable) and a sentence for people; `type` is OpenAI's
+/// error class (`invalid_request_error`, `authentication_error`, ...), so that OpenAI clients of
+/// `/v1` read Attune's errors as their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
 }
 
 /// `GET /api/v1/health`.

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::common::workspace;
 
 /// A models folder whose default names hold tiny random models with the real tokenizers.
-fn tiny_models(root: &Path) -> PathBuf {
+pub(super) fn tiny_models(root: &Path) -> PathBuf {
     let real = workspace().join("models");
     assert!(real.join("all-MiniLM-L6-v2/tokenizer.json").is_file(), "run `make models`");
     let made = root.join("made");
@@ -40,13 +40,13 @@ fn tiny_models(root: &Path) -> PathBuf {
     models
 }
 
-struct Server {
-    addr: SocketAddr,
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start(data: &Path, models: &Path) -> Server {
+pub(super) async fn start(data: &Path, models: &Path) -> Server {
     let config = ServeConfig::new(data.to_owned(), models.to_owned(), data.join("no-dist"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -62,17 +62,17 @@ async fn start(data: &Path, models: &Path) -> Server {
 }
 
 impl Server {
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("http://{}/api/v1{path}", self.addr)
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(60), self.task).await.unwrap().unwrap();
     }
 }
 
-async fn call(client: &reqwest::Client, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+pub(super) async fn call(client: &reqwest::Client, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut request = client.request(method.parse().unwrap(), url);
     if let Some(body) = body {
         request = request.json(&body);
@@ -83,7 +83,7 @@ async fn call(client: &reqwest::Client, method: &str, url: &str, body: Option<Va
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn upload(client: &reqwest::Client, url: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
+pub(super) async fn upload(client: &reqwest::Client, url: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
     let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
     let form = reqwest::multipart::Form::new().part("files", part);
     let response = client.post(url).multipart(form).send().await.unwrap();
@@ -92,7 +92,7 @@ async fn upload(client: &reqwest::Client, url: &str, name: &str, bytes: Vec<u8>)
 }
 
 /// The 24 fixture triples, imported and approved.
-async fn approved_triples(client: &reqwest::Client, server: &Server) {
+pub(super) async fn approved_triples(client: &reqwest::Client, server: &Server) {
     let csv = std::fs::read(workspace().join("backend/tests/fixtures/halueval_24.csv")).unwrap();
     let (status, body) = upload(client, &server.url("/triples/import"), "halueval_24.csv", csv).await;
     assert_eq!(status, 200, "{body}");
@@ -104,13 +104,13 @@ async fn approved_triples(client: &reqwest::Client, server: &Server) {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(server: &Server) -> Socket {
+pub(super) async fn connect(server: &Server) -> Socket {
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await.unwrap();
     assert!(matches!(next(&mut socket).await, ServerMessage::Hello { .. }));
     socket
 }
 
-async fn next(socket: &mut Socket) -> ServerMessage {
+pub(super) async fn next(socket: &mut Socket) -> ServerMessage {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(120), socket.next()).await.expect("a message in time");
         match frame.expect("socket open").expect("no socket error") {
@@ -121,12 +121,12 @@ async fn next(socket: &mut Socket) -> ServerMessage {
     }
 }
 
-async fn send(socket: &mut Socket, message: ClientMessage) {
+pub(super) async fn send(socket: &mut Socket, message: ClientMessage) {
     socket.send(Message::Text(serde_json::to_string(&message).unwrap().into())).await.unwrap();
 }
 
 /// Reads messages until `stop` says so; returns them all.
-async fn until(socket: &mut Socket, mut stop: impl FnMut(&ServerMessage) -> bool) -> Vec<ServerMessage> {
+pub(super) async fn until(socket: &mut Socket, mut stop: impl FnMut(&ServerMessage) -> bool) -> Vec<ServerMessage> {
     let mut seen = Vec::new();
     loop {
         let message = next(socket).await;
@@ -145,7 +145,7 @@ fn run_state(message: &ServerMessage, id: i64) -> Option<JobStatus> {
     }
 }
 
-async fn wait_for(client: &reqwest::Client, url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn wait_for(client: &reqwest::Client, url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (_, body) = call(client, "GET", url, None).await;
@@ -157,7 +157,7 @@ async fn wait_for(client: &reqwest::Client, url: &str, what: &str, ok: impl Fn(&
     }
 }
 
-fn quick(max_steps: u32, checkpoint_every: u32) -> Value {
+pub(super) fn quick(max_steps: u32, checkpoint_every: u32) -> Value {
     json!({
         "mode": "e2e",
         "preset": "quick",
@@ -382,7 +382,7 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
     server.stop().await;
 }
 
-fn document() -> Vec<u8> {
+pub(super) fn document() -> Vec<u8> {
     let mut text = String::new();
     let topics = ["glaciers", "volcanoes", "rivers", "deserts", "forests", "oceans", "islands", "caves", "lakes"];
     for (i, topic) in topics.iter().chain(&topics).chain(&topics).enumerate() {

@@ -15,6 +15,7 @@ mod fuzz_corpus;
 mod generator_reference;
 mod http_api;
 mod jobs_api;
+mod openai_api;
 mod retriever_reference;
 mod security;
 mod train_cli;

@@ -1,7 +1,9 @@
 //! The chat engine: a compute thread of its own (so chat answers while a job trains) that owns the
 //! loaded model pairs and their passage indexes, fed by a command channel. A question is answered
 //! as events: the retrieved passages first, then the answer token by token, then a done event;
-//! a stop flag ends generation early.
+//! a stop flag ends generation early. Questions from the web app go before those from the
+//! OpenAI-compatible API (`/v1`), whose queue is bounded, so API traffic cannot starve the
+//! person at the chat page; embedding requests (`/v1/embeddings`) run here too.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,9 +83,37 @@ pub struct Question {
     pub top_k: usize,
     /// Temperature, length and repetition penalty (validated by the caller).
     pub options: attune_shared::ChatOptions,
+    /// Strings that end the answer (not included in it).
+    pub stop_sequences: Vec<String>,
     pub stop: Arc<AtomicBool>,
     pub events: UnboundedSender<ChatEvent>,
 }
+
+/// Who asks: the web app's chat goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    WebApp,
+    Api,
+}
+
+/// Texts to embed with a pair's retriever (its generator is not loaded for this).
+pub struct EmbedRequest {
+    pub retriever: PathBuf,
+    pub retriever_adapter: Option<PathBuf>,
+    pub texts: Vec<String>,
+    pub role: TextRole,
+    pub reply: tokio::sync::oneshot::Sender<Result<Embedded, (&'static str, String)>>,
+}
+
+/// Embeddings, one row per text, and the tokens they took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: u64,
+}
+
+/// Requests from the API waiting or running at once; more are refused (HTTP 429), not queued.
+pub const MAX_API_REQUESTS: usize = 8;
 
 /// Passages the prompt carries: the best one, as training (RAG-Sequence, one passage a prompt) and
 /// evaluation use it; the others are shown as citations.
@@ -93,13 +123,46 @@ pub const HISTORY_TURNS: usize = 3;
 
 enum Command {
     Ask(Box<Question>),
+    Embed(EmbedRequest),
 }
 
 /// Handle of the chat thread.
 #[derive(Clone, Debug)]
 pub struct ChatEngine {
-    commands: std::sync::mpsc::Sender<Command>,
+    commands: std::sync::mpsc::Sender<(Lane, Command)>,
+    /// API requests queued or running.
+    api_load: Arc<std::sync::atomic::AtomicUsize>,
     monitor: super::health::ThreadMonitor,
+}
+
+/// A place in the API's bounded queue, given back when the request ends (answered, failed or
+/// dropped with the command).
+pub struct ApiSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ApiSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Commands waiting on the chat thread, the web app's first.
+#[derive(Default)]
+struct Waiting {
+    web_app: std::collections::VecDeque<Command>,
+    api: std::collections::VecDeque<Command>,
+}
+
+impl Waiting {
+    fn push(&mut self, lane: Lane, command: Command) {
+        match lane {
+            Lane::WebApp => self.web_app.push_back(command),
+            Lane::Api => self.api.push_back(command),
+        }
+    }
+
+    fn next(&mut self) -> Option<Command> {
+        self.web_app.pop_front().or_else(|| self.api.pop_front())
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -125,29 +188,30 @@ impl ChatEngine {
         std::thread::Builder::new()
             .name("attune-chat".into())
             .spawn(move || {
-                let mut state = ChatThread { context, pairs: Vec::new(), indexes: HashMap::new() };
-                // Ends when every handle is dropped.
-                while let Ok(Command::Ask(question)) = received.recv() {
-                    let events = question.events.clone();
-                    let outcome = thread_monitor.run("a chat question", || Ok(state.answer(*question)));
-                    match outcome {
-                        Ok(Ok(())) => {}
-                        Ok(Err((code, message))) => {
-                            let _ = events.send(ChatEvent::Error { code, message });
-                        }
-                        Err(panic) => {
-                            // The loaded models may be half-changed: load them afresh next time.
-                            state.pairs.clear();
-                            state.indexes.clear();
-                            let _ =
-                                events.send(ChatEvent::Error { code: "internal_error", message: panic.to_string() });
-                        }
+                let mut state = ChatThread { context, pairs: Vec::new(), indexes: HashMap::new(), retriever: None };
+                let mut waiting = Waiting::default();
+                loop {
+                    // Everything sent so far joins its lane; block only when nothing waits.
+                    while let Ok((lane, command)) = received.try_recv() {
+                        waiting.push(lane, command);
                     }
+                    let command = match waiting.next() {
+                        Some(command) => command,
+                        // Ends when every handle is dropped.
+                        None => match received.recv() {
+                            Ok((lane, command)) => {
+                                waiting.push(lane, command);
+                                continue;
+                            }
+                            Err(_) => break,
+                        },
+                    };
+                    state.run(command, &thread_monitor);
                 }
                 thread_monitor.set_state("stopped");
             })
             .map_err(|e| EngineError::Task(format!("cannot start the chat thread: {e}")))?;
-        Ok(ChatEngine { commands, monitor })
+        Ok(ChatEngine { commands, api_load: Arc::default(), monitor })
     }
 
     /// The chat thread's state, for `/api/v1/health`.
@@ -156,10 +220,25 @@ impl ChatEngine {
     }
 
     /// Queues a question; its answer arrives on `question.events`.
-    pub fn ask(&self, question: Question) -> Result<(), EngineError> {
-        self.commands
-            .send(Command::Ask(Box::new(question)))
-            .map_err(|_| EngineError::Task("the chat thread has stopped".into()))
+    pub fn ask(&self, lane: Lane, question: Question) -> Result<(), EngineError> {
+        self.send(lane, Command::Ask(Box::new(question)))
+    }
+
+    /// Queues texts to embed; the vectors arrive on `request.reply`.
+    pub fn embed(&self, lane: Lane, request: EmbedRequest) -> Result<(), EngineError> {
+        self.send(lane, Command::Embed(request))
+    }
+
+    /// A place in the API's queue, or `None` when [`MAX_API_REQUESTS`] are already waiting or
+    /// running; hold it until the request's reply is complete.
+    pub fn api_slot(&self) -> Option<ApiSlot> {
+        let taken = self.api_load.fetch_add(1, Ordering::SeqCst);
+        let slot = ApiSlot(self.api_load.clone());
+        (taken < MAX_API_REQUESTS).then_some(slot)
+    }
+
+    fn send(&self, lane: Lane, command: Command) -> Result<(), EngineError> {
+        self.commands.send((lane, command)).map_err(|_| EngineError::Task("the chat thread has stopped".into()))
     }
 }
 
@@ -181,6 +260,8 @@ struct ChatThread {
     pairs: Vec<LoadedPair>,
     /// By retriever key.
     indexes: HashMap<String, LoadedIndex>,
+    /// The last retriever loaded alone for embeddings, by key.
+    retriever: Option<(String, Retriever)>,
 }
 
 /// Model pairs kept loaded (base and tuned side by side).
@@ -202,6 +283,81 @@ fn folder_name(key: &str) -> String {
 }
 
 impl ChatThread {
+    /// Runs one command; a failure (or a caught panic) goes to the command's own reply.
+    fn run(&mut self, command: Command, monitor: &super::health::ThreadMonitor) {
+        match command {
+            Command::Ask(question) => {
+                let events = question.events.clone();
+                match monitor.run("a chat question", || Ok(self.answer(*question))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err((code, message))) => {
+                        let _ = events.send(ChatEvent::Error { code, message });
+                    }
+                    Err(panic) => {
+                        self.forget_models();
+                        let _ = events.send(ChatEvent::Error { code: "internal_error", message: panic.to_string() });
+                    }
+                }
+            }
+            Command::Embed(request) => {
+                let EmbedRequest { retriever, retriever_adapter, texts, role, reply } = request;
+                let outcome = monitor
+                    .run("an embedding request", || Ok(self.embed(&retriever, &retriever_adapter, &texts, role)));
+                let outcome = match outcome {
+                    Ok(result) => result,
+                    Err(panic) => {
+                        self.forget_models();
+                        Err(("internal_error", panic.to_string()))
+                    }
+                };
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// The loaded models may be half-changed after a panic: load them afresh next time.
+    fn forget_models(&mut self) {
+        self.pairs.clear();
+        self.indexes.clear();
+        self.retriever = None;
+    }
+
+    fn embed(
+        &mut self,
+        path: &std::path::Path,
+        adapter: &Option<PathBuf>,
+        texts: &[String],
+        role: TextRole,
+    ) -> Result<Embedded, Failure> {
+        let spec = PairSpec {
+            id: String::new(),
+            retriever: path.to_owned(),
+            retriever_adapter: adapter.clone(),
+            generator: PathBuf::new(),
+            generator_adapter: None,
+        };
+        let key = spec.retriever_key();
+        let loaded_in_pair = self.pairs.iter().position(|p| p.retriever_key == key);
+        if loaded_in_pair.is_none() && self.retriever.as_ref().is_none_or(|(k, _)| *k != key) {
+            let device = crate::model::device::select(&self.context.device_spec).map_err(failure("device"))?;
+            let mut retriever = Retriever::load(path, &device).map_err(failure("model_load_failed"))?;
+            if let Some(adapter) = adapter {
+                retriever.load_adapter(adapter).map_err(failure("model_load_failed"))?;
+            }
+            self.retriever = Some((key, retriever));
+        }
+        let retriever = match loaded_in_pair {
+            Some(at) => &self.pairs[at].retriever,
+            None => &self.retriever.as_ref().expect("loaded above").1,
+        };
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mask = retriever.tokenize(&refs, role).map_err(failure("model_failed"))?.attention_mask;
+        let tokens = mask.sum_all().and_then(|t| t.to_scalar::<f32>()).map_err(failure("model_failed"))? as u64;
+        let matrix = retriever.embed(&refs, role, 32).map_err(failure("model_failed"))?;
+        let vectors = matrix.to_vec2::<f32>().map_err(failure("model_failed"))?;
+        Ok(Embedded { vectors, tokens })
+    }
+
     fn pair(&mut self, spec: &PairSpec) -> Result<&LoadedPair, Failure> {
         let (rk, gk) = (spec.retriever_key(), spec.generator_key());
         if let Some(at) = self.pairs.iter().position(|p| p.retriever_key == rk && p.generator_key == gk) {
@@ -265,7 +421,7 @@ impl ChatThread {
 
     fn answer(&mut self, question: Question) -> Result<(), Failure> {
         let started = Instant::now();
-        let Question { pair: spec, question, history, top_k, options, stop, events } = question;
+        let Question { pair: spec, question, history, top_k, options, stop_sequences, stop, events } = question;
         self.pair(&spec)?;
         self.ensure_index(&spec, &events)?;
         let rk = spec.retriever_key();
@@ -303,7 +459,7 @@ impl ChatThread {
             seed: rand::random(),
             repetition_penalty: options.repetition_penalty as f32,
             stop_on_loop: true,
-            ..GenerationConfig::default()
+            stop: stop_sequences,
         };
         let mut first_token_at = None;
         let generation = pair
@@ -325,6 +481,7 @@ impl ChatThread {
             retrieval_ms,
             first_token_ms: first.duration_since(started).as_secs_f64() * 1e3,
             tokens,
+            prompt_tokens: ids.len() as u32,
             // Decoding speed: the tokens after the first, over the time since the first.
             tokens_per_second: if decoding > 0.0 && tokens > 1 { f64::from(tokens - 1) / decoding } else { 0.0 },
             hit_cap: generation.stop_reason == crate::model::generator::StopReason::MaxNewTokens,
@@ -333,5 +490,53 @@ impl ChatThread {
         let stopped = generation.stop_reason == crate::model::generator::StopReason::Cancelled;
         let _ = events.send(ChatEvent::Done { stopped, answer: generation.text, stats });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embed_command(tag: &str) -> Command {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Command::Embed(EmbedRequest {
+            retriever: PathBuf::from(tag),
+            retriever_adapter: None,
+            texts: Vec::new(),
+            role: TextRole::Query,
+            reply,
+        })
+    }
+
+    fn tag(command: Option<Command>) -> String {
+        match command {
+            Some(Command::Embed(request)) => request.retriever.display().to_string(),
+            Some(Command::Ask(_)) => "ask".into(),
+            None => "none".into(),
+        }
+    }
+
+    #[test]
+    fn the_web_app_goes_before_the_api_and_each_lane_keeps_its_order() {
+        let mut waiting = Waiting::default();
+        waiting.push(Lane::Api, embed_command("api 1"));
+        waiting.push(Lane::Api, embed_command("api 2"));
+        waiting.push(Lane::WebApp, embed_command("page 1"));
+        waiting.push(Lane::WebApp, embed_command("page 2"));
+        let order: Vec<String> = (0..5).map(|_| tag(waiting.next())).collect();
+        assert_eq!(order, ["page 1", "page 2", "api 1", "api 2", "none"]);
+    }
+
+    #[test]
+    fn the_api_queue_is_bounded_and_a_finished_request_frees_its_place() {
+        let load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (commands, _received) = std::sync::mpsc::channel();
+        let engine =
+            ChatEngine { commands, api_load: load.clone(), monitor: super::super::health::ThreadMonitor::new("t") };
+        let held: Vec<ApiSlot> = (0..MAX_API_REQUESTS).map(|_| engine.api_slot().expect("a free place")).collect();
+        assert!(engine.api_slot().is_none(), "one more than the bound is refused");
+        assert_eq!(load.load(Ordering::SeqCst), MAX_API_REQUESTS, "a refusal takes no place");
+        drop(held.into_iter().next());
+        assert!(engine.api_slot().is_some(), "a finished request frees its place");
     }
 }

@@ -91,10 +91,10 @@ async fn put_settings(
     Ok(Json(settings))
 }
 
-async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
+pub(super) async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
     AppError::NotFound(format!("no API route {method} {}", uri.path()))
 }
 
-async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
+pub(super) async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
     AppError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use attune_shared::{
-    BulkAction, BulkResult, Document, ErrorDetail, ImportResult, JobStatus, LlmChoice, NewTriple, Passage,
-    SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage, TripleStatus,
-    TripleUpdate, UploadOutcome, UploadResult,
+    BulkAction, BulkResult, Document, ImportResult, JobStatus, LlmChoice, NewTriple, Passage, SynthPrompts,
+    SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage, TripleStatus, TripleUpdate,
+    UploadOutcome, UploadResult,
 };
 
 use super::AppState;
@@ -70,7 +70,7 @@ pub async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> 
             Ok(Ingested::Duplicate(document)) => UploadOutcome::Duplicate { document },
             Err(e) => {
                 let error = AppError::from(e);
-                let detail = ErrorDetail { code: error.code().to_owned(), message: error.to_string() };
+                let detail = error.detail();
                 last_error = Some(error);
                 UploadOutcome::Failed { name, error: detail }
             }

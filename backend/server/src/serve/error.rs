@@ -139,6 +139,22 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// The error body's detail: code, message, and OpenAI's class for the status.
+    pub fn detail(&self) -> ErrorDetail {
+        let status = self.status();
+        let kind = match status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        ErrorDetail { code: self.code().to_owned(), message: self.to_string(), kind: kind.to_owned() }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -149,8 +165,7 @@ impl IntoResponse for AppError {
             AppError::Conflict { current, .. } => current.clone(),
             _ => None,
         };
-        let body =
-            ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() }, current };
+        let body = ErrorBody { error: self.detail(), current };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -10,6 +10,7 @@ pub mod error;
 mod live;
 pub mod origin;
 mod runs;
+mod v1;
 mod ws;
 
 pub use ws::decode_client_message;
@@ -333,13 +334,15 @@ impl AppState {
     }
 }
 
-/// The whole application: `/api/v1/...`, `/ws`, and the frontend from `dist/`.
+/// The whole application: `/api/v1/...`, the OpenAI-compatible `/v1/...`, `/ws`, and the
+/// frontend from `dist/`.
 pub fn app(state: AppState) -> Router {
     let require_token = || middleware::from_fn_with_state(state.clone(), auth::require_token);
     // `layer` (not `route_layer`) so the API's own 404/405 fallbacks are guarded too.
     let api = api::router(state.config().max_upload_bytes).layer(require_token());
     Router::new()
         .nest("/api", api)
+        .nest("/v1", v1::router().layer(require_token()))
         .route(attune_shared::WS_PATH, get(ws::upgrade).layer(require_token()))
         .fallback_service(frontend_service(&state.config().dist_dir))
         .layer(middleware::from_fn_with_state(state.clone(), origin::check_host_and_origin))

@@ -3,7 +3,7 @@
 //!
 //! - Every request's `Host` must be `localhost`, `127.0.0.1` or `[::1]` (any port), or match an
 //!   `--allowed-host` entry (`name` matches any port, `name:port` only that port).
-//! - `/ws` and every `/api` request that is not GET/HEAD/OPTIONS must carry no `Origin` (a
+//! - `/ws` and every `/api` or `/v1` request that is not GET/HEAD/OPTIONS must carry no `Origin` (a
 //!   non-browser client) or one whose host and port are the request's own `Host` (same origin) or
 //!   an allowed entry that names its port (`trunk serve`'s 127.0.0.1:8081, say).
 
@@ -114,7 +114,8 @@ pub async fn check_host_and_origin(State(state): State<AppState>, request: Reque
     }
     let path = request.uri().path();
     let guarded = path == attune_shared::WS_PATH
-        || (path.starts_with("/api/") && !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS));
+        || ((path.starts_with("/api/") || path.starts_with("/v1/"))
+            && !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS));
     if guarded {
         let origin = request.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
         if !rules.origin_allowed(origin, host) {

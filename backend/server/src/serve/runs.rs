@@ -15,6 +15,7 @@ use attune_shared::{
 
 use super::AppState;
 use super::error::{ApiJson, AppError};
+use crate::engine::chat::PairSpec;
 use crate::engine::eval_job::{run_adapters, test_rows};
 use crate::engine::job::JobEvent;
 use crate::model::catalog::{self, DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
@@ -304,4 +305,35 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<Model
         });
     }
     Ok(Json(pairs))
+}
+
+/// The models behind a pair id of `GET /api/v1/models`.
+pub(super) async fn resolve_pair(state: &AppState, id: &str) -> Result<PairSpec, (&'static str, String)> {
+    let models = &state.config().models_dir;
+    if id == "base" {
+        return Ok(PairSpec {
+            id: id.to_owned(),
+            retriever: models.join(DEFAULT_RETRIEVER_NAME),
+            retriever_adapter: None,
+            generator: models.join(DEFAULT_GENERATOR_NAME),
+            generator_adapter: None,
+        });
+    }
+    let unknown = || ("unknown_model", format!("no model pair {id:?}: use an id from GET /api/v1/models"));
+    let run_id: i64 = id.strip_prefix("run:").and_then(|n| n.parse().ok()).ok_or_else(unknown)?;
+    let run = state.store().run(run_id).await.map_err(|e| ("store", e.to_string()))?.ok_or_else(unknown)?;
+    if run.status != JobStatus::Succeeded {
+        return Err((
+            "run_not_finished",
+            format!("run {run_id} is {:?}: chat with it once it has succeeded", run.status),
+        ));
+    }
+    let (retriever_adapter, generator_adapter) = run_adapters(state.job_context(), run_id);
+    Ok(PairSpec {
+        id: id.to_owned(),
+        retriever: models.join(&run.retriever),
+        retriever_adapter,
+        generator: models.join(&run.generator),
+        generator_adapter,
+    })
 }

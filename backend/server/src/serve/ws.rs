@@ -11,15 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use attune_shared::{ClientMessage, JobStatus, PROTOCOL_VERSION, ServerMessage};
+use attune_shared::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
 use tokio::sync::mpsc;
 
-use crate::engine::chat::{ChatEvent, PairSpec, Question};
-use crate::engine::eval_job::run_adapters;
-use crate::model::catalog::{DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
+use crate::engine::chat::{ChatEvent, Lane, Question};
 
 use super::AppState;
 use super::error::AppError;
+use super::v1::MAX_QUESTION_CHARS;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -157,9 +156,6 @@ const MAX_HISTORY_TURNS: usize = 32;
 /// Chats one connection may hold.
 const MAX_CHATS: usize = 64;
 
-/// Longest question accepted, in characters.
-const MAX_QUESTION_CHARS: usize = 4000;
-
 async fn answer(
     text: &str,
     state: &AppState,
@@ -224,21 +220,25 @@ async fn answer(
             if chat.answering.is_some() {
                 return refuse("busy", "this chat is still answering: stop it or wait".into());
             }
-            let pair = match resolve_pair(state, &model).await {
+            let pair = match super::runs::resolve_pair(state, &model).await {
                 Ok(pair) => pair,
                 Err((code, message)) => return refuse(code, message),
             };
             let stop = Arc::new(AtomicBool::new(false));
             let (events, mut answers) = mpsc::unbounded_channel();
-            let asked = state.chat().ask(Question {
-                pair,
-                question: question.clone(),
-                options,
-                history: chat.history.clone(),
-                top_k: top_k as usize,
-                stop: stop.clone(),
-                events,
-            });
+            let asked = state.chat().ask(
+                Lane::WebApp,
+                Question {
+                    pair,
+                    question: question.clone(),
+                    options,
+                    stop_sequences: Vec::new(),
+                    history: chat.history.clone(),
+                    top_k: top_k as usize,
+                    stop: stop.clone(),
+                    events,
+                },
+            );
             if let Err(e) = asked {
                 return refuse("chat_unavailable", e.to_string());
             }
@@ -285,37 +285,6 @@ async fn answer(
             None
         }
     }
-}
-
-/// The models behind a pair id of `GET /api/v1/models`.
-async fn resolve_pair(state: &AppState, id: &str) -> Result<PairSpec, (&'static str, String)> {
-    let models = &state.config().models_dir;
-    if id == "base" {
-        return Ok(PairSpec {
-            id: id.to_owned(),
-            retriever: models.join(DEFAULT_RETRIEVER_NAME),
-            retriever_adapter: None,
-            generator: models.join(DEFAULT_GENERATOR_NAME),
-            generator_adapter: None,
-        });
-    }
-    let unknown = || ("unknown_model", format!("no model pair {id:?}: use an id from GET /api/v1/models"));
-    let run_id: i64 = id.strip_prefix("run:").and_then(|n| n.parse().ok()).ok_or_else(unknown)?;
-    let run = state.store().run(run_id).await.map_err(|e| ("store", e.to_string()))?.ok_or_else(unknown)?;
-    if run.status != JobStatus::Succeeded {
-        return Err((
-            "run_not_finished",
-            format!("run {run_id} is {:?}: chat with it once it has succeeded", run.status),
-        ));
-    }
-    let (retriever_adapter, generator_adapter) = run_adapters(state.job_context(), run_id);
-    Ok(PairSpec {
-        id: id.to_owned(),
-        retriever: models.join(&run.retriever),
-        retriever_adapter,
-        generator: models.join(&run.generator),
-        generator_adapter,
-    })
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
