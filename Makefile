@@ -63,11 +63,17 @@ test-frontend:
 # `cargo test --workspace --no-run` builds target/debug/attune with exactly the features
 # `cargo test` uses (a plain `cargo build -p attune-backend` would resolve features differently
 # and compile every dependency again); after test-rust it is a no-op.
-test-e2e: frontend
+test-e2e: frontend target/openai-venv/.installed
 	cargo test --workspace --no-run --quiet
 	mkdir -p e2e/artifacts
 	ATTUNE_BIN=$(TARGET_DIR)/debug/attune ATTUNE_DIST=$(CURDIR)/dist ATTUNE_MODELS=$(abspath $(MODELS_DIR)) \
 		node --test --test-concurrency=1 e2e/
+
+# The official `openai` Python client, which e2e/openai_client.test.mjs drives /v1 with (from PyPI).
+target/openai-venv/.installed: e2e/openai-requirements.txt
+	python3 -m venv target/openai-venv
+	target/openai-venv/bin/pip install --quiet --disable-pip-version-check -r e2e/openai-requirements.txt
+	touch $@
 
 # The CUDA build: CUDA 13.0 from pinned PyPI wheels, a generated link stub for the driver library,
 # kernels for CUDA_COMPUTE_CAP (default 90: H100/H200). Its own target directory, so the CPU build's
