@@ -64,6 +64,8 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Retrieval metrics over the whole corpus and answer quality, base and tuned.
     Eval(Box<cli::eval::EvalArgs>),
+    /// Export a run's tuned models: PEFT adapters, merged Hugging Face folders, or a merged GGUF generator.
+    Export(cli::export::ExportArgs),
     /// Measure throughput beside PyTorch on this machine.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
             Command::Triples(command) => cli::corpus::triples(command).await,
             Command::Train(args) => tokio::task::spawn_blocking(move || cli::train::run(*args)).await?,
             Command::Eval(args) => tokio::task::spawn_blocking(move || cli::eval::run(*args)).await?,
+            Command::Export(args) => tokio::task::spawn_blocking(move || cli::export::run(args)).await?,
             Command::Bench(command) => tokio::task::spawn_blocking(move || cli::bench::run(command)).await?,
             Command::ExportShape(args) => {
                 tokio::task::spawn_blocking(move || cli::fixtures::export_shape(args)).await?

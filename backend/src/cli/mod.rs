@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod corpus;
 pub mod eval;
+pub mod export;
 pub mod fixtures;
 pub mod model;
 pub mod sandbox;

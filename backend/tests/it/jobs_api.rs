@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::common::workspace;
 
 /// A models folder whose default names hold tiny random models with the real tokenizers.
-pub(super) fn tiny_models(root: &Path) -> PathBuf {
+pub(crate) fn tiny_models(root: &Path) -> PathBuf {
     let real = workspace().join("models");
     assert!(real.join("all-MiniLM-L6-v2/tokenizer.json").is_file(), "run `make models`");
     let made = root.join("made");

@@ -9,6 +9,7 @@ mod common;
 mod corpus_api;
 mod corpus_cli;
 mod device_tools;
+mod export;
 mod families_reference;
 mod faults;
 mod fuzz_corpus;

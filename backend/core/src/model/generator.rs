@@ -2,9 +2,11 @@
 //! a KV cache — greedy or sampled (temperature, top-p, seed), stopping on EOS, stop strings or a
 //! token budget, streaming each piece of text to a callback that may stop it.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
@@ -141,46 +143,34 @@ impl Generator {
     /// [`Generator::load_as`] with the weights from `source`; random weights take a Hugging Face
     /// folder with `config.json` and `tokenizer.json`.
     pub fn load_with(path: &Path, device: &Device, dtype: DType, source: WeightSource) -> Result<Self> {
-        let gguf = match source {
-            WeightSource::Checkpoint => super::gguf_file_at(path),
-            WeightSource::Random { .. } => None,
-        };
-        let (model, tokenizer, chat_template, named_tokens) = match gguf {
-            Some(file) => {
-                let (cfg, tensors, content) = llama::load_gguf(&file, device)?;
-                let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
-                    Some(json) => load_tokenizer_file(&json)?,
-                    None => gguf_tokenizer::from_gguf(&content)?,
-                };
-                let template =
-                    content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-                let model = Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?;
-                (model, tokenizer, template, TokenNames::default())
-            }
-            None => {
+        match source {
+            WeightSource::Checkpoint => Self::from_checkpoint(GeneratorCheckpoint::read(path, device)?, dtype, device),
+            WeightSource::Random { .. } => {
                 let model = llama::load_with(path, device, dtype, source)?;
                 let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
-                let (template, names) = read_tokenizer_config(path);
-                (model, tokenizer, template, names)
-            }
-        };
-        let mut eos_ids: Vec<u32> = model.config().eos_token_ids();
-        for marker in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "</s>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(marker)
-                && !eos_ids.contains(&id)
-                && (chat_template.as_deref().is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
-            {
-                eos_ids.push(id);
+                let (chat_template, names) = read_tokenizer_config(path);
+                Ok(Self::assemble(model, tokenizer, chat_template, names, device))
             }
         }
-        let token = |name: Option<String>, id: Option<u32>| {
-            name.or_else(|| id.and_then(|id| tokenizer.id_to_token(id))).unwrap_or_default()
-        };
-        let template_tokens = TemplateTokens {
-            bos: token(named_tokens.bos, model.config().bos_token_id),
-            eos: token(named_tokens.eos, eos_ids.first().copied()),
-        };
-        Ok(Generator { model, tokenizer, chat_template, template_tokens, eos_ids, device: device.clone() })
+    }
+
+    /// A generator of a checkpoint's weights in `dtype`.
+    pub fn from_checkpoint(checkpoint: GeneratorCheckpoint, dtype: DType, device: &Device) -> Result<Self> {
+        let GeneratorCheckpoint { config, tensors, tokenizer, chat_template, names, .. } = checkpoint;
+        let model = Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &config)?;
+        Ok(Self::assemble(model, tokenizer, chat_template, names, device))
+    }
+
+    fn assemble(
+        model: Llama,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        names: TokenNames,
+        device: &Device,
+    ) -> Self {
+        let eos_ids = end_of_reply_ids(model.config(), &tokenizer, chat_template.as_deref());
+        let template_tokens = template_tokens(model.config(), &tokenizer, &names, &eos_ids);
+        Generator { model, tokenizer, chat_template, template_tokens, eos_ids, device: device.clone() }
     }
 
     /// Assembles a generator from parts (tests build tiny random ones this way).
@@ -215,26 +205,18 @@ impl Generator {
     }
 
     /// Writes what `--random-init` needs to rebuild this generator's architecture elsewhere, without
-    /// its weights: a Hugging Face `config.json` (of its family), `tokenizer.json`, and the chat
-    /// template in `tokenizer_config.json`.
+    /// its weights: the Hugging Face files of [`write_hf_metadata`].
     pub fn save_shape(&self, dir: &Path) -> Result<()> {
-        let write = |name: &str, text: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|error| ModelError::Write { path, error })
-        };
         std::fs::create_dir_all(dir).map_err(|error| ModelError::Write { path: dir.to_owned(), error })?;
-        let mut config = serde_json::to_value(self.model.config()).unwrap_or_default();
-        if let Some(object) = config.as_object_mut() {
-            object.insert("architectures".into(), serde_json::json!([self.model.config().family().architecture()]));
-        }
-        write("config.json", serde_json::to_string_pretty(&config).unwrap_or_default())?;
-        let tokenizer = self
-            .tokenizer
-            .to_string(false)
-            .map_err(|e| ModelError::Tokenize(format!("cannot serialise the tokenizer: {e}")))?;
-        write("tokenizer.json", tokenizer)?;
-        let tokenizer_config = serde_json::json!({ "chat_template": self.chat_template });
-        write("tokenizer_config.json", serde_json::to_string_pretty(&tokenizer_config).unwrap_or_default())
+        let files = HfFiles {
+            config: self.model.config(),
+            tokenizer: &self.tokenizer,
+            chat_template: self.chat_template.as_deref(),
+            tokens: &self.template_tokens,
+            eos_ids: &self.eos_ids,
+            dtype: self.model.dtype(),
+        };
+        write_hf_metadata(dir, &files)
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -408,6 +390,160 @@ pub fn render_chat_template(template: &str, messages: &[ChatMessage], tokens: &T
         eos_token => tokens.eos,
     })
     .map_err(|e| ModelError::Unsupported(format!("chat template: {e}")))
+}
+
+/// A generator checkpoint as read from disk: its config, every tensor under Hugging Face names
+/// (dequantized to f32 from a GGUF file), the tokenizer, the chat template and the special-token
+/// names. [`Generator::load`] builds on it; the exporter writes it back out, merged.
+pub struct GeneratorCheckpoint {
+    pub config: llama::Config,
+    pub tensors: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    names: TokenNames,
+    /// The GGUF file's metadata, when the checkpoint is one (its `tokenizer.*` keys are what a
+    /// GGUF export copies).
+    pub gguf_metadata: Option<HashMap<String, gguf_file::Value>>,
+}
+
+impl GeneratorCheckpoint {
+    /// Reads a GGUF file (or the first one in a folder), or a Hugging Face folder with
+    /// `config.json`, safetensors and `tokenizer.json`.
+    pub fn read(path: &Path, device: &Device) -> Result<Self> {
+        match super::gguf_file_at(path) {
+            Some(file) => {
+                let (config, tensors, content) = llama::load_gguf(&file, device)?;
+                let tokenizer = match path.is_dir().then(|| path.join("tokenizer.json")).filter(|p| p.is_file()) {
+                    Some(json) => load_tokenizer_file(&json)?,
+                    None => gguf_tokenizer::from_gguf(&content)?,
+                };
+                let chat_template =
+                    content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+                let names = TokenNames::default();
+                Ok(GeneratorCheckpoint {
+                    config,
+                    tensors,
+                    tokenizer,
+                    chat_template,
+                    names,
+                    gguf_metadata: Some(content.metadata),
+                })
+            }
+            None => {
+                let (config, tensors) = llama::read_hf_folder(path, device)?;
+                let tokenizer = load_tokenizer_file(&path.join("tokenizer.json"))?;
+                let (chat_template, names) = read_tokenizer_config(path);
+                Ok(GeneratorCheckpoint { config, tensors, tokenizer, chat_template, names, gguf_metadata: None })
+            }
+        }
+    }
+
+    /// The ids that end a reply, as the generator uses them.
+    pub fn end_of_reply_ids(&self) -> Vec<u32> {
+        end_of_reply_ids(&self.config, &self.tokenizer, self.chat_template.as_deref())
+    }
+
+    /// `bos_token` and `eos_token` as the chat template sees them.
+    pub fn template_tokens(&self) -> TemplateTokens {
+        template_tokens(&self.config, &self.tokenizer, &self.names, &self.end_of_reply_ids())
+    }
+}
+
+/// The config's end-of-sequence ids, then the end-of-turn markers the chat template uses (or, with
+/// neither, the first marker the vocabulary has): the first is the one training appends to answers.
+fn end_of_reply_ids(config: &llama::Config, tokenizer: &Tokenizer, chat_template: Option<&str>) -> Vec<u32> {
+    let mut eos_ids: Vec<u32> = config.eos_token_ids();
+    for marker in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "</s>", "<|endoftext|>"] {
+        if let Some(id) = tokenizer.token_to_id(marker)
+            && !eos_ids.contains(&id)
+            && (chat_template.is_some_and(|t| t.contains(marker)) || eos_ids.is_empty())
+        {
+            eos_ids.push(id);
+        }
+    }
+    eos_ids
+}
+
+fn template_tokens(
+    config: &llama::Config,
+    tokenizer: &Tokenizer,
+    names: &TokenNames,
+    eos_ids: &[u32],
+) -> TemplateTokens {
+    let token = |name: &Option<String>, id: Option<u32>| {
+        name.clone().or_else(|| id.and_then(|id| tokenizer.id_to_token(id))).unwrap_or_default()
+    };
+    TemplateTokens { bos: token(&names.bos, config.bos_token_id), eos: token(&names.eos, eos_ids.first().copied()) }
+}
+
+/// What a Hugging Face generator folder says beside its weights.
+pub struct HfFiles<'a> {
+    pub config: &'a llama::Config,
+    pub tokenizer: &'a Tokenizer,
+    pub chat_template: Option<&'a str>,
+    pub tokens: &'a TemplateTokens,
+    pub eos_ids: &'a [u32],
+    pub dtype: DType,
+}
+
+/// Writes a Hugging Face generator folder's `config.json` (of the model's family),
+/// `generation_config.json`, `tokenizer.json` and `tokenizer_config.json` (the chat template and
+/// the special tokens), as transformers reads them.
+pub fn write_hf_metadata(dir: &Path, files: &HfFiles<'_>) -> Result<()> {
+    let write = |name: &str, value: serde_json::Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap_or_default())
+            .map_err(|error| ModelError::Write { path, error })
+    };
+    let dtype = match files.dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    let mut config = serde_json::to_value(files.config).unwrap_or_default();
+    if let Some(object) = config.as_object_mut() {
+        object.insert("architectures".into(), serde_json::json!([files.config.family().architecture()]));
+        object.insert("torch_dtype".into(), dtype.into());
+        object.insert("eos_token_id".into(), serde_json::json!(files.eos_ids));
+    }
+    write("config.json", config)?;
+    write(
+        "generation_config.json",
+        serde_json::json!({ "bos_token_id": files.config.bos_token_id, "eos_token_id": files.eos_ids, "do_sample": false }),
+    )?;
+    let tokenizer = files
+        .tokenizer
+        .to_string(false)
+        .map_err(|e| ModelError::Tokenize(format!("cannot serialise the tokenizer: {e}")))?;
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, tokenizer).map_err(|error| ModelError::Write { path, error })?;
+    let name = |token: &str| (!token.is_empty()).then(|| token.to_owned());
+    write(
+        "tokenizer_config.json",
+        serde_json::json!({
+            "chat_template": files.chat_template,
+            "bos_token": name(&files.tokens.bos),
+            "eos_token": name(&files.tokens.eos),
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": files.config.max_position_embeddings,
+        }),
+    )
+}
+
+/// The Hugging Face files of a checkpoint (its merged weights written beside them), in `dtype`.
+pub fn write_hf_files(dir: &Path, checkpoint: &GeneratorCheckpoint, dtype: DType) -> Result<()> {
+    let eos_ids = checkpoint.end_of_reply_ids();
+    let tokens = checkpoint.template_tokens();
+    let files = HfFiles {
+        config: &checkpoint.config,
+        tokenizer: &checkpoint.tokenizer,
+        chat_template: checkpoint.chat_template.as_deref(),
+        tokens: &tokens,
+        eos_ids: &eos_ids,
+        dtype,
+    };
+    write_hf_metadata(dir, &files)
 }
 
 /// `bos_token` and `eos_token` as a folder's `tokenizer_config.json` names them.

@@ -231,6 +231,41 @@ impl Config {
         }
     }
 
+    /// The hyper-parameters as GGUF metadata (`general.architecture` and `<architecture>.*`), the
+    /// inverse of [`Config::from_gguf`] (Qwen and Llama; a sliding window has no GGUF form). Rope
+    /// scaling is not metadata in GGUF but a `rope_freqs` tensor: [`rope_freq_divisors`].
+    pub fn to_gguf(&self) -> Result<Vec<(String, gguf_file::Value)>> {
+        use gguf_file::Value;
+        if self.window().is_some() {
+            return Err(ModelError::Unsupported("a sliding window cannot be written as GGUF".into()));
+        }
+        let architecture = match self.family() {
+            Family::Mistral => "llama",
+            family => family.model_type(),
+        };
+        let u32_of = |n: usize| Value::U32(n as u32);
+        let key = |name: &str| format!("{architecture}.{name}");
+        let mut metadata = vec![
+            ("general.architecture".to_owned(), Value::String(architecture.to_owned())),
+            (key("vocab_size"), u32_of(self.vocab_size)),
+            (key("context_length"), u32_of(self.max_position_embeddings)),
+            (key("embedding_length"), u32_of(self.hidden_size)),
+            (key("block_count"), u32_of(self.num_hidden_layers)),
+            (key("feed_forward_length"), u32_of(self.intermediate_size)),
+            (key("attention.head_count"), u32_of(self.num_attention_heads)),
+            (key("attention.head_count_kv"), u32_of(self.num_kv_heads())),
+            (key("attention.layer_norm_rms_epsilon"), Value::F32(self.rms_norm_eps as f32)),
+            (key("attention.key_length"), u32_of(self.head_dim())),
+            (key("attention.value_length"), u32_of(self.head_dim())),
+            (key("rope.dimension_count"), u32_of(self.head_dim())),
+            (key("rope.freq_base"), Value::F32(self.rope().rope_theta.unwrap_or(self.rope_theta) as f32)),
+        ];
+        if let Some(bos) = self.bos_token_id {
+            metadata.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+        }
+        Ok(metadata)
+    }
+
     /// Reads the hyper-parameters from a GGUF file's `<architecture>.*` metadata.
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let get = |key: &str| {
@@ -366,6 +401,14 @@ fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
         _ => base,
     };
     scaled.into_iter().map(|f| f as f32).collect()
+}
+
+/// llama.cpp's `rope_freqs.weight` for this config: each frequency's divisor (1 without scaling).
+pub fn rope_freq_divisors(cfg: &Config) -> Vec<f32> {
+    let unscaled = Config { rope_scaling: None, rope_parameters: None, rope_freq_factors: None, ..cfg.clone() };
+    let theta = cfg.rope().rope_theta.unwrap_or(cfg.rope_theta);
+    let unscaled = Config { rope_theta: theta, ..unscaled };
+    inverse_frequencies(&unscaled).iter().zip(inverse_frequencies(cfg)).map(|(base, scaled)| base / scaled).collect()
 }
 
 struct Attention {
@@ -574,6 +617,11 @@ impl Llama {
         &self.config
     }
 
+    /// The precision of the weights.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
     /// Logits `(batch, seq, vocab)` for `input_ids` `(batch, seq)` following the cached positions
     /// (pass a fresh cache for a whole sequence). `padding_mask` `(batch, seq)`, 1 for real tokens,
     /// hides left or right padding from attention.
@@ -711,16 +759,33 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Config, HashMap<String
     Ok((cfg, tensors, content))
 }
 
+/// llama.cpp's names of the tensors outside the layers, and Hugging Face's.
+const GGUF_GLOBAL_TENSORS: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// llama.cpp's names of a layer's modules (`blk.N.<name>.weight|bias`), and Hugging Face's
+/// (`model.layers.N.<name>.weight|bias`).
+const GGUF_LAYER_MODULES: [(&str, &str); 11] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
 /// Hugging Face's name for a llama.cpp tensor name.
 fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_owned());
+    if let Some((_, hf)) = GGUF_GLOBAL_TENSORS.iter().find(|(gguf, _)| *gguf == gguf_name) {
+        return Some((*hf).to_owned());
     }
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
@@ -728,21 +793,30 @@ fn hf_name(gguf_name: &str) -> Option<String> {
     if !matches!(kind, "weight" | "bias") {
         return None;
     }
-    let module = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{module}.{kind}"))
+    let (_, hf) = GGUF_LAYER_MODULES.iter().find(|(gguf, _)| *gguf == module)?;
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// llama.cpp's name for a Hugging Face tensor name (the inverse of [`hf_name`]).
+pub fn gguf_name(hf_name: &str) -> Option<String> {
+    if let Some((gguf, _)) = GGUF_GLOBAL_TENSORS.iter().find(|(_, hf)| *hf == hf_name) {
+        return Some((*gguf).to_owned());
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    if !matches!(kind, "weight" | "bias") {
+        return None;
+    }
+    let (gguf, _) = GGUF_LAYER_MODULES.iter().find(|(_, hf)| *hf == module)?;
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
+}
+
+/// llama.cpp's rotary row permutation of a `(heads * head_dim, in)` q or k weight, for the
+/// `llama` architecture (its rope rotates interleaved pairs, Hugging Face's the two halves).
+pub fn permute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    weight.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.reshape((rows, cols))
 }
 
 /// Undoes llama.cpp's rotary row permutation of a `(heads * head_dim, in)` q or k weight.
@@ -779,10 +853,18 @@ pub fn load_with(path: &Path, device: &Device, dtype: DType, source: WeightSourc
         let cfg = read_config(path)?;
         return Ok(Llama::load(RandomWeights::var_builder(seed, dtype, device), &cfg)?);
     }
-    if let Some(gguf) = super::gguf_file_at(path) {
-        let (cfg, tensors, _) = load_gguf(&gguf, device)?;
-        return Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?);
-    }
+    let (cfg, tensors) = match super::gguf_file_at(path) {
+        Some(gguf) => {
+            let (cfg, tensors, _) = load_gguf(&gguf, device)?;
+            (cfg, tensors)
+        }
+        None => read_hf_folder(path, device)?,
+    };
+    Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?)
+}
+
+/// A Hugging Face folder's `config.json` and every tensor of its safetensors files.
+pub fn read_hf_folder(path: &Path, device: &Device) -> Result<(Config, HashMap<String, Tensor>)> {
     let cfg = read_config(path)?;
     let files = super::files_with_extension(path, "safetensors");
     if files.is_empty() {
@@ -792,7 +874,7 @@ pub fn load_with(path: &Path, device: &Device, dtype: DType, source: WeightSourc
     for file in files {
         tensors.extend(candle_core::safetensors::load(&file, device)?);
     }
-    Ok(Llama::load(VarBuilder::from_tensors(tensors, dtype, device), &cfg)?)
+    Ok((cfg, tensors))
 }
 
 #[cfg(test)]
@@ -943,6 +1025,7 @@ mod tests {
             .unwrap();
         assert!(max_abs_diff(&permuted, &original) > 0.0);
         assert_eq!(max_abs_diff(&unpermute_rows(&permuted, heads).unwrap(), &original), 0.0);
+        assert_eq!(max_abs_diff(&permute_rows(&original, heads).unwrap(), &permuted), 0.0);
     }
 
     #[test]
@@ -954,6 +1037,11 @@ mod tests {
         assert_eq!(hf_name("blk.1.attn_k_norm.weight").as_deref(), Some("model.layers.1.self_attn.k_norm.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);
         assert_eq!(hf_name("blk.0.attn_q.scales"), None);
+        for name in ["model.layers.7.self_attn.k_norm.weight", "model.layers.0.mlp.down_proj.weight", "lm_head.weight"]
+        {
+            assert_eq!(hf_name(&gguf_name(name).unwrap()).as_deref(), Some(name), "{name} round trip");
+        }
+        assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod catalog;
 mod cuda_ops;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod generator;
 pub mod gguf_tokenizer;
 pub mod layers;

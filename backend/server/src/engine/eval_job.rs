@@ -15,10 +15,9 @@ use crate::eval::metrics::{exact_match, token_f1};
 use crate::eval::run::{self, GenerationSettings};
 use crate::model::catalog::{DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
 use crate::model::generator::Generator;
-use crate::model::lora::ADAPTER_CONFIG;
 use crate::model::retriever::Retriever;
 use crate::rag::prompt::PromptLimits;
-use crate::train::checkpoint::{GENERATOR_DIR, RETRIEVER_DIR, TRIPLES_FILE};
+use crate::train::checkpoint::TRIPLES_FILE;
 use crate::train::config::load_split;
 use crate::train::data::{CsvColumns, SplitOptions, Triple, load_dataset};
 
@@ -42,9 +41,7 @@ const BOOTSTRAP_SEED: u64 = 20_260_101;
 
 /// The adapters a run produced (a mode trains one or both).
 pub fn run_adapters(context: &JobContext, run_id: i64) -> (Option<PathBuf>, Option<PathBuf>) {
-    let dir = context.run_dir(run_id);
-    let found = |part: &str| Some(dir.join(part)).filter(|d| d.join(ADAPTER_CONFIG).is_file());
-    (found(RETRIEVER_DIR), found(GENERATOR_DIR))
+    crate::model::export::RunModels::adapters_in(&context.run_dir(run_id))
 }
 
 pub fn run(context: &JobContext, sink: &EventSink, id: i64, control: &Control) {
