@@ -285,6 +285,12 @@ pub fn gguf_generator(base: &Path, adapter: Option<&Path>, out: &Path, quant: Gg
     metadata.push(("general.name".into(), gguf_file::Value::String(format!("{name} (tuned by Attune)"))));
     metadata.push(("general.file_type".into(), gguf_file::Value::U32(quant.file_type())));
     metadata.extend(tokenizer_metadata(&checkpoint)?);
+    let mut keys: Vec<&str> = metadata.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        // llama.cpp and Python's reader refuse a file that says one key twice.
+        return Err(ModelError::Unsupported(format!("internal error: GGUF metadata names {} twice", pair[0])));
+    }
     let mut quantized: Vec<(String, QTensor)> = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
@@ -356,6 +362,11 @@ fn tokenizer_metadata(checkpoint: &GeneratorCheckpoint) -> Result<Vec<(String, g
         None => super::gguf_tokenizer::to_gguf(&checkpoint.tokenizer)?,
     };
     let has = |metadata: &[(String, Value)], key: &str| metadata.iter().any(|(k, _)| k == key);
+    if !has(&metadata, "tokenizer.ggml.bos_token_id")
+        && let Some(bos) = checkpoint.config.bos_token_id
+    {
+        metadata.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+    }
     if !has(&metadata, "tokenizer.ggml.eos_token_id")
         && let Some(eos) = checkpoint.end_of_reply_ids().first()
     {
@@ -366,7 +377,6 @@ fn tokenizer_metadata(checkpoint: &GeneratorCheckpoint) -> Result<Vec<(String, g
     {
         metadata.push(("tokenizer.chat_template".into(), Value::String(template.clone())));
     }
-    // `Config::to_gguf` writes the config's BOS; the tokenizer's own (copied) wins.
     Ok(metadata)
 }
 

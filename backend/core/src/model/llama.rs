@@ -260,9 +260,6 @@ impl Config {
             (key("rope.dimension_count"), u32_of(self.head_dim())),
             (key("rope.freq_base"), Value::F32(self.rope().rope_theta.unwrap_or(self.rope_theta) as f32)),
         ];
-        if let Some(bos) = self.bos_token_id {
-            metadata.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
-        }
         Ok(metadata)
     }
 
