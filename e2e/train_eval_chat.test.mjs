@@ -65,6 +65,14 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   assert.match(await page.getByTestId("run-step").innerText(), /6 \/ 6/);
   assert.equal(await page.locator(".chart path.line.s-retriever").count(), 1, "e2e runs chart both losses");
   assert.match(await page.getByRole("table", { name: "Runs" }).innerText(), /succeeded/);
+
+  // Export the tuned generator as GGUF: the page says where it went; the same export twice is refused.
+  await page.getByLabel("Export format").selectOption("gguf:q8_0");
+  await page.getByTestId("export-run").click();
+  const done = await page.getByTestId("export-done").innerText({ timeout: 120_000 });
+  assert.match(done, /exports\/run-\d+-gguf-q8_0 \(2 files, \d+ MB\)/, done);
+  await page.getByTestId("export-run").click();
+  await page.getByTestId("run-export").getByRole("alert").getByText(/already/).waitFor();
   await screenshot(page, "train");
 
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Evaluate" }).click();

@@ -346,6 +346,14 @@ impl Api {
         self.post(&format!("/runs/{id}/{}", action.as_str()), &serde_json::json!({})).await
     }
 
+    pub async fn export_run(
+        self,
+        id: i64,
+        request: &attune_shared::NewExport,
+    ) -> Result<attune_shared::Export, ApiError> {
+        self.post(&format!("/runs/{id}/export"), request).await
+    }
+
     pub async fn run_metrics(self, id: i64) -> Result<Vec<StepPoint>, ApiError> {
         self.get(&format!("/runs/{id}/metrics")).await
     }

@@ -26,6 +26,17 @@ pub fn duration_words(seconds: f64) -> String {
     }
 }
 
+/// `812 bytes`, `3.4 kB`, `538 MB`, `1.2 GB` (decimal units, as file managers show them).
+pub fn bytes_words(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1000 => format!("{bytes} bytes"),
+        1000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.0} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
+    }
+}
+
 /// A job's status as its badge shows it (and its CSS class names it).
 pub fn status_label(status: JobStatus) -> &'static str {
     status.as_str()
@@ -34,6 +45,14 @@ pub fn status_label(status: JobStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_in_decimal_units() {
+        assert_eq!(bytes_words(812), "812 bytes");
+        assert_eq!(bytes_words(3_400), "3.4 kB");
+        assert_eq!(bytes_words(538_090_376), "538 MB");
+        assert_eq!(bytes_words(1_240_000_000), "1.2 GB");
+    }
 
     #[test]
     fn counts_pages_and_statuses_read_right() {

@@ -8,7 +8,7 @@ use attune_shared::{Health, Hyper, JobStatus, ModelKind, NewRun, Preset, Run, Se
 
 use crate::api::{Api, ApiError, RunAction};
 use crate::chart::{LineChart, Series};
-use crate::format::{duration_words, status_label};
+use crate::format::{bytes_words, duration_words, status_label};
 use crate::link::{Link, take};
 
 /// One hyper-parameter in the form: its key, label, one-line explanation, and how to read and
@@ -540,6 +540,62 @@ fn RunSummary(run: Run, cancelling: RwSignal<Option<i64>>, on_action: Callback<(
             })}
             {resumable.then(|| view! { <button type="button" class="primary" data-testid="resume-run" on:click=move |_| on_action.run((id, RunAction::Resume))>"Resume"</button> })}
             {run.checkpoint.clone().map(|_| view! { <span class="muted">"a checkpoint is saved: Resume continues from it"</span> })}
+        </div>
+        {(run.status == JobStatus::Succeeded).then(|| view! { <RunExport id=id /> })}
+    }
+}
+
+/// The export choices: `format[:quant]` and what each is for.
+const EXPORT_CHOICES: [(&str, &str); 5] = [
+    ("merged", "Merged Hugging Face folders (transformers, vLLM, sentence-transformers, TEI)"),
+    ("gguf:f16", "GGUF, f16 (llama.cpp, Ollama)"),
+    ("gguf:q8_0", "GGUF, q8_0 (half the size)"),
+    ("gguf:q4_k", "GGUF, q4_k where the shapes allow"),
+    ("peft", "LoRA adapters as they are (PEFT)"),
+];
+
+/// Writes a succeeded run's tuned models on the server, in the chosen format, and says where.
+#[component]
+fn RunExport(id: i64) -> impl IntoView {
+    let api = Api::from_context();
+    let choice = RwSignal::new(EXPORT_CHOICES[0].0.to_owned());
+    let busy = RwSignal::new(false);
+    let result = RwSignal::new(None::<Result<attune_shared::Export, String>>);
+    let export = move |_| {
+        busy.set(true);
+        result.set(None);
+        let picked = choice.get_untracked();
+        let (format, quant) = match picked.split_once(':') {
+            Some((format, quant)) => (format.to_owned(), Some(quant.to_owned())),
+            None => (picked, None),
+        };
+        leptos::task::spawn_local(async move {
+            let outcome = api.export_run(id, &attune_shared::NewExport { format, quant }).await;
+            result.set(Some(outcome.map_err(|e| e.message)));
+            busy.set(false);
+        });
+    };
+    view! {
+        <div class="run-export" data-testid="run-export">
+            <label class="inline">"Export"
+                <select aria-label="Export format" prop:value=move || choice.get() on:change=move |e| choice.set(event_target_value(&e))>
+                    {EXPORT_CHOICES.into_iter().map(|(value, label)| view! { <option value=value>{label}</option> }).collect_view()}
+                </select>
+            </label>
+            <button type="button" data-testid="export-run" disabled=move || busy.get() on:click=export>
+                {move || if busy.get() { "Exporting… (merging the adapters)" } else { "Export" }}
+            </button>
+            {move || result.get().map(|outcome| match outcome {
+                Ok(export) => {
+                    let total: u64 = export.files.iter().map(|f| f.bytes).sum();
+                    view! {
+                        <p class="notice" data-testid="export-done">
+                            {format!("Written on the server to {} ({} files, {}).", export.dir, export.files.len(), bytes_words(total))}
+                        </p>
+                    }.into_any()
+                }
+                Err(message) => view! { <p class="error" role="alert">{message}</p> }.into_any(),
+            })}
         </div>
     }
 }

@@ -485,6 +485,34 @@ pub struct Eval {
     pub finished_at: Option<String>,
 }
 
+/// `POST /api/v1/runs/{id}/export`: `format` is `peft`, `merged` or `gguf`; `quant` (GGUF only)
+/// `f32`, `f16` (the default), `q8_0` or `q4_k`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewExport {
+    pub format: String,
+    pub quant: Option<String>,
+}
+
+/// One file an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportedFile {
+    /// Relative to `Export::dir`.
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// A finished export: where it is on the server's disk and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Export {
+    pub run_id: i64,
+    pub format: String,
+    pub dir: String,
+    pub files: Vec<ExportedFile>,
+}
+
 /// A retriever + generator pair one can chat with or evaluate (`GET /api/v1/models`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelPair {

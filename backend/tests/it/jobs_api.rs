@@ -378,6 +378,26 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
     let ids: Vec<&str> = pairs.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["base".to_owned(), format!("run:{id}")]);
     assert!(pairs[1]["metrics"]["hit@1"].is_f64() && pairs[1]["generator_adapter"].is_string(), "{pairs}");
+
+    // Export: the tuned pair as merged folders under the data directory; again is refused.
+    let export_url = server.url(&format!("/runs/{id}/export"));
+    let (status, export) = call(&client, "POST", &export_url, Some(json!({"format": "merged"}))).await;
+    assert_eq!(status, 201, "{export}");
+    let names: Vec<&str> = export["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for file in ["retriever/model.safetensors", "generator/model.safetensors", "generator/config.json"] {
+        assert!(names.contains(&file), "{file} in {names:?}");
+    }
+    let exported = std::path::PathBuf::from(export["dir"].as_str().unwrap());
+    assert!(exported.starts_with(dir.path().join("data")), "{export}");
+    assert!(exported.join("generator/tokenizer_config.json").is_file(), "{export}");
+    let (status, body) = call(&client, "POST", &export_url, Some(json!({"format": "merged"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_exported")), "{body}");
+    let (status, body) = call(&client, "POST", &export_url, Some(json!({"format": "gguf", "quant": "q2"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_export")), "{body}");
+    let (status, body) = call(&client, "POST", &export_url, Some(json!({"format": "onnx"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_export")), "{body}");
+    let (status, _) = call(&client, "POST", &server.url("/runs/999/export"), Some(json!({"format": "peft"}))).await;
+    assert_eq!(status, 404);
     drop((socket, late));
     server.stop().await;
 }

@@ -245,7 +245,7 @@ impl Config {
         };
         let u32_of = |n: usize| Value::U32(n as u32);
         let key = |name: &str| format!("{architecture}.{name}");
-        let mut metadata = vec![
+        let metadata = vec![
             ("general.architecture".to_owned(), Value::String(architecture.to_owned())),
             (key("vocab_size"), u32_of(self.vocab_size)),
             (key("context_length"), u32_of(self.max_position_embeddings)),

@@ -42,6 +42,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/runs/{id}/metrics", get(runs::run_metrics))
         .route("/runs/{id}/cancel", post(runs::cancel_run))
         .route("/runs/{id}/resume", post(runs::resume_run))
+        .route("/runs/{id}/export", post(runs::export_run))
         .route("/evals", get(runs::list_evals).post(runs::create_eval))
         .route("/evals/{id}", get(runs::get_eval))
         .route("/evals/{id}/cancel", post(runs::cancel_eval))

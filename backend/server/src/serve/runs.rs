@@ -111,6 +111,66 @@ pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> R
     }
 }
 
+/// `POST /runs/:id/export`: the run's tuned models as PEFT adapters, merged Hugging Face folders
+/// or a GGUF generator, written under `<data-dir>/exports/` (on a blocking thread: merging and
+/// quantizing are heavy); 409 `already_exported` for an export that exists.
+pub async fn export_run(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    ApiJson(request): ApiJson<attune_shared::NewExport>,
+) -> Result<(StatusCode, Json<attune_shared::Export>), AppError> {
+    use crate::model::export::{ExportFormat, GgufQuant, RunModels};
+    let invalid = |message: String| AppError::Invalid { code: "invalid_export", message };
+    let (format, folder) = match (request.format.as_str(), request.quant.as_deref()) {
+        ("peft", None) => (ExportFormat::Peft, "peft".to_owned()),
+        ("merged", None) => (ExportFormat::Merged, "merged".to_owned()),
+        ("gguf", quant) => {
+            let name = quant.unwrap_or("f16");
+            let quant = GgufQuant::parse(name).ok_or_else(|| {
+                let names: Vec<&str> = GgufQuant::NAMES.iter().map(|(n, _)| *n).collect();
+                invalid(format!("quant {name:?}: one of {}", names.join(", ")))
+            })?;
+            (ExportFormat::Gguf(quant), format!("gguf-{}", quant.name()))
+        }
+        ("peft" | "merged", Some(_)) => return Err(invalid("quant applies to the gguf format only".into())),
+        (other, _) => return Err(invalid(format!("format {other:?}: peft, merged or gguf"))),
+    };
+    let pair = resolve_pair(&state, &format!("run:{id}")).await.map_err(|(code, message)| match code {
+        "unknown_model" => not_found("run", id),
+        "store" => AppError::Internal(message),
+        _ => AppError::Conflict { code, message, current: None },
+    })?;
+    let models = RunModels {
+        retriever: pair.retriever,
+        retriever_adapter: pair.retriever_adapter,
+        generator: pair.generator,
+        generator_adapter: pair.generator_adapter,
+    };
+    let dir = state.config().data_dir.join("exports").join(format!("run-{id}-{folder}"));
+    if dir.exists() {
+        return Err(AppError::Conflict {
+            code: "already_exported",
+            message: format!("run {id} is exported as {folder} already, in {}", dir.display()),
+            current: None,
+        });
+    }
+    let out = dir.clone();
+    let written = tokio::task::spawn_blocking(move || crate::model::export::export_run(&models, format, &out))
+        .await
+        .map_err(|e| AppError::Internal(format!("the export panicked: {e}")))?
+        .map_err(|e| invalid(e.to_string()))?;
+    let files = written
+        .into_iter()
+        .flat_map(|(folder, files)| {
+            files
+                .into_iter()
+                .map(move |f| attune_shared::ExportedFile { name: format!("{folder}/{}", f.name), bytes: f.bytes })
+        })
+        .collect();
+    let export = attune_shared::Export { run_id: id, format: folder, dir: dir.display().to_string(), files };
+    Ok((StatusCode::CREATED, Json(export)))
+}
+
 /// `POST /evals/:id/cancel`: a queued evaluation is cancelled at once, a running one stops at its
 /// next question.
 pub async fn cancel_eval(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse, AppError> {
