@@ -146,7 +146,9 @@ pub struct Hyper {
     /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
     /// on a GPU, fewer needs less memory; gradients are the same either way.
     pub sequences_per_chunk: u32,
-    /// Linear layers of the retriever that get LoRA adapters.
+    /// Linear layers of the retriever that get LoRA adapters (by the last part of their name;
+    /// names a model does not have are skipped, so the default covers BERT's `query`, `key`,
+    /// `value` and ModernBERT's fused `Wqkv`).
     pub retriever_targets: Vec<String>,
     /// Linear layers of the generator that get LoRA adapters.
     pub generator_targets: Vec<String>,
@@ -183,7 +185,7 @@ impl Default for Hyper {
             hard_negatives: 0,
             max_train_examples: None,
             sequences_per_chunk: 8,
-            retriever_targets: ["query", "key", "value"].map(String::from).to_vec(),
+            retriever_targets: ["query", "key", "value", "Wqkv"].map(String::from).to_vec(),
             generator_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
             keep_checkpoints: 3,
         }

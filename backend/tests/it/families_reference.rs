@@ -175,3 +175,103 @@ fn qwen_and_llama3_gguf_tokenizers_match_hugging_face() {
         }
     }
 }
+
+#[derive(Deserialize)]
+struct EncoderReference {
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<f32>>,
+    hidden: Vec<Vec<Vec<f32>>>,
+    lora_loss: f32,
+}
+
+fn encoder_fixture(name: &str) -> (PathBuf, EncoderReference, attune::model::bert::EncoderInput) {
+    let dir = workspace().join("backend/tests/fixtures/encoders").join(name);
+    let reference: EncoderReference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cpu = Device::Cpu;
+    let flat_ids: Vec<u32> = reference.input_ids.iter().flatten().copied().collect();
+    let flat_mask: Vec<f32> = reference.attention_mask.iter().flatten().copied().collect();
+    let shape = (reference.input_ids.len(), reference.input_ids[0].len());
+    let input = attune::model::bert::EncoderInput {
+        input_ids: Tensor::from_vec(flat_ids, shape, &cpu).unwrap(),
+        token_type_ids: Tensor::zeros(shape, DType::U32, &cpu).unwrap(),
+        attention_mask: Tensor::from_vec(flat_mask, shape, &cpu).unwrap(),
+    };
+    (dir, reference, input)
+}
+
+fn load_encoder(dir: &std::path::Path) -> attune::model::encoder::Encoder {
+    use attune::model::encoder::{Encoder, EncoderConfig};
+    let cfg = EncoderConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    Encoder::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &cfg).unwrap()
+}
+
+/// XLM-RoBERTa (positions from the padding index) and ModernBERT (rotary, gated MLP, global and
+/// sliding-window layers): last hidden states of a right-padded batch at every real position.
+#[test]
+fn xlm_roberta_and_modernbert_encoders_match_transformers() {
+    use attune::model::layers::Mode;
+    for name in ["xlm-roberta", "modernbert"] {
+        let (dir, reference, input) = encoder_fixture(name);
+        let encoder = load_encoder(&dir);
+        let hidden = encoder.forward(&input, Mode::Inference).unwrap().to_vec3::<f32>().unwrap();
+        let mut worst = 0.0f32;
+        for (row, mask) in reference.attention_mask.iter().enumerate() {
+            for (position, real) in mask.iter().enumerate() {
+                if *real == 0.0 {
+                    continue;
+                }
+                for (a, b) in hidden[row][position].iter().zip(&reference.hidden[row][position]) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+        }
+        eprintln!("{name}: worst hidden-state difference {worst:e}");
+        // Hidden states are O(1) after the final norm; f32 summation order is the only difference.
+        assert!(worst <= 1e-4, "{name}: hidden states differ by {worst}");
+    }
+}
+
+#[test]
+fn encoder_lora_gradients_equal_peft_on_the_default_targets() {
+    use attune::model::layers::Mode;
+    for (name, adapted) in [("xlm-roberta", 3 * 3), ("modernbert", 3)] {
+        let (dir, reference, input) = encoder_fixture(name);
+        let mut encoder = load_encoder(&dir);
+        let config = LoraConfig::retriever_default();
+        let config = LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: 0.0, ..config };
+        let varmap = lora::attach_trainable(&mut encoder, &config, &Device::Cpu).unwrap();
+        let peft_weights =
+            candle_core::safetensors::load(dir.join("adapter").join(lora::ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+        {
+            let vars = varmap.data().lock().unwrap();
+            assert_eq!(vars.len(), 2 * adapted, "{name}: the default targets adapt {adapted} layers");
+            assert_eq!(vars.len(), peft_weights.len(), "{name}: PEFT adapted the same layers");
+            for (key, var) in vars.iter() {
+                var.set(peft_weights.get(key).unwrap_or_else(|| panic!("{name}: PEFT has no {key}"))).unwrap();
+            }
+        }
+        let hidden = encoder.forward(&input, Mode::Inference).unwrap();
+        let weights = input.attention_mask.unsqueeze(2).unwrap();
+        let loss = (hidden.broadcast_mul(&weights).unwrap().sqr().unwrap().sum_all().unwrap()
+            / weights.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+            .unwrap();
+        let value = loss.to_scalar::<f32>().unwrap();
+        assert!(
+            (value - reference.lora_loss).abs() <= 1e-4 * reference.lora_loss.abs().max(1.0),
+            "{name}: loss {value} vs {}",
+            reference.lora_loss
+        );
+        let grads = loss.backward().unwrap();
+        let expected = candle_core::safetensors::load(dir.join("lora_grads.safetensors"), &Device::Cpu).unwrap();
+        let vars = varmap.data().lock().unwrap();
+        for (key, var) in vars.iter() {
+            let ours = grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for {key}"));
+            let theirs = &expected[key];
+            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            assert!(diff <= 1e-4 * scale, "{name}: {key} gradient differs by {diff} (largest entry {scale})");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! A BERT encoder (the retriever's backbone) written from differentiable ops, so it can be
-//! fine-tuned: every parameter receives a gradient, and dropout is real in training mode.
-//! Tensor names (`vb.pp`) equal Hugging Face checkpoint names.
+//! fine-tuned: every parameter receives a gradient, and dropout is real in training mode. The
+//! same encoder is RoBERTa and XLM-RoBERTa (multilingual-e5, bge-m3), whose positions count from
+//! the padding index. Tensor names (`vb.pp`) equal Hugging Face checkpoint names.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -26,6 +27,9 @@ pub enum HiddenAct {
 /// `config.json` of a BERT-architecture model; fields not listed are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Config {
+    /// `bert` (the default), `roberta` or `xlm-roberta`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -48,6 +52,9 @@ pub struct Config {
     pub position_embedding_type: Option<String>,
 }
 
+fn default_model_type() -> String {
+    "bert".into()
+}
 fn default_hidden_act() -> HiddenAct {
     HiddenAct::Gelu
 }
@@ -62,8 +69,26 @@ fn default_dropout() -> f32 {
 }
 
 impl Config {
+    /// RoBERTa's positions: real tokens count up from `pad_token_id + 1`, padding sits at
+    /// `pad_token_id` (transformers' `create_position_ids_from_input_ids`).
+    pub fn positions_from_padding(&self) -> bool {
+        matches!(self.model_type.as_str(), "roberta" | "xlm-roberta")
+    }
+
+    /// The longest input: RoBERTa's first `pad_token_id + 1` positions are never used.
+    pub fn max_length(&self) -> usize {
+        if self.positions_from_padding() {
+            self.max_position_embeddings.saturating_sub(self.pad_token_id as usize + 1)
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
     /// Checks what this encoder supports.
     pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.model_type.as_str(), "bert" | "roberta" | "xlm-roberta") {
+            return Err(format!("model_type {:?} is not a BERT-family encoder", self.model_type));
+        }
         if let Some(kind) = &self.position_embedding_type
             && kind != "absolute"
         {
@@ -96,6 +121,8 @@ struct BertEmbeddings {
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: Dropout,
+    /// RoBERTa: the padding index positions count from.
+    padding_index: Option<u32>,
 }
 
 impl BertEmbeddings {
@@ -114,12 +141,33 @@ impl BertEmbeddings {
             )?,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
+            padding_index: cfg.positions_from_padding().then_some(cfg.pad_token_id),
         })
     }
 
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
-        let (_batch, seq_len) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        let (batch, seq_len) = input_ids.dims2()?;
+        let positions = match self.padding_index {
+            None => Tensor::arange(0u32, seq_len as u32, input_ids.device())?,
+            Some(pad) => {
+                let rows = input_ids.to_vec2::<u32>()?;
+                let positions: Vec<u32> = rows
+                    .iter()
+                    .flat_map(|row| {
+                        let mut seen = 0;
+                        row.iter().map(move |&id| {
+                            if id == pad {
+                                pad
+                            } else {
+                                seen += 1;
+                                pad + seen
+                            }
+                        })
+                    })
+                    .collect();
+                Tensor::from_vec(positions, (batch, seq_len), input_ids.device())?
+            }
+        };
         let words = self.word_embeddings.forward(input_ids)?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
         let positions = self.position_embeddings.forward(&positions)?;

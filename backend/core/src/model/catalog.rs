@@ -1,6 +1,7 @@
 //! Finds usable model folders under the models directory and says what each one is.
 //!
-//! A folder is a retriever when its `config.json` names a BERT-family `model_type`, and a
+//! A folder is a retriever when its `config.json` names an encoder `model_type` (BERT, RoBERTa,
+//! XLM-RoBERTa, ModernBERT), and a
 //! generator when its `config.json` names one of the generator families (`llama::Family`) or it
 //! holds a GGUF file whose `general.architecture` is one of them. Anything else is skipped with a log line.
 
@@ -13,9 +14,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use attune_shared::{ModelInfo, ModelKind, WeightFormat};
-
-/// `model_type` values of encoders the retriever code loads.
-const RETRIEVER_ARCHITECTURES: &[&str] = &["bert"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -70,7 +68,7 @@ pub fn describe(dir: &Path) -> Result<ModelInfo, String> {
         serde_json::from_str(&config).map_err(|e| format!("config.json is not JSON: {e}"))?;
     let model_type =
         config.get("model_type").and_then(|v| v.as_str()).ok_or("config.json has no model_type")?.to_owned();
-    let kind = if RETRIEVER_ARCHITECTURES.contains(&model_type.as_str()) {
+    let kind = if super::encoder::MODEL_TYPES.contains(&model_type.as_str()) {
         ModelKind::Retriever
     } else if super::llama::Family::of(&model_type).is_some() {
         ModelKind::Generator

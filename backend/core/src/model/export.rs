@@ -209,7 +209,12 @@ pub fn merged_retriever(base: &Path, adapter: Option<&Path>, out: &Path) -> Resu
         retriever.load_adapter(adapter)?;
         lora::merge(retriever.model_mut())?;
     }
-    let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+    let config_path = base.join("config.json");
+    let text =
+        fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
+    let cfg = super::encoder::EncoderConfig::from_json(&text).map_err(ModelError::Unsupported)?;
+    let (task, probe) = cfg.task_prefix();
+    let prefix = if tensors.contains_key(&format!("{task}.{probe}")) { format!("{task}.") } else { String::new() };
     for (path, linear) in retriever.model_mut().linears_mut() {
         let name = format!("{prefix}{path}.weight");
         if !tensors.contains_key(&name) {

@@ -26,6 +26,13 @@ impl LayerNorm {
         Ok(LayerNorm { weight, bias, eps })
     }
 
+    /// Loads `weight` alone (ModernBERT's norms have no bias): the bias is a constant zero.
+    pub fn load_without_bias(vb: VarBuilder<'_>, size: usize, eps: f64) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = Tensor::zeros(size, weight.dtype(), weight.device())?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }

@@ -76,9 +76,10 @@ impl LoraConfig {
         }
     }
 
-    /// Defaults for the retriever: query, key and value projections.
+    /// Defaults for the retriever: query, key and value projections (BERT's three, ModernBERT's
+    /// fused one).
     pub fn retriever_default() -> Self {
-        LoraConfig::new(8, 16.0, 0.1, &["query", "key", "value"])
+        LoraConfig::new(8, 16.0, 0.1, &["query", "key", "value", "Wqkv"])
     }
 
     /// Defaults for the generator: the four attention projections.

@@ -7,6 +7,7 @@ pub mod catalog;
 #[cfg(feature = "cuda")]
 mod cuda_ops;
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod export;
 pub mod generator;
@@ -15,6 +16,7 @@ pub mod layers;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod modernbert;
 pub mod ops;
 pub mod random;
 pub mod random_checkpoint;

@@ -43,10 +43,9 @@ pub fn save_random_checkpoint(dir: &std::path::Path, seed: u64) -> std::result::
     let backend = Recording { weights: RandomWeights::new(seed), seen: seen.clone() };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
     match value.get("model_type").and_then(|t| t.as_str()) {
-        Some("bert") => {
-            let cfg: super::bert::Config = serde_json::from_value(value)
-                .map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
-            super::bert::BertModel::load(vb, &cfg)?;
+        Some(model_type) if super::encoder::MODEL_TYPES.contains(&model_type) => {
+            let cfg = super::encoder::EncoderConfig::from_json(&text).map_err(ModelError::Unsupported)?;
+            super::encoder::Encoder::load(vb, &cfg)?;
         }
         Some(model_type) if super::llama::Family::of(model_type).is_some() => {
             let cfg: super::llama::Config = serde_json::from_value(value)

@@ -9,7 +9,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::bert::{BertModel, Config, EncoderInput};
+use super::bert::EncoderInput;
+use super::encoder::{Encoder, EncoderConfig};
 use super::error::{ModelError, Result};
 use super::layers::Mode;
 use super::lora::{self, LoraConfig};
@@ -42,11 +43,11 @@ impl RetrieverSettings {
     /// Reads `modules.json`, `1_Pooling/config.json` (or whichever folder modules.json names),
     /// `sentence_bert_config.json` and `config_sentence_transformers.json` when present.
     /// Without them: mean pooling, normalised, the model's maximum length.
-    pub fn from_folder(dir: &Path, cfg: &Config) -> Result<Self> {
+    pub fn from_folder(dir: &Path, model_max_length: usize) -> Result<Self> {
         let mut settings = RetrieverSettings {
             pooling: Pooling::Mean,
             normalize: true,
-            max_length: cfg.max_position_embeddings,
+            max_length: model_max_length,
             query_prefix: None,
             passage_prefix: None,
         };
@@ -75,7 +76,7 @@ impl RetrieverSettings {
             .and_then(|t| t.get("model_max_length").and_then(serde_json::Value::as_u64))
             .map(|n| n as usize);
         if let Some(max) = st_length.or(tokenizer_length) {
-            settings.max_length = max.min(cfg.max_position_embeddings);
+            settings.max_length = max.min(model_max_length);
         }
         if let Some(st) = read_json_if_present::<StConfig>(&dir.join("config_sentence_transformers.json"))? {
             let prompt = |names: &[&str]| {
@@ -162,7 +163,7 @@ pub enum TextRole {
 
 /// A loaded retriever, ready to embed texts.
 pub struct Retriever {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     settings: RetrieverSettings,
     hidden_size: usize,
@@ -186,24 +187,29 @@ impl Retriever {
         let config_path = dir.join("config.json");
         let text =
             fs::read_to_string(&config_path).map_err(|error| ModelError::Read { path: config_path.clone(), error })?;
-        let cfg: Config =
-            serde_json::from_str(&text).map_err(|error| ModelError::Config { path: config_path.clone(), error })?;
-        cfg.validate().map_err(ModelError::Unsupported)?;
+        let cfg = EncoderConfig::from_json(&text)
+            .map_err(|e| ModelError::Unsupported(format!("{}: {e}", config_path.display())))?;
         let vb = match source {
             WeightSource::Checkpoint => weights(dir, device, dtype)?,
             WeightSource::Random { seed } => RandomWeights::var_builder(seed, dtype, device),
         };
-        // Some checkpoints (BertForMaskedLM and friends) keep the encoder under "bert.".
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
-        let model = BertModel::load(vb, &cfg)?;
-        let settings = RetrieverSettings::from_folder(dir, &cfg)?;
-        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), &settings, cfg.pad_token_id)?;
-        Ok(Retriever { model, tokenizer, settings, hidden_size: cfg.hidden_size })
+        // Task checkpoints (BertForMaskedLM and friends) keep the encoder under a prefix.
+        let (prefix, probe) = cfg.task_prefix();
+        let vb = if vb.contains_tensor(&format!("{prefix}.{probe}")) { vb.pp(prefix) } else { vb };
+        let model = Encoder::load(vb, &cfg)?;
+        let settings = RetrieverSettings::from_folder(dir, cfg.max_length())?;
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), &settings, cfg.pad_token_id())?;
+        Ok(Retriever { model, tokenizer, settings, hidden_size: cfg.hidden_size() })
     }
 
     /// Assembles a retriever from parts (tests build tiny random ones this way).
-    pub fn from_parts(model: BertModel, tokenizer: Tokenizer, settings: RetrieverSettings, hidden_size: usize) -> Self {
-        Retriever { model, tokenizer, settings, hidden_size }
+    pub fn from_parts(
+        model: impl Into<Encoder>,
+        tokenizer: Tokenizer,
+        settings: RetrieverSettings,
+        hidden_size: usize,
+    ) -> Self {
+        Retriever { model: model.into(), tokenizer, settings, hidden_size }
     }
 
     pub fn settings(&self) -> &RetrieverSettings {
@@ -214,7 +220,7 @@ impl Retriever {
         self.hidden_size
     }
 
-    pub fn model(&self) -> &BertModel {
+    pub fn model(&self) -> &Encoder {
         &self.model
     }
 
@@ -226,7 +232,7 @@ impl Retriever {
             .map_err(|message| ModelError::Tokenizer { path: PathBuf::from("tokenizer.json"), message })
     }
 
-    pub fn model_mut(&mut self) -> &mut BertModel {
+    pub fn model_mut(&mut self) -> &mut Encoder {
         &mut self.model
     }
 
@@ -345,6 +351,7 @@ pub fn configure_tokenizer(tokenizer: &mut Tokenizer, max_length: usize, pad_id:
 
 #[cfg(test)]
 mod tests {
+    use crate::model::bert::BertModel;
     use crate::model::layers::DropoutRng;
     use candle_core::{D, Var};
     use candle_nn::VarMap;
