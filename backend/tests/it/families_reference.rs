@@ -73,7 +73,17 @@ fn the_same_weights_read_from_gguf_give_the_same_logits() {
         let (dir, reference) = fixture(name);
         let (cfg, tensors, _) = llama::load_gguf(&dir.with_extension("gguf"), &Device::Cpu).unwrap();
         if name == "llama3" {
-            assert!(cfg.rope_freq_factors.is_some(), "llama3 scaling comes from rope_freqs.weight");
+            // What a GGUF export writes as rope_freqs equals what llama.cpp's converter wrote.
+            let from_file = cfg.rope_freq_factors.clone().expect("llama3 scaling comes from rope_freqs.weight");
+            let hf = llama::load_as(&dir, &Device::Cpu, DType::F32).unwrap();
+            let ours = llama::rope_freq_divisors(hf.config());
+            assert_eq!(ours.len(), from_file.len());
+            for (a, b) in ours.iter().zip(&from_file) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "rope_freqs {ours:?} vs the converter's {from_file:?}"
+                );
+            }
         }
         let model = Llama::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &cfg).unwrap();
         let diff = logit_difference(&model, &reference);

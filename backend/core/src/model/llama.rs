@@ -402,9 +402,9 @@ fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
 
 /// llama.cpp's `rope_freqs.weight` for this config: each frequency's divisor (1 without scaling).
 pub fn rope_freq_divisors(cfg: &Config) -> Vec<f32> {
-    let unscaled = Config { rope_scaling: None, rope_parameters: None, rope_freq_factors: None, ..cfg.clone() };
     let theta = cfg.rope().rope_theta.unwrap_or(cfg.rope_theta);
-    let unscaled = Config { rope_theta: theta, ..unscaled };
+    let unscaled =
+        Config { rope_theta: theta, rope_scaling: None, rope_parameters: None, rope_freq_factors: None, ..cfg.clone() };
     inverse_frequencies(&unscaled).iter().zip(inverse_frequencies(cfg)).map(|(base, scaled)| base / scaled).collect()
 }
 

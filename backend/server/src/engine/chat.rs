@@ -42,10 +42,15 @@ fn modified(path: &Option<PathBuf>) -> String {
     format!("{}@{}", dir.display(), nanos.unwrap_or(0))
 }
 
+/// A retriever with its adapter's version: an index built for another is stale.
+fn retriever_key(retriever: &std::path::Path, adapter: &Option<PathBuf>) -> String {
+    format!("{}+{}", retriever.display(), modified(adapter))
+}
+
 impl PairSpec {
     /// Names the retriever with its adapter's version: an index built for another is stale.
     pub fn retriever_key(&self) -> String {
-        format!("{}+{}", self.retriever.display(), modified(&self.retriever_adapter))
+        retriever_key(&self.retriever, &self.retriever_adapter)
     }
 
     fn generator_key(&self) -> String {
@@ -329,14 +334,7 @@ impl ChatThread {
         texts: &[String],
         role: TextRole,
     ) -> Result<Embedded, Failure> {
-        let spec = PairSpec {
-            id: String::new(),
-            retriever: path.to_owned(),
-            retriever_adapter: adapter.clone(),
-            generator: PathBuf::new(),
-            generator_adapter: None,
-        };
-        let key = spec.retriever_key();
+        let key = retriever_key(path, adapter);
         let loaded_in_pair = self.pairs.iter().position(|p| p.retriever_key == key);
         if loaded_in_pair.is_none() && self.retriever.as_ref().is_none_or(|(k, _)| *k != key) {
             let device = crate::model::device::select(&self.context.device_spec).map_err(failure("device"))?;

@@ -135,11 +135,7 @@ pub async fn export_run(
         ("peft" | "merged", Some(_)) => return Err(invalid("quant applies to the gguf format only".into())),
         (other, _) => return Err(invalid(format!("format {other:?}: peft, merged or gguf"))),
     };
-    let pair = resolve_pair(&state, &format!("run:{id}")).await.map_err(|(code, message)| match code {
-        "unknown_model" => not_found("run", id),
-        "store" => AppError::Internal(message),
-        _ => AppError::Conflict { code, message, current: None },
-    })?;
+    let pair = resolve_pair(&state, &format!("run:{id}")).await.map_err(pair_refused)?;
     let models = RunModels {
         retriever: pair.retriever,
         retriever_adapter: pair.retriever_adapter,
@@ -368,6 +364,16 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<Model
 }
 
 /// The models behind a pair id of `GET /api/v1/models`.
+/// A pair id [`resolve_pair`] refused, as the HTTP error: 404 for an unknown one, 409 for a run
+/// that has not succeeded.
+pub(super) fn pair_refused((code, message): (&'static str, String)) -> AppError {
+    match code {
+        "unknown_model" => AppError::NotFound(message),
+        "store" => AppError::Internal(message),
+        _ => AppError::Conflict { code, message, current: None },
+    }
+}
+
 pub(super) async fn resolve_pair(state: &AppState, id: &str) -> Result<PairSpec, (&'static str, String)> {
     let models = &state.config().models_dir;
     if id == "base" {

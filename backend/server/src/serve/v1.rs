@@ -242,15 +242,6 @@ fn engine_failure(code: &'static str, message: String) -> AppError {
     }
 }
 
-/// A pair id that `resolve_pair` refused.
-fn pair_refused(code: &'static str, message: String) -> AppError {
-    match code {
-        "unknown_model" => AppError::NotFound(message),
-        "store" => AppError::Internal(message),
-        _ => AppError::Conflict { code, message, current: None },
-    }
-}
-
 fn api_slot(state: &AppState) -> Result<ApiSlot, AppError> {
     state.chat().api_slot().ok_or_else(|| {
         AppError::TooManyRequests(format!(
@@ -381,8 +372,7 @@ async fn chat_completions(
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, AppError> {
     let (model, stream, request) = request.check()?;
-    let pair =
-        super::runs::resolve_pair(&state, &model).await.map_err(|(code, message)| pair_refused(code, message))?;
+    let pair = super::runs::resolve_pair(&state, &model).await.map_err(super::runs::pair_refused)?;
     let slot = api_slot(&state)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -544,9 +534,7 @@ async fn embeddings(
         Some("query") => TextRole::Query,
         Some(other) => return Err(invalid("bad_input_type", format!("input_type {other:?}: query or passage"))),
     };
-    let pair = super::runs::resolve_pair(&state, &request.model)
-        .await
-        .map_err(|(code, message)| pair_refused(code, message))?;
+    let pair = super::runs::resolve_pair(&state, &request.model).await.map_err(super::runs::pair_refused)?;
     let _slot = api_slot(&state)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     state.chat().embed(
