@@ -943,17 +943,32 @@ mod tests {
 
     #[test]
     fn every_parameter_receives_a_gradient() {
-        let (model, varmap) = tiny_model();
-        let logits = model.forward(&ids(&[3, 17, 5, 29, 11]), &mut KvCache::default(), None).unwrap();
-        let targets = Tensor::new(&[17u32, 5, 29, 11, 2], &Device::Cpu).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets).unwrap();
-        let grads = loss.backward().unwrap();
-        let vars: Vec<Var> = varmap.all_vars();
-        assert_eq!(vars.len(), 1 + 1 + 2 * 9, "embeddings, final norm, 9 tensors per layer (lm_head tied)");
-        for var in &vars {
-            let grad = grads.get(var).unwrap_or_else(|| panic!("no gradient for a {:?} parameter", var.shape()));
-            let magnitude = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(magnitude > 0.0, "zero gradient for a {:?} parameter", var.shape());
+        // Per layer: Llama's 9 tensors; Qwen2 adds the q/k/v biases, Qwen3 the q/k norms; Mistral's
+        // window (2 here, over 5 positions) must not cut any parameter off.
+        for (model_type, per_layer) in [("llama", 9), ("mistral", 9), ("qwen2", 12), ("qwen3", 11)] {
+            let mut cfg = tiny_config();
+            cfg.model_type = model_type.into();
+            cfg.sliding_window = Some(2);
+            cfg.validate().unwrap();
+            let varmap = VarMap::new();
+            let model = Llama::load(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+            let logits = model.forward(&ids(&[3, 17, 5, 29, 11]), &mut KvCache::default(), None).unwrap();
+            let targets = Tensor::new(&[17u32, 5, 29, 11, 2], &Device::Cpu).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets).unwrap();
+            let grads = loss.backward().unwrap();
+            let vars: Vec<Var> = varmap.all_vars();
+            assert_eq!(
+                vars.len(),
+                1 + 1 + 2 * per_layer,
+                "{model_type}: embeddings, final norm, per layer (lm_head tied)"
+            );
+            for var in &vars {
+                let grad = grads
+                    .get(var)
+                    .unwrap_or_else(|| panic!("{model_type}: no gradient for a {:?} parameter", var.shape()));
+                let magnitude = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(magnitude > 0.0, "{model_type}: zero gradient for a {:?} parameter", var.shape());
+            }
         }
     }
 

@@ -324,3 +324,66 @@ impl ModernBertModel {
         self.final_norm.forward(&hidden)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    fn tiny_config() -> Config {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "local_attention": 2,
+            "global_attn_every_n_layers": 2
+        }))
+        .unwrap()
+    }
+
+    fn input(ids: &[[u32; 6]; 2], mask: &[[f32; 6]; 2]) -> EncoderInput {
+        let cpu = Device::Cpu;
+        EncoderInput {
+            input_ids: Tensor::new(ids, &cpu).unwrap(),
+            token_type_ids: Tensor::zeros((2, 6), DType::U32, &cpu).unwrap(),
+            attention_mask: Tensor::new(mask, &cpu).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_parameter_receives_a_gradient_and_padding_is_invisible() {
+        let varmap = VarMap::new();
+        let model =
+            ModernBertModel::load(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &tiny_config()).unwrap();
+        let full = [[1.0f32; 6]; 2];
+        let hidden =
+            model.forward(&input(&[[3, 7, 9, 11, 2, 5], [4, 8, 12, 16, 20, 24]], &full), Mode::Inference).unwrap();
+        let grads = hidden.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let vars: Vec<Var> = varmap.all_vars();
+        // Embeddings and their norm, the final norm; per layer Wqkv, Wo, Wi, Wo, mlp_norm (+ attn_norm after layer 0).
+        assert_eq!(vars.len(), 3 + 3 * 5 + 2);
+        for var in &vars {
+            let grad = grads.get(var).unwrap_or_else(|| panic!("no gradient for a {:?} parameter", var.shape()));
+            assert!(grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        }
+        // Right padding changes nothing at the real positions.
+        let short = model
+            .forward(
+                &input(&[[3, 7, 9, 0, 0, 0], [4, 8, 12, 16, 20, 24]], &[[1., 1., 1., 0., 0., 0.], [1.0; 6]]),
+                Mode::Inference,
+            )
+            .unwrap();
+        let alone = {
+            let cpu = Device::Cpu;
+            let one = EncoderInput {
+                input_ids: Tensor::new(&[[3u32, 7, 9]], &cpu).unwrap(),
+                token_type_ids: Tensor::zeros((1, 3), DType::U32, &cpu).unwrap(),
+                attention_mask: Tensor::new(&[[1f32, 1., 1.]], &cpu).unwrap(),
+            };
+            model.forward(&one, Mode::Inference).unwrap()
+        };
+        let padded = short.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap();
+        let diff = (padded - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "padding changed the real positions by {diff}");
+    }
+}
