@@ -196,7 +196,7 @@ async fn openai_clients_get_answers_streams_embeddings_and_errors_in_their_shape
     // question from the chat page is answered before the last of them.
     let mut socket = connect(&server).await;
     let long =
-        question("Tell me everything about rivers.", json!({"max_tokens": 200, "attune": {"repetition_penalty": 2.0}}));
+        question("Tell me everything about rivers.", json!({"max_tokens": 500, "attune": {"repetition_penalty": 2.0}}));
     let started = Instant::now();
     let api: Vec<_> = (0..3)
         .map(|_| {
