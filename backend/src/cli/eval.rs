@@ -48,6 +48,10 @@ pub struct EvalArgs {
     /// Retrieved passages in each generation prompt.
     #[arg(long, default_value_t = 1)]
     passages_per_prompt: usize,
+    /// Which ranking the generation prompts take their passages from: dense (the retriever), bm25,
+    /// or hybrid (both, by reciprocal rank fusion). Retrieval metrics are reported for all three.
+    #[arg(long, default_value = "dense", value_parser = ["dense", "bm25", "hybrid"])]
+    retrieval: String,
     #[arg(long, default_value_t = 128)]
     max_passage_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -92,12 +96,27 @@ struct Report {
     /// The base retriever, when an adapter was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     retriever_base: Option<BTreeMap<String, f64>>,
+    /// BM25 over the same corpus.
+    bm25: BTreeMap<String, f64>,
+    /// The retriever as given fused with BM25 (reciprocal rank fusion).
+    hybrid: BTreeMap<String, f64>,
+    /// The base retriever fused with BM25, when an adapter was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hybrid_base: Option<BTreeMap<String, f64>>,
     /// The system as given: its generator with its retriever's passages.
     #[serde(skip_serializing_if = "Option::is_none")]
     generator: Option<AnswerMetrics>,
     /// Every pairing evaluated (base/tuned retriever × base/tuned generator).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     generation: Vec<GenerationRow>,
+}
+
+/// A dense run's name fused with BM25.
+fn hybrid_name(dense: &str) -> &'static str {
+    match dense {
+        "tuned" => "tuned+bm25",
+        _ => "base+bm25",
+    }
 }
 
 fn read_corpus(path: &PathBuf) -> anyhow::Result<Vec<String>> {
@@ -163,6 +182,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         runs.push(("base", run::evaluate_retrieval(&retriever, &corpus, &rows, &args.k, &mut progress)?));
     }
+    // BM25, and each dense run fused with it.
+    let bm25 = run::evaluate_bm25(&corpus, &rows, &args.k, &mut progress)?;
+    let dense_names: Vec<&'static str> = runs.iter().map(|(n, _)| *n).collect();
+    for name in &dense_names {
+        let dense = &runs.iter().find(|(n, _)| n == name).expect("listed above").1;
+        let hybrid = run::fuse(dense, &bm25, &corpus, &rows, &args.k)?;
+        runs.push((hybrid_name(name), hybrid));
+    }
+    runs.push(("bm25", bm25));
+    let feeding = |retriever: &'static str| -> &'static str {
+        match args.retrieval.as_str() {
+            "bm25" => "bm25",
+            "hybrid" => hybrid_name(retriever),
+            _ => retriever,
+        }
+    };
     let mut generation = Vec::new();
     let mut system = None;
     let mut all_predictions = Vec::new();
@@ -179,6 +214,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                             retriever_name: &'static str,
                             generator_name: &'static str|
          -> anyhow::Result<AnswerMetrics> {
+            let retriever_name = feeding(retriever_name);
             let rankings = &runs.iter().find(|(n, _)| *n == retriever_name).expect("evaluated above").1.rankings;
             let result = run::evaluate_generation(generator, &corpus, &rows, rankings, settings, &mut progress)?;
             for p in &result.predictions {
@@ -193,10 +229,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             });
             Ok(result.metrics)
         };
-        let final_retriever = runs.last().expect("one run at least").0;
+        let final_retriever = *dense_names.last().expect("one run at least");
         // The base generator with every retriever; then the tuned generator with the final retriever.
         let mut last = None;
-        for (name, _) in runs.iter().map(|(n, r)| (*n, r)).collect::<Vec<_>>() {
+        for name in &dense_names {
             last = Some(evaluate(&generator, name, "base")?);
         }
         if let Some(adapter) = &args.generator_adapter {
@@ -210,12 +246,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let lines: String = all_predictions.iter().map(|p| format!("{p}\n")).collect();
         std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
-    let given = runs.last().expect("one run at least");
+    let metrics = |name: &str| runs.iter().find(|(n, _)| *n == name).map(|(_, r)| r.metrics.flat());
+    let given = *dense_names.last().expect("one run at least");
     let report = Report {
         questions: rows.len(),
         corpus: corpus.len(),
-        retriever: given.1.metrics.flat(),
-        retriever_base: runs.iter().find(|(n, _)| *n == "base" && runs.len() > 1).map(|(_, r)| r.metrics.flat()),
+        retriever: metrics(given).unwrap_or_default(),
+        retriever_base: metrics("base").filter(|_| dense_names.len() > 1),
+        bm25: metrics("bm25").unwrap_or_default(),
+        hybrid: metrics(hybrid_name(given)).unwrap_or_default(),
+        hybrid_base: metrics(hybrid_name("base")).filter(|_| dense_names.len() > 1),
         generator: system,
         generation,
     };
@@ -232,13 +272,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
     println!();
     let names: Vec<&String> = report.retriever.keys().collect();
-    print!("{:<10}", "retriever");
+    print!("{:<12}", "retriever");
     for name in &names {
         print!("{name:>11}");
     }
     println!();
     for (label, run) in &runs {
-        print!("{label:<10}");
+        print!("{label:<12}");
         for (_, value) in run.metrics.flat() {
             print!("{value:>11.4}");
         }

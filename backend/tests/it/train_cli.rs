@@ -58,7 +58,13 @@ fn retriever_mode_trains_evaluates_and_resumes() {
         let value = report["retriever"][key].as_f64().unwrap_or_else(|| panic!("no {key}: {report}"));
         assert!((0.0..=1.0).contains(&value));
         assert!(report["retriever_base"][key].is_number());
+        for lexical in ["bm25", "hybrid", "hybrid_base"] {
+            let value = report[lexical][key].as_f64().unwrap_or_else(|| panic!("no {lexical} {key}: {report}"));
+            assert!((0.0..=1.0).contains(&value));
+        }
     }
+    // HaluEval's questions share rare words (names) with their passages: BM25 finds most of them.
+    assert!(report["bm25"]["hit@3"].as_f64() >= Some(0.5), "{report}");
     assert!(report["questions"].as_u64().unwrap() > 0);
     // The whole corpus is searched: every distinct passage of the file, not only the test split's.
     assert!(report["corpus"].as_u64().unwrap() > report["questions"].as_u64().unwrap());

@@ -16,6 +16,8 @@ use crate::train::data::Triple;
 
 /// Rankings are kept this deep (MRR@10 and nDCG@10 need 10).
 const RANKING_DEPTH: usize = 10;
+/// Candidates each ranking gives to reciprocal rank fusion (hybrid retrieval).
+pub const FUSION_DEPTH: usize = 100;
 
 /// Progress of a long evaluation: (done, total) of the current phase, named.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
@@ -25,6 +27,18 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 pub struct RetrievalRun {
     pub metrics: RetrievalMetrics,
     pub rankings: Vec<Vec<usize>>,
+    /// Each question's [`FUSION_DEPTH`] best passages, for fusing with another ranking.
+    pub candidates: Vec<Vec<usize>>,
+}
+
+impl RetrievalRun {
+    /// Metrics of `candidates` (best first, at least [`RANKING_DEPTH`] deep where the corpus allows).
+    fn of(candidates: Vec<Vec<usize>>, gold: &[usize], ks: &[usize]) -> Self {
+        let depth = ks.iter().copied().max().unwrap_or(1).max(RANKING_DEPTH);
+        let rankings: Vec<Vec<usize>> = candidates.iter().map(|c| c.iter().copied().take(depth).collect()).collect();
+        let relevant: Vec<HashSet<usize>> = gold.iter().map(|&g| HashSet::from([g])).collect();
+        RetrievalRun { metrics: RetrievalMetrics::compute(&rankings, &relevant, ks), rankings, candidates }
+    }
 }
 
 /// Index of each question's gold passage in `corpus` (which must hold them all).
@@ -52,10 +66,43 @@ pub fn evaluate_retrieval(
     let passages = embed_in_batches(retriever, corpus, TextRole::Passage, "embedding the corpus", progress)?;
     let questions: Vec<String> = rows.iter().map(|t| t.question.clone()).collect();
     let queries = embed_in_batches(retriever, &questions, TextRole::Query, "embedding the questions", progress)?;
-    let depth = ks.iter().copied().max().unwrap_or(1).max(RANKING_DEPTH);
-    let rankings = rank(&queries, &passages, depth)?;
-    let relevant: Vec<HashSet<usize>> = gold.iter().map(|&g| HashSet::from([g])).collect();
-    Ok(RetrievalRun { metrics: RetrievalMetrics::compute(&rankings, &relevant, ks), rankings })
+    let depth = ks.iter().copied().max().unwrap_or(1).max(FUSION_DEPTH);
+    Ok(RetrievalRun::of(rank(&queries, &passages, depth)?, &gold, ks))
+}
+
+/// BM25 over the whole corpus for each question (tantivy), ranked as [`evaluate_retrieval`] ranks.
+pub fn evaluate_bm25(corpus: &[String], rows: &[Triple], ks: &[usize], progress: Progress<'_>) -> Result<RetrievalRun> {
+    let gold = gold_indices(corpus, rows)?;
+    progress("indexing the corpus for BM25", 0, rows.len());
+    let index = crate::rag::bm25::Bm25Index::build(corpus).map_err(|e| EvalError::Data(e.to_string()))?;
+    let depth = ks.iter().copied().max().unwrap_or(1).max(FUSION_DEPTH);
+    let mut candidates = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let hits = index.search(&row.question, depth).map_err(|e| EvalError::Data(e.to_string()))?;
+        candidates.push(hits.into_iter().map(|(position, _)| position).collect());
+        if i % 64 == 0 {
+            progress("searching with BM25", i, rows.len());
+        }
+    }
+    Ok(RetrievalRun::of(candidates, &gold, ks))
+}
+
+/// Hybrid retrieval: the two runs' candidates fused by reciprocal rank fusion.
+pub fn fuse(
+    dense: &RetrievalRun,
+    lexical: &RetrievalRun,
+    corpus: &[String],
+    rows: &[Triple],
+    ks: &[usize],
+) -> Result<RetrievalRun> {
+    let gold = gold_indices(corpus, rows)?;
+    let candidates = dense
+        .candidates
+        .iter()
+        .zip(&lexical.candidates)
+        .map(|(a, b)| crate::rag::bm25::reciprocal_rank_fusion(&[a, b], FUSION_DEPTH))
+        .collect();
+    Ok(RetrievalRun::of(candidates, &gold, ks))
 }
 
 /// Embeds `texts` in batches of similar length (sorted by length, so little padding is computed),

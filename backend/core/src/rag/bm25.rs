@@ -1,0 +1,114 @@
+//! Lexical retrieval: BM25 over the passages with tantivy (an index in memory), and reciprocal
+//! rank fusion of several rankings (BM25 + dense = hybrid retrieval).
+
+use std::collections::HashMap;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{FAST, Field, INDEXED, STORED, Schema, TEXT, Value};
+use tantivy::{Index, IndexReader, TantivyDocument, doc};
+
+/// RRF's constant (Cormack et al. 2009): a passage ranked r by one ranking adds 1 / (k + r).
+pub const RRF_K: f64 = 60.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Bm25Error {
+    #[error("BM25 index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+}
+
+/// A BM25 index of passages, searched by position in the slice it was built from.
+pub struct Bm25Index {
+    index: Index,
+    reader: IndexReader,
+    text: Field,
+    position: Field,
+}
+
+impl Bm25Index {
+    /// Indexes `passages` (tantivy's default tokenizer: words, lower-cased).
+    pub fn build(passages: &[String]) -> Result<Self, Bm25Error> {
+        let mut schema = Schema::builder();
+        let text = schema.add_text_field("text", TEXT);
+        let position = schema.add_u64_field("position", INDEXED | STORED | FAST);
+        let index = Index::create_in_ram(schema.build());
+        // One indexing thread, 50 MB: the passages of a project fit, and no core is taken from the others.
+        let mut writer = index.writer_with_num_threads(1, 50_000_000)?;
+        for (i, passage) in passages.iter().enumerate() {
+            writer.add_document(doc!(text => passage.as_str(), position => i as u64))?;
+        }
+        writer.commit()?;
+        let reader = index.reader()?;
+        Ok(Bm25Index { index, reader, text, position })
+    }
+
+    /// The `k` best passages for `query` (positions, best first), with their BM25 scores. Query
+    /// syntax is not special: a question's `?`, quotes or `AND` are read as words.
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<(usize, f32)>, Bm25Error> {
+        let parser = QueryParser::for_index(&self.index, vec![self.text]);
+        // Lenient parsing never fails: what is not query syntax is taken as terms.
+        let (parsed, _) = parser.parse_query_lenient(query);
+        let searcher = self.reader.searcher();
+        let hits = searcher.search(&parsed, &TopDocs::with_limit(k.max(1)))?;
+        let mut out = Vec::with_capacity(hits.len());
+        for (score, address) in hits {
+            let document: TantivyDocument = searcher.doc(address)?;
+            if let Some(position) = document.get_first(self.position).and_then(|v| v.as_u64()) {
+                out.push((position as usize, score));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reciprocal rank fusion: every ranking (best first) adds `1 / (RRF_K + rank)` to each passage
+/// it holds; the fused ranking is by that sum (ties: the smaller position first), `depth` deep.
+pub fn reciprocal_rank_fusion(rankings: &[&[usize]], depth: usize) -> Vec<usize> {
+    let mut scores: HashMap<usize, f64> = HashMap::new();
+    for ranking in rankings {
+        for (rank, &passage) in ranking.iter().enumerate() {
+            *scores.entry(passage).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(usize, f64)> = scores.into_iter().collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    fused.into_iter().take(depth).map(|(passage, _)| passage).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus() -> Vec<String> {
+        [
+            "Glaciers are slow rivers of ice that carve valleys.",
+            "Volcanoes erupt when magma reaches the surface.",
+            "The survfit function estimates survival curves in R.",
+            "Rivers carry sediment to the sea.",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn bm25_finds_the_passage_with_the_rare_words() {
+        let index = Bm25Index::build(&corpus()).unwrap();
+        let hits = index.search("What does survfit estimate?", 3).unwrap();
+        assert_eq!(hits.first().map(|h| h.0), Some(2), "{hits:?}");
+        let hits = index.search("How do glaciers carve valleys?", 4).unwrap();
+        assert_eq!(hits[0].0, 0);
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {hits:?}");
+        // Query syntax in a question is read as words, not an error.
+        assert!(index.search("\"rivers\" AND (sea OR -ice)?", 2).unwrap().iter().any(|h| h.0 == 3));
+        assert!(index.search("zzz qqq", 2).unwrap().is_empty(), "no shared word, no hit");
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_between_rankings() {
+        // Passage 7 is second in both rankings; 1 and 9 are first in one each and absent elsewhere.
+        let fused = reciprocal_rank_fusion(&[&[1, 7, 3], &[9, 7, 4]], 3);
+        assert_eq!(fused[0], 7, "{fused:?}");
+        assert_eq!(fused[1..], [1, 9], "ties go to the smaller position: {fused:?}");
+        assert_eq!(reciprocal_rank_fusion(&[&[5, 6]], 1), vec![5], "one ranking is kept as it is, cut to depth");
+    }
+}
