@@ -50,6 +50,36 @@ fn logit_difference(model: &Llama, reference: &Reference) -> f32 {
     ours.iter().flatten().zip(reference.logits.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
+/// Gives every A and B of `varmap` the value PEFT saved in `adapter` (which must hold exactly those).
+fn take_peft_weights(name: &str, varmap: &candle_nn::VarMap, adapter: &std::path::Path) {
+    let peft = candle_core::safetensors::load(adapter.join(lora::ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+    let vars = varmap.data().lock().unwrap();
+    assert_eq!(vars.len(), peft.len(), "{name}: one variable per PEFT tensor");
+    for (key, var) in vars.iter() {
+        var.set(peft.get(key).unwrap_or_else(|| panic!("{name}: PEFT has no {key}"))).unwrap();
+    }
+}
+
+/// Every adapter gradient against PEFT's in `dir/lora_grads.safetensors`.
+fn assert_gradients_equal_pefts(
+    name: &str,
+    varmap: &candle_nn::VarMap,
+    grads: &candle_core::backprop::GradStore,
+    dir: &std::path::Path,
+) {
+    let expected: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("lora_grads.safetensors"), &Device::Cpu).unwrap();
+    let vars = varmap.data().lock().unwrap();
+    for (key, var) in vars.iter() {
+        let ours = grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for {key}"));
+        let theirs = &expected[key];
+        let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        // Gradients are O(1); 1e-4 relative to the largest entry, as the issue asks.
+        assert!(diff <= 1e-4 * scale, "{name}: {key} gradient differs by {diff} (largest entry {scale})");
+    }
+}
+
 #[test]
 fn every_family_matches_transformers_from_a_hugging_face_folder() {
     for (name, family) in FAMILIES {
@@ -100,14 +130,7 @@ fn lora_gradients_equal_peft_for_every_family() {
         let config: LoraConfig =
             serde_json::from_str(&std::fs::read_to_string(adapter.join(lora::ADAPTER_CONFIG)).unwrap()).unwrap();
         let varmap = lora::attach_trainable(&mut model, &config, &Device::Cpu).unwrap();
-        let peft_weights = candle_core::safetensors::load(adapter.join(lora::ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
-        {
-            let vars = varmap.data().lock().unwrap();
-            assert_eq!(vars.len(), peft_weights.len(), "{name}: one variable per PEFT tensor");
-            for (key, var) in vars.iter() {
-                var.set(peft_weights.get(key).unwrap_or_else(|| panic!("{name}: PEFT has no {key}"))).unwrap();
-            }
-        }
+        take_peft_weights(name, &varmap, &adapter);
         assert_eq!(model.linears_mut().len(), 7 * 2, "{name}: seven adapted projections per layer");
         let logits =
             model.forward(&ids(&reference.sequence), &mut KvCache::default(), None).unwrap().squeeze(0).unwrap();
@@ -116,18 +139,7 @@ fn lora_gradients_equal_peft_for_every_family() {
         let loss = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, n - 1).unwrap(), &targets).unwrap();
         let value = loss.to_scalar::<f32>().unwrap();
         assert!((value - reference.lora_loss).abs() <= 1e-4, "{name}: loss {value} vs PEFT's {}", reference.lora_loss);
-        let grads = loss.backward().unwrap();
-        let expected: HashMap<String, Tensor> =
-            candle_core::safetensors::load(dir.join("lora_grads.safetensors"), &Device::Cpu).unwrap();
-        let vars = varmap.data().lock().unwrap();
-        for (key, var) in vars.iter() {
-            let ours = grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for {key}"));
-            let theirs = &expected[key];
-            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-            // Gradients are O(1); 1e-4 relative to the largest entry, as the issue asks.
-            assert!(diff <= 1e-4 * scale, "{name}: {key} gradient differs by {diff} (largest entry {scale})");
-        }
+        assert_gradients_equal_pefts(name, &varmap, &loss.backward().unwrap(), &dir);
     }
 }
 
@@ -252,16 +264,8 @@ fn encoder_lora_gradients_equal_peft_on_the_default_targets() {
         let config = LoraConfig::retriever_default();
         let config = LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: 0.0, ..config };
         let varmap = lora::attach_trainable(&mut encoder, &config, &Device::Cpu).unwrap();
-        let peft_weights =
-            candle_core::safetensors::load(dir.join("adapter").join(lora::ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
-        {
-            let vars = varmap.data().lock().unwrap();
-            assert_eq!(vars.len(), 2 * adapted, "{name}: the default targets adapt {adapted} layers");
-            assert_eq!(vars.len(), peft_weights.len(), "{name}: PEFT adapted the same layers");
-            for (key, var) in vars.iter() {
-                var.set(peft_weights.get(key).unwrap_or_else(|| panic!("{name}: PEFT has no {key}"))).unwrap();
-            }
-        }
+        assert_eq!(varmap.all_vars().len(), 2 * adapted, "{name}: the default targets adapt {adapted} layers");
+        take_peft_weights(name, &varmap, &dir.join("adapter"));
         let hidden = encoder.forward(&input, Mode::Inference).unwrap();
         let weights = input.attention_mask.unsqueeze(2).unwrap();
         let loss = (hidden.broadcast_mul(&weights).unwrap().sqr().unwrap().sum_all().unwrap()
@@ -273,15 +277,6 @@ fn encoder_lora_gradients_equal_peft_on_the_default_targets() {
             "{name}: loss {value} vs {}",
             reference.lora_loss
         );
-        let grads = loss.backward().unwrap();
-        let expected = candle_core::safetensors::load(dir.join("lora_grads.safetensors"), &Device::Cpu).unwrap();
-        let vars = varmap.data().lock().unwrap();
-        for (key, var) in vars.iter() {
-            let ours = grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for {key}"));
-            let theirs = &expected[key];
-            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-            assert!(diff <= 1e-4 * scale, "{name}: {key} gradient differs by {diff} (largest entry {scale})");
-        }
+        assert_gradients_equal_pefts(name, &varmap, &loss.backward().unwrap(), &dir);
     }
 }

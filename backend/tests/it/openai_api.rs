@@ -9,16 +9,15 @@ use attune_shared::{ClientMessage, ServerMessage};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::jobs_api::{Server, connect, document, send, start, tiny_models, until, upload};
+use super::jobs_api::{Server, call, connect, document, send, start, tiny_models, until, upload};
 
 fn v1(server: &Server, path: &str) -> String {
     format!("http://{}/v1{path}", server.addr)
 }
 
+/// A JSON POST: the status and the JSON body.
 async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
-    let response = client.post(url).json(&body).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    call(client, "POST", url, Some(body)).await
 }
 
 fn question(text: &str, extra: Value) -> Value {
