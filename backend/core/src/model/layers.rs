@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::Tensor;
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,6 +35,42 @@ impl LayerNorm {
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Unscaled rotary frequencies `θ^(-2i/d)`, one per pair of dimensions.
+pub fn rope_frequencies(theta: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect()
+}
+
+/// Precomputed rotary tables, `(max_positions, head_dim)` each, in the "rotate half" form of
+/// Hugging Face's Llama, Qwen and ModernBERT code.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    /// Tables for `positions` positions from each pair's inverse frequency.
+    pub fn new(inverse_frequencies: Vec<f32>, positions: usize, device: &Device) -> candle_core::Result<Self> {
+        let half = inverse_frequencies.len();
+        let inv_freq = Tensor::from_vec(inverse_frequencies, (1, half), device)?;
+        let steps = Tensor::arange(0u32, positions as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+        let angles = steps.broadcast_mul(&inv_freq)?;
+        let angles = Tensor::cat(&[&angles, &angles], 1)?;
+        Ok(Rotary { cos: angles.cos()?, sin: angles.sin()? })
+    }
+
+    /// Rotates `(batch, heads, seq, head_dim)` states at positions `offset..offset + seq`.
+    pub fn apply(&self, xs: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        let (_, _, seq_len, head_dim) = xs.dims4()?;
+        let cos = self.cos.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
+        let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
+        let half = head_dim / 2;
+        let rotated =
+            Tensor::cat(&[&xs.narrow(D::Minus1, half, half)?.neg()?, &xs.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+        xs.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
     }
 }
 

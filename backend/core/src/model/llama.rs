@@ -10,12 +10,12 @@ use std::fs;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::layers::{Mode, softmax_last_dim};
+use super::layers::{Mode, Rotary, rope_frequencies, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
 use super::random::{RandomWeights, WeightSource};
@@ -335,35 +335,6 @@ impl RmsNorm {
     }
 }
 
-/// Precomputed rotary tables, `(max_positions, head_dim)` each.
-#[derive(Debug, Clone)]
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rotary {
-    fn new(cfg: &Config, device: &Device) -> candle_core::Result<Self> {
-        let inv_freq = Tensor::from_vec(inverse_frequencies(cfg), (1, cfg.head_dim() / 2), device)?;
-        let positions =
-            Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
-        let angles = Tensor::cat(&[&angles, &angles], 1)?;
-        Ok(Rotary { cos: angles.cos()?, sin: angles.sin()? })
-    }
-
-    /// Rotates `(batch, heads, seq, head_dim)` states at positions `offset..offset + seq`.
-    fn apply(&self, xs: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
-        let (_, _, seq_len, head_dim) = xs.dims4()?;
-        let cos = self.cos.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
-        let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
-        let half = head_dim / 2;
-        let rotated =
-            Tensor::cat(&[&xs.narrow(D::Minus1, half, half)?.neg()?, &xs.narrow(D::Minus1, 0, half)?], D::Minus1)?;
-        xs.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
-    }
-}
-
 /// The rotary frequency of each pair of dimensions, `θ^(-2i/d)`, scaled as the config says
 /// (transformers' `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
 /// `_compute_llama3_parameters`; a GGUF's `rope_freqs` divisors stand in for the llama3 settings).
@@ -371,7 +342,7 @@ fn inverse_frequencies(cfg: &Config) -> Vec<f32> {
     let rope = cfg.rope();
     let dim = cfg.head_dim();
     let theta = rope.rope_theta.unwrap_or(cfg.rope_theta);
-    let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64)).collect();
+    let base = rope_frequencies(theta, dim);
     let scaled: Vec<f64> = match (rope.rope_type.as_deref(), &cfg.rope_freq_factors) {
         (_, Some(divisors)) => base.iter().zip(divisors).map(|(f, d)| f / f64::from(*d)).collect(),
         (Some("linear"), None) => base.iter().map(|f| f / rope.factor.unwrap_or(1.0)).collect(),
@@ -605,7 +576,7 @@ impl Llama {
             layers,
             norm: RmsNorm::load(vb.pp("model").pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             lm_head,
-            rotary: Rotary::new(cfg, vb.device())?,
+            rotary: Rotary::new(inverse_frequencies(cfg), cfg.max_position_embeddings, vb.device())?,
             config: cfg.clone(),
         })
     }

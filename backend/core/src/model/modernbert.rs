@@ -7,7 +7,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::bert::EncoderInput;
-use super::layers::{Dropout, LayerNorm, Mode, softmax_last_dim};
+use super::layers::{Dropout, LayerNorm, Mode, Rotary, rope_frequencies, softmax_last_dim};
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -131,35 +131,6 @@ fn layer_norm(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<LayerNorm
     }
 }
 
-/// Rotary tables `(max_positions, head_dim)` for one theta.
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rotary {
-    fn new(theta: f64, head_dim: usize, positions: usize, device: &Device) -> candle_core::Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
-        let steps = Tensor::arange(0u32, positions as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-        let angles = steps.broadcast_mul(&inv)?;
-        let angles = Tensor::cat(&[&angles, &angles], 1)?;
-        Ok(Rotary { cos: angles.cos()?, sin: angles.sin()? })
-    }
-
-    /// Rotates `(batch, heads, seq, head_dim)` (transformers' `rotate_half` form).
-    fn apply(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, seq_len, head_dim) = xs.dims4()?;
-        let cos = self.cos.narrow(0, 0, seq_len)?.to_dtype(xs.dtype())?;
-        let sin = self.sin.narrow(0, 0, seq_len)?.to_dtype(xs.dtype())?;
-        let half = head_dim / 2;
-        let rotated =
-            Tensor::cat(&[&xs.narrow(D::Minus1, half, half)?.neg()?, &xs.narrow(D::Minus1, 0, half)?], D::Minus1)?;
-        xs.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
-    }
-}
-
 struct Attention {
     wqkv: Linear,
     wo: Linear,
@@ -187,7 +158,7 @@ impl Attention {
         let part = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()
         };
-        let (q, k, v) = (rotary.apply(&part(0)?)?, rotary.apply(&part(1)?)?, part(2)?);
+        let (q, k, v) = (rotary.apply(&part(0)?, 0)?, rotary.apply(&part(1)?, 0)?, part(2)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
         let probs = self.dropout.forward(&softmax_last_dim(&scores)?, mode)?;
@@ -275,7 +246,10 @@ impl ModernBertModel {
     pub fn load(vb: VarBuilder<'_>, cfg: &Config) -> candle_core::Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
         let device = vb.device().clone();
-        let head_dim = cfg.head_dim();
+        let rotary = |theta: f64| {
+            let frequencies = rope_frequencies(theta, cfg.head_dim()).into_iter().map(|f| f as f32).collect();
+            Rotary::new(frequencies, cfg.max_position_embeddings, &device)
+        };
         Ok(ModernBertModel {
             tok_embeddings: candle_nn::embedding(
                 cfg.vocab_size,
@@ -288,8 +262,8 @@ impl ModernBertModel {
                 .map(|i| Layer::load(vb.pp("layers").pp(i), cfg, i))
                 .collect::<candle_core::Result<Vec<_>>>()?,
             final_norm: layer_norm(vb.pp("final_norm"), cfg)?,
-            global_rotary: Rotary::new(cfg.theta(true), head_dim, cfg.max_position_embeddings, &device)?,
-            local_rotary: Rotary::new(cfg.theta(false), head_dim, cfg.max_position_embeddings, &device)?,
+            global_rotary: rotary(cfg.theta(true))?,
+            local_rotary: rotary(cfg.theta(false))?,
             half_window: cfg.local_attention / 2,
             device,
         })
