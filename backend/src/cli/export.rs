@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use attune::model::export::{ExportFormat, GgufQuant, RunModels, export_run};
+use attune::model::export::{ExportFormat, RunModels, export_run};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -22,14 +22,9 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let format = match args.format.as_str() {
-        "peft" => ExportFormat::Peft,
-        "merged" => ExportFormat::Merged,
-        _ => ExportFormat::Gguf(GgufQuant::parse(&args.quant).ok_or_else(|| {
-            let names: Vec<&str> = GgufQuant::NAMES.iter().map(|(n, _)| *n).collect();
-            anyhow::anyhow!("--quant {:?}: one of {}", args.quant, names.join(", "))
-        })?),
-    };
+    // --quant has a default, so it is passed on for the gguf format only.
+    let quant = (args.format == "gguf").then_some(args.quant.as_str());
+    let format = ExportFormat::parse(&args.format, quant).map_err(|message| anyhow::anyhow!("--{message}"))?;
     let models = RunModels::of_run_folder(&args.run)?;
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("exporting {} as {}", args.run.display(), args.format));

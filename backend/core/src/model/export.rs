@@ -425,6 +425,35 @@ pub enum ExportFormat {
     Gguf(GgufQuant),
 }
 
+impl ExportFormat {
+    /// `peft`, `merged`, or `gguf` at `quant` (f16 when none is given); a quant with another
+    /// format is refused.
+    pub fn parse(format: &str, quant: Option<&str>) -> std::result::Result<ExportFormat, String> {
+        match (format, quant) {
+            ("peft", None) => Ok(ExportFormat::Peft),
+            ("merged", None) => Ok(ExportFormat::Merged),
+            ("gguf", quant) => {
+                let name = quant.unwrap_or("f16");
+                GgufQuant::parse(name).map(ExportFormat::Gguf).ok_or_else(|| {
+                    let names: Vec<&str> = GgufQuant::NAMES.iter().map(|(n, _)| *n).collect();
+                    format!("quant {name:?}: one of {}", names.join(", "))
+                })
+            }
+            ("peft" | "merged", Some(_)) => Err("quant applies to the gguf format only".into()),
+            (other, _) => Err(format!("format {other:?}: peft, merged or gguf")),
+        }
+    }
+
+    /// `peft`, `merged` or `gguf-<quant>`: how folders of this export are named.
+    pub fn name(self) -> String {
+        match self {
+            ExportFormat::Peft => "peft".into(),
+            ExportFormat::Merged => "merged".into(),
+            ExportFormat::Gguf(quant) => format!("gguf-{}", quant.name()),
+        }
+    }
+}
+
 /// A run's models: each base, and its adapter when the run trained one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunModels {

@@ -119,22 +119,10 @@ pub async fn export_run(
     Path(id): Path<i64>,
     ApiJson(request): ApiJson<attune_shared::NewExport>,
 ) -> Result<(StatusCode, Json<attune_shared::Export>), AppError> {
-    use crate::model::export::{ExportFormat, GgufQuant, RunModels};
-    let invalid = |message: String| AppError::Invalid { code: "invalid_export", message };
-    let (format, folder) = match (request.format.as_str(), request.quant.as_deref()) {
-        ("peft", None) => (ExportFormat::Peft, "peft".to_owned()),
-        ("merged", None) => (ExportFormat::Merged, "merged".to_owned()),
-        ("gguf", quant) => {
-            let name = quant.unwrap_or("f16");
-            let quant = GgufQuant::parse(name).ok_or_else(|| {
-                let names: Vec<&str> = GgufQuant::NAMES.iter().map(|(n, _)| *n).collect();
-                invalid(format!("quant {name:?}: one of {}", names.join(", ")))
-            })?;
-            (ExportFormat::Gguf(quant), format!("gguf-{}", quant.name()))
-        }
-        ("peft" | "merged", Some(_)) => return Err(invalid("quant applies to the gguf format only".into())),
-        (other, _) => return Err(invalid(format!("format {other:?}: peft, merged or gguf"))),
-    };
+    use crate::model::export::{ExportFormat, RunModels};
+    let format = ExportFormat::parse(&request.format, request.quant.as_deref())
+        .map_err(|message| invalid("invalid_export", message))?;
+    let folder = format.name();
     let pair = resolve_pair(&state, &format!("run:{id}")).await.map_err(pair_refused)?;
     let models = RunModels {
         retriever: pair.retriever,
@@ -154,7 +142,7 @@ pub async fn export_run(
     let written = tokio::task::spawn_blocking(move || crate::model::export::export_run(&models, format, &out))
         .await
         .map_err(|e| AppError::Internal(format!("the export panicked: {e}")))?
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid("invalid_export", e.to_string()))?;
     let files = written
         .into_iter()
         .flat_map(|(folder, files)| {
