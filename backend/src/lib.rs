@@ -6,5 +6,5 @@
 
 pub mod bench;
 
-pub use attune_core::{eval, ingest, model, rag, synth, train};
+pub use attune_core::{eval, ingest, memory, model, rag, synth, train};
 pub use attune_server::{VERSION, engine, openai, serve, store};

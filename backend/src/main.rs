@@ -11,26 +11,21 @@ mod cli;
 
 /// Process-wide tuning of the CPU math, done first thing in `main`, before any thread exists.
 ///
-/// - Freed tensor buffers stay in the process for reuse. By default glibc gives every large buffer
-///   (tensors mostly are) back to the kernel on free, and each new one is paid again in page faults
-///   and page zeroing: a quarter of a training step's time.
+/// - Freed tensor buffers stay in the process for reuse, until a job ends
+///   (`attune::memory::tune_allocator`, which says why).
 /// - candle runs matrix products on a rayon pool and element-wise ops on a second, spinning pool, each
 ///   as wide as the machine: twice as many busy threads as cores, and element-wise ops that wait on a
 ///   descheduled worker. Half the cores for the element-wise pool (`CANDLE_NUM_THREADS`, unless set)
 ///   made a generator training step twice as fast on 2 cores.
+/// Returns false when the allocator keeps its defaults.
 #[allow(unsafe_code)]
-fn tune_runtime() {
+fn tune_runtime() -> bool {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         // SAFETY: no other thread exists yet to read the environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", (cores / 2).max(1).to_string()) };
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes glibc's allocator; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    attune::memory::tune_allocator()
 }
 
 /// Folder name of the default retriever inside the models directory.
@@ -81,12 +76,15 @@ fn main() -> ExitCode {
     if let Some(code) = cli::sandbox::run_if_asked() {
         return code;
     }
-    tune_runtime();
+    let allocator_tuned = tune_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pdf_extract=error")))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    if !allocator_tuned {
+        tracing::debug!("the allocator keeps its defaults (not glibc, or glibc refused a setting)");
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -6,14 +6,20 @@ JSON object of seconds per step (median after a warm-up step).
   AdamW, gradient clipping at 1.0;
 - e2e mode: the same retriever plus SmolLM2-135M-Instruct (from the GGUF, dequantized to f32) with
   LoRA on q/k/v/o; contrastive loss plus RAG-Sequence NLL over each question's top-4 of the batch's
-  passages (gold always included), logits only at answer positions, batch 8, one AdamW step.
+  passages (gold always included), logits only at answer positions, batch 8, one AdamW step;
+- generator mode: that generator alone, NLL of each answer given its gold passage (cut at 200
+  tokens), batch 8.
 
-    python scripts/reference/bench_train.py [--models-dir models]
+One part per process (`--part`), so that the peak resident size it prints (`peak_rss_bytes`, from
+getrusage) is that part's.
+
+    python scripts/reference/bench_train.py --part retriever|e2e|generator [--steps 5] [--models-dir models]
 """
 
 import argparse
 import json
 import pathlib
+import resource
 import statistics
 import time
 
@@ -47,7 +53,7 @@ def timed(step, runs):
     return statistics.median(times)
 
 
-def bench_retriever(models):
+def bench_retriever(models, steps):
     model = retriever(models)
     model.train()
     loss = MultipleNegativesRankingLoss(model, scale=20.0)
@@ -63,12 +69,10 @@ def bench_retriever(models):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
-    return timed(step, 3)
+    return timed(step, steps)
 
 
-def bench_e2e(models):
-    st = retriever(models)
-    st.train()
+def load_generator(models):
     gen_dir = models / "SmolLM2-135M-Instruct"
     gguf = next(p.name for p in gen_dir.glob("*.gguf"))
     tokenizer = AutoTokenizer.from_pretrained(gen_dir, gguf_file=gguf)
@@ -76,22 +80,55 @@ def bench_e2e(models):
     generator = get_peft_model(generator, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     generator.train()
+    return tokenizer, generator
+
+
+def encoder_of(tokenizer, passage_tokens):
+    """(question, passage, answer) -> (prompt ids, answer ids), as Attune's trainer builds them."""
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    params = [p for p in list(st.parameters()) + list(generator.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    rows = workload(8)
-    k, scale = 4, 20.0
 
     def cut(text, limit):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= limit else tokenizer.decode(ids[:limit], skip_special_tokens=True)
 
     def encode(question, passage, answer):
-        message = f"{INSTRUCTION}\n\nPassage: {cut(passage, 128).strip()}\n\nQuestion: {question.strip()}"
+        message = f"{INSTRUCTION}\n\nPassage: {cut(passage, passage_tokens).strip()}\n\nQuestion: {question.strip()}"
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = (tokenizer(answer.strip(), add_special_tokens=False)["input_ids"] + [eos])[:32]
         return prompt_ids, answer_ids
+
+    return encode
+
+
+def bench_generator(models, steps):
+    tokenizer, generator = load_generator(models)
+    params = [p for p in generator.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    rows = workload(8)
+    encode = encoder_of(tokenizer, 200)
+
+    def step():
+        # One candidate per question (its gold passage), prior 1: the plain NLL of the answers.
+        scores = torch.zeros((len(rows), len(rows)))
+        loss, _ = rag_sequence_loss(generator, rows, scores, 1, encode)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return timed(step, steps)
+
+
+def bench_e2e(models, steps):
+    st = retriever(models)
+    st.train()
+    tokenizer, generator = load_generator(models)
+    params = [p for p in list(st.parameters()) + list(generator.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    rows = workload(8)
+    k, scale = 4, 20.0
+    encode = encoder_of(tokenizer, 128)
 
     def step():
         qf = st.tokenize([r["question"] for r in rows])
@@ -108,18 +145,23 @@ def bench_e2e(models):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
-    return timed(step, 2)
+    return timed(step, steps)
+
+
+PARTS = {"retriever": bench_retriever, "e2e": bench_e2e, "generator": bench_generator}
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models-dir", default="models")
-    models = pathlib.Path(parser.parse_args().models_dir)
+    parser.add_argument("--part", choices=sorted(PARTS), required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
     torch.manual_seed(0)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    result["retriever_step_s"] = bench_retriever(models)
-    result["e2e_step_s"] = bench_e2e(models)
-    print(json.dumps(result))
+    step_s = PARTS[args.part](pathlib.Path(args.models_dir), args.steps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "part": args.part,
+                      "step_s": step_s, "peak_rss_bytes": peak}))
 
 
 if __name__ == "__main__":

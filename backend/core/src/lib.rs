@@ -9,6 +9,7 @@ pub mod eval;
 #[cfg(feature = "testing")]
 pub mod fuzz_targets;
 pub mod ingest;
+pub mod memory;
 pub mod model;
 pub mod rag;
 pub mod synth;

@@ -10,7 +10,7 @@ pub mod openai;
 pub mod serve;
 pub mod store;
 
-pub use attune_core::{eval, ingest, model, rag, synth, train};
+pub use attune_core::{eval, ingest, memory, model, rag, synth, train};
 
 /// Version of this build, reported by `/api/v1/health` and the WebSocket hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -132,7 +132,7 @@ pub fn measure(config: &DeviceBenchConfig, device: &Device) -> anyhow::Result<De
                     (h.batch_size, h.max_steps) = (config.retriever_batch as u32, Some(config.steps as u32 + 1));
                 })?;
                 let models = BaseModels { retriever: Some(load_retriever()?), generator: None };
-                let StepTiming { seconds, tokens } =
+                let StepTiming { seconds, tokens, .. } =
                     time_steps(train, models, config.retriever_batch * (config.steps + 1))?;
                 out.retriever_step_s = Some(seconds);
                 out.retriever_step_tokens = Some(tokens);
@@ -145,7 +145,8 @@ pub fn measure(config: &DeviceBenchConfig, device: &Device) -> anyhow::Result<De
                 })?;
                 let generator = load_generator()?;
                 let models = BaseModels { retriever: Some(load_retriever()?), generator: Some(generator) };
-                let StepTiming { seconds, tokens } = time_steps(train, models, config.e2e_batch * (config.steps + 1))?;
+                let StepTiming { seconds, tokens, .. } =
+                    time_steps(train, models, config.e2e_batch * (config.steps + 1))?;
                 out.e2e_step_s = Some(seconds);
                 out.e2e_step_tokens = Some(tokens);
             }

@@ -98,19 +98,22 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<Throughput>
 /// Runs the PyTorch reference script and reads its JSON line.
 pub fn measure_reference(config: &BenchConfig) -> anyhow::Result<Throughput> {
     let python = config.python.as_ref().ok_or_else(|| anyhow::anyhow!("no Python given"))?;
-    run_reference(python, &config.reference_script, &config.models_dir)
+    run_reference(python, &config.reference_script, &config.models_dir, &[])
 }
 
-/// Runs a reference script (`python SCRIPT --models-dir DIR`) and parses the last JSON line it prints.
+/// Runs a reference script (`python SCRIPT --models-dir DIR ARGS...`) and parses the last JSON line
+/// it prints.
 pub fn run_reference<T: serde::de::DeserializeOwned>(
     python: &Path,
     script: &Path,
     models_dir: &Path,
+    args: &[&str],
 ) -> anyhow::Result<T> {
     let output = Command::new(python)
         .arg(script)
         .arg("--models-dir")
         .arg(models_dir)
+        .args(args)
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
     if !output.status.success() {

@@ -109,6 +109,22 @@ pub struct BenchTrainArgs {
     no_reference: bool,
     #[arg(long, default_value = "scripts/reference/bench_train.py")]
     reference_script: PathBuf,
+    /// The parts to run, each in a process of its own per side: retriever, e2e, generator.
+    #[arg(long, value_delimiter = ',', default_value = "retriever,e2e,generator", value_parser = parse_part)]
+    parts: Vec<attune::bench::train::Part>,
+    /// Timed optimiser steps per part (after one warm-up step); the figure is their median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    steps: u32,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run one part in this process and print its figures as one JSON line (what the parent runs).
+    #[arg(long, hide = true, value_parser = parse_part)]
+    part_only: Option<attune::bench::train::Part>,
+}
+
+fn parse_part(text: &str) -> Result<attune::bench::train::Part, String> {
+    attune::bench::train::Part::parse(text).map_err(|e| e.to_string())
 }
 
 pub fn run_bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
@@ -137,24 +153,51 @@ pub fn run_bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
-    let device = attune::model::device::select(&args.device)?;
-    // The reference runs first, in its own process: this one keeps the memory its own steps freed
-    // (see tune_runtime), and both at once do not fit a 24 GB machine in e2e mode.
-    let reference = if args.no_reference {
-        None
-    } else {
-        eprintln!("measuring the PyTorch reference ...");
-        match attune::bench::train::measure_reference(&args.python, &args.reference_script, &args.models_dir) {
-            Ok(reference) => Some(reference),
-            Err(e) => {
-                eprintln!("no PyTorch figures: {e:#}");
-                None
+    use attune::bench::train::{PartFigures, PartResult, measure_part, measure_reference};
+    let steps = args.steps as usize;
+    if let Some(part) = args.part_only {
+        let device = attune::model::device::select(&args.device)?;
+        let figures = measure_part(part, steps, &args.models_dir, &device)?;
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for part in args.parts {
+        // One process per part and side: the peak resident size is the part's own, and the two
+        // sides never hold their models at once (e2e mode on both does not fit a 24 GB machine).
+        let pytorch = if args.no_reference {
+            None
+        } else {
+            eprintln!("{}: measuring the PyTorch reference ...", part.name());
+            match measure_reference(&args.python, &args.reference_script, &args.models_dir, part, steps) {
+                Ok(figures) => Some(figures),
+                Err(e) => {
+                    eprintln!("no PyTorch figures: {e:#}");
+                    None
+                }
             }
-        }
-    };
-    eprintln!("measuring attune's trainer on {device:?} ...");
-    let ours = attune::bench::train::measure(&args.models_dir, &device)?;
-    print!("{}", attune::bench::train::report(&ours, reference.as_ref()));
+        };
+        eprintln!("{}: measuring attune's trainer on {} ...", part.name(), args.device);
+        let output = std::process::Command::new(&exe)
+            .args(["bench", "train", "--part-only", part.name(), "--steps", &steps.to_string(), "--device"])
+            .arg(&args.device)
+            .arg("--models-dir")
+            .arg(&args.models_dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(output.status.success(), "the {} part failed ({})", part.name(), output.status);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+        let attune: PartFigures = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("the {} part printed no figures ({e}): {stdout}", part.name()))?;
+        results.push(PartResult::new(part, attune, pytorch));
+    }
+    print!("{}", attune::bench::train::report(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

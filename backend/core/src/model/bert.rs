@@ -3,11 +3,12 @@
 //! same encoder is RoBERTa and XLM-RoBERTa (multilingual-e5, bge-m3), whose positions count from
 //! the padding index. Tensor names (`vb.pp`) equal Hugging Face checkpoint names.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{Dropout, LayerNorm, Mode, softmax_last_dim};
+use super::attention::{AttentionMask, attention};
+use super::layers::{Dropout, LayerNorm, Mode};
 use super::linear::Linear;
 use super::lora::HasLinears;
 
@@ -182,7 +183,8 @@ struct BertSelfAttention {
     value: Linear,
     num_heads: usize,
     head_dim: usize,
-    dropout: Dropout,
+    /// Attention dropout, applied inside the fused attention kernel.
+    dropout_probability: f32,
 }
 
 impl BertSelfAttention {
@@ -194,12 +196,12 @@ impl BertSelfAttention {
             value: Linear::load(vb.pp("value"), h, h, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
-            dropout: Dropout::new(cfg.attention_probs_dropout_prob),
+            dropout_probability: cfg.attention_probs_dropout_prob,
         })
     }
 
-    /// `mask_bias`: `(batch, 1, 1, seq)`, 0 where attending is allowed and very negative elsewhere.
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+    /// `mask`: which keys are padding.
+    fn forward(&self, xs: &Tensor, mask: &AttentionMask, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let (batch, seq_len, hidden) = xs.dims3()?;
         let split_heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
@@ -208,9 +210,8 @@ impl BertSelfAttention {
         let k = split_heads(self.key.forward_t(xs, mode)?)?;
         let v = split_heads(self.value.forward_t(xs, mode)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = self.dropout.forward(&softmax_last_dim(&scores)?, mode)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, hidden))
+        let attended = attention(&q, &k, &v, scale, mask, self.dropout_probability, mode)?;
+        attended.transpose(1, 2)?.reshape((batch, seq_len, hidden))
     }
 }
 
@@ -260,8 +261,8 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
-        let attended = self.attention.forward(xs, mask_bias, mode)?;
+    fn forward(&self, xs: &Tensor, mask: &AttentionMask, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let attended = self.attention.forward(xs, mask, mode)?;
         let attended = self.attention_output.forward(&attended, xs, mode)?;
         let intermediate = self.intermediate.forward_t(&attended, mode)?;
         let intermediate = match self.activation {
@@ -315,11 +316,9 @@ impl BertModel {
     /// Last hidden states, `(batch, seq, hidden)`. `train` turns dropout on.
     pub fn forward(&self, input: &EncoderInput, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let mut hidden = self.embeddings.forward(&input.input_ids, &input.token_type_ids, mode)?;
-        // 0 where the key is a real token, a large negative number where it is padding.
-        let mask_bias = ((input.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?;
-        let mask_bias = mask_bias.to_dtype(hidden.dtype())?;
+        let mask = AttentionMask::padding(Some(AttentionMask::key_visible_from(&input.attention_mask)?));
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &mask_bias, mode)?;
+            hidden = layer.forward(&hidden, &mask, mode)?;
         }
         Ok(hidden)
     }

@@ -96,6 +96,11 @@ impl DropoutRng {
         *self.lock() = DropoutState { rng: StdRng::seed_from_u64(seed), device_seeded: false };
     }
 
+    /// A seed for a mask drawn elsewhere (the fused attention kernel's counter-based generator).
+    pub fn next_seed(&self) -> u64 {
+        self.lock().rng.random::<u64>()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, DropoutState> {
         // A panic while drawing numbers leaves a usable generator behind.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

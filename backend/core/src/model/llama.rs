@@ -14,8 +14,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::attention::{AttentionMask, attention};
 use super::error::{ModelError, Result};
-use super::layers::{Mode, Rotary, rope_frequencies, softmax_last_dim};
+use super::layers::{Mode, Rotary, rope_frequencies};
 use super::linear::Linear;
 use super::lora::HasLinears;
 use super::random::{RandomWeights, WeightSource};
@@ -422,7 +423,7 @@ impl Attention {
         xs: &Tensor,
         rotary: &Rotary,
         offset: usize,
-        mask: Option<&Tensor>,
+        mask: &AttentionMask,
         cache: &mut Option<(Tensor, Tensor)>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
@@ -443,31 +444,14 @@ impl Attention {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let repeat = self.num_heads / self.num_kv_heads;
-        let (k, v) = (repeat_kv(&k, repeat)?, repeat_kv(&v, repeat)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq_len, self.num_heads * self.head_dim))?;
+        let out = attention(&q, &k, &v, scale, mask, 0.0, mode)?.transpose(1, 2)?.reshape((
+            batch,
+            seq_len,
+            self.num_heads * self.head_dim,
+        ))?;
         self.o_proj.forward_t(&out, mode)
     }
-}
-
-/// `(batch, kv_heads, seq, d)` → `(batch, kv_heads * n, seq, d)`, each kv head repeated `n` times.
-fn repeat_kv(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
-    if n == 1 {
-        return Ok(xs.clone());
-    }
-    let (batch, kv_heads, seq_len, head_dim) = xs.dims4()?;
-    xs.unsqueeze(2)?.broadcast_as((batch, kv_heads, n, seq_len, head_dim))?.reshape((
-        batch,
-        kv_heads * n,
-        seq_len,
-        head_dim,
-    ))
 }
 
 struct Mlp {
@@ -629,18 +613,17 @@ impl Llama {
             cache.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
-        let mask = attention_mask(
-            MaskShape { seq_len, offset, window: self.config.window() },
-            padding_mask,
-            hidden.device(),
-            hidden.dtype(),
-        )?;
+        let key_visible = padding_mask.map(AttentionMask::key_visible_from).transpose()?;
+        if key_visible.as_ref().is_some_and(|v| v.len() != input_ids.dim(0).unwrap_or(0) * (offset + seq_len)) {
+            candle_core::bail!("the padding mask must cover the {} cached and new positions", offset + seq_len);
+        }
+        let mask = AttentionMask::causal(self.config.window(), key_visible);
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let attended = layer.self_attn.forward(
                 &layer.input_layernorm.forward(&hidden)?,
                 &self.rotary,
                 offset,
-                mask.as_ref(),
+                &mask,
                 layer_cache,
                 mode,
             )?;
@@ -654,44 +637,6 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head.forward(hidden)
     }
-}
-
-/// The positions a mask covers: `seq_len` new ones after `offset` cached ones, each seeing at most
-/// the last `window` positions (itself included) when there is a window.
-#[derive(Debug, Clone, Copy)]
-struct MaskShape {
-    seq_len: usize,
-    offset: usize,
-    window: Option<usize>,
-}
-
-/// Additive mask `(batch or 1, 1, seq, offset + seq)`: causal (within the window, if any), plus
-/// padded keys hidden. `None` when a single new token attends to everything before it.
-fn attention_mask(
-    shape: MaskShape,
-    padding_mask: Option<&Tensor>,
-    device: &Device,
-    dtype: DType,
-) -> candle_core::Result<Option<Tensor>> {
-    let MaskShape { seq_len, offset, window } = shape;
-    let windowed = window.is_some_and(|w| offset + seq_len > w);
-    if seq_len == 1 && padding_mask.is_none() && !windowed {
-        return Ok(None);
-    }
-    let total = offset + seq_len;
-    let hidden = move |i: usize, j: usize| j > offset + i || window.is_some_and(|w| offset + i >= j + w);
-    let causal: Vec<f32> =
-        (0..seq_len).flat_map(|i| (0..total).map(move |j| if hidden(i, j) { -1e9 } else { 0.0 })).collect();
-    let mut mask = Tensor::from_vec(causal, (1, 1, seq_len, total), device)?;
-    if let Some(padding) = padding_mask {
-        let (batch, keys) = padding.dims2()?;
-        if keys != total {
-            candle_core::bail!("padding mask covers {keys} positions, expected {total}");
-        }
-        let hidden_keys = ((padding.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, total))?;
-        mask = mask.broadcast_add(&hidden_keys)?;
-    }
-    Ok(Some(mask.to_dtype(dtype)?))
 }
 
 /// Reads every tensor of a GGUF file, dequantized to f32, under Hugging Face names, with the
@@ -977,18 +922,6 @@ mod tests {
         cfg.model_type = "qwen2".into();
         cfg.use_sliding_window = Some(true);
         assert!(cfg.validate().is_err());
-    }
-
-    #[test]
-    fn a_sliding_window_hides_keys_older_than_the_window() {
-        let shape = MaskShape { seq_len: 2, offset: 3, window: Some(2) };
-        let mask = attention_mask(shape, None, &Device::Cpu, DType::F32).unwrap().unwrap();
-        let rows = mask.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
-        let visible: Vec<Vec<bool>> = rows.iter().map(|r| r.iter().map(|v| *v == 0.0).collect()).collect();
-        // Position 3 sees 2..=3, position 4 sees 3..=4.
-        assert_eq!(visible, vec![vec![false, false, true, true, false], vec![false, false, false, true, true]]);
-        let one_token = MaskShape { seq_len: 1, offset: 1, window: Some(4) };
-        assert!(attention_mask(one_token, None, &Device::Cpu, DType::F32).unwrap().is_none(), "window not reached");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Nothing in here depends on tokio, axum or sqlx.
 
+pub mod attention;
 pub mod bert;
 pub mod catalog;
 #[cfg(feature = "cuda")]

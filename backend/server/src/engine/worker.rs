@@ -158,11 +158,27 @@ fn worker(
             fail_job(&context, &sink, job, &error.to_string());
         }
         *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        release_job_memory(&what);
         // A shutdown asked while the job ran: do not start another.
         if control.stopping.load(Ordering::Relaxed) {
             return;
         }
         while woken.try_recv().is_ok() {}
+    }
+}
+
+/// Gives the memory a finished job freed back to the OS (the allocator keeps freed buffers while a
+/// job runs, see `memory::tune_allocator`), so an idle server holds what it uses.
+fn release_job_memory(what: &str) {
+    let before = crate::memory::resident();
+    crate::memory::release_freed();
+    if let (Some(before), Some(after)) = (before, crate::memory::resident()) {
+        tracing::debug!(
+            "{what} ended: resident {} MiB, {} MiB after returning freed memory (peak {} MiB)",
+            before.now_bytes >> 20,
+            after.now_bytes >> 20,
+            before.peak_bytes >> 20
+        );
     }
 }
 

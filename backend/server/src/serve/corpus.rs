@@ -548,6 +548,8 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                 }
             }
             state.jobs().lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+            // The local model and its buffers are dropped: hand the memory back.
+            crate::memory::release_freed();
         })
         .map_err(|e| {
             state_for_error.jobs().lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
