@@ -17,6 +17,7 @@ mod cli;
 ///   as wide as the machine: twice as many busy threads as cores, and element-wise ops that wait on a
 ///   descheduled worker. Half the cores for the element-wise pool (`CANDLE_NUM_THREADS`, unless set)
 ///   made a generator training step twice as fast on 2 cores.
+///
 /// Returns false when the allocator keeps its defaults.
 #[allow(unsafe_code)]
 fn tune_runtime() -> bool {

@@ -3,6 +3,8 @@
 //! fixes the number of arenas when the second thread first allocates), with no other test
 //! allocating beside them.
 
+#![allow(clippy::unwrap_used)] // a test binary without the test harness (clippy's test allowances do not reach it)
+
 use attune_core::memory::{release_freed, resident, tune_allocator};
 
 fn main() {

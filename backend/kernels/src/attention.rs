@@ -4,6 +4,9 @@
 //! Dropout masks come from a counter-based hash of the position (the same draw in both passes,
 //! nothing stored). Grouped-query attention reads each key/value head for its group of query heads.
 
+use ndarray::LinalgScalar;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -88,80 +91,108 @@ pub struct Attention<'a> {
 }
 
 /// `Σ a·b` over 16 lanes (the compiler vectorises the lanes; a plain fold would not reassociate).
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+fn dot<T: Float>(a: impl IntoIterator<Item = T>, b: impl IntoIterator<Item = T>) -> T {
     let mut lanes = [T::zero(); 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail = a_chunks.remainder().iter().zip(b_chunks.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for l in 0..16 {
-            lanes[l] = lanes[l] + x[l] * y[l];
-        }
+    for (n, (x, y)) in a.into_iter().zip(b).enumerate() {
+        lanes[n % 16] = lanes[n % 16] + x * y;
     }
-    lanes.iter().fold(tail, |s, &x| s + x)
-}
-
-/// `y += a · x`.
-fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = *y + a * x;
-    }
+    lanes.iter().fold(T::zero(), |s, &x| s + x)
 }
 
 fn cast<T: Float>(value: f64) -> T {
     T::from(value).unwrap_or_else(T::one)
 }
 
+/// A row-major `rows × cols` view of `data`, each row `stride` elements after the previous.
+fn view<T>(data: &[T], rows: usize, cols: usize, stride: usize) -> ArrayView2<'_, T> {
+    ArrayView2::from_shape((rows, cols).strides((stride, 1)), data).unwrap_or_else(|e| panic!("attention: {e}"))
+}
+
+fn view_mut<T>(data: &mut [T], rows: usize, cols: usize, stride: usize) -> ArrayViewMut2<'_, T> {
+    ArrayViewMut2::from_shape((rows, cols).strides((stride, 1)), data).unwrap_or_else(|e| panic!("attention: {e}"))
+}
+
+/// The element types the kernels run on.
+pub trait Scalar: Float + LinalgScalar + Send + Sync {}
+impl Scalar for f32 {}
+impl Scalar for f64 {}
+
 impl Attention<'_> {
-    /// The scores of query `i` of flat head `head` against every key it sees (`-inf` elsewhere),
-    /// into `scores`; returns their maximum (`-inf` when it sees none).
-    fn scores<T: Float>(&self, head: usize, i: usize, q_row: &[T], k: &[T], scores: &mut [T]) -> T {
-        let Dims { heads, queries, keys, head_dim: d, .. } = self.dims;
-        let (row, position, scale) = (head / heads, keys - queries + i, cast::<T>(self.scale));
-        let mut max = T::neg_infinity();
-        for (j, score) in scores.iter_mut().enumerate() {
-            *score = if self.visibility.sees(row, keys, position, j) {
-                let s = dot(q_row, &k[j * d..(j + 1) * d]) * scale;
-                max = max.max(s);
-                s
-            } else {
-                T::neg_infinity()
-            };
+    /// `scores` (`queries × keys`) ← the probabilities of flat head `head`'s queries, from
+    /// `q kᵀ · scale` and the mask: the softmax where `lse` is `None` (and each row's log-sum-exp
+    /// written to `lse_out`), else `exp(s − lse)` with the forward pass's log-sum-exp. A query that
+    /// sees no key gets a row of zeros (log-sum-exp `+inf`).
+    fn probabilities<T: Scalar>(
+        &self,
+        head: usize,
+        q: ArrayView2<'_, T>,
+        k: ArrayView2<'_, T>,
+        scores: &mut Array2<T>,
+        mut lse: impl FnMut(usize, Option<T>) -> T,
+    ) {
+        let Dims { heads, queries, keys, .. } = self.dims;
+        general_mat_mul(cast::<T>(self.scale), &q, &k.t(), T::zero(), scores);
+        let (row, offset) = (head / heads, keys - queries);
+        for (i, mut scores) in scores.rows_mut().into_iter().enumerate() {
+            let mut max = T::neg_infinity();
+            for (j, s) in scores.iter_mut().enumerate() {
+                if self.visibility.sees(row, keys, offset + i, j) {
+                    max = max.max(*s);
+                } else {
+                    *s = T::neg_infinity();
+                }
+            }
+            if max == T::neg_infinity() {
+                scores.fill(T::zero());
+                lse(i, Some(T::infinity()));
+                continue;
+            }
+            match lse(i, None) {
+                known if known.is_finite() => scores.mapv_inplace(|s| (s - known).exp()),
+                _ => {
+                    let mut sum = T::zero();
+                    scores.mapv_inplace(|s| {
+                        let e = (s - max).exp();
+                        sum = sum + e;
+                        e
+                    });
+                    let inverse = T::one() / sum;
+                    scores.mapv_inplace(|p| p * inverse);
+                    lse(i, Some(max + sum.ln()));
+                }
+            }
         }
-        max
     }
 
     /// `(batch, heads, queries, head_dim + 1)`: each query's output and, in the last column, its
     /// log-sum-exp (`+inf` for a query that sees no key; its output is zeros).
-    pub fn forward<T: Float + Send + Sync>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    pub fn forward<T: Scalar>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let Dims { batch, heads, kv_heads, queries, keys, head_dim: d } = self.dims;
         let width = d + 1;
         let mut out = vec![T::zero(); batch * heads * queries * width];
         let keep_scale = cast::<T>(self.dropout.map_or(1.0, |p| p.scale()));
         out.par_chunks_mut(queries * width).enumerate().for_each(|(head, out)| {
             let kv = (head / heads) * kv_heads + (head % heads) / self.dims.group();
-            let (k, v) = (&k[kv * keys * d..(kv + 1) * keys * d], &v[kv * keys * d..(kv + 1) * keys * d]);
-            let q = &q[head * queries * d..(head + 1) * queries * d];
-            let mut scores = vec![T::zero(); keys];
-            for (i, out_row) in out.chunks_mut(width).enumerate() {
-                let max = self.scores(head, i, &q[i * d..(i + 1) * d], k, &mut scores);
-                if max == T::neg_infinity() {
-                    out_row[d] = T::infinity();
-                    continue;
+            let k = view(&k[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
+            let v = view(&v[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
+            let q = view(&q[head * queries * d..(head + 1) * queries * d], queries, d, d);
+            let mut probs = Array2::zeros((queries, keys));
+            let mut lse = vec![T::zero(); queries];
+            self.probabilities(head, q, k, &mut probs, |i, value| match value {
+                Some(value) => {
+                    lse[i] = value;
+                    value
                 }
-                let mut sum = T::zero();
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum = sum + *s;
+                None => T::nan(),
+            });
+            if let Some(draw) = self.dropout {
+                for ((i, j), p) in probs.indexed_iter_mut() {
+                    *p = if draw.keeps(head, queries, keys, i, j) { *p * keep_scale } else { T::zero() };
                 }
-                let inverse = T::one() / sum;
-                let (acc, lse) = out_row.split_at_mut(d);
-                for (j, &p) in scores.iter().enumerate() {
-                    if p == T::zero() || self.dropout.is_some_and(|draw| !draw.keeps(head, queries, keys, i, j)) {
-                        continue;
-                    }
-                    axpy(acc, p * inverse * keep_scale, &v[j * d..(j + 1) * d]);
-                }
-                lse[0] = max + sum.ln();
+            }
+            general_mat_mul(T::one(), &probs, &v, T::zero(), &mut view_mut(out, queries, d, width));
+            for (row, lse) in out.chunks_mut(width).zip(lse) {
+                row[d] = lse;
             }
         });
         out
@@ -169,7 +200,7 @@ impl Attention<'_> {
 
     /// Gradients `(dq, dk, dv)` from the inputs, the forward pass's output `res` (with its
     /// log-sum-exp column) and the output's gradient `grad` (same shape; its last column unused).
-    pub fn backward<T: Float + Send + Sync>(
+    pub fn backward<T: Scalar>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
         res: &[T],
@@ -187,39 +218,40 @@ impl Attention<'_> {
             .zip(dk.par_chunks_mut(keys * d).zip(dv.par_chunks_mut(keys * d)))
             .enumerate()
             .for_each(|(kv, (dq, (dk, dv)))| {
-                let (k, v) = (&k[kv * keys * d..(kv + 1) * keys * d], &v[kv * keys * d..(kv + 1) * keys * d]);
-                let mut scores = vec![T::zero(); keys];
+                let k = view(&k[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
+                let v = view(&v[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
+                let (mut dk, mut dv) = (view_mut(dk, keys, d, d), view_mut(dv, keys, d, d));
+                let mut probs = Array2::zeros((queries, keys));
+                let mut other = Array2::zeros((queries, keys));
                 for (r, dq) in dq.chunks_mut(queries * d).enumerate() {
                     let head = kv * group + r;
-                    for i in 0..queries {
-                        let at = head * queries + i;
-                        let (q_row, out_row) = (&q[at * d..(at + 1) * d], &res[at * width..(at + 1) * width]);
-                        let lse = out_row[d];
-                        if lse == T::infinity() {
-                            continue;
-                        }
-                        let grad_row = &grad[at * width..at * width + d];
-                        self.scores(head, i, q_row, k, &mut scores);
-                        // Σ_j P'_ij dP'_ij = dO_i · O_i, P' the probabilities after dropout.
-                        let row_dot = dot(grad_row, &out_row[..d]);
-                        let dq_row = &mut dq[i * d..(i + 1) * d];
-                        for (j, &s) in scores.iter().enumerate() {
-                            if s == T::neg_infinity() {
-                                continue;
-                            }
-                            let p = (s - lse).exp();
-                            let kept = self.dropout.is_none_or(|draw| draw.keeps(head, queries, keys, i, j));
-                            let d_prob = if kept {
-                                axpy(&mut dv[j * d..(j + 1) * d], p * keep_scale, grad_row);
-                                dot(grad_row, &v[j * d..(j + 1) * d]) * keep_scale
-                            } else {
-                                T::zero()
-                            };
-                            let d_score = p * (d_prob - row_dot) * scale;
-                            axpy(dq_row, d_score, &k[j * d..(j + 1) * d]);
-                            axpy(&mut dk[j * d..(j + 1) * d], d_score, q_row);
+                    let rows = head * queries * width..(head + 1) * queries * width;
+                    let q = view(&q[head * queries * d..(head + 1) * queries * d], queries, d, d);
+                    let out = view(&res[rows.clone()], queries, d, width);
+                    let grad = view(&grad[rows.clone()], queries, d, width);
+                    let lse = view(&res[rows.start + d..rows.end], queries, 1, width);
+                    self.probabilities(head, q, k, &mut probs, |i, _| lse[[i, 0]]);
+                    let kept =
+                        |i: usize, j: usize| self.dropout.is_none_or(|draw| draw.keeps(head, queries, keys, i, j));
+                    // P' (after dropout) into `other`; dV += P'ᵀ dO.
+                    other.zip_mut_with(&probs, |o, &p| *o = p);
+                    if self.dropout.is_some() {
+                        for ((i, j), p) in other.indexed_iter_mut() {
+                            *p = if kept(i, j) { *p * keep_scale } else { T::zero() };
                         }
                     }
+                    general_mat_mul(T::one(), &other.t(), &grad, T::one(), &mut dv);
+                    // dP' = dO vᵀ; dS = P ∘ (Z ∘ dP' − Σ_j P'_ij dP'_ij) · scale, that sum being dO_i · O_i.
+                    general_mat_mul(T::one(), &grad, &v.t(), T::zero(), &mut other);
+                    for (i, (mut p_row, d_row)) in probs.rows_mut().into_iter().zip(other.rows()).enumerate() {
+                        let row_dot = dot(grad.row(i).iter().copied(), out.row(i).iter().copied());
+                        for (j, (p, &dp)) in p_row.iter_mut().zip(d_row).enumerate() {
+                            let dp = if kept(i, j) { dp * keep_scale } else { T::zero() };
+                            *p = *p * (dp - row_dot) * scale;
+                        }
+                    }
+                    general_mat_mul(T::one(), &probs, &k, T::zero(), &mut view_mut(dq, queries, d, d));
+                    general_mat_mul(T::one(), &probs.t(), &q, T::one(), &mut dk);
                 }
             });
         (dq, dk, dv)
