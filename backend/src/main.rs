@@ -11,8 +11,9 @@ mod cli;
 
 /// Process-wide tuning of the CPU math, done first thing in `main`, before any thread exists.
 ///
-/// - Freed tensor buffers stay in the process for reuse, until a job ends
-///   (`attune::memory::tune_allocator`, which says why).
+/// - Freed tensor buffers stay in the process for reuse, until a job ends (`main` has run itself
+///   again with glibc's tunables, `attune::memory::reexec_with_allocator_settings`, which says why;
+///   where that failed, `tune_allocator` does what `mallopt` can).
 /// - candle runs matrix products on a rayon pool and element-wise ops on a second, spinning pool, each
 ///   as wide as the machine: twice as many busy threads as cores, and element-wise ops that wait on a
 ///   descheduled worker. Half the cores for the element-wise pool (`CANDLE_NUM_THREADS`, unless set)
@@ -74,6 +75,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    attune::memory::reexec_with_allocator_settings();
     if let Some(code) = cli::sandbox::run_if_asked() {
         return code;
     }
@@ -84,7 +86,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if !allocator_tuned {
-        tracing::debug!("the allocator keeps its defaults (not glibc, or glibc refused a setting)");
+        tracing::debug!(
+            "the allocator keeps its defaults (not glibc, GLIBC_TUNABLES set by hand, or a setting refused)"
+        );
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -109,7 +109,7 @@ pub fn run_reference<T: serde::de::DeserializeOwned>(
     models_dir: &Path,
     args: &[&str],
 ) -> anyhow::Result<T> {
-    let output = Command::new(python)
+    let output = crate::memory::without_allocator_settings(&mut Command::new(python))
         .arg(script)
         .arg("--models-dir")
         .arg(models_dir)
