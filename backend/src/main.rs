@@ -75,10 +75,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    attune::memory::reexec_with_allocator_settings();
+    // The PDF-parsing child first: it keeps glibc's defaults, under which its memory limit holds.
     if let Some(code) = cli::sandbox::run_if_asked() {
         return code;
     }
+    attune::memory::reexec_with_allocator_settings();
     let allocator_tuned = tune_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pdf_extract=error")))

@@ -71,7 +71,9 @@ fn parse_in_child(
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     let failed = |message: String| IngestError::Pdf { name: name.to_owned(), message };
-    let mut child = Command::new(&limits.program)
+    // The parser runs with glibc's defaults (its memory limit was measured with them), not with the
+    // allocator settings this process may run with.
+    let mut child = crate::memory::without_allocator_settings(&mut Command::new(&limits.program))
         .arg(PARSE_SUBCOMMAND)
         .arg(name)
         .arg(limits.memory_bytes.to_string())
