@@ -156,7 +156,7 @@ fn composed(
 }
 
 /// `(batch, kv_heads, seq, d)` → `(batch, kv_heads * n, seq, d)`, each kv head repeated `n` times.
-pub fn repeat_kv(xs: &Tensor, n: usize) -> Result<Tensor> {
+fn repeat_kv(xs: &Tensor, n: usize) -> Result<Tensor> {
     if n == 1 {
         return Ok(xs.clone());
     }

@@ -132,6 +132,10 @@ impl Dropout {
         Dropout { probability }
     }
 
+    pub fn probability(&self) -> f32 {
+        self.probability
+    }
+
     pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let Mode::Train(rng) = mode else { return Ok(xs.clone()) };
         if self.probability <= 0.0 {

@@ -1,11 +1,15 @@
 //! A linear layer that can carry a LoRA adapter: `y = x Wᵀ + b + scale · dropout(x) Aᵀ Bᵀ`.
 //! The base weight stays frozen (a plain tensor, no gradient kept for it); only A and B train,
-//! in their own precision (f32) whatever the base weight's.
+//! in their own precision (f32) whatever the base weight's. On the CPU the adapter's update is one
+//! fused op (`attune_kernels::lora`).
 
-use candle_core::{Module, Tensor};
+use attune_kernels::attention::Dropout;
+use attune_kernels::lora::LowRank;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Dropout, Mode};
+use super::layers::Mode;
 use super::ops::frozen_linear;
 
 /// Low-rank update of a linear layer (PEFT's `lora_A`, `lora_B`).
@@ -16,7 +20,7 @@ pub struct LoraAdapter {
     /// `(out, rank)`.
     pub b: Tensor,
     pub scale: f64,
-    pub dropout: Dropout,
+    pub dropout: super::layers::Dropout,
 }
 
 #[derive(Debug, Clone)]
@@ -78,15 +82,129 @@ impl Linear {
         match &self.lora {
             None => Ok(base),
             Some(lora) => {
-                // The low-rank path runs in the adapter's precision (f32 master weights even when
-                // the frozen base is bf16); only its result is cast to the base's dtype.
-                let dropped = lora.dropout.forward(&xs.to_dtype(lora.a.dtype())?, mode)?;
-                let down = candle_nn::Linear::new(lora.a.clone(), None).forward(&dropped)?;
-                let up = candle_nn::Linear::new(lora.b.clone(), None).forward(&down)?;
                 let dtype = base.dtype();
-                base + (up * lora.scale)?.to_dtype(dtype)?
+                base + lora.update(xs, mode)?.to_dtype(dtype)?
             }
         }
+    }
+}
+
+impl LoraAdapter {
+    /// `scale · dropout(x) Aᵀ Bᵀ`, in the adapter's precision (f32 master weights even when the
+    /// frozen base is bf16; the caller casts the result to the base's dtype). On the CPU, when `x`
+    /// has the adapter's dtype (f32, f64), one fused op whose backward recomputes the low-rank
+    /// product and the dropout mask instead of keeping four intermediates per layer.
+    pub fn update(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        let fused =
+            xs.device().is_cpu() && xs.dtype() == self.a.dtype() && matches!(xs.dtype(), DType::F32 | DType::F64);
+        let draw = match mode {
+            Mode::Train(rng) if self.dropout.probability() > 0.0 => {
+                Some(Dropout { probability: self.dropout.probability(), seed: rng.next_seed() })
+            }
+            _ => None,
+        };
+        if !fused {
+            let dropped = match draw {
+                Some(draw) => (xs.to_dtype(self.a.dtype())? * dropout_mask(draw, xs)?)?,
+                None => xs.to_dtype(self.a.dtype())?,
+            };
+            let down = candle_nn::Linear::new(self.a.clone(), None).forward(&dropped)?;
+            let up = candle_nn::Linear::new(self.b.clone(), None).forward(&down)?;
+            return up * self.scale;
+        }
+        let (rank, input) = self.a.dims2()?;
+        let output = self.b.dim(0)?;
+        let rows = xs.elem_count() / input.max(1);
+        let op = LowRankUpdate { kernel: LowRank { rows, input, output, rank, scale: self.scale, dropout: draw } };
+        let out =
+            xs.contiguous()?.reshape((rows, input))?.apply_op3(&self.a.contiguous()?, &self.b.contiguous()?, op)?;
+        let mut dims = xs.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = output;
+        }
+        out.reshape(dims)
+    }
+}
+
+/// The dropout mask the fused op applies to `xs` (viewed as `(rows, input)`), materialised: `1 /
+/// (1 - p)` where kept, 0 where dropped. (The composed path uses it too, so both draw alike.)
+fn dropout_mask(draw: Dropout, xs: &Tensor) -> candle_core::Result<Tensor> {
+    let input = xs.dims().last().copied().unwrap_or(1).max(1);
+    let rows = xs.elem_count() / input;
+    let values: Vec<f64> = (0..rows * input)
+        .map(|n| if draw.keeps(0, rows, input, n / input, n % input) { draw.scale() } else { 0.0 })
+        .collect();
+    Tensor::from_vec(values, xs.shape(), xs.device())?.to_dtype(xs.dtype())
+}
+
+/// The fused LoRA update on the CPU (`attune_kernels::lora`).
+struct LowRankUpdate {
+    kernel: LowRank,
+}
+
+fn contiguous<'a, T: candle_core::WithDType>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("lora: inputs must be contiguous"),
+    }
+}
+
+fn host<T: candle_core::WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<T>()
+}
+
+impl CustomOp3 for LowRankUpdate {
+    fn name(&self) -> &'static str {
+        "lora-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match x.dtype() {
+            DType::F32 => CpuStorage::F32(self.kernel.forward(
+                contiguous::<f32>(x, x_layout)?,
+                contiguous(a, a_layout)?,
+                contiguous(b, b_layout)?,
+            )),
+            DType::F64 => CpuStorage::F64(self.kernel.forward(
+                contiguous::<f64>(x, x_layout)?,
+                contiguous(a, a_layout)?,
+                contiguous(b, b_layout)?,
+            )),
+            other => candle_core::bail!("lora: unsupported dtype {other:?}"),
+        };
+        Ok((out, Shape::from((self.kernel.rows, self.kernel.output))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let device = x.device();
+        let (dx, da, db) = match x.dtype() {
+            DType::F32 => {
+                let (dx, da, db) = self.kernel.backward::<f32>(&host(x)?, &host(a)?, &host(b)?, &host(grad)?);
+                (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
+            }
+            DType::F64 => {
+                let (dx, da, db) = self.kernel.backward::<f64>(&host(x)?, &host(a)?, &host(b)?, &host(grad)?);
+                (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
+            }
+            other => candle_core::bail!("lora: unsupported dtype {other:?}"),
+        };
+        Ok((Some(dx.reshape(x.shape())?), Some(da.reshape(a.shape())?), Some(db.reshape(b.shape())?)))
     }
 }
 
@@ -106,6 +224,63 @@ mod tests {
 
     /// A bf16 base (the GPU default) with f32 adapter weights: the output keeps the base's dtype and
     /// the adapter's gradients come back in f32, matching an all-f32 layer closely.
+    /// Output and gradients (x, A, B) of the adapter's update, fused or composed.
+    fn update_and_grads(fused: bool, dtype: DType, dropout: f32) -> candle_core::Result<Vec<Tensor>> {
+        let device = Device::Cpu;
+        let values =
+            |n: usize, scale: f64| -> Vec<f64> { (0..n).map(|i| ((i * 37 % 17) as f64 - 8.0) * scale).collect() };
+        let tensor =
+            |n: usize, scale: f64, shape: &[usize]| Tensor::from_vec(values(n, scale), shape, &device)?.to_dtype(dtype);
+        // 70 rows: more than one of the kernel's 64-row blocks.
+        let x = Var::from_tensor(&tensor(2 * 35 * 12, 0.2, &[2, 35, 12])?)?;
+        let a = Var::from_tensor(&tensor(3 * 12, 0.1, &[3, 12])?)?;
+        let b = Var::from_tensor(&tensor(5 * 3, 0.07, &[5, 3])?)?;
+        let lora = LoraAdapter {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: 1.7,
+            dropout: super::super::layers::Dropout::new(dropout),
+        };
+        let rng = DropoutRng::new(5);
+        let out = if fused {
+            lora.update(x.as_tensor(), Mode::Train(&rng))?
+        } else {
+            // The composed path, as a GPU or a bf16 input would take it, with the same mask.
+            let draw = (dropout > 0.0).then(|| Dropout { probability: dropout, seed: DropoutRng::new(5).next_seed() });
+            let dropped = match draw {
+                Some(draw) => (x.as_tensor() * dropout_mask(draw, x.as_tensor())?)?,
+                None => x.as_tensor().clone(),
+            };
+            (dropped.broadcast_matmul(&a.as_tensor().t()?)?.broadcast_matmul(&b.as_tensor().t()?)? * 1.7)?
+        };
+        let projection = tensor(2 * 35 * 5, 0.3, &[2, 35, 5])?;
+        let grads = (&out * &projection)?.sum_all()?.backward()?;
+        let mut all = vec![out];
+        for v in [&x, &a, &b] {
+            all.push(grads.get(v).expect("a gradient").clone());
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn the_fused_lora_update_matches_the_composed_ops_forward_and_backward() -> candle_core::Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for dropout in [0.0, 0.3] {
+                let fused = update_and_grads(true, dtype, dropout)?;
+                let composed = update_and_grads(false, dtype, dropout)?;
+                for (what, (f, c)) in ["output", "dx", "dA", "dB"].iter().zip(fused.iter().zip(&composed)) {
+                    assert_eq!(f.dims(), c.dims(), "{what}");
+                    // Relative to the largest value (sums over 70 rows reach ~10).
+                    let largest = c.abs()?.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
+                    let diff = (f - c)?.abs()?.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()? / largest.max(1.0);
+                    assert!(diff <= tolerance, "{dtype:?}, dropout {dropout}: {what} differs by {diff} (relative)");
+                    assert!(f.abs()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? > 0.0, "{what} is zero");
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn f32_adapter_on_a_bf16_base_trains_in_f32() -> candle_core::Result<()> {
         let device = Device::Cpu;
@@ -121,7 +296,7 @@ mod tests {
                 a: a.as_tensor().clone(),
                 b: b.as_tensor().clone(),
                 scale: 2.0,
-                dropout: Dropout::new(0.0),
+                dropout: super::super::layers::Dropout::new(0.0),
             }));
             let out = layer.forward_t(&x.as_tensor().to_dtype(dtype)?, Mode::Train(&DropoutRng::new(0)))?;
             let grads = out.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
