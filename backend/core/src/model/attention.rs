@@ -9,6 +9,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::layers::{Mode, softmax_last_dim};
+use super::ops::{cpu_slice, host_vec};
 
 /// Which keys a query may see. A query at row `i` of `q` sits at position `offset + i`, with
 /// `offset = keys - queries` (the positions a KV cache holds before it).
@@ -190,18 +191,6 @@ impl FusedAttention {
     }
 }
 
-fn slice<'a, T: candle_core::WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("attention: inputs must be contiguous"),
-    }
-}
-
-fn host<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<T>()
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -218,12 +207,16 @@ impl CustomOp3 for FusedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let kernel = self.kernel(q_layout.shape(), k_layout.shape())?;
         let out = match q.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(kernel.forward(slice::<f32>(q, q_layout)?, slice(k, k_layout)?, slice(v, v_layout)?))
-            }
-            DType::F64 => {
-                CpuStorage::F64(kernel.forward(slice::<f64>(q, q_layout)?, slice(k, k_layout)?, slice(v, v_layout)?))
-            }
+            DType::F32 => CpuStorage::F32(kernel.forward(
+                cpu_slice::<f32>(q, q_layout, "attention")?,
+                cpu_slice(k, k_layout, "attention")?,
+                cpu_slice(v, v_layout, "attention")?,
+            )),
+            DType::F64 => CpuStorage::F64(kernel.forward(
+                cpu_slice::<f64>(q, q_layout, "attention")?,
+                cpu_slice(k, k_layout, "attention")?,
+                cpu_slice(v, v_layout, "attention")?,
+            )),
             other => candle_core::bail!("attention: unsupported dtype {other:?}"),
         };
         let Dims { batch, heads, queries, head_dim, .. } = kernel.dims;
@@ -241,11 +234,19 @@ impl CustomOp3 for FusedAttention {
         let kernel = self.kernel(q.shape(), k.shape())?;
         let (dq, dk, dv) = match q.dtype() {
             DType::F32 => {
-                let (dq, dk, dv) = kernel.backward::<f32>((&host(q)?, &host(k)?, &host(v)?), &host(res)?, &host(grad)?);
+                let (dq, dk, dv) = kernel.backward::<f32>(
+                    (&host_vec(q)?, &host_vec(k)?, &host_vec(v)?),
+                    &host_vec(res)?,
+                    &host_vec(grad)?,
+                );
                 (Tensor::new(dq, q.device())?, Tensor::new(dk, q.device())?, Tensor::new(dv, q.device())?)
             }
             DType::F64 => {
-                let (dq, dk, dv) = kernel.backward::<f64>((&host(q)?, &host(k)?, &host(v)?), &host(res)?, &host(grad)?);
+                let (dq, dk, dv) = kernel.backward::<f64>(
+                    (&host_vec(q)?, &host_vec(k)?, &host_vec(v)?),
+                    &host_vec(res)?,
+                    &host_vec(grad)?,
+                );
                 (Tensor::new(dq, q.device())?, Tensor::new(dk, q.device())?, Tensor::new(dv, q.device())?)
             }
             other => candle_core::bail!("attention: unsupported dtype {other:?}"),

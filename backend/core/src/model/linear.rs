@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::Mode;
-use super::ops::frozen_linear;
+use super::ops::{cpu_slice, frozen_linear, host_vec};
 
 /// Low-rank update of a linear layer (PEFT's `lora_A`, `lora_B`).
 #[derive(Debug, Clone)]
@@ -142,18 +142,6 @@ struct LowRankUpdate {
     kernel: LowRank,
 }
 
-fn contiguous<'a, T: candle_core::WithDType>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("lora: inputs must be contiguous"),
-    }
-}
-
-fn host<T: candle_core::WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<T>()
-}
-
 impl CustomOp3 for LowRankUpdate {
     fn name(&self) -> &'static str {
         "lora-update"
@@ -170,14 +158,14 @@ impl CustomOp3 for LowRankUpdate {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match x.dtype() {
             DType::F32 => CpuStorage::F32(self.kernel.forward(
-                contiguous::<f32>(x, x_layout)?,
-                contiguous(a, a_layout)?,
-                contiguous(b, b_layout)?,
+                cpu_slice::<f32>(x, x_layout, "lora")?,
+                cpu_slice(a, a_layout, "lora")?,
+                cpu_slice(b, b_layout, "lora")?,
             )),
             DType::F64 => CpuStorage::F64(self.kernel.forward(
-                contiguous::<f64>(x, x_layout)?,
-                contiguous(a, a_layout)?,
-                contiguous(b, b_layout)?,
+                cpu_slice::<f64>(x, x_layout, "lora")?,
+                cpu_slice(a, a_layout, "lora")?,
+                cpu_slice(b, b_layout, "lora")?,
             )),
             other => candle_core::bail!("lora: unsupported dtype {other:?}"),
         };
@@ -195,11 +183,13 @@ impl CustomOp3 for LowRankUpdate {
         let device = x.device();
         let (dx, da, db) = match x.dtype() {
             DType::F32 => {
-                let (dx, da, db) = self.kernel.backward::<f32>(&host(x)?, &host(a)?, &host(b)?, &host(grad)?);
+                let (dx, da, db) =
+                    self.kernel.backward::<f32>(&host_vec(x)?, &host_vec(a)?, &host_vec(b)?, &host_vec(grad)?);
                 (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
             }
             DType::F64 => {
-                let (dx, da, db) = self.kernel.backward::<f64>(&host(x)?, &host(a)?, &host(b)?, &host(grad)?);
+                let (dx, da, db) =
+                    self.kernel.backward::<f64>(&host_vec(x)?, &host_vec(a)?, &host_vec(b)?, &host_vec(grad)?);
                 (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
             }
             other => candle_core::bail!("lora: unsupported dtype {other:?}"),

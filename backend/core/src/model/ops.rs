@@ -201,6 +201,20 @@ pub fn rms_norm_composed(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tenso
     normed.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
+/// The elements of a contiguous CPU tensor of `T` (for the custom ops outside this file).
+pub(crate) fn cpu_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
+/// A tensor's elements in row-major order, copied to the host (what a custom op's backward reads).
+pub(crate) fn host_vec<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<T>()
+}
+
 /// The dtype statistics are computed in: f64 stays f64, everything else uses f32.
 fn accumulator(dtype: DType) -> DType {
     if dtype == DType::F64 { DType::F64 } else { DType::F32 }
