@@ -8,7 +8,7 @@ use attune_kernels::attention::{Attention, Dims, Dropout, Visibility};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::layers::{Mode, softmax_last_dim};
+use super::layers::{Dropout as DropoutLayer, Mode, softmax_last_dim};
 use super::ops::{cpu_slice, host_vec};
 
 /// Which keys a query may see. A query at row `i` of `q` sits at position `offset + i`, with
@@ -76,20 +76,6 @@ impl AttentionMask {
     }
 }
 
-/// The dropout mask the kernel applies, materialised `(batch, heads, queries, keys)`: `1 / (1 - p)`
-/// where kept, 0 where dropped.
-fn dropout_mask(draw: Dropout, dims: Dims, device: &candle_core::Device) -> Result<Tensor> {
-    let Dims { batch, heads, queries, keys, .. } = dims;
-    let scale = draw.scale();
-    let values: Vec<f64> = (0..batch * heads)
-        .flat_map(|h| {
-            (0..queries)
-                .flat_map(move |i| (0..keys).map(move |j| if draw.keeps(h, queries, keys, i, j) { scale } else { 0.0 }))
-        })
-        .collect();
-    Tensor::from_vec(values, (batch, heads, queries, keys), device)
-}
-
 /// `softmax(q kᵀ · scale + mask) · v` with dropout `dropout` on the probabilities in training
 /// `mode`. `q` is `(batch, heads, queries, head_dim)`; `k` and `v` are `(batch, kv_heads, keys,
 /// head_dim)` with `heads` a multiple of `kv_heads` (query head `h` reads kv head `h / (heads /
@@ -105,10 +91,6 @@ pub fn attention(
     dropout: f32,
     mode: Mode<'_>,
 ) -> Result<Tensor> {
-    let draw = match mode {
-        Mode::Train(rng) if dropout > 0.0 => Some(Dropout { probability: dropout, seed: rng.next_seed() }),
-        _ => None,
-    };
     let (batch, heads, queries, head_dim) = q.dims4()?;
     let (_, kv_heads, keys, _) = k.dims4()?;
     let dims = Dims { batch, heads, kv_heads, queries, keys, head_dim };
@@ -122,25 +104,31 @@ pub fn attention(
     }
     let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
     if !fused {
-        return composed(q, k, v, scale, mask, draw);
+        // The dropout layer draws its mask on the device (a mask built here would be uploaded per call).
+        return composed(q, k, v, scale, mask, |probs| DropoutLayer::new(dropout).forward(&probs, mode));
     }
     if keys == 0 {
         return q.zeros_like();
     }
+    let draw = match mode {
+        Mode::Train(rng) if dropout > 0.0 => Some(Dropout { probability: dropout, seed: rng.next_seed() }),
+        _ => None,
+    };
     let op = FusedAttention { scale, mask: mask.clone(), dropout: draw };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?.narrow(3, 0, head_dim)
 }
 
-/// The same attention from candle's ops (the mask and dropout masks materialised).
+/// The same attention from candle's ops (the mask materialised), with `dropout` applied to the
+/// probabilities.
 fn composed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     mask: &AttentionMask,
-    draw: Option<Dropout>,
+    dropout: impl FnOnce(Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let (batch, heads, queries, head_dim) = q.dims4()?;
+    let (batch, heads, queries, _) = q.dims4()?;
     let (_, kv_heads, keys, _) = k.dims4()?;
     let repeat = heads / kv_heads;
     let (k, v) = (repeat_kv(k, repeat)?, repeat_kv(v, repeat)?);
@@ -148,12 +136,7 @@ fn composed(
     if let Some(additive) = mask.additive(batch, queries, keys, q.device())? {
         scores = scores.broadcast_add(&additive.to_dtype(scores.dtype())?)?;
     }
-    let mut probs = softmax_last_dim(&scores)?;
-    if let Some(draw) = draw {
-        let dims = Dims { batch, heads, kv_heads, queries, keys, head_dim };
-        probs = (probs * dropout_mask(draw, dims, q.device())?.to_dtype(q.dtype())?)?;
-    }
-    probs.matmul(&v)
+    dropout(softmax_last_dim(&scores)?)?.matmul(&v)
 }
 
 /// `(batch, kv_heads, seq, d)` → `(batch, kv_heads * n, seq, d)`, each kv head repeated `n` times.
@@ -263,6 +246,21 @@ mod tests {
     use crate::model::layers::DropoutRng;
     use crate::model::test_util::max_abs_diff;
 
+    /// The dropout mask the kernel applies, materialised `(batch, heads, queries, keys)`: `1 / (1 - p)`
+    /// where kept, 0 where dropped.
+    fn dropout_mask(draw: Dropout, dims: Dims, device: &candle_core::Device) -> Result<Tensor> {
+        let Dims { batch, heads, queries, keys, .. } = dims;
+        let scale = draw.scale();
+        let values: Vec<f64> = (0..batch * heads)
+            .flat_map(|h| {
+                (0..queries).flat_map(move |i| {
+                    (0..keys).map(move |j| if draw.keeps(h, queries, keys, i, j) { scale } else { 0.0 })
+                })
+            })
+            .collect();
+        Tensor::from_vec(values, (batch, heads, queries, keys), device)
+    }
+
     fn random(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
         use rand::SeedableRng;
         use rand_distr::Distribution;
@@ -370,7 +368,7 @@ mod tests {
                 let scale = 1.0 / (case.head_dim as f64).sqrt();
                 let (fused_out, fused_grads) =
                     run(&case, dtype, |q, k, v| attention(q, k, v, scale, &case.mask, 0.0, Mode::Inference))?;
-                let (plain_out, plain_grads) = run(&case, dtype, |q, k, v| composed(q, k, v, scale, &case.mask, None))?;
+                let (plain_out, plain_grads) = run(&case, dtype, |q, k, v| composed(q, k, v, scale, &case.mask, Ok))?;
                 assert_close(case.name, "output", &fused_out, &plain_out, tolerance);
                 for (name, (f, c)) in ["dq", "dk", "dv"].iter().zip(fused_grads.iter().zip(&plain_grads)) {
                     assert_close(case.name, name, f, c, tolerance);
@@ -396,14 +394,19 @@ mod tests {
                     run(&case, dtype, |q, k, v| attention(q, k, v, scale, &case.mask, 0.3, Mode::Train(&rng)))?;
                 rng.reseed(11);
                 let draw = Dropout { probability: 0.3, seed: rng.next_seed() };
-                let (plain_out, plain_grads) =
-                    run(&case, dtype, |q, k, v| composed(q, k, v, scale, &case.mask, Some(draw)))?;
+                let (plain_out, plain_grads) = run(&case, dtype, |q, k, v| {
+                    let (batch, heads, queries, head_dim) = q.dims4()?;
+                    let (_, kv_heads, keys, _) = k.dims4()?;
+                    let dims = Dims { batch, heads, kv_heads, queries, keys, head_dim };
+                    let mask = dropout_mask(draw, dims, q.device())?.to_dtype(dtype)?;
+                    composed(q, k, v, scale, &case.mask, |probs| probs * mask)
+                })?;
                 assert_close(case.name, "output", &fused_out, &plain_out, tolerance);
                 for (name, (f, c)) in ["dq", "dk", "dv"].iter().zip(fused_grads.iter().zip(&plain_grads)) {
                     assert_close(case.name, name, f, c, tolerance);
                 }
                 // Dropout changed something.
-                let (clean, _) = run(&case, dtype, |q, k, v| composed(q, k, v, scale, &case.mask, None))?;
+                let (clean, _) = run(&case, dtype, |q, k, v| composed(q, k, v, scale, &case.mask, Ok))?;
                 assert!(max_abs_diff(&clean.to_dtype(DType::F32)?, &fused_out.to_dtype(DType::F32)?) > 1e-3);
             }
         }

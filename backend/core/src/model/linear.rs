@@ -97,21 +97,19 @@ impl LoraAdapter {
     pub fn update(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
         let fused =
             xs.device().is_cpu() && xs.dtype() == self.a.dtype() && matches!(xs.dtype(), DType::F32 | DType::F64);
+        if !fused {
+            // The dropout layer draws its mask on the device (a mask built here would be uploaded per call).
+            let dropped = self.dropout.forward(&xs.to_dtype(self.a.dtype())?, mode)?;
+            let down = candle_nn::Linear::new(self.a.clone(), None).forward(&dropped)?;
+            let up = candle_nn::Linear::new(self.b.clone(), None).forward(&down)?;
+            return up * self.scale;
+        }
         let draw = match mode {
             Mode::Train(rng) if self.dropout.probability() > 0.0 => {
                 Some(Dropout { probability: self.dropout.probability(), seed: rng.next_seed() })
             }
             _ => None,
         };
-        if !fused {
-            let dropped = match draw {
-                Some(draw) => (xs.to_dtype(self.a.dtype())? * dropout_mask(draw, xs)?)?,
-                None => xs.to_dtype(self.a.dtype())?,
-            };
-            let down = candle_nn::Linear::new(self.a.clone(), None).forward(&dropped)?;
-            let up = candle_nn::Linear::new(self.b.clone(), None).forward(&down)?;
-            return up * self.scale;
-        }
         let (rank, input) = self.a.dims2()?;
         let output = self.b.dim(0)?;
         let rows = xs.elem_count() / input.max(1);
@@ -124,17 +122,6 @@ impl LoraAdapter {
         }
         out.reshape(dims)
     }
-}
-
-/// The dropout mask the fused op applies to `xs` (viewed as `(rows, input)`), materialised: `1 /
-/// (1 - p)` where kept, 0 where dropped. (The composed path uses it too, so both draw alike.)
-fn dropout_mask(draw: Dropout, xs: &Tensor) -> candle_core::Result<Tensor> {
-    let input = xs.dims().last().copied().unwrap_or(1).max(1);
-    let rows = xs.elem_count() / input;
-    let values: Vec<f64> = (0..rows * input)
-        .map(|n| if draw.keeps(0, rows, input, n / input, n % input) { draw.scale() } else { 0.0 })
-        .collect();
-    Tensor::from_vec(values, xs.shape(), xs.device())?.to_dtype(xs.dtype())
 }
 
 /// The fused LoRA update on the CPU (`attune_kernels::lora`).
@@ -214,6 +201,17 @@ mod tests {
 
     /// A bf16 base (the GPU default) with f32 adapter weights: the output keeps the base's dtype and
     /// the adapter's gradients come back in f32, matching an all-f32 layer closely.
+    /// The dropout mask the fused op applies to `xs` (viewed as `(rows, input)`), materialised: `1 /
+    /// (1 - p)` where kept, 0 where dropped. (What the tests' composed ops apply.)
+    fn dropout_mask(draw: Dropout, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let input = xs.dims().last().copied().unwrap_or(1).max(1);
+        let rows = xs.elem_count() / input;
+        let values: Vec<f64> = (0..rows * input)
+            .map(|n| if draw.keeps(0, rows, input, n / input, n % input) { draw.scale() } else { 0.0 })
+            .collect();
+        Tensor::from_vec(values, xs.shape(), xs.device())?.to_dtype(xs.dtype())
+    }
+
     /// Output and gradients (x, A, B) of the adapter's update, fused or composed.
     fn update_and_grads(fused: bool, dtype: DType, dropout: f32) -> candle_core::Result<Vec<Tensor>> {
         let device = Device::Cpu;
