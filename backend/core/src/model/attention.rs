@@ -4,9 +4,9 @@
 //! this file is their candle op). Elsewhere, candle's ops composed with the same mask and the same
 //! dropout masks, which is also what the tests compare the kernel with.
 
-use attune_kernels::attention::{Attention, Dims, Dropout, Visibility};
+use attune_kernels::attention::{Attention, Dims, Dropout, Scalar, Visibility};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 use super::layers::{Dropout as DropoutLayer, Mode, softmax_last_dim};
 use super::ops::{cpu_slice, host_vec};
@@ -189,17 +189,17 @@ impl CustomOp3 for FusedAttention {
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let kernel = self.kernel(q_layout.shape(), k_layout.shape())?;
+        fn run<T: Scalar + WithDType>(
+            kernel: &Attention<'_>,
+            inputs: [(&CpuStorage, &Layout); 3],
+        ) -> Result<CpuStorage> {
+            let [q, k, v] = inputs.map(|(storage, layout)| cpu_slice::<T>(storage, layout, "attention"));
+            Ok(T::to_cpu_storage_owned(kernel.forward(q?, k?, v?)))
+        }
+        let inputs = [(q, q_layout), (k, k_layout), (v, v_layout)];
         let out = match q.dtype() {
-            DType::F32 => CpuStorage::F32(kernel.forward(
-                cpu_slice::<f32>(q, q_layout, "attention")?,
-                cpu_slice(k, k_layout, "attention")?,
-                cpu_slice(v, v_layout, "attention")?,
-            )),
-            DType::F64 => CpuStorage::F64(kernel.forward(
-                cpu_slice::<f64>(q, q_layout, "attention")?,
-                cpu_slice(k, k_layout, "attention")?,
-                cpu_slice(v, v_layout, "attention")?,
-            )),
+            DType::F32 => run::<f32>(&kernel, inputs)?,
+            DType::F64 => run::<f64>(&kernel, inputs)?,
             other => candle_core::bail!("attention: unsupported dtype {other:?}"),
         };
         let Dims { batch, heads, queries, head_dim, .. } = kernel.dims;
@@ -215,23 +215,17 @@ impl CustomOp3 for FusedAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let kernel = self.kernel(q.shape(), k.shape())?;
-        let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => {
-                let (dq, dk, dv) = kernel.backward::<f32>(
-                    (&host_vec(q)?, &host_vec(k)?, &host_vec(v)?),
-                    &host_vec(res)?,
-                    &host_vec(grad)?,
-                );
-                (Tensor::new(dq, q.device())?, Tensor::new(dk, q.device())?, Tensor::new(dv, q.device())?)
-            }
-            DType::F64 => {
-                let (dq, dk, dv) = kernel.backward::<f64>(
-                    (&host_vec(q)?, &host_vec(k)?, &host_vec(v)?),
-                    &host_vec(res)?,
-                    &host_vec(grad)?,
-                );
-                (Tensor::new(dq, q.device())?, Tensor::new(dk, q.device())?, Tensor::new(dv, q.device())?)
-            }
+        fn run<T: Scalar + WithDType>(
+            kernel: &Attention<'_>,
+            [q, k, v, res, grad]: [&Tensor; 5],
+        ) -> Result<[Tensor; 3]> {
+            let (dq, dk, dv) =
+                kernel.backward::<T>((&host_vec(q)?, &host_vec(k)?, &host_vec(v)?), &host_vec(res)?, &host_vec(grad)?);
+            Ok([Tensor::new(dq, q.device())?, Tensor::new(dk, q.device())?, Tensor::new(dv, q.device())?])
+        }
+        let [dq, dk, dv] = match q.dtype() {
+            DType::F32 => run::<f32>(&kernel, [q, k, v, res, grad])?,
+            DType::F64 => run::<f64>(&kernel, [q, k, v, res, grad])?,
             other => candle_core::bail!("attention: unsupported dtype {other:?}"),
         };
         Ok((Some(dq.reshape(q.shape())?), Some(dk.reshape(k.shape())?), Some(dv.reshape(v.shape())?)))

@@ -3,10 +3,10 @@
 //! in their own precision (f32) whatever the base weight's. On the CPU the adapter's update is one
 //! fused op (`attune_kernels::lora`).
 
-use attune_kernels::attention::Dropout;
+use attune_kernels::attention::{Dropout, Scalar};
 use attune_kernels::lora::LowRank;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
 use super::layers::Mode;
@@ -143,17 +143,17 @@ impl CustomOp3 for LowRankUpdate {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Scalar + WithDType>(
+            kernel: &LowRank,
+            inputs: [(&CpuStorage, &Layout); 3],
+        ) -> candle_core::Result<CpuStorage> {
+            let [x, a, b] = inputs.map(|(storage, layout)| cpu_slice::<T>(storage, layout, "lora"));
+            Ok(T::to_cpu_storage_owned(kernel.forward(x?, a?, b?)))
+        }
+        let inputs = [(x, x_layout), (a, a_layout), (b, b_layout)];
         let out = match x.dtype() {
-            DType::F32 => CpuStorage::F32(self.kernel.forward(
-                cpu_slice::<f32>(x, x_layout, "lora")?,
-                cpu_slice(a, a_layout, "lora")?,
-                cpu_slice(b, b_layout, "lora")?,
-            )),
-            DType::F64 => CpuStorage::F64(self.kernel.forward(
-                cpu_slice::<f64>(x, x_layout, "lora")?,
-                cpu_slice(a, a_layout, "lora")?,
-                cpu_slice(b, b_layout, "lora")?,
-            )),
+            DType::F32 => run::<f32>(&self.kernel, inputs)?,
+            DType::F64 => run::<f64>(&self.kernel, inputs)?,
             other => candle_core::bail!("lora: unsupported dtype {other:?}"),
         };
         Ok((out, Shape::from((self.kernel.rows, self.kernel.output))))
@@ -167,18 +167,16 @@ impl CustomOp3 for LowRankUpdate {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let device = x.device();
-        let (dx, da, db) = match x.dtype() {
-            DType::F32 => {
-                let (dx, da, db) =
-                    self.kernel.backward::<f32>(&host_vec(x)?, &host_vec(a)?, &host_vec(b)?, &host_vec(grad)?);
-                (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
-            }
-            DType::F64 => {
-                let (dx, da, db) =
-                    self.kernel.backward::<f64>(&host_vec(x)?, &host_vec(a)?, &host_vec(b)?, &host_vec(grad)?);
-                (Tensor::new(dx, device)?, Tensor::new(da, device)?, Tensor::new(db, device)?)
-            }
+        fn run<T: Scalar + WithDType>(
+            kernel: &LowRank,
+            [x, a, b, grad]: [&Tensor; 4],
+        ) -> candle_core::Result<[Tensor; 3]> {
+            let (dx, da, db) = kernel.backward::<T>(&host_vec(x)?, &host_vec(a)?, &host_vec(b)?, &host_vec(grad)?);
+            Ok([Tensor::new(dx, x.device())?, Tensor::new(da, x.device())?, Tensor::new(db, x.device())?])
+        }
+        let [dx, da, db] = match x.dtype() {
+            DType::F32 => run::<f32>(&self.kernel, [x, a, b, grad])?,
+            DType::F64 => run::<f64>(&self.kernel, [x, a, b, grad])?,
             other => candle_core::bail!("lora: unsupported dtype {other:?}"),
         };
         Ok((Some(dx.reshape(x.shape())?), Some(da.reshape(a.shape())?), Some(db.reshape(b.shape())?)))

@@ -607,16 +607,14 @@ impl Llama {
         padding_mask: Option<&Tensor>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
-        let (_batch, seq_len) = input_ids.dims2()?;
+        input_ids.dims2()?; // (batch, seq)
         let offset = cache.len();
         if cache.layers.is_empty() {
             cache.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
+        // (`attention` refuses a padding mask that does not cover the cached and new positions.)
         let key_visible = padding_mask.map(AttentionMask::key_visible_from).transpose()?;
-        if key_visible.as_ref().is_some_and(|v| v.len() != input_ids.dim(0).unwrap_or(0) * (offset + seq_len)) {
-            candle_core::bail!("the padding mask must cover the {} cached and new positions", offset + seq_len);
-        }
         let mask = AttentionMask::causal(self.config.window(), key_visible);
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let attended = layer.self_attn.forward(
