@@ -66,13 +66,41 @@ pub struct Dropout {
 impl Dropout {
     /// Whether the probability at `(head, query, key)` (head counted over batch × heads) is kept.
     pub fn keeps(&self, head: usize, queries: usize, keys: usize, query: usize, key: usize) -> bool {
-        let index = ((head * queries + query) * keys + key) as u64;
-        // splitmix64 of the seed and the position.
-        let mut z = self.seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= self.probability
+        self.keeps_index(((head * queries + query) * keys + key) as u64)
+    }
+
+    /// Whether the element at flat position `index` is kept.
+    #[inline]
+    pub fn keeps_index(&self, index: u64) -> bool {
+        self.uniform(index) >= self.probability
+    }
+
+    /// The uniform draw in `[0, 1)` for position `index`: 24 bits of two rounds of a 32-bit
+    /// integer hash (Wellons' lowbias32) keyed by the seed, the low half of the position in the
+    /// first round and the high half in the second. 32-bit lanes, so a row of draws vectorises.
+    #[inline]
+    pub fn uniform(&self, index: u64) -> f32 {
+        #[inline(always)]
+        fn mix(mut x: u32) -> u32 {
+            x ^= x >> 16;
+            x = x.wrapping_mul(0x7feb_352d);
+            x ^= x >> 15;
+            x = x.wrapping_mul(0x846c_a68b);
+            x ^ (x >> 16)
+        }
+        let first = mix((index as u32) ^ (self.seed as u32));
+        let second = mix(first ^ ((index >> 32) as u32) ^ ((self.seed >> 32) as u32).wrapping_mul(0x9E37_79B9));
+        ((second >> 8) as f32) * (1.0 / (1u32 << 24) as f32)
+    }
+
+    /// Applies the mask to the consecutive positions `first..first + values.len()`: a kept value
+    /// is scaled by `1 / (1 - p)`, a dropped one becomes zero.
+    pub fn apply<T: Float>(&self, first: u64, values: &mut [T]) {
+        let scale = T::from(self.scale()).unwrap_or_else(T::one);
+        for (n, v) in values.iter_mut().enumerate() {
+            let keep = self.uniform(first + n as u64) >= self.probability;
+            *v = if keep { *v * scale } else { T::zero() };
+        }
     }
 
     /// What a kept probability is multiplied by: `1 / (1 - p)`.
@@ -88,6 +116,11 @@ pub struct Attention<'a> {
     pub scale: f64,
     pub visibility: Visibility<'a>,
     pub dropout: Option<Dropout>,
+}
+
+/// The elements of an array this module made (standard layout).
+fn contiguous<T>(array: &mut Array2<T>) -> &mut [T] {
+    array.as_slice_mut().unwrap_or_else(|| unreachable!("arrays made here are contiguous"))
 }
 
 /// `Σ a·b` over 16 lanes (the compiler vectorises the lanes; a plain fold would not reassociate).
@@ -170,7 +203,6 @@ impl Attention<'_> {
         let Dims { batch, heads, kv_heads, queries, keys, head_dim: d } = self.dims;
         let width = d + 1;
         let mut out = vec![T::zero(); batch * heads * queries * width];
-        let keep_scale = cast::<T>(self.dropout.map_or(1.0, |p| p.scale()));
         out.par_chunks_mut(queries * width).enumerate().for_each(|(head, out)| {
             let kv = (head / heads) * kv_heads + (head % heads) / self.dims.group();
             let k = view(&k[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
@@ -186,9 +218,8 @@ impl Attention<'_> {
                 None => T::nan(),
             });
             if let Some(draw) = self.dropout {
-                for ((i, j), p) in probs.indexed_iter_mut() {
-                    *p = if draw.keeps(head, queries, keys, i, j) { *p * keep_scale } else { T::zero() };
-                }
+                let first = (head * queries * keys) as u64;
+                draw.apply(first, contiguous(&mut probs));
             }
             general_mat_mul(T::one(), &probs, &v, T::zero(), &mut view_mut(out, queries, d, width));
             for (row, lse) in out.chunks_mut(width).zip(lse) {
@@ -212,7 +243,6 @@ impl Attention<'_> {
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
         let scale = cast::<T>(self.scale);
-        let keep_scale = cast::<T>(self.dropout.map_or(1.0, |p| p.scale()));
         // One task per kv head: it owns that head's dk and dv and its query heads' dq.
         dq.par_chunks_mut(group * queries * d)
             .zip(dk.par_chunks_mut(keys * d).zip(dv.par_chunks_mut(keys * d)))
@@ -223,6 +253,7 @@ impl Attention<'_> {
                 let (mut dk, mut dv) = (view_mut(dk, keys, d, d), view_mut(dv, keys, d, d));
                 let mut probs = Array2::zeros((queries, keys));
                 let mut other = Array2::zeros((queries, keys));
+                let mut mask = Array2::zeros(if self.dropout.is_some() { (queries, keys) } else { (0, 0) });
                 for (r, dq) in dq.chunks_mut(queries * d).enumerate() {
                     let head = kv * group + r;
                     let rows = head * queries * width..(head + 1) * queries * width;
@@ -231,24 +262,25 @@ impl Attention<'_> {
                     let grad = view(&grad[rows.clone()], queries, d, width);
                     let lse = view(&res[rows.start + d..rows.end], queries, 1, width);
                     self.probabilities(head, q, k, &mut probs, |i, _| lse[[i, 0]]);
-                    let kept =
-                        |i: usize, j: usize| self.dropout.is_none_or(|draw| draw.keeps(head, queries, keys, i, j));
-                    // P' (after dropout) into `other`; dV += P'ᵀ dO.
+                    // The dropout mask Z (1 / (1 - p) where kept, 0 where dropped), drawn once for both uses.
+                    if let Some(draw) = self.dropout {
+                        mask.fill(T::one());
+                        draw.apply((head * queries * keys) as u64, contiguous(&mut mask));
+                    }
+                    // P' = P ∘ Z into `other`; dV += P'ᵀ dO.
                     other.zip_mut_with(&probs, |o, &p| *o = p);
                     if self.dropout.is_some() {
-                        for ((i, j), p) in other.indexed_iter_mut() {
-                            *p = if kept(i, j) { *p * keep_scale } else { T::zero() };
-                        }
+                        other.zip_mut_with(&mask, |o, &z| *o = *o * z);
                     }
                     general_mat_mul(T::one(), &other.t(), &grad, T::one(), &mut dv);
                     // dP' = dO vᵀ; dS = P ∘ (Z ∘ dP' − Σ_j P'_ij dP'_ij) · scale, that sum being dO_i · O_i.
                     general_mat_mul(T::one(), &grad, &v.t(), T::zero(), &mut other);
+                    if self.dropout.is_some() {
+                        other.zip_mut_with(&mask, |o, &z| *o = *o * z);
+                    }
                     for (i, (mut p_row, d_row)) in probs.rows_mut().into_iter().zip(other.rows()).enumerate() {
                         let row_dot = dot(grad.row(i).iter().copied(), out.row(i).iter().copied());
-                        for (j, (p, &dp)) in p_row.iter_mut().zip(d_row).enumerate() {
-                            let dp = if kept(i, j) { dp * keep_scale } else { T::zero() };
-                            *p = *p * (dp - row_dot) * scale;
-                        }
+                        p_row.zip_mut_with(&d_row, |p, &dp| *p = *p * (dp - row_dot) * scale);
                     }
                     general_mat_mul(T::one(), &probs, &k, T::zero(), &mut view_mut(dq, queries, d, d));
                     general_mat_mul(T::one(), &probs.t(), &q, T::one(), &mut dk);

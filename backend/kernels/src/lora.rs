@@ -37,15 +37,8 @@ impl LowRank {
     fn dropped<'x, T: Scalar>(&self, x: &'x [T], first: usize, count: usize) -> std::borrow::Cow<'x, [T]> {
         let block = &x[first * self.input..(first + count) * self.input];
         let Some(draw) = self.dropout else { return std::borrow::Cow::Borrowed(block) };
-        let keep = T::from(draw.scale()).unwrap_or_else(T::one);
-        let values = block
-            .iter()
-            .enumerate()
-            .map(|(n, &v)| {
-                let (i, j) = (first + n / self.input, n % self.input);
-                if draw.keeps(0, self.rows, self.input, i, j) { v * keep } else { T::zero() }
-            })
-            .collect();
+        let mut values = block.to_vec();
+        draw.apply((first * self.input) as u64, &mut values);
         std::borrow::Cow::Owned(values)
     }
 
@@ -68,7 +61,6 @@ impl LowRank {
     pub fn backward<T: Scalar>(&self, x: &[T], a: &[T], b: &[T], grad: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (a, b) = (view(a, self.rank, self.input), view(b, self.output, self.rank));
         let scale = T::from(self.scale).unwrap_or_else(T::one);
-        let keep = T::from(self.dropout.map_or(1.0, |d| d.scale())).unwrap_or_else(T::one);
         let mut dx = vec![T::zero(); self.rows * self.input];
         // Each block's share of dA and dB, summed after.
         let partial: Vec<(Array2<T>, Array2<T>)> = dx
@@ -91,10 +83,7 @@ impl LowRank {
                 // dx = (d(down) A) ∘ the dropout mask.
                 general_mat_mul(T::one(), &d_down, &a, T::zero(), &mut view_mut(dx, count, self.input));
                 if let Some(draw) = self.dropout {
-                    for (n, g) in dx.iter_mut().enumerate() {
-                        let (i, j) = (first + n / self.input, n % self.input);
-                        *g = if draw.keeps(0, self.rows, self.input, i, j) { *g * keep } else { T::zero() };
-                    }
+                    draw.apply((first * self.input) as u64, dx);
                 }
                 (da, db)
             })

@@ -157,6 +157,10 @@ impl Dropout {
             let mask = (uniform.lt(keep as f64)?.to_dtype(xs.dtype())? * scale as f64)?;
             return xs * mask;
         }
+        if matches!(xs.dtype(), DType::F32 | DType::F64) {
+            let draw = attune_kernels::attention::Dropout { probability: self.probability, seed: rng.next_seed() };
+            return ops::hashed_dropout(xs, draw);
+        }
         let mask: Vec<f32> = {
             let mut state = rng.lock();
             (0..xs.elem_count()).map(|_| if state.rng.random::<f32>() < keep { scale } else { 0.0 }).collect()

@@ -6,6 +6,7 @@
 //! use its output (softmax) instead of keeping intermediates alive, so a training graph holds one
 //! tensor per op, not one per elementary step.
 
+use attune_kernels::pointwise;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Module, Result, Shape, Storage,
@@ -125,20 +126,10 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// GELU with the exact (erf) form, `x · Φ(x)`. On the CPU a fused kernel with a fast erf
-/// (Abramowitz–Stegun 7.1.26, absolute error below 1.5e-7, the size of f32 rounding) and its own
-/// backward `Φ(x) + x · φ(x)`; candle's version calls libm's scalar erf per element.
+/// (`attune_kernels::pointwise::erf`, absolute error below 1.5e-7, the size of f32 rounding) and
+/// its own backward `Φ(x) + x · φ(x)`; candle's version calls libm's scalar erf per element.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() != DType::F64 { xs.contiguous()?.apply_op1(GeluErf) } else { xs.gelu_erf() }
-}
-
-/// erf(x) for f32 arithmetic: Abramowitz–Stegun 7.1.26.
-#[inline]
-fn fast_erf(x: f32) -> f32 {
-    let sign = if x < 0.0 { -1.0 } else { 1.0 };
-    let x = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    sign * (1.0 - poly * (-x * x).exp())
 }
 
 struct GeluErf;
@@ -155,7 +146,7 @@ impl CustomOp1 for GeluErf {
             dst.par_chunks_mut(4096).zip(src.par_chunks(4096)).for_each(|(dst, src)| {
                 for (d, &x) in dst.iter_mut().zip(src) {
                     let x = x.widen();
-                    *d = T::narrow(0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2)));
+                    *d = T::narrow(0.5 * x * (1.0 + pointwise::erf(x * std::f32::consts::FRAC_1_SQRT_2)));
                 }
             });
             Ok(T::to_cpu_storage_owned(dst))
@@ -170,6 +161,9 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if xs.dtype() == DType::F32 {
+            return Ok(Some(xs.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &RowGradient::Gelu)?));
+        }
         // d/dx x·Φ(x) = Φ(x) + x·φ(x), with φ(x) = exp(−x²/2)/√(2π).
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
@@ -329,6 +323,12 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn bwd(&self, _xs: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if RowGradient::runs(probs) {
+            let width = probs.dim(D::Minus1)?;
+            return Ok(Some(
+                probs.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &RowGradient::Softmax { width })?,
+            ));
+        }
         // dx = y ⊙ (g − Σ g ⊙ y)
         let dtype = probs.dtype();
         let probs = probs.to_dtype(accumulator(dtype))?;
@@ -407,36 +407,170 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let norm = pointwise::Norm { eps: self.eps, centred: true };
+        let grad_x = norm_input_gradient(norm, xs, weight, grad)?;
+        if !weight.track_op() && !bias.track_op() {
+            // A frozen norm (LoRA training): its weight and bias gradients would go unused.
+            return Ok((Some(grad_x), None, None));
+        }
         let acc = accumulator(xs.dtype());
         let width = xs.dim(D::Minus1)?;
         let rows = xs.elem_count() / width.max(1);
         let x = xs.to_dtype(acc)?;
-        let g = grad.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?.reshape((rows, width))?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let rstd = (centered.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let normed = centered.broadcast_mul(&rstd)?;
-        let grad_weight = (&g * &normed)?.reshape((rows, width))?.sum(0)?;
-        let grad_bias = g.reshape((rows, width))?.sum(0)?;
-        let grad_normed = g.broadcast_mul(&weight.to_dtype(acc)?)?;
-        let grad_x = input_gradient(&grad_normed, &normed, &rstd, true)?;
-        Ok((
-            Some(grad_x.to_dtype(xs.dtype())?),
-            Some(grad_weight.to_dtype(weight.dtype())?),
-            Some(grad_bias.to_dtype(bias.dtype())?),
-        ))
+        let normed = centered.broadcast_mul(&rstd)?.reshape((rows, width))?;
+        let grad_weight = (&g * &normed)?.sum(0)?;
+        let grad_bias = g.sum(0)?;
+        Ok((Some(grad_x), Some(grad_weight.to_dtype(weight.dtype())?), Some(grad_bias.to_dtype(bias.dtype())?)))
     }
 }
 
-/// The gradient of a normalisation's input from the gradient of its normalised value:
-/// `rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`, without the `mean(ĝ)` term for RMS norm.
-fn input_gradient(grad_normed: &Tensor, normed: &Tensor, rstd: &Tensor, centred: bool) -> Result<Tensor> {
-    let projection = (grad_normed * normed)?.mean_keepdim(D::Minus1)?;
-    let mut grad = (grad_normed - normed.broadcast_mul(&projection)?)?;
-    if centred {
-        grad = grad.broadcast_sub(&grad_normed.mean_keepdim(D::Minus1)?)?;
+/// The gradient of a normalisation's input (`attune_kernels::pointwise::Norm`): one pass per row
+/// on the CPU in f32/f64; elsewhere composed, `rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))` with
+/// `ĝ = g ⊙ weight`, without the `mean(ĝ)` term for RMS norm.
+fn norm_input_gradient(norm: pointwise::Norm, xs: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    if RowGradient::runs(xs) && weight.dtype() == xs.dtype() {
+        let (xs, weight, grad) = (xs.contiguous()?, weight.contiguous()?, grad.contiguous()?);
+        return xs.apply_op3_no_bwd(&weight, &grad, &NormGradient(norm));
     }
-    grad.broadcast_mul(rstd)
+    let acc = accumulator(xs.dtype());
+    let x = xs.to_dtype(acc)?;
+    let centered = if norm.centred { x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)? } else { x };
+    let rstd = (centered.sqr()?.mean_keepdim(D::Minus1)? + norm.eps)?.sqrt()?.recip()?;
+    let normed = centered.broadcast_mul(&rstd)?;
+    let grad_normed = grad.to_dtype(acc)?.broadcast_mul(&weight.to_dtype(acc)?)?;
+    let projection = (&grad_normed * &normed)?.mean_keepdim(D::Minus1)?;
+    let mut grad_x = (&grad_normed - normed.broadcast_mul(&projection)?)?;
+    if norm.centred {
+        grad_x = grad_x.broadcast_sub(&grad_normed.mean_keepdim(D::Minus1)?)?;
+    }
+    grad_x.broadcast_mul(&rstd)?.to_dtype(xs.dtype())
+}
+
+/// Backward passes computed by `attune_kernels::pointwise` from two inputs: GELU's (input, output
+/// gradient; f32) and softmax's (output, output gradient; f32/f64).
+enum RowGradient {
+    Gelu,
+    Softmax { width: usize },
+}
+
+impl RowGradient {
+    /// Whether the kernels take `t`: f32 or f64 on the CPU.
+    fn runs(t: &Tensor) -> bool {
+        t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    }
+}
+
+impl CustomOp2 for RowGradient {
+    fn name(&self) -> &'static str {
+        "row-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: attune_kernels::attention::Scalar + WithDType>(
+            op: &RowGradient,
+            [a, g]: [(&CpuStorage, &Layout); 2],
+        ) -> Result<CpuStorage> {
+            let (a, g) = (cpu_slice::<T>(a.0, a.1, "row-gradient")?, cpu_slice::<T>(g.0, g.1, "row-gradient")?);
+            if a.len() != g.len() {
+                candle_core::bail!("row-gradient: {} values, {} gradients", a.len(), g.len());
+            }
+            match op {
+                RowGradient::Softmax { width } => {
+                    Ok(T::to_cpu_storage_owned(pointwise::softmax_backward(a, g, *width)))
+                }
+                RowGradient::Gelu => candle_core::bail!("gelu's gradient is computed in f32"),
+            }
+        }
+        let inputs = [(a, a_layout), (g, g_layout)];
+        let out = match (self, a.dtype()) {
+            (RowGradient::Gelu, DType::F32) => {
+                let (x, g) = (cpu_slice::<f32>(a, a_layout, "gelu")?, cpu_slice::<f32>(g, g_layout, "gelu")?);
+                if x.len() != g.len() {
+                    candle_core::bail!("gelu: {} inputs, {} gradients", x.len(), g.len());
+                }
+                CpuStorage::F32(pointwise::gelu_erf_backward(x, g))
+            }
+            (_, DType::F32) => run::<f32>(self, inputs)?,
+            (_, DType::F64) => run::<f64>(self, inputs)?,
+            (_, other) => candle_core::bail!("row-gradient: unsupported dtype {other:?}"),
+        };
+        Ok((out, a_layout.shape().clone()))
+    }
+}
+
+/// A normalisation's input gradient from (input, weight, output gradient).
+struct NormGradient(pointwise::Norm);
+
+impl CustomOp3 for NormGradient {
+    fn name(&self) -> &'static str {
+        "norm-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: attune_kernels::attention::Scalar + WithDType>(
+            norm: pointwise::Norm,
+            [x, w, g]: [(&CpuStorage, &Layout); 3],
+        ) -> Result<CpuStorage> {
+            let [x, w, g] = [x, w, g].map(|(storage, layout)| cpu_slice::<T>(storage, layout, "norm-gradient"));
+            let (x, w, g) = (x?, w?, g?);
+            if x.len() != g.len() || w.is_empty() || x.len() % w.len() != 0 {
+                candle_core::bail!("norm-gradient: {} inputs, {} gradients, rows of {}", x.len(), g.len(), w.len());
+            }
+            Ok(T::to_cpu_storage_owned(norm.input_gradient(x, w, g)))
+        }
+        let inputs = [(x, x_layout), (w, w_layout), (g, g_layout)];
+        let out = match x.dtype() {
+            DType::F32 => run::<f32>(self.0, inputs)?,
+            DType::F64 => run::<f64>(self.0, inputs)?,
+            other => candle_core::bail!("norm-gradient: unsupported dtype {other:?}"),
+        };
+        Ok((out, x_layout.shape().clone()))
+    }
+}
+
+/// Inverted dropout with a mask hashed from `draw`'s seed and each element's position (f32/f64 on
+/// the CPU): drawn in parallel, never stored, and redrawn for the backward pass.
+pub(crate) fn hashed_dropout(xs: &Tensor, draw: attune_kernels::attention::Dropout) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(HashedDropout(draw))
+}
+
+struct HashedDropout(attune_kernels::attention::Dropout);
+
+impl CustomOp1 for HashedDropout {
+    fn name(&self) -> &'static str {
+        "hashed-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match storage.dtype() {
+            DType::F32 => CpuStorage::F32(pointwise::dropout(cpu_slice::<f32>(storage, layout, "dropout")?, self.0)),
+            DType::F64 => CpuStorage::F64(pointwise::dropout(cpu_slice::<f64>(storage, layout, "dropout")?, self.0)),
+            other => candle_core::bail!("dropout: unsupported dtype {other:?}"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&HashedDropout(self.0))?))
+    }
 }
 
 struct RmsNorm {
@@ -502,17 +636,19 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let norm = pointwise::Norm { eps: self.eps, centred: false };
+        let grad_x = norm_input_gradient(norm, xs, weight, grad)?;
+        if !weight.track_op() {
+            return Ok((Some(grad_x), None));
+        }
         let acc = accumulator(xs.dtype());
         let width = xs.dim(D::Minus1)?;
         let rows = xs.elem_count() / width.max(1);
         let x = xs.to_dtype(acc)?;
-        let g = grad.to_dtype(acc)?;
         let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        let normed = x.broadcast_mul(&rstd)?;
-        let grad_weight = (&g * &normed)?.reshape((rows, width))?.sum(0)?;
-        let grad_normed = g.broadcast_mul(&weight.to_dtype(acc)?)?;
-        let grad_x = input_gradient(&grad_normed, &normed, &rstd, false)?;
-        Ok((Some(grad_x.to_dtype(xs.dtype())?), Some(grad_weight.to_dtype(weight.dtype())?)))
+        let normed = x.broadcast_mul(&rstd)?.reshape((rows, width))?;
+        let grad_weight = (grad.to_dtype(acc)?.reshape((rows, width))? * normed)?.sum(0)?;
+        Ok((Some(grad_x), Some(grad_weight.to_dtype(weight.dtype())?)))
     }
 }
 
@@ -630,8 +766,23 @@ mod tests {
         // The fast erf itself, across its range, against candle's (libm's) erf.
         let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
         let exact = Tensor::new(xs.as_slice(), &Device::Cpu)?.erf()?.to_vec1::<f32>()?;
-        let worst = xs.iter().zip(&exact).map(|(&x, &e)| (fast_erf(x) - e).abs()).fold(0.0f32, f32::max);
+        let worst = xs.iter().zip(&exact).map(|(&x, &e)| (pointwise::erf(x) - e).abs()).fold(0.0f32, f32::max);
         assert!(worst < 3e-7, "fast erf off by {worst}");
+        Ok(())
+    }
+
+    #[test]
+    fn hashed_dropout_matches_its_mask_applied_by_hand_forward_and_backward() -> Result<()> {
+        for dtype in [DType::F64, DType::F32] {
+            let draw = attune_kernels::attention::Dropout { probability: 0.3, seed: 11 };
+            let shape = [3, 5, 16];
+            let mask: Vec<f64> =
+                (0..3 * 5 * 16).map(|i| if draw.keeps_index(i as u64) { draw.scale() } else { 0.0 }).collect();
+            let mask = Tensor::from_vec(mask, &shape, &Device::Cpu)?.to_dtype(dtype)?;
+            check(|x, _| hashed_dropout(&(x * 2.0)?, draw), |x, _| (x * 2.0)? * &mask, &[], dtype, 1e-6)?;
+            let dropped = mask.eq(0.0)?.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
+            assert!((0.1..0.5).contains(&dropped), "{dtype:?}: {dropped} dropped");
+        }
         Ok(())
     }
 

@@ -567,7 +567,9 @@ mod tests {
         let Ok(Outcome::Finished { steps, .. }) = outcome else { panic!("{outcome:?}") };
         assert_eq!(steps, 8 * 4, "10 examples in batches of 3: 4 steps an epoch");
         let l = losses(&events);
-        let (first, last) = (l[..4].iter().sum::<f64>(), l[l.len() - 4..].iter().sum::<f64>());
+        // An epoch's summed loss (4 steps), first against the mean of the last three: one epoch of
+        // 10 examples with dropout on swings by ±5%.
+        let (first, last) = (l[..4].iter().sum::<f64>(), l[l.len() - 12..].iter().sum::<f64>() / 3.0);
         assert!(last < first * 0.9, "loss went from {first} to {last}");
         assert!(matches!(events.first(), Some(TrainEvent::Started { total_steps: 32, .. })));
         assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 32, .. })));
