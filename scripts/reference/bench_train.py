@@ -8,12 +8,12 @@ JSON object of seconds per step (median after a warm-up step).
   LoRA on q/k/v/o; contrastive loss plus RAG-Sequence NLL over each question's top-4 of the batch's
   passages (gold always included), logits only at answer positions, batch 8, one AdamW step;
 - generator mode: that generator alone, NLL of each answer given its gold passage (cut at 200
-  tokens), batch 8.
+  tokens), batch 8; `generator-checkpointed` the same with transformers' gradient checkpointing.
 
 One part per process (`--part`), so that the peak resident size it prints (`peak_rss_bytes`, from
 getrusage) is that part's.
 
-    python scripts/reference/bench_train.py --part retriever|e2e|generator [--steps 5] [--models-dir models]
+    python scripts/reference/bench_train.py --part retriever|e2e|generator|generator-checkpointed [--steps 5] [--models-dir models]
 """
 
 import argparse
@@ -72,11 +72,14 @@ def bench_retriever(models, steps):
     return timed(step, steps)
 
 
-def load_generator(models):
+def load_generator(models, checkpointing=False):
     gen_dir = models / "SmolLM2-135M-Instruct"
     gguf = next(p.name for p in gen_dir.glob("*.gguf"))
     tokenizer = AutoTokenizer.from_pretrained(gen_dir, gguf_file=gguf)
     generator = AutoModelForCausalLM.from_pretrained(gen_dir, gguf_file=gguf, torch_dtype=torch.float32)
+    if checkpointing:
+        # Recompute each decoder layer in the backward pass (non-reentrant: the LoRA weights get gradients).
+        generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     generator = get_peft_model(generator, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     generator.train()
@@ -101,8 +104,8 @@ def encoder_of(tokenizer, passage_tokens):
     return encode
 
 
-def bench_generator(models, steps):
-    tokenizer, generator = load_generator(models)
+def bench_generator(models, steps, checkpointing=False):
+    tokenizer, generator = load_generator(models, checkpointing)
     params = [p for p in generator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     rows = workload(8)
@@ -148,7 +151,8 @@ def bench_e2e(models, steps):
     return timed(step, steps)
 
 
-PARTS = {"retriever": bench_retriever, "e2e": bench_e2e, "generator": bench_generator}
+PARTS = {"retriever": bench_retriever, "e2e": bench_e2e, "generator": bench_generator,
+         "generator-checkpointed": lambda models, steps: bench_generator(models, steps, checkpointing=True)}
 
 
 def main():

@@ -146,6 +146,10 @@ pub struct Hyper {
     /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
     /// on a GPU, fewer needs less memory; gradients are the same either way.
     pub sequences_per_chunk: u32,
+    /// Activation checkpointing for the generator: keep only each decoder layer's input and run
+    /// the layer again in the backward pass. Far less memory for about a third more generator
+    /// compute; gradients are the same.
+    pub activation_checkpointing: bool,
     /// Linear layers of the retriever that get LoRA adapters (by the last part of their name;
     /// names a model does not have are skipped, so the default covers BERT's `query`, `key`,
     /// `value` and ModernBERT's fused `Wqkv`).
@@ -185,6 +189,7 @@ impl Default for Hyper {
             hard_negatives: 0,
             max_train_examples: None,
             sequences_per_chunk: 8,
+            activation_checkpointing: false,
             retriever_targets: ["query", "key", "value", "Wqkv"].map(String::from).to_vec(),
             generator_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
             keep_checkpoints: 3,

@@ -33,16 +33,21 @@ pub enum Part {
     /// Generator mode: batch 8, each answer given its gold passage cut at 200 tokens (~240-token
     /// sequences).
     Generator,
+    /// The generator part with activation checkpointing on both sides (transformers' gradient
+    /// checkpointing for PyTorch).
+    #[serde(rename = "generator-checkpointed")]
+    GeneratorCheckpointed,
 }
 
 impl Part {
-    pub const ALL: [Part; 3] = [Part::Retriever, Part::E2e, Part::Generator];
+    pub const ALL: [Part; 4] = [Part::Retriever, Part::E2e, Part::Generator, Part::GeneratorCheckpointed];
 
     pub fn name(self) -> &'static str {
         match self {
             Part::Retriever => "retriever",
             Part::E2e => "e2e",
             Part::Generator => "generator",
+            Part::GeneratorCheckpointed => "generator-checkpointed",
         }
     }
 
@@ -50,7 +55,7 @@ impl Part {
         Part::ALL
             .into_iter()
             .find(|p| p.name() == text)
-            .ok_or_else(|| anyhow::anyhow!("unknown part {text:?} (retriever, e2e or generator)"))
+            .ok_or_else(|| anyhow::anyhow!("unknown part {text:?} (retriever, e2e, generator, generator-checkpointed)"))
     }
 
     fn describe(self) -> String {
@@ -60,6 +65,7 @@ impl Part {
             }
             Part::E2e => format!("e2e (batch {E2E_BATCH}, top-k {E2E_TOP_K}, answers < {ANSWER_TOKENS} tokens)"),
             Part::Generator => format!("generator (batch {E2E_BATCH}, passages cut at {GENERATOR_PASSAGE_TOKENS})"),
+            Part::GeneratorCheckpointed => format!("{}, checkpointed", Part::Generator.describe()),
         }
     }
 }
@@ -229,10 +235,11 @@ pub fn measure_part(part: Part, steps: usize, models_dir: &Path, device: &Device
             },
             E2E_BATCH,
         ),
-        Part::Generator => (
+        Part::Generator | Part::GeneratorCheckpointed => (
             bench_config(&retriever_path, &generator_path, TrainMode::Generator, |h| {
                 (h.max_passage_tokens, h.max_answer_tokens) = (GENERATOR_PASSAGE_TOKENS as u32, ANSWER_TOKENS as u32);
                 (h.batch_size, h.max_steps) = (E2E_BATCH as u32, max_steps);
+                h.activation_checkpointing = part == Part::GeneratorCheckpointed;
             })?,
             BaseModels { retriever: None, generator: Some(Generator::load(&generator_path, device)?) },
             E2E_BATCH,

@@ -109,8 +109,14 @@ pub struct BenchTrainArgs {
     no_reference: bool,
     #[arg(long, default_value = "scripts/reference/bench_train.py")]
     reference_script: PathBuf,
-    /// The parts to run, each in a process of its own per side: retriever, e2e, generator.
-    #[arg(long, value_delimiter = ',', default_value = "retriever,e2e,generator", value_parser = parse_part)]
+    /// The parts to run, each in a process of its own per side: retriever, e2e, generator,
+    /// generator-checkpointed (activation checkpointing on both sides).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "retriever,e2e,generator,generator-checkpointed",
+        value_parser = parse_part
+    )]
     parts: Vec<attune::bench::train::Part>,
     /// Timed optimiser steps per part (after one warm-up step); the figure is their median.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]

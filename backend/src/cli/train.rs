@@ -91,6 +91,10 @@ pub struct TrainArgs {
     /// on a GPU, fewer needs less memory. Gradients are the same either way.
     #[arg(long, default_value_t = defaults().sequences_per_chunk)]
     sequences_per_chunk: u32,
+    /// Keep only each generator layer's input and recompute the layer in the backward pass: far
+    /// less memory, about a third more generator compute, the same gradients.
+    #[arg(long)]
+    activation_checkpointing: bool,
     #[arg(long, default_value_t = defaults().seed)]
     seed: u64,
     /// Save a checkpoint every N optimiser steps (0: only at the end).
@@ -150,6 +154,7 @@ impl TrainArgs {
             hard_negatives: self.hard_negatives,
             max_train_examples: self.max_train_examples,
             sequences_per_chunk: self.sequences_per_chunk,
+            activation_checkpointing: self.activation_checkpointing,
             ..defaults()
         }
     }

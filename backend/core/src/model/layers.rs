@@ -119,6 +119,16 @@ impl Mode<'_> {
     pub fn is_train(&self) -> bool {
         matches!(self, Mode::Train(_))
     }
+
+    /// In training, a seed for a generator of one layer's own: each decoder layer draws its masks
+    /// from `DropoutRng::new(seed)`, so that running it again (activation checkpointing) from the
+    /// same seed drops the same elements.
+    pub fn layer_seed(&self) -> Option<u64> {
+        match self {
+            Mode::Train(rng) => Some(rng.next_seed()),
+            Mode::Inference => None,
+        }
+    }
 }
 
 /// Inverted dropout that is active only in training mode.

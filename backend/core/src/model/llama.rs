@@ -9,14 +9,15 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::attention::{AttentionMask, attention};
 use super::error::{ModelError, Result};
-use super::layers::{Mode, Rotary, rope_frequencies};
+use super::layers::{DropoutRng, Mode, Rotary, rope_frequencies};
 use super::linear::Linear;
 use super::lora::HasLinears;
 use super::random::{RandomWeights, WeightSource};
@@ -496,6 +497,37 @@ impl DecoderLayer {
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
+
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        mask: &AttentionMask,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mode: Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let attended =
+            self.self_attn.forward(&self.input_layernorm.forward(hidden)?, rotary, offset, mask, cache, mode)?;
+        let hidden = (hidden + attended)?;
+        &hidden + self.mlp.forward(&self.post_attention_layernorm.forward(&hidden)?, mode)?
+    }
+}
+
+/// What activation checkpointing keeps of a forward pass through the decoder layers: each layer's
+/// input (no graph), the mask, and each layer's dropout seed, so that running a layer again in the
+/// backward pass drops the same elements.
+pub struct LayerTape {
+    inputs: Vec<Tensor>,
+    seeds: Vec<Option<u64>>,
+    mask: AttentionMask,
+}
+
+/// The last decoder layer's output as a leaf of the graph that follows it (final norm, logits,
+/// loss), with the tape to carry that leaf's gradient back through the layers.
+pub struct Checkpointed {
+    pub leaf: Var,
+    pub tape: LayerTape,
 }
 
 /// Keys and values of the positions seen so far, one entry per layer.
@@ -613,22 +645,79 @@ impl Llama {
             cache.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
-        // (`attention` refuses a padding mask that does not cover the cached and new positions.)
-        let key_visible = padding_mask.map(AttentionMask::key_visible_from).transpose()?;
-        let mask = AttentionMask::causal(self.config.window(), key_visible);
+        let mask = self.mask(padding_mask)?;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let attended = layer.self_attn.forward(
-                &layer.input_layernorm.forward(&hidden)?,
-                &self.rotary,
-                offset,
-                &mask,
-                layer_cache,
-                mode,
-            )?;
-            hidden = (hidden + attended)?;
-            hidden = (&hidden + layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden)?, mode)?)?;
+            let rng = mode.layer_seed().map(DropoutRng::new);
+            let layer_mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
+            hidden = layer.forward(&hidden, &self.rotary, offset, &mask, layer_cache, layer_mode)?;
         }
         self.norm.forward(&hidden)
+    }
+
+    fn mask(&self, padding_mask: Option<&Tensor>) -> candle_core::Result<AttentionMask> {
+        // (`attention` refuses a padding mask that does not cover the cached and new positions.)
+        let key_visible = padding_mask.map(AttentionMask::key_visible_from).transpose()?;
+        Ok(AttentionMask::causal(self.config.window(), key_visible))
+    }
+
+    /// [`Llama::hidden_states_t`] of whole sequences with activation checkpointing: the decoder
+    /// layers run without keeping their graphs, and the final norm is applied to a leaf standing
+    /// for the last layer's output. After the backward pass of what was computed from the result,
+    /// [`Llama::backward_layers`] carries the leaf's gradient through the layers.
+    pub fn hidden_states_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        padding_mask: Option<&Tensor>,
+        mode: Mode<'_>,
+    ) -> candle_core::Result<(Tensor, Checkpointed)> {
+        input_ids.dims2()?;
+        let mask = self.mask(padding_mask)?;
+        let mut hidden = self.embed_tokens.forward(input_ids)?.detach();
+        let (mut inputs, mut seeds) = (Vec::with_capacity(self.layers.len()), Vec::with_capacity(self.layers.len()));
+        for layer in &self.layers {
+            let seed = mode.layer_seed();
+            let rng = seed.map(DropoutRng::new);
+            let layer_mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
+            let output = layer.forward(&hidden, &self.rotary, 0, &mask, &mut None, layer_mode)?.detach();
+            inputs.push(std::mem::replace(&mut hidden, output));
+            seeds.push(seed);
+        }
+        let leaf = Var::from_tensor(&hidden)?;
+        let normed = self.norm.forward(leaf.as_tensor())?;
+        Ok((normed, Checkpointed { leaf, tape: LayerTape { inputs, seeds, mask } }))
+    }
+
+    /// The backward pass through the decoder layers of [`Llama::hidden_states_checkpointed`]:
+    /// `grad` is the gradient its leaf received; each layer runs again from its kept input (same
+    /// dropout) and `on_gradients` gets each layer's gradient store (its adapters' gradients).
+    pub fn backward_layers<E: From<candle_core::Error>>(
+        &self,
+        tape: LayerTape,
+        grad: &Tensor,
+        mut on_gradients: impl FnMut(&GradStore) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut grad = grad.clone();
+        let layers = self.layers.iter().zip(tape.inputs).zip(tape.seeds).enumerate().rev();
+        for (i, ((layer, input), seed)) in layers {
+            // The first layer's input is the (frozen) embeddings: no gradient to compute there.
+            let var = if i > 0 { Some(Var::from_tensor(&input)?) } else { None };
+            let rng = seed.map(DropoutRng::new);
+            let mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
+            let start = var.as_ref().map_or(&input, |v| v.as_tensor());
+            let output = layer.forward(start, &self.rotary, 0, &tape.mask, &mut None, mode)?;
+            let store = (output * &grad)?.sum_all()?.backward()?;
+            on_gradients(&store)?;
+            if let Some(var) = var {
+                match store.get(&var) {
+                    Some(g) => grad = g.clone(),
+                    None => {
+                        let message = "activation checkpointing: no gradient reached a layer's input";
+                        return Err(candle_core::Error::Msg(message.into()).into());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Logits `(…, vocab)` from final hidden states `(…, hidden)`.

@@ -232,6 +232,7 @@ mod legacy {
                 retriever_targets: old.retriever_targets,
                 generator_targets: old.generator_targets,
                 keep_checkpoints: defaults.keep_checkpoints,
+                activation_checkpointing: defaults.activation_checkpointing,
             };
             TrainConfig {
                 data: old.data,

@@ -15,6 +15,7 @@ use super::error::{Result, TrainError};
 use super::loss::{self, Contrastive};
 use crate::model::generator::Generator;
 use crate::model::layers::Mode;
+use crate::model::llama::Checkpointed;
 use crate::model::retriever::{Retriever, TextRole};
 use crate::rag::prompt::{self, PromptLimits};
 
@@ -32,6 +33,8 @@ pub struct LossConfig {
     pub max_answer_tokens: usize,
     /// Generator sequences held in one graph at a time (memory against speed: a GPU wants more).
     pub sequences_per_chunk: usize,
+    /// Recompute the generator's layers in the backward pass instead of keeping their activations.
+    pub checkpoint_layers: bool,
 }
 
 impl LossConfig {
@@ -46,6 +49,7 @@ impl LossConfig {
             max_passage_tokens: hyper.max_passage_tokens as usize,
             max_answer_tokens: hyper.max_answer_tokens as usize,
             sequences_per_chunk: hyper.sequences_per_chunk as usize,
+            checkpoint_layers: hyper.activation_checkpointing,
         }
     }
 }
@@ -90,13 +94,15 @@ pub fn batch_loss(
     if batch.is_empty() {
         return Err(TrainError::Config("empty batch".into()));
     }
+    // One graph from the loss to every parameter, for whoever differentiates it.
+    let config = &LossConfig { checkpoint_layers: false, ..*config };
     match config.mode {
         TrainMode::Generator => {
             let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
             let candidates: Vec<Vec<usize>> = (0..batch.len()).map(|i| vec![i]).collect();
             let passages: Vec<&str> = batch.iter().map(|t| t.passage.as_str()).collect();
-            let (log_probs, mask, tokens) =
-                answer_log_probs(generator, batch, &passages, &candidates, config.limits(), mode)?;
+            let AnswerLogProbs { log_probs, mask, tokens, .. } =
+                answer_log_probs(generator, batch, &passages, &candidates, config.limits(), mode, false)?;
             // One candidate, prior 1: the plain NLL of the answer.
             let sequence = (log_probs * &mask)?.sum(1)?;
             let generator_loss = sequence.neg()?.mean_all()?;
@@ -251,10 +257,11 @@ fn marginalized_nll(
     candidate_scores: &Tensor,
     config: &LossConfig,
     mode: Mode<'_>,
-) -> Result<(Tensor, usize)> {
+) -> Result<(Tensor, usize, Option<Checkpointed>)> {
     let (n, k) = candidate_scores.dims2()?;
-    let (log_probs, mask, tokens) =
-        answer_log_probs(generator, questions, passages, candidates, config.limits(), mode)?;
+    let checkpoint = config.checkpoint_layers;
+    let AnswerLogProbs { log_probs, mask, tokens, checkpointed } =
+        answer_log_probs(generator, questions, passages, candidates, config.limits(), mode, checkpoint)?;
     let answer_len = log_probs.dim(1)?;
     let nll = match config.marginalization {
         Marginalization::Sequence => {
@@ -268,7 +275,7 @@ fn marginalized_nll(
             loss::rag_token_nll(candidate_scores, &per_token, &mask)?
         }
     };
-    Ok((nll, tokens))
+    Ok((nll, tokens, checkpointed))
 }
 
 /// RAG marginalized NLL over the whole batch in one graph: `p(z|q)` is the softmax of the (scaled)
@@ -282,7 +289,7 @@ fn marginalized_loss(
 ) -> Result<GeneratorLoss> {
     let (candidate_scores, candidates) = candidates(encoded, config)?;
     let passages: Vec<&str> = encoded.distinct.iter().map(String::as_str).collect();
-    let (nll, tokens) = marginalized_nll(generator, batch, &passages, &candidates, &candidate_scores, config, mode)?;
+    let (nll, tokens, _) = marginalized_nll(generator, batch, &passages, &candidates, &candidate_scores, config, mode)?;
     Ok(GeneratorLoss { loss: nll.mean_all()?, tokens })
 }
 
@@ -314,6 +321,26 @@ fn accumulate(grads: &mut [Option<Tensor>], store: &candle_core::backprop::GradS
     Ok(())
 }
 
+/// The backward pass of `loss`, its parameters' gradients added to `grads`; with activation
+/// checkpointing (`checkpointed`), carried on through the generator's layers from the gradient its
+/// leaf received. Returns the pass's gradient store.
+fn backward_into(
+    loss: &Tensor,
+    checkpointed: Option<Checkpointed>,
+    generator: &Generator,
+    grads: &mut [Option<Tensor>],
+    params: &[Var],
+) -> Result<candle_core::backprop::GradStore> {
+    let store = loss.backward()?;
+    accumulate(grads, &store, params)?;
+    if let Some(Checkpointed { leaf, tape }) = checkpointed
+        && let Some(grad) = store.get(&leaf)
+    {
+        generator.model().backward_layers(tape, grad, |layer| accumulate(grads, layer, params))?;
+    }
+    Ok(store)
+}
+
 /// The gradients of `weight` × [`batch_loss`] — the same numbers — with the generator's graph built
 /// a few questions at a time (at most `config.sequences_per_chunk` sequences, or one question), so memory
 /// stays bounded whatever the batch size and top-k. In e2e mode the generator's gradient with
@@ -334,6 +361,7 @@ pub fn batch_gradients(
     let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     // No parameters: the loss alone (held-out evaluation), without backward passes.
     let backward = !params.is_empty();
+    let config = &LossConfig { checkpoint_layers: config.checkpoint_layers && backward, ..*config };
     let b = batch.len() as f64;
     match config.mode {
         TrainMode::Retriever => {
@@ -355,14 +383,15 @@ pub fn batch_gradients(
             for chunk in batch.chunks(config.sequences_per_chunk.max(1)) {
                 let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
                 let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
-                let (log_probs, mask, n) =
-                    answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode)?;
-                let sum = (log_probs * &mask)?.sum_all()?.neg()?;
+                let checkpoint = config.checkpoint_layers;
+                let answers =
+                    answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode, checkpoint)?;
+                let sum = (answers.log_probs * &answers.mask)?.sum_all()?.neg()?;
                 let part = (sum / b)?;
                 total += scalar(&part)?;
-                tokens += n;
+                tokens += answers.tokens;
                 if backward {
-                    accumulate(&mut grads, &(&part * weight)?.backward()?, params)?;
+                    backward_into(&(&part * weight)?, answers.checkpointed, generator, &mut grads, params)?;
                 }
             }
             Ok(BatchGradients { loss: total, retriever: None, generator: Some(total), tokens, grads })
@@ -383,7 +412,7 @@ pub fn batch_gradients(
             while start < batch.len() {
                 let len = per_chunk.min(batch.len() - start);
                 let scores = detached.as_tensor().narrow(0, start, len)?;
-                let (nll, n) = marginalized_nll(
+                let (nll, n, checkpointed) = marginalized_nll(
                     generator,
                     &batch[start..start + len],
                     &passages,
@@ -399,8 +428,8 @@ pub fn batch_gradients(
                 if !backward {
                     continue;
                 }
-                let store = (&part * (weight * config.generator_weight))?.backward()?;
-                accumulate(&mut grads, &store, params)?;
+                let weighted = (&part * (weight * config.generator_weight))?;
+                let store = backward_into(&weighted, checkpointed, generator, &mut grads, params)?;
                 if let Some(g) = store.get(&detached) {
                     add_gradient(&mut score_grads, g)?;
                 }
@@ -440,7 +469,8 @@ pub fn top_k_with_gold(row: &[f32], k: usize, gold: usize) -> Vec<usize> {
 
 /// Log-probabilities of each question's answer tokens given each of its candidate passages:
 /// `(Σ candidates, t)` rows in question-major order, with the `(Σ candidates, t)` mask of real
-/// answer tokens. Sequences are right-padded, so causal attention never sees the padding.
+/// answer tokens. Sequences are right-padded, so causal attention never sees the padding. With
+/// `checkpoint`, the generator's layers keep no activations (see `backward_into`).
 fn answer_log_probs(
     generator: &Generator,
     batch: &[Triple],
@@ -448,7 +478,8 @@ fn answer_log_probs(
     candidates: &[Vec<usize>],
     limits: PromptLimits,
     mode: Mode<'_>,
-) -> Result<(Tensor, Tensor, usize)> {
+    checkpoint: bool,
+) -> Result<AnswerLogProbs> {
     let mut sequences = Vec::new();
     for (triple, candidates) in batch.iter().zip(candidates) {
         for &c in candidates {
@@ -480,14 +511,28 @@ fn answer_log_probs(
     let device = generator.device();
     let input = Tensor::from_vec(ids, (n, longest), device)?;
     let model = generator.model();
-    let hidden = model.hidden_states_t(&input, &mut crate::model::llama::KvCache::default(), None, mode)?;
+    let (hidden, checkpointed) = if checkpoint {
+        let (hidden, checkpointed) = model.hidden_states_checkpointed(&input, None, mode)?;
+        (hidden, Some(checkpointed))
+    } else {
+        (model.hidden_states_t(&input, &mut crate::model::llama::KvCache::default(), None, mode)?, None)
+    };
     let hidden_size = hidden.dim(2)?;
     let picked = hidden.reshape((n * longest, hidden_size))?.index_select(&Tensor::new(positions, device)?, 0)?;
     let logits = model.logits(&picked)?.reshape((n, answer_len, ()))?;
     let targets = Tensor::from_vec(targets, (n, answer_len), device)?;
     let log_probs = loss::token_log_probs(&logits, &targets)?;
     let mask = Tensor::from_vec(mask, (n, answer_len), device)?.to_dtype(log_probs.dtype())?;
-    Ok((log_probs, mask, tokens))
+    Ok(AnswerLogProbs { log_probs, mask, tokens, checkpointed })
+}
+
+/// What [`answer_log_probs`] gives.
+struct AnswerLogProbs {
+    log_probs: Tensor,
+    mask: Tensor,
+    tokens: usize,
+    /// With activation checkpointing, what the backward pass needs to go through the layers.
+    checkpointed: Option<Checkpointed>,
 }
 
 #[cfg(test)]
@@ -496,7 +541,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
-    use crate::train::test_models::tiny_models;
+    use crate::train::test_models::{tiny_models, tiny_models_with_dropout};
 
     fn triples() -> Vec<Triple> {
         let t = |q: &str, p: &str, a: &str| Triple { question: q.into(), passage: p.into(), answer: a.into() };
@@ -549,6 +594,52 @@ mod tests {
             }
             assert!(compared >= 8, "{mode:?}: compared {compared}");
         }
+    }
+
+    /// Activation checkpointing changes where the generator's activations live, not the numbers:
+    /// in training mode with adapter dropout, the loss and every gradient equal the plain pass's.
+    #[test]
+    fn activation_checkpointing_gives_the_same_gradients() {
+        let (retriever, generator, retriever_vars, generator_vars) = tiny_models_with_dropout(DType::F64, 6, 0.3);
+        let models = Models { retriever: Some(&retriever), generator: Some(&generator) };
+        let params: Vec<Var> = vars(&retriever_vars).into_iter().chain(vars(&generator_vars)).map(|(_, v)| v).collect();
+        let batch: Vec<Triple> = triples().into_iter().cycle().take(6).collect();
+        for mode in [TrainMode::E2e, TrainMode::Generator] {
+            let run = |checkpoint_layers: bool| {
+                let config = LossConfig { mode, top_k: 3, checkpoint_layers, ..Default::default() };
+                let rng = crate::model::layers::DropoutRng::new(5);
+                batch_gradients(models, &batch, &[], &config, Mode::Train(&rng), 0.5, &params).unwrap()
+            };
+            let (plain, checkpointed) = (run(false), run(true));
+            assert!(
+                (plain.loss - checkpointed.loss).abs() < 1e-12,
+                "{mode:?}: {} vs {}",
+                plain.loss,
+                checkpointed.loss
+            );
+            let mut compared = 0;
+            for (a, b) in plain.grads.iter().zip(&checkpointed.grads) {
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                        assert!(diff < 1e-12, "{mode:?}: gradients differ by {diff}");
+                        compared += 1;
+                    }
+                    (None, None) => {}
+                    _ => panic!("{mode:?}: one side lacks a gradient"),
+                }
+            }
+            assert!(compared >= 4, "{mode:?}: compared {compared}");
+        }
+        // Dropout is on: another seed gives another loss (so the equality above is not trivial).
+        let config = LossConfig { mode: TrainMode::Generator, checkpoint_layers: true, ..Default::default() };
+        let losses: Vec<f64> = [5, 6]
+            .map(|seed| {
+                let rng = crate::model::layers::DropoutRng::new(seed);
+                batch_gradients(models, &batch, &[], &config, Mode::Train(&rng), 0.5, &params).unwrap().loss
+            })
+            .to_vec();
+        assert!((losses[0] - losses[1]).abs() > 1e-9, "{losses:?}");
     }
 
     #[test]

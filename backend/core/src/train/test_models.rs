@@ -93,6 +93,11 @@ fn llama_config() -> llama::Config {
 /// A tiny retriever and generator (sharing a 19-word vocabulary) with adapters; `lora_B` is
 /// random so the adapters matter from the start. Returns the adapters' variables too.
 pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, VarMap) {
+    tiny_models_with_dropout(dtype, seed, 0.0)
+}
+
+/// [`tiny_models`] whose generator adapters drop their input with `lora_dropout` in training.
+pub fn tiny_models_with_dropout(dtype: DType, seed: u64, lora_dropout: f32) -> (Retriever, Generator, VarMap, VarMap) {
     let device = Device::Cpu;
     let mut rng = Lcg(seed);
     let random = VarMap::new();
@@ -126,7 +131,7 @@ pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, Va
     let generator_vars = VarMap::new();
     lora::attach(
         &mut decoder,
-        &LoraConfig::new(2, 4.0, 0.0, &["q_proj", "v_proj"]),
+        &LoraConfig::new(2, 4.0, lora_dropout, &["q_proj", "v_proj"]),
         VarBuilder::from_varmap(&generator_vars, dtype, &device),
     )
     .unwrap();
