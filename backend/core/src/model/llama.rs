@@ -646,9 +646,13 @@ impl Llama {
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
         let mask = self.mask(padding_mask)?;
+        // On the CPU each layer draws its dropout from a generator of its own, as the checkpointed
+        // pass does, so both give the same numbers. An accelerator's generator is reseeded per
+        // `DropoutRng` (milliseconds each): there the layers share the caller's.
+        let per_layer = input_ids.device().is_cpu();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let rng = mode.layer_seed().map(DropoutRng::new);
-            let layer_mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
+            let rng = if per_layer { mode.layer_seed().map(DropoutRng::new) } else { None };
+            let layer_mode = rng.as_ref().map_or(mode, Mode::Train);
             hidden = layer.forward(&hidden, &self.rotary, offset, &mask, layer_cache, layer_mode)?;
         }
         self.norm.forward(&hidden)
