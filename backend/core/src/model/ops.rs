@@ -476,32 +476,29 @@ impl CustomOp2 for RowGradient {
         g: &CpuStorage,
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: attune_kernels::attention::Scalar + WithDType>(
-            op: &RowGradient,
-            [a, g]: [(&CpuStorage, &Layout); 2],
-        ) -> Result<CpuStorage> {
-            let (a, g) = (cpu_slice::<T>(a.0, a.1, "row-gradient")?, cpu_slice::<T>(g.0, g.1, "row-gradient")?);
-            if a.len() != g.len() {
-                candle_core::bail!("row-gradient: {} values, {} gradients", a.len(), g.len());
+        let check = |element: DType| -> Result<()> {
+            let (values, grads) = (a_layout.shape().elem_count(), g_layout.shape().elem_count());
+            if values != grads || g.dtype() != element {
+                candle_core::bail!("row-gradient: {values} values, {grads} gradients of {:?}", g.dtype());
             }
-            match op {
-                RowGradient::Softmax { width } => {
-                    Ok(T::to_cpu_storage_owned(pointwise::softmax_backward(a, g, *width)))
-                }
-                RowGradient::Gelu => candle_core::bail!("gelu's gradient is computed in f32"),
-            }
-        }
-        let inputs = [(a, a_layout), (g, g_layout)];
+            Ok(())
+        };
         let out = match (self, a.dtype()) {
             (RowGradient::Gelu, DType::F32) => {
+                check(DType::F32)?;
                 let (x, g) = (cpu_slice::<f32>(a, a_layout, "gelu")?, cpu_slice::<f32>(g, g_layout, "gelu")?);
-                if x.len() != g.len() {
-                    candle_core::bail!("gelu: {} inputs, {} gradients", x.len(), g.len());
-                }
                 CpuStorage::F32(pointwise::gelu_erf_backward(x, g))
             }
-            (_, DType::F32) => run::<f32>(self, inputs)?,
-            (_, DType::F64) => run::<f64>(self, inputs)?,
+            (RowGradient::Softmax { width }, DType::F32) => {
+                check(DType::F32)?;
+                let (y, g) = (cpu_slice::<f32>(a, a_layout, "softmax")?, cpu_slice::<f32>(g, g_layout, "softmax")?);
+                CpuStorage::F32(pointwise::softmax_backward(y, g, *width))
+            }
+            (RowGradient::Softmax { width }, DType::F64) => {
+                check(DType::F64)?;
+                let (y, g) = (cpu_slice::<f64>(a, a_layout, "softmax")?, cpu_slice::<f64>(g, g_layout, "softmax")?);
+                CpuStorage::F64(pointwise::softmax_backward(y, g, *width))
+            }
             (_, other) => candle_core::bail!("row-gradient: unsupported dtype {other:?}"),
         };
         Ok((out, a_layout.shape().clone()))
