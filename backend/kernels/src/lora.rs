@@ -44,17 +44,24 @@ impl LowRank {
 
     /// `scale · dropout(x) Aᵀ Bᵀ`, `(rows, output)`.
     pub fn forward<T: Scalar>(&self, x: &[T], a: &[T], b: &[T]) -> Vec<T> {
+        let mut out = vec![T::zero(); self.rows * self.output];
+        self.add_forward(x, a, b, &mut out);
+        out
+    }
+
+    /// Adds `scale · dropout(x) Aᵀ Bᵀ` to `out` `(rows, output)`: the frozen linear's output,
+    /// when the update is fused into it.
+    pub fn add_forward<T: Scalar>(&self, x: &[T], a: &[T], b: &[T], out: &mut [T]) {
+        assert_eq!(out.len(), self.rows * self.output, "lora: output of the wrong size");
         let (a, b) = (view(a, self.rank, self.input), view(b, self.output, self.rank));
         let scale = T::from(self.scale).unwrap_or_else(T::one);
-        let mut out = vec![T::zero(); self.rows * self.output];
         out.par_chunks_mut(BLOCK * self.output).enumerate().for_each(|(block, out)| {
             let count = out.len() / self.output.max(1);
             let dropped = self.dropped(x, block * BLOCK, count);
             let mut down = Array2::zeros((count, self.rank));
             general_mat_mul(T::one(), &view(&dropped, count, self.input), &a.t(), T::zero(), &mut down);
-            general_mat_mul(scale, &down, &b.t(), T::zero(), &mut view_mut(out, count, self.output));
+            general_mat_mul(scale, &down, &b.t(), T::one(), &mut view_mut(out, count, self.output));
         });
-        out
     }
 
     /// Gradients `(dx, dA, dB)` from the output's gradient `grad` `(rows, output)`.
@@ -111,5 +118,9 @@ mod tests {
         // dA = 5.5 · x = [5.5, 11]; dx = 5.5 · A = [16.5, 22].
         let (dx, da, db) = lora.backward(&[1.0f64, 2.0], &[3.0, 4.0], &[5.0, 6.0], &[1.0, 1.0]);
         assert_eq!((dx, da, db), (vec![16.5, 22.0], vec![5.5, 11.0], vec![5.5, 5.5]));
+        // Added to a frozen linear's output [1, -1] instead of written.
+        let mut out = vec![1.0f64, -1.0];
+        lora.add_forward(&[1.0f64, 2.0], &[3.0, 4.0], &[5.0, 6.0], &mut out);
+        assert_eq!(out, vec![28.5, 32.0]);
     }
 }

@@ -98,6 +98,63 @@ impl Norm {
     }
 }
 
+/// Rotary position embedding in the "rotate half" form (Hugging Face's Llama): for each row of
+/// `width` (a head's states at one position), `y = x ⊙ cos + rotate_half(x) ⊙ sin` with
+/// `rotate_half([a, b]) = [-b, a]`. `cos`/`sin` hold one row per position (`positions` rows,
+/// `width` wide); the rows of `x` are `(groups, positions)` in order. The backward pass is the
+/// transposed map (`inverse`), the rotation by the opposite angle.
+pub fn rotate_half<T: Scalar>(x: &[T], cos: &[T], sin: &[T], width: usize, inverse: bool) -> Vec<T> {
+    let width = width.max(1);
+    let half = width / 2;
+    let positions = cos.len() / width;
+    assert!(positions > 0 && x.len().is_multiple_of(positions * width), "rope: tables do not cover the input");
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(positions * width).zip(x.par_chunks(positions * width)).for_each(|(out, x)| {
+        for (((out, x), cos), sin) in
+            out.chunks_mut(width).zip(x.chunks(width)).zip(cos.chunks(width)).zip(sin.chunks(width))
+        {
+            for i in 0..half {
+                let (low, high) = (x[i], x[i + half]);
+                if inverse {
+                    out[i] = low * cos[i] + high * sin[i + half];
+                    out[i + half] = high * cos[i + half] - low * sin[i];
+                } else {
+                    out[i] = low * cos[i] - high * sin[i];
+                    out[i + half] = high * cos[i + half] + low * sin[i + half];
+                }
+            }
+        }
+    });
+    out
+}
+
+/// SwiGLU, `silu(gate) ⊙ up`, elementwise.
+pub fn swiglu<T: Scalar>(gate: &[T], up: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); gate.len()];
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(out, (gate, up))| {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (T::one() + (-g).exp()) * u;
+        }
+    });
+    out
+}
+
+/// Gradients `(d gate, d up)` of [`swiglu`] from the output's gradient, recomputing the sigmoid:
+/// `d up = g ⊙ silu(gate)`, `d gate = g ⊙ up ⊙ σ(gate) (1 + gate (1 − σ(gate)))`.
+pub fn swiglu_backward<T: Scalar>(gate: &[T], up: &[T], grad: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut d_gate, mut d_up) = (vec![T::zero(); gate.len()], vec![T::zero(); gate.len()]);
+    d_gate.par_chunks_mut(CHUNK).zip(d_up.par_chunks_mut(CHUNK)).enumerate().for_each(|(chunk, (d_gate, d_up))| {
+        let start = chunk * CHUNK;
+        for (i, (dg, du)) in d_gate.iter_mut().zip(d_up.iter_mut()).enumerate() {
+            let (g, u, grad) = (gate[start + i], up[start + i], grad[start + i]);
+            let sigmoid = T::one() / (T::one() + (-g).exp());
+            *du = grad * g * sigmoid;
+            *dg = grad * u * sigmoid * (T::one() + g * (T::one() - sigmoid));
+        }
+    });
+    (d_gate, d_up)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +245,37 @@ mod tests {
         assert!(out.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-12));
         assert_eq!(out, dropout(&x, draw));
         assert_ne!(out, dropout(&x, Dropout { seed: 8, ..draw }));
+    }
+
+    #[test]
+    fn rotate_half_is_the_rotation_worked_by_hand_and_its_inverse_is_its_gradient() {
+        // One position, width 4: x = [1, 2, 3, 4], pairs (1, 3) and (2, 4) rotated by the angles
+        // of cos = [0, 1, 0, 1] and sin = [1, 0, 1, 0]: the first pair by 90°, the second by 0°.
+        let (cos, sin) = ([0.0f64, 1.0, 0.0, 1.0], [1.0f64, 0.0, 1.0, 0.0]);
+        assert_eq!(rotate_half(&[1.0, 2.0, 3.0, 4.0], &cos, &sin, 4, false), vec![-3.0, 2.0, 1.0, 4.0]);
+        // Two groups (heads) of three positions, width 6, tables whose halves differ.
+        let (x, cos, sin, grad) = (values(2 * 3 * 6, 6), values(3 * 6, 7), values(3 * 6, 8), values(2 * 3 * 6, 9));
+        let fused = rotate_half(&grad, &cos, &sin, 6, true);
+        let numeric = numeric_gradient(|x| rotate_half(x, &cos, &sin, 6, false), &x, &grad);
+        for (a, b) in fused.iter().zip(&numeric) {
+            assert!((a - b).abs() < 1e-8, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn swiglu_backward_matches_finite_differences() {
+        let (gate, up, grad) = (values(40_000, 10), values(40_000, 11), values(40_000, 12));
+        let silu = |g: f64| g / (1.0 + (-g).exp());
+        assert!(
+            swiglu(&gate, &up).iter().zip(gate.iter().zip(&up)).all(|(o, (g, u))| (o - silu(*g) * u).abs() < 1e-12)
+        );
+        let (d_gate, d_up) = swiglu_backward(&gate, &up, &grad);
+        // Over a few coordinates (spread across the parallel chunks), each by central differences.
+        for i in [0, 1, 17_000, 39_999] {
+            let h = 1e-6;
+            let numeric_gate = (silu(gate[i] + h) - silu(gate[i] - h)) / (2.0 * h) * up[i] * grad[i];
+            assert!((d_gate[i] - numeric_gate).abs() < 1e-7, "d gate {i}: {} vs {numeric_gate}", d_gate[i]);
+            assert!((d_up[i] - silu(gate[i]) * grad[i]).abs() < 1e-12, "d up {i}");
+        }
     }
 }

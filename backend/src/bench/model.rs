@@ -15,6 +15,8 @@ use crate::model::retriever::{Retriever, TextRole};
 /// Texts per retriever batch, and their length in tokens (longer texts are truncated).
 pub const EMBED_BATCH: usize = 32;
 pub const EMBED_MAX_TOKENS: usize = 128;
+/// Timed runs of each figure (after a warm-up run); the figure is their median.
+pub const RUNS: usize = 5;
 /// Tokens generated greedily for the decode figure.
 pub const NEW_TOKENS: usize = 128;
 
@@ -50,14 +52,16 @@ pub fn prompt() -> String {
     "The quick brown fox jumps over the lazy dog. ".repeat(12)
 }
 
-fn best_of<T>(runs: usize, mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
-    let mut best = f64::INFINITY;
+/// Median wall time of `runs` runs of `work` (after the caller's warm-up run).
+fn median_of<T>(runs: usize, mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+    let mut seconds = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
         work()?;
-        best = best.min(start.elapsed().as_secs_f64());
+        seconds.push(start.elapsed().as_secs_f64());
     }
-    Ok(best)
+    seconds.sort_by(f64::total_cmp);
+    Ok(seconds[seconds.len() / 2])
 }
 
 /// Measures Attune's model core on `device`.
@@ -67,23 +71,24 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<Throughput>
     let texts = texts();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     retriever.embed(&refs[..EMBED_BATCH], TextRole::Passage, EMBED_BATCH)?;
-    let seconds = best_of(3, || Ok(retriever.embed(&refs, TextRole::Passage, EMBED_BATCH)?))?;
+    let seconds = median_of(RUNS, || Ok(retriever.embed(&refs, TextRole::Passage, EMBED_BATCH)?))?;
     let embeddings_per_s = texts.len() as f64 / seconds;
 
     let generator = Generator::load(&models_dir.join("SmolLM2-135M-Instruct"), device)?;
     let ids = generator.encode(&prompt())?;
     let input = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
     let model = generator.model();
-    model.forward(&input, &mut KvCache::default(), None)?;
-    let prefill = best_of(3, || Ok(model.forward(&input, &mut KvCache::default(), None)?))?;
-    let whole = best_of(2, || {
+    // Prefill as generation does it (and as the reference's `logits_to_keep=1` does): the next
+    // token's logits only.
+    model.next_token_logits(&input, &mut KvCache::default(), None)?;
+    let prefill = median_of(RUNS, || Ok(model.next_token_logits(&input, &mut KvCache::default(), None)?))?;
+    let whole = median_of(RUNS, || {
         // Greedy, never stopping early: exactly NEW_TOKENS steps after the prompt.
         let mut cache = KvCache::default();
-        let mut logits = model.forward(&input, &mut cache, None)?;
+        let mut logits = model.next_token_logits(&input, &mut cache, None)?;
         for _ in 0..NEW_TOKENS {
-            let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
-            let next = last.argmax(D::Minus1)?.to_scalar::<u32>()?;
-            logits = model.forward(&Tensor::new(&[next], device)?.unsqueeze(0)?, &mut cache, None)?;
+            let next = logits.get(0)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            logits = model.next_token_logits(&Tensor::new(&[next], device)?.unsqueeze(0)?, &mut cache, None)?;
         }
         Ok(())
     })?;

@@ -274,8 +274,7 @@ impl Generator {
         let mut stop_reason = StopReason::MaxNewTokens;
         let mut text = String::new();
         while tokens.len() < config.max_new_tokens {
-            let logits = self.model.forward(&input, &mut cache, None)?;
-            let mut last = logits.get(0)?.get(logits.dim(1)? - 1)?.to_dtype(DType::F32)?;
+            let mut last = self.model.next_token_logits(&input, &mut cache, None)?.get(0)?.to_dtype(DType::F32)?;
             if config.repetition_penalty != 1.0 && !tokens.is_empty() {
                 let mut values = last.to_vec1::<f32>()?;
                 penalise_repeats(&mut values, &tokens, config.repetition_penalty);

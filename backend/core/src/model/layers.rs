@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,13 +64,10 @@ impl Rotary {
 
     /// Rotates `(batch, heads, seq, head_dim)` states at positions `offset..offset + seq`.
     pub fn apply(&self, xs: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
-        let (_, _, seq_len, head_dim) = xs.dims4()?;
+        let (_, _, seq_len, _) = xs.dims4()?;
         let cos = self.cos.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
         let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
-        let half = head_dim / 2;
-        let rotated =
-            Tensor::cat(&[&xs.narrow(D::Minus1, half, half)?.neg()?, &xs.narrow(D::Minus1, 0, half)?], D::Minus1)?;
-        xs.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
+        super::ops::rotate_half(xs, &cos, &sin)
     }
 }
 

@@ -472,8 +472,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(xs, mode)?)?;
-        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(xs, mode)?)?, mode)
+        let gated = super::ops::swiglu(&self.gate_proj.forward_t(xs, mode)?, &self.up_proj.forward_t(xs, mode)?)?;
+        self.down_proj.forward_t(&gated, mode)
     }
 }
 
@@ -616,6 +616,21 @@ impl Llama {
         padding_mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         self.forward_t(input_ids, cache, padding_mask, Mode::Inference)
+    }
+
+    /// Logits `(batch, vocab)` for the token after the last of `input_ids`, what generation picks
+    /// from: the vocabulary projection of that position only (transformers' `generate` does the
+    /// same, `logits_to_keep=1`); for a 121-token prompt of SmolLM2 the other positions' logits
+    /// are a fifth of the prefill's work.
+    pub fn next_token_logits(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        padding_mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = self.hidden_states_t(input_ids, cache, padding_mask, Mode::Inference)?;
+        let last = hidden.dim(1)?.checked_sub(1).ok_or_else(|| candle_core::Error::Msg("no input tokens".into()))?;
+        self.logits(&hidden.narrow(1, last, 1)?.squeeze(1)?)
     }
 
     /// [`Llama::forward`] with `train` turning adapter dropout on.

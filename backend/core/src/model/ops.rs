@@ -27,7 +27,10 @@ pub fn frozen_linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = weight.dims2()?;
     let rows = xs.elem_count() / in_dim.max(1);
     let flat = xs.contiguous()?.reshape((rows, in_dim))?;
-    let out = flat.apply_op1(FrozenMatmul { weight: weight.contiguous()? })?;
+    // Either layout of the weight suits the matmul; an input-major one (`linear::input_major`) stays so.
+    let weight =
+        if weight.is_contiguous() || weight.t()?.is_contiguous() { weight.clone() } else { weight.contiguous()? };
+    let out = flat.apply_op1(FrozenMatmul { weight })?;
     let mut dims = xs.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = out_dim;
@@ -36,7 +39,7 @@ pub fn frozen_linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 struct FrozenMatmul {
-    /// `(out, in)`.
+    /// `(out, in)`, row-major or input-major.
     weight: Tensor,
 }
 
@@ -570,6 +573,131 @@ impl CustomOp1 for HashedDropout {
     }
 }
 
+/// Whether `xs` takes the fused CPU element-wise kernels (f32/f64 on the CPU).
+fn cpu_float(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)
+}
+
+/// Rotary embedding in the "rotate half" form, `xs ⊙ cos + rotate_half(xs) ⊙ sin`, of
+/// `(batch, heads, seq, head_dim)` states with tables `(seq, head_dim)`. On the CPU (f32/f64) one
+/// op whose backward is the inverse rotation, where the composed form keeps five tensors per call
+/// for its backward (candle's fused `rope` has none).
+pub(crate) fn rotate_half(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !cpu_float(xs) {
+        return rotate_half_composed(xs, cos, sin);
+    }
+    let (cos, sin) = (cos.to_dtype(xs.dtype())?.contiguous()?, sin.to_dtype(xs.dtype())?.contiguous()?);
+    xs.contiguous()?.apply_op1(RotateHalf { cos, sin, inverse: false })
+}
+
+fn rotate_half_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let rotated =
+        Tensor::cat(&[&xs.narrow(D::Minus1, half, half)?.neg()?, &xs.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+    xs.broadcast_mul(&cos.to_dtype(xs.dtype())?)?.broadcast_add(&rotated.broadcast_mul(&sin.to_dtype(xs.dtype())?)?)
+}
+
+struct RotateHalf {
+    cos: Tensor,
+    sin: Tensor,
+    inverse: bool,
+}
+
+impl CustomOp1 for RotateHalf {
+    fn name(&self) -> &'static str {
+        "rotate-half"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: attune_kernels::attention::Scalar + WithDType>(
+            op: &RotateHalf,
+            storage: &CpuStorage,
+            layout: &Layout,
+        ) -> Result<CpuStorage> {
+            let width = layout.shape().dims().last().copied().unwrap_or(1);
+            let (x, cos, sin) =
+                (cpu_slice::<T>(storage, layout, "rope")?, host_vec::<T>(&op.cos)?, host_vec::<T>(&op.sin)?);
+            if cos.len() != sin.len() || cos.is_empty() || !x.len().is_multiple_of(cos.len()) {
+                candle_core::bail!("rope: tables of {} values for {:?} states", cos.len(), layout.shape());
+            }
+            Ok(T::to_cpu_storage_owned(pointwise::rotate_half(x, &cos, &sin, width, op.inverse)))
+        }
+        let out = match storage.dtype() {
+            DType::F32 => run::<f32>(self, storage, layout)?,
+            DType::F64 => run::<f64>(self, storage, layout)?,
+            other => candle_core::bail!("rope: unsupported dtype {other:?}"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = RotateHalf { cos: self.cos.clone(), sin: self.sin.clone(), inverse: !self.inverse };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+/// SwiGLU, `silu(gate) ⊙ up`. On the CPU (f32/f64) one op that keeps only its inputs and recomputes
+/// the sigmoid in the backward pass, where the composed form keeps `silu(gate)` as well.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !cpu_float(gate) || gate.dtype() != up.dtype() || gate.shape() != up.shape() {
+        return candle_nn::ops::silu(gate)? * up;
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate: &CpuStorage,
+        gate_layout: &Layout,
+        up: &CpuStorage,
+        up_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: attune_kernels::attention::Scalar + WithDType>(
+            [(gate, gate_layout), (up, up_layout)]: [(&CpuStorage, &Layout); 2],
+        ) -> Result<CpuStorage> {
+            let (gate, up) = (cpu_slice::<T>(gate, gate_layout, "swiglu")?, cpu_slice::<T>(up, up_layout, "swiglu")?);
+            Ok(T::to_cpu_storage_owned(pointwise::swiglu(gate, up)))
+        }
+        let inputs = [(gate, gate_layout), (up, up_layout)];
+        let out = match gate.dtype() {
+            DType::F32 => run::<f32>(inputs)?,
+            DType::F64 => run::<f64>(inputs)?,
+            other => candle_core::bail!("swiglu: unsupported dtype {other:?}"),
+        };
+        Ok((out, gate_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        fn run<T: attune_kernels::attention::Scalar + WithDType>(
+            [gate, up, grad]: [&Tensor; 3],
+        ) -> Result<(Tensor, Tensor)> {
+            let (d_gate, d_up) =
+                pointwise::swiglu_backward(&host_vec::<T>(gate)?, &host_vec::<T>(up)?, &host_vec::<T>(grad)?);
+            let device = gate.device();
+            Ok((Tensor::from_vec(d_gate, gate.shape(), device)?, Tensor::from_vec(d_up, up.shape(), device)?))
+        }
+        let (d_gate, d_up) = match gate.dtype() {
+            DType::F32 => run::<f32>([gate, up, grad])?,
+            DType::F64 => run::<f64>([gate, up, grad])?,
+            other => candle_core::bail!("swiglu: unsupported dtype {other:?}"),
+        };
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
 struct RmsNorm {
     eps: f64,
 }
@@ -753,6 +881,31 @@ mod tests {
                 dtype,
                 tolerance,
             )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_rotary_embedding_matches_composed_ops_forward_and_backward() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            // Tables whose halves differ (a model's repeat them), so that a transposition slip shows.
+            let (cos, sin) = (random(&[5, 16], DType::F32, 3)?, random(&[5, 16], DType::F32, 4)?);
+            let heads = |x: &Tensor| x.reshape((3, 1, 5, 16));
+            check(
+                |x, _| rotate_half(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
+                |x, _| rotate_half_composed(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
+                &[],
+                dtype,
+                tolerance,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_swiglu_matches_composed_ops_forward_and_backward() -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(|x, p| swiglu(x, &p[0]), |x, p| candle_nn::ops::silu(x)? * &p[0], &[&[3, 5, 16]], dtype, tolerance)?;
         }
         Ok(())
     }
