@@ -16,13 +16,14 @@ export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 
 FRONTEND_SOURCES := $(shell find frontend shared style -type f -not -path '*/target/*') Cargo.toml Cargo.lock Trunk.toml
 
-.PHONY: help run test cuda setup setup-test models frontend backend-release test-rust test-frontend test-e2e fmt lint clean
+.PHONY: help run test cuda mkl setup setup-test models frontend backend-release test-rust test-frontend test-e2e fmt lint clean
 
 help:
 	@echo "make run   - install what is missing, fetch models, build, serve on http://$(ADDR)"
 	@echo "make test  - install what is missing, run Rust tests and browser (e2e) tests"
 	@echo "make lint  - clippy on every crate"
 	@echo "make cuda  - build attune with the CUDA backend into build/cuda/attune (toolkit from PyPI wheels; no GPU needed)"
+	@echo "make mkl   - build attune with Intel MKL for the CPU matmul into build/mkl/attune (static libraries from PyPI wheels)"
 
 setup:
 	@./scripts/setup-tools.sh
@@ -87,6 +88,16 @@ cuda:
 	mkdir -p build/cuda
 	strip -o build/cuda/attune $(CUDA_TARGET_DIR)/release/attune
 	@ls -l build/cuda/attune
+
+# An opt-in CPU build on Intel MKL (candle's `mkl` feature), its static libraries from PyPI wheels.
+MKL_TARGET_DIR ?= $(CURDIR)/target/mkl-build
+mkl:
+	cargo fetch --quiet
+	eval "$$(./scripts/mkl-libraries.sh)" && \
+		CARGO_TARGET_DIR=$(MKL_TARGET_DIR) cargo build --release -p attune-backend --bin attune --features mkl
+	mkdir -p build/mkl
+	strip -o build/mkl/attune $(MKL_TARGET_DIR)/release/attune
+	@ls -l build/mkl/attune
 
 fmt:
 	cargo fmt --all

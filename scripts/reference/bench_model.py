@@ -17,6 +17,7 @@ from workloads import PROMPT, texts_of
 
 TEXTS = texts_of(128)
 NEW_TOKENS = 128
+GEMM_SHAPES = [(121, 576, 576), (121, 576, 1536), (121, 1536, 576), (2048, 576, 1536), (4096, 384, 1536)]
 RUNS = 5  # timed runs of each figure after a warm-up run; the figure is their median
 
 
@@ -57,6 +58,14 @@ def main() -> None:
     result["prompt_tokens"] = ids.shape[1]
     result["prefill_tokens_per_s"] = ids.shape[1] / prefill
     result["decode_tokens_per_s"] = NEW_TOKENS / max(whole - prefill, 1e-9)
+    # x (m, k) @ W.T for the shapes of GEMM_SHAPES in backend/src/bench/model.rs.
+    result["gemm"] = []
+    with torch.inference_mode():
+        for m, k, n in GEMM_SHAPES:
+            x, w = torch.randn(m, k), torch.randn(n, k)
+            x @ w.T
+            seconds = median_of(20, lambda: x @ w.T)
+            result["gemm"].append({"option": "pytorch", "m": m, "k": k, "n": n, "gflops": 2 * m * k * n / seconds / 1e9})
     print(json.dumps(result))
 
 

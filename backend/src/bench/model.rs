@@ -36,6 +36,57 @@ pub struct Throughput {
     pub prompt_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// GFLOP/s of `x Wᵀ` on [`GEMM_SHAPES`], one per option of this side ([`GemmRate::option`]).
+    #[serde(default)]
+    pub gemm: Vec<GemmRate>,
+}
+
+/// One GEMM option's rate on one shape.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GemmRate {
+    /// What computed it: Attune's matmul backend with the weight row-major or input-major, or
+    /// PyTorch's `x @ w.T`.
+    pub option: String,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub gflops: f64,
+}
+
+/// `(m, k, n)` of `x (m, k) · Wᵀ (k, n)` the benches run most: SmolLM2's MLP and attention
+/// projections at a 121-token prefill and at a training step's 2048 tokens, and MiniLM's MLP at an
+/// embedding batch (32 × 128 tokens). Equal to the reference script's.
+pub const GEMM_SHAPES: [(usize, usize, usize); 5] =
+    [(121, 576, 576), (121, 576, 1536), (121, 1536, 576), (2048, 576, 1536), (4096, 384, 1536)];
+
+/// The matmul backend this build uses on the CPU.
+pub fn gemm_backend() -> &'static str {
+    if cfg!(feature = "mkl") { "mkl" } else { "gemm-crate" }
+}
+
+/// GFLOP/s of candle's CPU matmul on [`GEMM_SHAPES`], the weight stored row-major (as loaded) and
+/// input-major (as `linear::input_major` stores frozen weights): medians of 20 runs.
+pub fn measure_gemm() -> anyhow::Result<Vec<GemmRate>> {
+    let device = Device::Cpu;
+    let mut rates = Vec::new();
+    for (m, k, n) in GEMM_SHAPES {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &device)?;
+        let weight = Tensor::randn(0f32, 1.0, (n, k), &device)?;
+        let layouts = [("row-major", weight.clone()), ("input-major", crate::model::linear::input_major(weight)?)];
+        for (layout, weight) in layouts {
+            let transposed = weight.t()?;
+            x.matmul(&transposed)?;
+            let seconds = median_of(20, || Ok(x.matmul(&transposed)?))?;
+            rates.push(GemmRate {
+                option: format!("attune {} {layout}", gemm_backend()),
+                m,
+                k,
+                n,
+                gflops: 2.0 * (m * k * n) as f64 / seconds / 1e9,
+            });
+        }
+    }
+    Ok(rates)
 }
 
 /// The workload both sides run (must equal the reference script's).
@@ -97,6 +148,7 @@ pub fn measure(models_dir: &Path, device: &Device) -> anyhow::Result<Throughput>
         prompt_tokens: ids.len(),
         prefill_tokens_per_s: ids.len() as f64 / prefill,
         decode_tokens_per_s: NEW_TOKENS as f64 / (whole - prefill).max(1e-9),
+        gemm: measure_gemm()?,
     })
 }
 
@@ -164,6 +216,53 @@ pub fn report(ours: &Throughput, reference: Option<&Throughput>) -> String {
             None => out.push_str(&format!("{name:<44} {attune:>12.1} {:>12} {:>8}\n", "-", "-")),
         }
     }
-    out.push_str("ratio = attune / pytorch throughput (above 1: attune is faster). f32 on CPU, weights dequantized.\n");
+    out.push_str(&format!(
+        "\n{:<44} {:>12} {:>12} {:>8}\n",
+        "GEMM GFLOP/s, x (m, k) · Wᵀ (k, n)", "attune", "pytorch", "ratio"
+    ));
+    for rate in &ours.gemm {
+        let torch = reference.and_then(|r| r.gemm.iter().find(|t| (t.m, t.k, t.n) == (rate.m, rate.k, rate.n)));
+        let name = format!("{} {}×{}×{}", rate.option.trim_start_matches("attune "), rate.m, rate.k, rate.n);
+        match torch {
+            Some(t) => out.push_str(&format!(
+                "{name:<44} {:>12.1} {:>12.1} {:>7.2}x\n",
+                rate.gflops,
+                t.gflops,
+                rate.gflops / t.gflops
+            )),
+            None => out.push_str(&format!("{name:<44} {:>12.1} {:>12} {:>8}\n", rate.gflops, "-", "-")),
+        }
+    }
+    out.push_str(
+        "ratio = attune / pytorch throughput (above 1: attune is faster). f32 on CPU, weights dequantized;\n\
+         medians of 5 runs after a warm-up (GEMMs: of 20); prefill computes the next token's logits only, on both sides.\n",
+    );
     out
+}
+
+/// Both sides' figures and their ratios, as `attune bench model --json` writes them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelFigures {
+    pub attune: Throughput,
+    pub pytorch: Option<Throughput>,
+    /// Attune / PyTorch throughput, per figure (above 1: Attune is faster).
+    pub ratios: Option<Ratios>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ratios {
+    pub embeddings: f64,
+    pub prefill: f64,
+    pub decode: f64,
+}
+
+impl ModelFigures {
+    pub fn new(attune: Throughput, pytorch: Option<Throughput>) -> Self {
+        let ratios = pytorch.as_ref().map(|p| Ratios {
+            embeddings: attune.embeddings_per_s / p.embeddings_per_s,
+            prefill: attune.prefill_tokens_per_s / p.prefill_tokens_per_s,
+            decode: attune.decode_tokens_per_s / p.decode_tokens_per_s,
+        });
+        ModelFigures { attune, pytorch, ratios }
+    }
 }

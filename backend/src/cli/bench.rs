@@ -93,6 +93,9 @@ pub struct BenchModelArgs {
     no_reference: bool,
     #[arg(long, default_value = "scripts/reference/bench_model.py")]
     reference_script: PathBuf,
+    /// Also write the figures and ratios as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,6 +158,11 @@ pub fn run_bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
         None
     };
     print!("{}", attune::bench::model::report(&ours, reference.as_ref()));
+    if let Some(path) = &args.json {
+        let figures = attune::bench::model::ModelFigures::new(ours, reference);
+        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -19,5 +19,6 @@ mod jobs_api;
 mod openai_api;
 mod retriever_reference;
 mod security;
+mod train_before_after;
 mod train_cli;
 mod websocket;
