@@ -19,6 +19,7 @@ TEXTS = texts_of(128)
 NEW_TOKENS = 128
 GEMM_SHAPES = [(121, 576, 576), (121, 576, 1536), (121, 1536, 576), (2048, 576, 1536), (4096, 384, 1536)]
 RUNS = 5  # timed runs of each figure after a warm-up run; the figure is their median
+GEMM_RUNS = 20  # timed runs of each GEMM shape
 
 
 def median_of(runs, fn):
@@ -64,7 +65,7 @@ def main() -> None:
         for m, k, n in GEMM_SHAPES:
             x, w = torch.randn(m, k), torch.randn(n, k)
             x @ w.T
-            seconds = median_of(20, lambda: x @ w.T)
+            seconds = median_of(GEMM_RUNS, lambda: x @ w.T)
             result["gemm"].append({"option": "pytorch", "m": m, "k": k, "n": n, "gflops": 2 * m * k * n / seconds / 1e9})
     print(json.dumps(result))
 

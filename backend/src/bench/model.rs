@@ -17,6 +17,8 @@ pub const EMBED_BATCH: usize = 32;
 pub const EMBED_MAX_TOKENS: usize = 128;
 /// Timed runs of each figure (after a warm-up run); the figure is their median.
 pub const RUNS: usize = 5;
+/// Timed runs of each GEMM shape (they take milliseconds).
+pub const GEMM_RUNS: usize = 20;
 /// Tokens generated greedily for the decode figure.
 pub const NEW_TOKENS: usize = 128;
 
@@ -65,7 +67,7 @@ pub fn gemm_backend() -> &'static str {
 }
 
 /// GFLOP/s of candle's CPU matmul on [`GEMM_SHAPES`], the weight stored row-major (as loaded) and
-/// input-major (as `linear::input_major` stores frozen weights): medians of 20 runs.
+/// input-major (as `linear::input_major` stores frozen weights): medians of [`GEMM_RUNS`] runs.
 pub fn measure_gemm() -> anyhow::Result<Vec<GemmRate>> {
     let device = Device::Cpu;
     let mut rates = Vec::new();
@@ -76,7 +78,7 @@ pub fn measure_gemm() -> anyhow::Result<Vec<GemmRate>> {
         for (layout, weight) in layouts {
             let transposed = weight.t()?;
             x.matmul(&transposed)?;
-            let seconds = median_of(20, || Ok(x.matmul(&transposed)?))?;
+            let seconds = median_of(GEMM_RUNS, || Ok(x.matmul(&transposed)?))?;
             rates.push(GemmRate {
                 option: format!("attune {} {layout}", gemm_backend()),
                 m,
@@ -233,10 +235,11 @@ pub fn report(ours: &Throughput, reference: Option<&Throughput>) -> String {
             None => out.push_str(&format!("{name:<44} {:>12.1} {:>12} {:>8}\n", rate.gflops, "-", "-")),
         }
     }
-    out.push_str(
+    out.push_str(&format!(
         "ratio = attune / pytorch throughput (above 1: attune is faster). f32 on CPU, weights dequantized;\n\
-         medians of 5 runs after a warm-up (GEMMs: of 20); prefill computes the next token's logits only, on both sides.\n",
-    );
+         medians of {RUNS} runs after a warm-up (GEMMs: of {GEMM_RUNS}); prefill computes the next token's logits \
+         only, on both sides.\n"
+    ));
     out
 }
 
