@@ -102,7 +102,7 @@ pub fn attention(
     {
         candle_core::bail!("attention: the padding mask covers {} keys, expected {}", visible.len(), batch * keys);
     }
-    let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
+    let fused = super::ops::cpu_float(q);
     if !fused {
         // The dropout layer draws its mask on the device (a mask built here would be uploaded per call).
         return composed(q, k, v, scale, mask, |probs| DropoutLayer::new(dropout).forward(&probs, mode));

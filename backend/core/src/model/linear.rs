@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Storage, 
 use candle_nn::VarBuilder;
 
 use super::layers::Mode;
-use super::ops::{cpu_slice, frozen_linear, host_vec};
+use super::ops::{cpu_float, cpu_slice, frozen_linear, host_vec};
 
 /// Low-rank update of a linear layer (PEFT's `lora_A`, `lora_B`).
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ impl LoraAdapter {
 
     /// Whether the fused CPU op computes this adapter's update of `xs`.
     fn fuses(&self, xs: &Tensor) -> bool {
-        xs.device().is_cpu() && xs.dtype() == self.a.dtype() && matches!(xs.dtype(), DType::F32 | DType::F64)
+        cpu_float(xs) && xs.dtype() == self.a.dtype()
     }
 
     /// The fused op: the update alone, or with `base` (a frozen `(out, in)` weight) the whole

@@ -88,6 +88,12 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// Whether `t` takes Attune's CPU kernels (`attune_kernels`, generic over f32 and f64): f32 or f64
+/// on the CPU.
+pub(crate) fn cpu_float(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
 /// Whether the fused kernels (forward and backward) run on `device`: the CPU, and CUDA GPUs in a
 /// build with the `cuda` feature (forward by candle-kernels' row-wise kernels, see `cuda_ops.rs`).
 fn fused(device: &Device) -> bool {
@@ -326,7 +332,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn bwd(&self, _xs: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        if RowGradient::runs(probs) {
+        if cpu_float(probs) {
             let width = probs.dim(D::Minus1)?;
             return Ok(Some(
                 probs.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &RowGradient::Softmax { width })?,
@@ -435,7 +441,7 @@ impl CustomOp3 for LayerNorm {
 /// on the CPU in f32/f64; elsewhere composed, `rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))` with
 /// `ĝ = g ⊙ weight`, without the `mean(ĝ)` term for RMS norm.
 fn norm_input_gradient(norm: pointwise::Norm, xs: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    if RowGradient::runs(xs) && weight.dtype() == xs.dtype() {
+    if cpu_float(xs) && weight.dtype() == xs.dtype() {
         let (xs, weight, grad) = (xs.contiguous()?, weight.contiguous()?, grad.contiguous()?);
         return xs.apply_op3_no_bwd(&weight, &grad, &NormGradient(norm));
     }
@@ -458,13 +464,6 @@ fn norm_input_gradient(norm: pointwise::Norm, xs: &Tensor, weight: &Tensor, grad
 enum RowGradient {
     Gelu,
     Softmax { width: usize },
-}
-
-impl RowGradient {
-    /// Whether the kernels take `t`: f32 or f64 on the CPU.
-    fn runs(t: &Tensor) -> bool {
-        t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-    }
 }
 
 impl CustomOp2 for RowGradient {
@@ -571,11 +570,6 @@ impl CustomOp1 for HashedDropout {
     fn bwd(&self, _xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&HashedDropout(self.0))?))
     }
-}
-
-/// Whether `xs` takes the fused CPU element-wise kernels (f32/f64 on the CPU).
-fn cpu_float(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)
 }
 
 /// Rotary embedding in the "rotate half" form, `xs ⊙ cos + rotate_half(xs) ⊙ sin`, of
@@ -843,71 +837,60 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn fused_softmax_matches_composed_ops_forward_and_backward() -> Result<()> {
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
-            check(
-                |x, _| softmax_last_dim(&(x * 3.0)?),
-                |x, _| candle_nn::ops::softmax(&(x * 3.0)?, D::Minus1),
-                &[],
-                dtype,
-                tolerance,
-            )?;
+    /// [`check`] in f64 (to 1e-12) and in f32 (to `f32_tolerance`).
+    fn check_f64_and_f32(
+        fused: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
+        param_shapes: &[&[usize]],
+        f32_tolerance: f32,
+    ) -> Result<()> {
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, f32_tolerance)] {
+            check(&fused, &composed, param_shapes, dtype, tolerance)?;
         }
         Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_ops_forward_and_backward() -> Result<()> {
+        check_f64_and_f32(
+            |x, _| softmax_last_dim(&(x * 3.0)?),
+            |x, _| candle_nn::ops::softmax(&(x * 3.0)?, D::Minus1),
+            &[],
+            1e-6,
+        )
     }
 
     #[test]
     fn fused_layer_norm_matches_composed_ops_forward_and_backward() -> Result<()> {
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(
-                |x, p| layer_norm(x, &p[0], &p[1], 1e-5),
-                |x, p| layer_norm_composed(x, &p[0], &p[1], 1e-5),
-                &[&[16], &[16]],
-                dtype,
-                tolerance,
-            )?;
-        }
-        Ok(())
+        check_f64_and_f32(
+            |x, p| layer_norm(x, &p[0], &p[1], 1e-5),
+            |x, p| layer_norm_composed(x, &p[0], &p[1], 1e-5),
+            &[&[16], &[16]],
+            1e-5,
+        )
     }
 
     #[test]
     fn fused_rms_norm_matches_composed_ops_forward_and_backward() -> Result<()> {
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(
-                |x, p| rms_norm(x, &p[0], 1e-6),
-                |x, p| rms_norm_composed(x, &p[0], 1e-6),
-                &[&[16]],
-                dtype,
-                tolerance,
-            )?;
-        }
-        Ok(())
+        check_f64_and_f32(|x, p| rms_norm(x, &p[0], 1e-6), |x, p| rms_norm_composed(x, &p[0], 1e-6), &[&[16]], 1e-5)
     }
 
     #[test]
     fn fused_rotary_embedding_matches_composed_ops_forward_and_backward() -> Result<()> {
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            // Tables whose halves differ (a model's repeat them), so that a transposition slip shows.
-            let (cos, sin) = (random(&[5, 16], DType::F32, 3)?, random(&[5, 16], DType::F32, 4)?);
-            let heads = |x: &Tensor| x.reshape((3, 1, 5, 16));
-            check(
-                |x, _| rotate_half(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
-                |x, _| rotate_half_composed(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
-                &[],
-                dtype,
-                tolerance,
-            )?;
-        }
-        Ok(())
+        // Tables whose halves differ (a model's repeat them), so that a transposition slip shows.
+        let (cos, sin) = (random(&[5, 16], DType::F32, 3)?, random(&[5, 16], DType::F32, 4)?);
+        let heads = |x: &Tensor| x.reshape((3, 1, 5, 16));
+        check_f64_and_f32(
+            |x, _| rotate_half(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
+            |x, _| rotate_half_composed(&heads(x)?, &cos, &sin)?.reshape((3, 5, 16)),
+            &[],
+            1e-5,
+        )
     }
 
     #[test]
     fn fused_swiglu_matches_composed_ops_forward_and_backward() -> Result<()> {
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(|x, p| swiglu(x, &p[0]), |x, p| candle_nn::ops::silu(x)? * &p[0], &[&[3, 5, 16]], dtype, tolerance)?;
-        }
-        Ok(())
+        check_f64_and_f32(|x, p| swiglu(x, &p[0]), |x, p| candle_nn::ops::silu(x)? * &p[0], &[&[3, 5, 16]], 1e-5)
     }
 
     #[test]
