@@ -34,17 +34,11 @@ pub fn why_nothing_kept(run: &SynthRun) -> Option<String> {
     if r.kept > 0 || matches!(run.status, JobStatus::Running | JobStatus::Queued) {
         return None;
     }
-    let f = &r.filtered;
-    let mut reasons = vec![
-        (f.ungrounded, "answers not found in the passage"),
-        (f.answer_too_long, "answers too long"),
-        (f.duplicate, "duplicate questions"),
-        (f.not_a_question, "not questions"),
-        (f.copies_passage, "questions copying the passage"),
-        (f.empty, "empty"),
+    let mut reasons = r.filtered.reasons().to_vec();
+    reasons.extend([
         (r.skipped_passages, "passages skipped as table of contents, index or bibliography"),
         (r.failed_passages, "passages whose LLM calls failed"),
-    ];
+    ]);
     reasons.retain(|(n, _)| *n > 0);
     reasons.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     if reasons.is_empty() {
@@ -72,8 +66,7 @@ fn scroll_to(element_id: &str) {
 /// A run's progress in words: passages, kept, filtered, ETA.
 pub fn progress_words(run: &SynthRun, eta_seconds: Option<f64>) -> String {
     let r = &run.report;
-    let f = &r.filtered;
-    let filtered = f.empty + f.duplicate + f.not_a_question + f.copies_passage + f.ungrounded + f.answer_too_long;
+    let filtered = r.filtered.total();
     let mut words = format!(
         "{} of {} passages · {} kept · {} filtered",
         r.passages_done,
@@ -207,6 +200,7 @@ pub fn DocumentView() -> impl IntoView {
                 llm: Some(llm),
                 prompts: None,
                 limit: None,
+                filters: None,
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {

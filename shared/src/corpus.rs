@@ -313,6 +313,9 @@ pub struct SynthRequest {
     /// At most this many passages.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// The filters' thresholds; the defaults otherwise.
+    #[serde(default)]
+    pub filters: Option<FilterSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +358,49 @@ impl JobStatus {
     }
 }
 
+/// Thresholds of the filters a synthetic question and its answer pass to be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilterSettings {
+    /// A question copying this many consecutive words of the passage is rejected.
+    pub max_copied_words: usize,
+    /// At least this share of the answer's content words must occur in the passage.
+    pub min_grounding: f64,
+    /// Answers longer than this many words are rejected.
+    pub max_answer_words: usize,
+    /// An answer that holds at least this share of the question's content words, and at most one
+    /// content word of its own, only says the question again.
+    pub max_question_overlap: f64,
+}
+
+impl Default for FilterSettings {
+    fn default() -> Self {
+        FilterSettings { max_copied_words: 10, min_grounding: 0.5, max_answer_words: 40, max_question_overlap: 0.8 }
+    }
+}
+
+impl FilterSettings {
+    /// Why these thresholds cannot be used, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=200).contains(&self.max_copied_words) {
+            return Err(format!("max_copied_words must be 2 to 200 (got {})", self.max_copied_words));
+        }
+        if !(0.0..=1.0).contains(&self.min_grounding) {
+            return Err(format!("min_grounding must be 0 to 1 (got {})", self.min_grounding));
+        }
+        if !(1..=1000).contains(&self.max_answer_words) {
+            return Err(format!("max_answer_words must be 1 to 1000 (got {})", self.max_answer_words));
+        }
+        if !(self.max_question_overlap > 0.0 && self.max_question_overlap <= 1.0) {
+            return Err(format!(
+                "max_question_overlap must be above 0 and at most 1 (got {})",
+                self.max_question_overlap
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Questions a synthesis run threw away, per filter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -371,6 +417,48 @@ pub struct FilterCounts {
     pub ungrounded: u64,
     /// The answer is longer than allowed.
     pub answer_too_long: u64,
+    /// The answer only says the question again ("The X of Y is X of Y").
+    pub restates_question: u64,
+}
+
+impl FilterCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &FilterCounts) {
+        let FilterCounts {
+            empty,
+            duplicate,
+            not_a_question,
+            copies_passage,
+            ungrounded,
+            answer_too_long,
+            restates_question,
+        } = other;
+        self.empty += empty;
+        self.duplicate += duplicate;
+        self.not_a_question += not_a_question;
+        self.copies_passage += copies_passage;
+        self.ungrounded += ungrounded;
+        self.answer_too_long += answer_too_long;
+        self.restates_question += restates_question;
+    }
+
+    /// Each filter's count with what it dropped, in words (the order reports list them in).
+    pub fn reasons(&self) -> [(u64, &'static str); 7] {
+        [
+            (self.ungrounded, "answers not found in the passage"),
+            (self.answer_too_long, "answers too long"),
+            (self.restates_question, "answers restating the question"),
+            (self.duplicate, "duplicate questions"),
+            (self.not_a_question, "not questions"),
+            (self.copies_passage, "questions copying the passage"),
+            (self.empty, "empty"),
+        ]
+    }
+
+    /// Candidates dropped by any filter.
+    pub fn total(&self) -> u64 {
+        self.reasons().iter().map(|(n, _)| n).sum()
+    }
 }
 
 /// A synthesis run's running totals.
@@ -403,6 +491,9 @@ pub struct SynthRun {
     /// The document the run was started for (none: passages of several documents).
     #[serde(default)]
     pub document_id: Option<i64>,
+    /// The thresholds its filters use (a resumed run keeps them).
+    #[serde(default)]
+    pub filters: FilterSettings,
     #[serde(default)]
     pub error: Option<String>,
     pub created_at: String,

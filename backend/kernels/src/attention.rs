@@ -118,6 +118,10 @@ pub struct Attention<'a> {
     pub dropout: Option<Dropout>,
 }
 
+/// Up to this many queries per head, the forward pass reads K and V row by row instead of through a
+/// GEMM (whose packing copies all of K and V on every call: a quarter of a batched decoding step).
+const DIRECT_QUERIES: usize = 4;
+
 /// The elements of an array this module made (standard layout).
 fn contiguous<T>(array: &mut Array2<T>) -> &mut [T] {
     array.as_slice_mut().unwrap_or_else(|| unreachable!("arrays made here are contiguous"))
@@ -130,6 +134,20 @@ fn dot<T: Float>(a: impl IntoIterator<Item = T>, b: impl IntoIterator<Item = T>)
         lanes[n % 16] = lanes[n % 16] + x * y;
     }
     lanes.iter().fold(T::zero(), |s, &x| s + x)
+}
+
+/// `Σ a·b` of two equal-length slices, over 8 accumulators (which the compiler keeps in vector
+/// registers).
+fn dot_slices<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut lanes = [T::zero(); 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = a_chunks.remainder().iter().zip(b_chunks.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..8 {
+            lanes[lane] = lanes[lane] + x[lane] * y[lane];
+        }
+    }
+    lanes.iter().fold(tail, |s, &x| s + x)
 }
 
 fn cast<T: Float>(value: f64) -> T {
@@ -164,7 +182,21 @@ impl Attention<'_> {
         mut lse: impl FnMut(usize, Option<T>) -> T,
     ) {
         let Dims { heads, queries, keys, .. } = self.dims;
-        general_mat_mul(cast::<T>(self.scale), &q, &k.t(), T::zero(), scores);
+        if queries <= DIRECT_QUERIES
+            && let (Some(q), Some(k)) = (q.as_slice(), k.as_slice())
+        {
+            // A decoding step's query or few: a GEMM would copy all of K into panels first.
+            let scale = cast::<T>(self.scale);
+            let d = self.dims.head_dim;
+            let scores = contiguous(scores);
+            for (query, row) in q.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
+                for (score, key) in row.iter_mut().zip(k.chunks_exact(d)) {
+                    *score = scale * dot_slices(query, key);
+                }
+            }
+        } else {
+            general_mat_mul(cast::<T>(self.scale), &q, &k.t(), T::zero(), scores);
+        }
         let (row, offset) = (head / heads, keys - queries);
         for (i, mut scores) in scores.rows_mut().into_iter().enumerate() {
             let mut max = T::neg_infinity();
@@ -221,7 +253,23 @@ impl Attention<'_> {
                 let first = (head * queries * keys) as u64;
                 draw.apply(first, contiguous(&mut probs));
             }
-            general_mat_mul(T::one(), &probs, &v, T::zero(), &mut view_mut(out, queries, d, width));
+            if queries <= DIRECT_QUERIES
+                && let Some(v) = v.as_slice()
+            {
+                for (row, probs) in out.chunks_mut(width).zip(contiguous(&mut probs).chunks_exact(keys)) {
+                    let row = &mut row[..d];
+                    row.fill(T::zero());
+                    for (&p, value) in probs.iter().zip(v.chunks_exact(d)) {
+                        if p != T::zero() {
+                            for (o, &x) in row.iter_mut().zip(value) {
+                                *o = *o + p * x;
+                            }
+                        }
+                    }
+                }
+            } else {
+                general_mat_mul(T::one(), &probs, &v, T::zero(), &mut view_mut(out, queries, d, width));
+            }
             for (row, lse) in out.chunks_mut(width).zip(lse) {
                 row[d] = lse;
             }

@@ -5,4 +5,5 @@
 pub mod agree;
 pub mod device;
 pub mod model;
+pub mod synth;
 pub mod train;

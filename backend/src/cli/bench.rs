@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// Accelerator figures with given model folders (random weights allowed): embeddings/s,
     /// retriever and e2e optimiser steps, prefill and decode tokens/s; one JSON line.
     Device(Box<BenchDeviceArgs>),
+    /// The local model's synthesis (kept triples/min, tokens/s) and evaluation answers (answers/s)
+    /// decoded side by side, beside one prompt at a time, on a real PDF's passages.
+    Synth(BenchSynthArgs),
     /// Does a device compute what the CPU computes? Tiny models from the folders' configs with
     /// seeded weights: embeddings, logits, the e2e loss and every LoRA gradient.
     Agree(BenchAgreeArgs),
@@ -75,6 +78,32 @@ pub struct BenchAgreeArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Also write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchSynthArgs {
+    #[arg(long, default_value = "./models")]
+    models_dir: PathBuf,
+    #[arg(long, default_value = "../shared/data/pdf/biopython_tutorial_1.80.pdf")]
+    pdf: PathBuf,
+    /// The first passage synthesised from (0-based, in the order ingestion cuts them).
+    #[arg(long, default_value_t = 300)]
+    first_passage: usize,
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    passages: u32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    questions_per_passage: u32,
+    /// Questions with their gold passages (shared QA format) for the answer figure.
+    #[arg(long, default_value = "../shared/data/qa/halueval_qa.jsonl")]
+    qa: PathBuf,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    answer_questions: u32,
+    /// Skip the one-prompt-at-a-time comparison.
+    #[arg(long)]
+    no_comparison: bool,
+    /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -215,6 +244,26 @@ pub fn run_bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn run_bench_synth(args: BenchSynthArgs) -> anyhow::Result<()> {
+    let config = attune::bench::synth::SynthBenchConfig {
+        models_dir: args.models_dir,
+        pdf: args.pdf,
+        first: args.first_passage,
+        count: args.passages as usize,
+        questions_per_passage: args.questions_per_passage,
+        qa: args.qa,
+        answer_questions: args.answer_questions as usize,
+        one_at_a_time: !args.no_comparison,
+    };
+    let bench = attune::bench::synth::measure(&config)?;
+    print!("{}", attune::bench::synth::report(&bench));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&bench)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn run_bench_device(args: BenchDeviceArgs) -> anyhow::Result<()> {
     let device = attune::model::device::select(&args.device)?;
     let config = attune::bench::device::DeviceBenchConfig {
@@ -258,6 +307,7 @@ pub fn run_bench_agree(args: BenchAgreeArgs) -> anyhow::Result<()> {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Model(args) => run_bench_model(args),
+        BenchCommand::Synth(args) => run_bench_synth(args),
         BenchCommand::Train(args) => run_bench_train(args),
         BenchCommand::Device(args) => run_bench_device(*args),
         BenchCommand::Agree(args) => run_bench_agree(args),

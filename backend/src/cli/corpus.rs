@@ -151,6 +151,38 @@ pub struct SynthArgs {
     answer_prompt: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    filters: FilterArgs,
+}
+
+/// The filters' thresholds (a resumed run keeps its own).
+#[derive(clap::Args, Debug)]
+pub struct FilterArgs {
+    /// Reject a question copying this many consecutive words of the passage.
+    #[arg(long, default_value_t = FilterSettings::default().max_copied_words)]
+    max_copied_words: usize,
+    /// Keep an answer only if this share of its content words occurs in the passage.
+    #[arg(long, default_value_t = FilterSettings::default().min_grounding)]
+    min_grounding: f64,
+    /// Reject answers longer than this many words.
+    #[arg(long, default_value_t = FilterSettings::default().max_answer_words)]
+    max_answer_words: usize,
+    /// Reject an answer holding this share of the question's content words and at most one of its own.
+    #[arg(long, default_value_t = FilterSettings::default().max_question_overlap)]
+    max_question_overlap: f64,
+}
+
+impl FilterArgs {
+    fn settings(&self) -> anyhow::Result<FilterSettings> {
+        let settings = FilterSettings {
+            max_copied_words: self.max_copied_words,
+            min_grounding: self.min_grounding,
+            max_answer_words: self.max_answer_words,
+            max_question_overlap: self.max_question_overlap,
+        };
+        settings.validate().map_err(|message| anyhow::anyhow!("filters: {message}"))?;
+        Ok(settings)
+    }
 }
 
 /// Builds the LLM a run asks.
@@ -159,7 +191,7 @@ pub fn build_llm(choice: &LlmChoice, generator: &std::path::Path, device: &str) 
         LlmChoice::Local => {
             let device = attune::model::device::select(device)?;
             let name = generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
-            Box::new(LocalLlm { generator: Generator::load(generator, &device)?, name })
+            Box::new(LocalLlm::new(Generator::load(generator, &device)?, name))
         }
         // The command line is the user's own choice of server: the key goes to it.
         LlmChoice::OpenAi { base_url, model } => {
@@ -210,6 +242,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 questions_per_passage: args.questions_per_passage.unwrap_or(saved.questions_per_passage),
                 prompts,
                 document_id: None,
+                filters: args.filters.settings()?,
             };
             store.create_synth_run(&config, &passages).await?
         }
@@ -224,7 +257,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
         run_id: run.id,
         store: store.clone(),
         llm,
-        filters: FilterSettings::default(),
+        filters: run.filters,
         cancel: Arc::new(AtomicBool::new(false)),
         runtime: tokio::runtime::Handle::current(),
     };
@@ -238,21 +271,16 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     .await??;
     bar.finish_and_clear();
     let r = &run.report;
-    let f = &r.filtered;
+    let filtered: Vec<String> = r.filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
     println!(
-        "synthesis run {}: {:?}; {} passages, {} questions, {} kept; filtered: {} empty, {} duplicate, {} not a question, \
-         {} copying the passage, {} ungrounded answers, {} answers too long; {} passages failed; {:.1} min ({:.1} kept triples/min)",
+        "synthesis run {}: {:?}; {} passages, {} questions, {} kept; filtered: {}; {} passages failed; \
+         {:.1} min ({:.1} kept triples/min)",
         run.id,
         run.status,
         r.passages_done,
         r.questions_seen,
         r.kept,
-        f.empty,
-        f.duplicate,
-        f.not_a_question,
-        f.copies_passage,
-        f.ungrounded,
-        f.answer_too_long,
+        filtered.join(", "),
         r.failed_passages,
         r.seconds / 60.0,
         r.kept as f64 / (r.seconds / 60.0).max(1e-9),

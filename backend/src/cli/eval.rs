@@ -209,6 +209,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             passages_per_prompt: args.passages_per_prompt,
             limits: PromptLimits { max_passage_tokens: args.max_passage_tokens, ..PromptLimits::default() },
             max_new_tokens: args.max_new_tokens,
+            ..GenerationSettings::default()
         };
         let mut evaluate = |generator: &Generator,
                             retriever_name: &'static str,

@@ -38,12 +38,4 @@ pub fn model_path(value: &str, models_dir: &Path, default_folder: &str) -> PathB
     if value == "default" { models_dir.join(default_folder) } else { PathBuf::from(value) }
 }
 
-/// A progress bar in the house style, drawn on standard error (hidden when it is not a terminal).
-pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    let style = indicatif::ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("█▉▊▋▌▍▎▏ ");
-    bar.set_style(style);
-    bar
-}
+pub use attune::progress_bar;

@@ -503,6 +503,7 @@ async fn runs_left_running_by_a_stopped_server_are_interrupted() {
         questions_per_passage: 3,
         prompts: attune::synth::prompt::defaults(),
         document_id: None,
+        filters: attune_shared::FilterSettings::default(),
     };
     let run = state.store().create_synth_run(&run_config, &[]).await.unwrap();
     state.store().set_synth_status(run.id, attune_shared::JobStatus::Running, None).await.unwrap();

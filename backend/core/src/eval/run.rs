@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::{EvalError, Result};
 use super::metrics::{AnswerMetrics, RetrievalMetrics};
-use crate::model::generator::{GenerationConfig, Generator};
+use crate::model::generator::{GenerationConfig, Generator, MAX_BATCH_ROWS};
 use crate::model::retriever::{Retriever, TextRole};
 use crate::rag::prompt::{self, PromptLimits};
 use crate::train::data::Triple;
@@ -184,11 +184,18 @@ pub struct GenerationSettings {
     pub passages_per_prompt: usize,
     pub limits: PromptLimits,
     pub max_new_tokens: usize,
+    /// Questions answered side by side (1: one at a time).
+    pub batch_rows: usize,
 }
 
 impl Default for GenerationSettings {
     fn default() -> Self {
-        GenerationSettings { passages_per_prompt: 1, limits: PromptLimits::default(), max_new_tokens: 32 }
+        GenerationSettings {
+            passages_per_prompt: 1,
+            limits: PromptLimits::default(),
+            max_new_tokens: 32,
+            batch_rows: MAX_BATCH_ROWS,
+        }
     }
 }
 
@@ -209,19 +216,28 @@ pub fn evaluate_generation(
         GenerationConfig { max_new_tokens: settings.max_new_tokens, stop: vec!["\n".into()], ..Default::default() };
     let mut predictions = Vec::with_capacity(rows.len());
     progress("generating answers", 0, rows.len());
-    for (i, (row, ranking)) in rows.iter().zip(rankings).enumerate() {
-        let chosen: Vec<usize> = ranking.iter().take(settings.passages_per_prompt.max(1)).copied().collect();
-        let passages: Vec<&str> = chosen.iter().map(|&c| corpus[c].as_str()).collect();
-        let text = prompt::prompt_text(generator, &row.question, &passages, settings.limits)?;
-        let ids = generator.encode(&text)?;
-        let generation = generator.generate(&ids, &config, |_| std::ops::ControlFlow::Continue(()))?;
-        predictions.push(Prediction {
-            question: row.question.clone(),
-            answer: row.answer.clone(),
-            prediction: generation.text.trim().to_owned(),
-            passages: chosen,
-        });
-        progress("generating answers", i + 1, rows.len());
+    // Several questions decoded side by side: on a CPU a step of 16 rows costs little more than one.
+    let batches = rows.iter().zip(rankings).collect::<Vec<_>>();
+    for batch in batches.chunks(settings.batch_rows.clamp(1, MAX_BATCH_ROWS)) {
+        let mut prompts = Vec::with_capacity(batch.len());
+        let mut chosen_passages = Vec::with_capacity(batch.len());
+        for (row, ranking) in batch {
+            let chosen: Vec<usize> = ranking.iter().take(settings.passages_per_prompt.max(1)).copied().collect();
+            let passages: Vec<&str> = chosen.iter().map(|&c| corpus[c].as_str()).collect();
+            let text = prompt::prompt_text(generator, &row.question, &passages, settings.limits)?;
+            prompts.push(generator.encode(&text)?);
+            chosen_passages.push(chosen);
+        }
+        let generations = generator.generate_batch(&prompts, &config)?;
+        for (((row, _), chosen), generation) in batch.iter().zip(chosen_passages).zip(generations) {
+            predictions.push(Prediction {
+                question: row.question.clone(),
+                answer: row.answer.clone(),
+                prediction: generation.text.trim().to_owned(),
+                passages: chosen,
+            });
+        }
+        progress("generating answers", predictions.len(), rows.len());
     }
     let pairs: Vec<(String, String)> = predictions.iter().map(|p| (p.prediction.clone(), p.answer.clone())).collect();
     Ok(GenerationRun { metrics: AnswerMetrics::compute(&pairs), predictions })

@@ -4,6 +4,7 @@
 //! Synchronous and free of tokio, axum and sqlx: callers store what this returns.
 
 pub mod chunk;
+pub mod ligature;
 pub mod parse;
 
 pub use chunk::{ChunkSettings, Passage, chunk};

@@ -78,14 +78,14 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<ParsedDocument, IngestError> {
     match kind {
         DocumentKind::Pdf => parse_pdf(name, bytes),
         DocumentKind::Text => {
-            let text = normalise(&decode(name, bytes)?);
+            let text = normalise(&plain_letters(decode(name, bytes)?));
             if text.trim().is_empty() {
                 return Err(IngestError::Empty { name: name.to_owned() });
             }
             Ok(ParsedDocument { kind, text, page_starts: Vec::new(), sections: Vec::new() })
         }
         DocumentKind::Markdown => {
-            let (text, sections) = markdown_to_text(&decode(name, bytes)?);
+            let (text, sections) = markdown_to_text(&plain_letters(decode(name, bytes)?));
             if text.trim().is_empty() {
                 return Err(IngestError::Empty { name: name.to_owned() });
             }
@@ -115,6 +115,11 @@ fn decode(name: &str, bytes: &[u8]) -> Result<String, IngestError> {
     }
 }
 
+/// The text with Unicode's ligature characters as letters.
+fn plain_letters(text: String) -> String {
+    super::ligature::unicode_ligatures(&text).0
+}
+
 /// Unix line ends, no trailing spaces, at most one blank line in a row, no control characters.
 fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -142,6 +147,8 @@ fn parse_pdf(name: &str, bytes: &[u8]) -> Result<ParsedDocument, IngestError> {
     let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
         .map_err(|_| IngestError::Pdf { name: name.to_owned(), message: "the PDF parser failed on it".into() })?
         .map_err(|e| IngestError::Pdf { name: name.to_owned(), message: e.to_string() })?;
+    // Ligatures repaired before `normalise`, which would turn OT1's raw codes into spaces.
+    let (pages, _) = super::ligature::repair(&pages);
     let mut text = String::new();
     let mut page_starts = Vec::with_capacity(pages.len());
     let mut chars = 0;
@@ -275,6 +282,24 @@ mod tests {
         assert_eq!(doc.section_at(offset_of("- two")), Some("Guide › Install"));
         assert_eq!(doc.section_at(offset_of("Run it")), Some("Guide › Use"));
         assert_eq!(doc.section_at(0), Some("Guide"));
+    }
+
+    /// `tex_ligatures.pdf` (written by `backend/tests/fixtures/make_pdf_fixtures.py`): prose in a
+    /// T1-encoded TeX font without /Encoding or /ToUnicode, code in Courier.
+    #[test]
+    fn tex_ligatures_in_a_pdf_come_out_as_letters() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tex_ligatures.pdf");
+        let bytes = std::fs::read(path).unwrap();
+        let raw = pdf_extract::extract_text_from_mem_by_pages(&bytes).unwrap().concat();
+        assert!(raw.contains("e\u{02D9}ect") && raw.contains("\u{02DD}tted"), "the fixture shows the damage: {raw}");
+        let doc = parse("vignette.pdf", &bytes).unwrap();
+        for glyph in ['\u{02D9}', '\u{02DA}', '\u{02DB}', '\u{02DC}', '\u{02DD}'] {
+            assert!(!doc.text.contains(glyph), "{glyph:?} left in {}", doc.text);
+        }
+        for word in ["fitted", "effect", "coefficient", "influence", "survfit", "offset", "different", "baffling"] {
+            assert!(doc.text.to_lowercase().contains(word), "{word} missing from {}", doc.text);
+        }
+        assert_eq!(doc.pages(), Some(2));
     }
 
     #[test]

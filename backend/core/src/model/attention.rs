@@ -330,6 +330,18 @@ mod tests {
                 head_dim: 17,
                 mask: AttentionMask { causal: true, key_visible: padded(8), ..AttentionMask::default() },
             },
+            // One query per row over cached keys with padding between (batched decoding): the
+            // kernel reads K and V row by row below five queries.
+            Case {
+                name: "decoding step, grouped",
+                batch: 2,
+                heads: 4,
+                kv_heads: 2,
+                queries: 1,
+                keys: 11,
+                head_dim: 16,
+                mask: AttentionMask { causal: true, key_visible: padded(11), ..AttentionMask::default() },
+            },
         ]
     }
 

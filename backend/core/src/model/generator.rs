@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand::distr::{Distribution, weighted::WeightedIndex};
@@ -265,39 +265,19 @@ impl Generator {
         if prompt_ids.is_empty() {
             return Err(ModelError::Tokenize("the prompt is empty".to_owned()));
         }
-        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut row = Continuation::new(config);
         let mut cache = KvCache::default();
         let mut input = Tensor::new(prompt_ids, &self.device)?.unsqueeze(0)?;
-        let mut tokens = Vec::new();
         let mut emitted = 0usize; // bytes of `text` already given to the callback
         let longest_stop = config.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut stop_reason = StopReason::MaxNewTokens;
-        let mut text = String::new();
-        while tokens.len() < config.max_new_tokens {
-            let mut last = self.model.next_token_logits(&input, &mut cache, None)?.get(0)?.to_dtype(DType::F32)?;
-            if config.repetition_penalty != 1.0 && !tokens.is_empty() {
-                let mut values = last.to_vec1::<f32>()?;
-                penalise_repeats(&mut values, &tokens, config.repetition_penalty);
-                last = Tensor::new(values, last.device())?;
-            }
-            let next = self.pick(&last, config, &mut rng)?;
-            if self.eos_ids.contains(&next) {
-                stop_reason = StopReason::EndOfSequence;
-                break;
-            }
-            tokens.push(next);
-            if config.stop_on_loop && repeating_tail(&tokens) {
-                stop_reason = StopReason::Repetition;
-                text = self.decode(&tokens)?;
-                break;
-            }
-            text = self.decode(&tokens)?;
-            if let Some(cut) = config.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-                stop_reason = StopReason::StopString;
+        while row.stop_reason.is_none() {
+            let logits = self.model.next_token_logits(&input, &mut cache, None)?;
+            let next = row.step(self, logits.get(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)?;
+            if row.stop_reason.is_some() {
                 break;
             }
             // Hold back an incomplete character and anything that may still become a stop string.
+            let text = &row.text;
             let mut ready = text.len().saturating_sub(longest_stop.saturating_sub(1));
             while !text.is_char_boundary(ready) {
                 ready -= 1;
@@ -309,25 +289,310 @@ impl Generator {
                 let piece = &text[emitted..ready];
                 emitted = ready;
                 if on_text(piece).is_break() {
-                    stop_reason = StopReason::Cancelled;
+                    row.stop_reason = Some(StopReason::Cancelled);
                     break;
                 }
             }
             input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
         }
-        if stop_reason != StopReason::Cancelled && text.len() > emitted {
-            let _ = on_text(&text[emitted..]);
+        let generation = row.finish();
+        if generation.stop_reason != StopReason::Cancelled && generation.text.len() > emitted {
+            let _ = on_text(&generation.text[emitted..]);
         }
-        Ok(Generation { tokens, text, stop_reason })
+        Ok(generation)
     }
 
-    fn pick(&self, logits: &Tensor, config: &GenerationConfig, rng: &mut StdRng) -> Result<u32> {
-        if config.temperature <= 0.0 {
-            return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
+    /// Continues every prompt of `prompts` with `config`, several at a time: the prompts are
+    /// prefilled together (padded, the padding masked), consecutive prompts sharing a long prefix
+    /// (one passage's questions) prefill it once, and all are decoded together, each stopping on
+    /// its own. The same tokens as [`Generator::generate`] one prompt at a time (greedy, or
+    /// sampled from the same seed), up to float rounding between batch shapes.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], config: &GenerationConfig) -> Result<Vec<Generation>> {
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(ModelError::Tokenize("a prompt is empty".to_owned()));
         }
-        let probs = candle_nn::ops::softmax(&(logits / config.temperature)?, D::Minus1)?.to_vec1::<f32>()?;
-        Ok(sample_top_p(&probs, config.top_p, rng))
+        if prompts.len() == 1 || self.model.config().window().is_some() || config.max_new_tokens == 0 {
+            // One prompt, or a windowed model (whose mask is by position): one at a time.
+            return prompts.iter().map(|prompt| self.generate(prompt, config, |_| ControlFlow::Continue(()))).collect();
+        }
+        let (group_of, prefix) = shared_prefixes(prompts);
+        let mut continuations: Vec<Continuation<'_>> = prompts.iter().map(|_| Continuation::new(config)).collect();
+        let mut running = Running::default();
+        let mut next = 0; // the first prompt not yet admitted
+        while next < prompts.len() || !running.rows.is_empty() {
+            // Admit whole prefix groups while rows are free (a group larger than the batch is split).
+            let mut admitted = Vec::new();
+            while next < prompts.len() {
+                let end = (next..prompts.len()).find(|&e| group_of[e] != group_of[next]).unwrap_or(prompts.len());
+                let free = MAX_BATCH_ROWS - running.rows.len() - admitted.len();
+                let take = if end - next <= free {
+                    end - next
+                } else if running.rows.is_empty() && admitted.is_empty() {
+                    free
+                } else {
+                    0
+                };
+                if take == 0 {
+                    break;
+                }
+                admitted.extend(next..next + take);
+                next += take;
+            }
+            if !admitted.is_empty() {
+                let fresh = self.prefill(prompts, &admitted, &group_of, &prefix)?;
+                running.merge(fresh)?;
+            }
+            running.step(self, &mut continuations)?;
+        }
+        Ok(continuations.into_iter().map(Continuation::finish).collect())
     }
+
+    /// Prefills the prompts `rows` (consecutive; those of one group share its prefix), ready to
+    /// decode: their cache, each row's visible columns and next position, and their logits.
+    fn prefill(&self, prompts: &[Vec<u32>], rows: &[usize], group_of: &[usize], prefix: &[usize]) -> Result<Running> {
+        let mut cache = KvCache::default();
+        let mut visible: Vec<Vec<bool>> = vec![Vec::new(); rows.len()];
+        // A group's prefix is prefilled once when every admitted prompt has one (a prompt of one
+        // token has none: then all are prefilled whole).
+        let shared = rows.iter().all(|&b| prefix[b] > 0);
+        if shared {
+            let mut firsts: Vec<usize> = Vec::new();
+            let mut row_group = Vec::with_capacity(rows.len());
+            for &b in rows {
+                if firsts.last().is_none_or(|&f| group_of[f] != group_of[b]) {
+                    firsts.push(b);
+                }
+                row_group.push(firsts.len() - 1);
+            }
+            let group_prefixes: Vec<&[u32]> = firsts.iter().map(|&b| &prompts[b][..prefix[b]]).collect();
+            let (ids, group_visible) = padded(&group_prefixes, &self.device)?;
+            self.model.hidden_states_at(&ids, &mut cache, flat(&group_visible), &vec![0; firsts.len()])?;
+            cache.select_rows(&row_group)?;
+            visible = row_group.iter().map(|&g| group_visible[g].clone()).collect();
+        }
+        let starts: Vec<usize> = rows.iter().map(|&b| if shared { prefix[b] } else { 0 }).collect();
+        let suffixes: Vec<&[u32]> = rows.iter().zip(&starts).map(|(&b, &start)| &prompts[b][start..]).collect();
+        let (ids, suffix_visible) = padded(&suffixes, &self.device)?;
+        for (row, more) in visible.iter_mut().zip(&suffix_visible) {
+            row.extend(more);
+        }
+        let hidden = self.model.hidden_states_at(&ids, &mut cache, flat(&visible), &starts)?;
+        let last: Vec<Tensor> = suffixes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| hidden.narrow(0, i, 1)?.narrow(1, s.len() - 1, 1))
+            .collect::<candle_core::Result<_>>()?;
+        let logits = self.model.logits(&Tensor::cat(&last, 0)?.squeeze(1)?)?;
+        let rows = rows
+            .iter()
+            .zip(visible)
+            .zip(starts.iter().zip(&suffixes))
+            .map(|((&prompt, visible), (&start, suffix))| RunningRow {
+                prompt,
+                visible,
+                next_position: start + suffix.len(),
+            })
+            .collect();
+        Ok(Running { cache, rows, logits: Some(logits) })
+    }
+}
+
+/// The sequences being decoded side by side: their KV cache (one row each, columns padded to one
+/// length), which columns each row sees, and the logits of each row's next token.
+#[derive(Default)]
+struct Running {
+    cache: KvCache,
+    rows: Vec<RunningRow>,
+    logits: Option<Tensor>,
+}
+
+struct RunningRow {
+    /// Index of its prompt.
+    prompt: usize,
+    visible: Vec<bool>,
+    next_position: usize,
+}
+
+impl Running {
+    /// Adds `fresh`'s rows after these (the shorter side's cache padded with columns no row sees).
+    fn merge(&mut self, fresh: Running) -> Result<()> {
+        if self.rows.is_empty() {
+            *self = fresh;
+            return Ok(());
+        }
+        let (old_len, new_len) = (self.cache.len(), fresh.cache.len());
+        let columns = old_len.max(new_len);
+        self.cache.append_rows(fresh.cache, columns)?;
+        for row in &mut self.rows {
+            row.visible.resize(columns, false);
+        }
+        self.rows.extend(fresh.rows.into_iter().map(|mut row| {
+            row.visible.resize(columns, false);
+            row
+        }));
+        self.logits = match (self.logits.take(), fresh.logits) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+            (a, b) => a.or(b),
+        };
+        Ok(())
+    }
+
+    /// Picks every row's next token from its logits, lets the finished rows go, and runs the others
+    /// one position on.
+    fn step(&mut self, generator: &Generator, continuations: &mut [Continuation<'_>]) -> Result<()> {
+        let Some(logits) = self.logits.take() else { return Ok(()) };
+        let values = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut picked = Vec::with_capacity(self.rows.len());
+        for (row, row_logits) in self.rows.iter().zip(values) {
+            picked.push(continuations[row.prompt].step(generator, row_logits)?);
+        }
+        let still: Vec<usize> =
+            (0..self.rows.len()).filter(|&i| continuations[self.rows[i].prompt].stop_reason.is_none()).collect();
+        if still.is_empty() {
+            *self = Running::default();
+            return Ok(());
+        }
+        if still.len() < self.rows.len() {
+            self.cache.select_rows(&still)?;
+            let mut rows = std::mem::take(&mut self.rows).into_iter().map(Some).collect::<Vec<_>>();
+            self.rows = still.iter().filter_map(|&i| rows[i].take()).collect();
+            picked = still.iter().map(|&i| picked[i]).collect();
+        }
+        let mut mask = Vec::new();
+        let mut positions = Vec::with_capacity(self.rows.len());
+        for row in &mut self.rows {
+            row.visible.push(true);
+            mask.extend(&row.visible);
+            positions.push(row.next_position);
+            row.next_position += 1;
+        }
+        let ids = Tensor::from_vec(picked, (self.rows.len(), 1), &generator.device)?;
+        let hidden = generator.model.hidden_states_at(&ids, &mut self.cache, mask, &positions)?;
+        self.logits = Some(generator.model.logits(&hidden.squeeze(1)?)?);
+        Ok(())
+    }
+}
+
+/// The most prompts [`Generator::generate_batch`] decodes side by side (more wait for the next
+/// batch): past this, a step's time grows with the rows on a CPU.
+pub const MAX_BATCH_ROWS: usize = 16;
+
+/// The fewest tokens consecutive prompts must share for their prefix to be prefilled once.
+const MIN_SHARED_PREFIX: usize = 32;
+
+/// Groups consecutive prompts that share at least [`MIN_SHARED_PREFIX`] tokens with their group's
+/// first: each prompt's group, and how many of its tokens are the group's shared prefix (every
+/// prompt keeps one token of its own; a prompt alone is all prefix but its last token).
+fn shared_prefixes(prompts: &[Vec<u32>]) -> (Vec<usize>, Vec<usize>) {
+    let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut group_of = Vec::with_capacity(prompts.len());
+    let mut prefix = vec![0; prompts.len()];
+    let (mut first, mut group) = (0, 0);
+    for b in 0..prompts.len() {
+        if b > first && common(&prompts[first], &prompts[b]) < MIN_SHARED_PREFIX {
+            first = b;
+            group += 1;
+        }
+        group_of.push(group);
+    }
+    let mut b = 0;
+    while b < prompts.len() {
+        let end = (b..prompts.len()).find(|&e| group_of[e] != group_of[b]).unwrap_or(prompts.len());
+        let shared = (b..end).map(|e| common(&prompts[b], &prompts[e])).min().unwrap_or(0);
+        let own = (b..end).map(|e| prompts[e].len() - 1).min().unwrap_or(0);
+        prefix[b..end].iter_mut().for_each(|p| *p = shared.min(own));
+        b = end;
+    }
+    (group_of, prefix)
+}
+
+/// Token rows right-padded to one length (`(rows, longest)` ids) and which entries are real.
+fn padded(rows: &[&[u32]], device: &Device) -> Result<(Tensor, Vec<Vec<bool>>)> {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * longest);
+    let mut visible = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, longest - row.len())));
+        visible.push((0..longest).map(|j| j < row.len()).collect());
+    }
+    Ok((Tensor::from_vec(ids, (rows.len(), longest), device)?, visible))
+}
+
+fn flat(rows: &[Vec<bool>]) -> Vec<bool> {
+    rows.iter().flatten().copied().collect()
+}
+
+/// One sequence being generated: its tokens and text so far, and why it stopped once it has.
+/// One place for the rules both [`Generator::generate`] and [`Generator::generate_batch`] follow.
+struct Continuation<'c> {
+    config: &'c GenerationConfig,
+    rng: StdRng,
+    tokens: Vec<u32>,
+    text: String,
+    stop_reason: Option<StopReason>,
+}
+
+impl<'c> Continuation<'c> {
+    fn new(config: &'c GenerationConfig) -> Self {
+        let stop_reason = (config.max_new_tokens == 0).then_some(StopReason::MaxNewTokens);
+        Continuation {
+            config,
+            rng: StdRng::seed_from_u64(config.seed),
+            tokens: Vec::new(),
+            text: String::new(),
+            stop_reason,
+        }
+    }
+
+    /// Picks the next token from the vocabulary's `logits` and takes it (or stops); returns it.
+    fn step(&mut self, generator: &Generator, mut logits: Vec<f32>) -> Result<u32> {
+        let config = self.config;
+        penalise_repeats(&mut logits, &self.tokens, config.repetition_penalty);
+        let next = pick(&logits, config, &mut self.rng);
+        if generator.eos_ids.contains(&next) {
+            self.stop_reason = Some(StopReason::EndOfSequence);
+            return Ok(next);
+        }
+        self.tokens.push(next);
+        self.text = generator.decode(&self.tokens)?;
+        if config.stop_on_loop && repeating_tail(&self.tokens) {
+            self.stop_reason = Some(StopReason::Repetition);
+        } else if let Some(cut) = config.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            self.text.truncate(cut);
+            self.stop_reason = Some(StopReason::StopString);
+        } else if self.tokens.len() >= config.max_new_tokens {
+            self.stop_reason = Some(StopReason::MaxNewTokens);
+        }
+        Ok(next)
+    }
+
+    fn finish(self) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            text: self.text,
+            stop_reason: self.stop_reason.unwrap_or(StopReason::MaxNewTokens),
+        }
+    }
+}
+
+/// The next token from `logits`: the first most likely (greedy), or sampled at the temperature
+/// from the top-p nucleus.
+fn pick(logits: &[f32], config: &GenerationConfig, rng: &mut StdRng) -> u32 {
+    if config.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &value) in logits.iter().enumerate() {
+            if value > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / config.temperature).collect();
+    let top = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = scaled.iter().map(|&l| (l - top).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    let probs: Vec<f32> = exps.iter().map(|&e| (e / total) as f32).collect();
+    sample_top_p(&probs, config.top_p, rng)
 }
 
 /// Samples an index from `probs`, keeping only the smallest set of most likely entries whose
@@ -572,6 +837,101 @@ fn read_tokenizer_config(dir: &Path) -> (Option<String>, TokenNames) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_prompts_sharing_a_long_prefix_are_grouped() {
+        let passage: Vec<u32> = (0..40).collect();
+        let with = |tail: &[u32]| passage.iter().chain(tail).copied().collect::<Vec<u32>>();
+        let prompts = vec![with(&[50, 51]), with(&[52]), (100..140).collect(), with(&[53, 54, 55]), passage.clone()];
+        let (groups, prefix) = shared_prefixes(&prompts);
+        assert_eq!(groups, [0, 0, 1, 2, 2]);
+        // The first two share the passage; a prompt alone keeps its last token; the last group's
+        // second prompt is the passage itself, so the shared prefix leaves it one token.
+        assert_eq!(prefix, [40, 40, 39, 39, 39]);
+    }
+
+    /// Two rows side by side, one joining while the other runs: each row's logits are those of
+    /// its sequence alone, whichever cache was padded to the other's length.
+    #[test]
+    fn rows_joined_mid_run_see_only_their_own_columns() {
+        let (_, generator, _, _) = crate::train::test_models::tiny_models(DType::F32, 11);
+        let alone = |tokens: &[u32]| -> Vec<f32> {
+            let ids = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let logits = generator.model.next_token_logits(&ids, &mut KvCache::default(), None).unwrap();
+            logits.get(0).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "{what}: differs by {diff}");
+        };
+        for order in [[0usize, 1], [1, 0]] {
+            let prompts: Vec<Vec<u32>> = vec![(0..40).map(|i| 4 + i % 15).collect(), vec![5, 6, 7]];
+            let (groups, prefix) = shared_prefixes(&prompts);
+            let config = GenerationConfig { max_new_tokens: 8, ..GenerationConfig::default() };
+            let mut continuations: Vec<Continuation<'_>> = prompts.iter().map(|_| Continuation::new(&config)).collect();
+            let mut running = generator.prefill(&prompts, &[order[0]], &groups, &prefix).unwrap();
+            running.step(&generator, &mut continuations).unwrap();
+            running.merge(generator.prefill(&prompts, &[order[1]], &groups, &prefix).unwrap()).unwrap();
+            for _ in 0..3 {
+                running.step(&generator, &mut continuations).unwrap();
+                let logits = running.logits.as_ref().unwrap().to_vec2::<f32>().unwrap();
+                for (row, logits) in running.rows.iter().zip(&logits) {
+                    let mut tokens = prompts[row.prompt].clone();
+                    tokens.extend(&continuations[row.prompt].tokens);
+                    close(
+                        logits,
+                        &alone(&tokens),
+                        &format!("prompt {} after {:?}", row.prompt, continuations[row.prompt].tokens),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_generation_gives_what_one_prompt_at_a_time_gives() {
+        let (_, generator, _, _) = crate::train::test_models::tiny_models(DType::F32, 11);
+        let passage: Vec<u32> = (0..36).map(|i| 4 + (i * 7 % 15)).collect();
+        let with = |tail: &[u32]| passage.iter().chain(tail).copied().collect::<Vec<u32>>();
+        // Two questions about one passage (its prefix prefilled once), a short prompt, and
+        // prompts of other lengths, so rows stop at different steps.
+        let mut prompts =
+            vec![with(&[15, 16, 5]), with(&[15, 10, 11, 12, 13]), vec![9, 5, 6], with(&[17]), (4..18).collect()];
+        // More prompts than rows: later ones join the batch as earlier ones finish.
+        // Short ones and long ones, so that either side of a merge can be the shorter.
+        prompts.extend((0..14u32).map(|i| {
+            let len = if i % 3 == 0 { 70 + i } else { 3 + i % 7 };
+            (0..len).map(|j| 4 + (i * 5 + j * 3) % 15).collect::<Vec<u32>>()
+        }));
+        assert!(prompts.len() > MAX_BATCH_ROWS);
+        let configs = [
+            GenerationConfig { max_new_tokens: 14, ..GenerationConfig::default() },
+            GenerationConfig {
+                max_new_tokens: 20,
+                repetition_penalty: 1.3,
+                stop_on_loop: true,
+                stop: vec!["park".into()],
+                ..GenerationConfig::default()
+            },
+            GenerationConfig {
+                max_new_tokens: 12,
+                temperature: 0.9,
+                top_p: 0.9,
+                seed: 5,
+                ..GenerationConfig::default()
+            },
+        ];
+        let mut stops = std::collections::HashSet::new();
+        for config in &configs {
+            let batch = generator.generate_batch(&prompts, config).unwrap();
+            for (prompt, batched) in prompts.iter().zip(&batch) {
+                let alone = generator.generate(prompt, config, |_| ControlFlow::Continue(())).unwrap();
+                assert_eq!(&alone, batched, "prompt {prompt:?} with {config:?}");
+                stops.insert(format!("{:?}", alone.stop_reason));
+            }
+        }
+        assert!(stops.len() >= 2, "the rows stopped for different reasons: {stops:?}");
+    }
 
     #[test]
     fn a_loop_is_a_long_run_said_twice_or_a_short_one_four_times() {

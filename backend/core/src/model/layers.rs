@@ -69,6 +69,36 @@ impl Rotary {
         let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
         super::ops::rotate_half(xs, &cos, &sin)
     }
+
+    /// [`Rotary::apply`] at `positions`: every row from one offset, or each row from its own
+    /// (rows that share one are rotated together).
+    pub fn apply_at(&self, xs: &Tensor, positions: Positions<'_>) -> candle_core::Result<Tensor> {
+        let starts = match positions {
+            Positions::From(offset) => return self.apply(xs, offset),
+            Positions::PerRow(starts) => starts,
+        };
+        if starts.len() != xs.dim(0)? {
+            candle_core::bail!("rotary: {} row positions for a batch of {}", starts.len(), xs.dim(0)?);
+        }
+        let mut pieces = Vec::new();
+        let mut first = 0;
+        while first < starts.len() {
+            let run = starts[first..].iter().take_while(|&&s| s == starts[first]).count();
+            pieces.push(self.apply(&xs.narrow(0, first, run)?, starts[first])?);
+            first += run;
+        }
+        if pieces.len() == 1 { Ok(pieces.remove(0)) } else { Tensor::cat(&pieces, 0) }
+    }
+}
+
+/// Where the new tokens of a forward pass sit in their sequences.
+#[derive(Debug, Clone, Copy)]
+pub enum Positions<'a> {
+    /// Every row's tokens at `offset..offset + seq` (one prompt, or prompts padded together).
+    From(usize),
+    /// Row `b`'s tokens at `starts[b]..starts[b] + seq` (sequences of different lengths decoded
+    /// together, their KV caches side by side with padding between).
+    PerRow(&'a [usize]),
 }
 
 /// The random source of dropout masks. Seeded (candle's CPU generator cannot be), so a training

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::{AttentionMask, attention};
 use super::error::{ModelError, Result};
-use super::layers::{DropoutRng, Mode, Rotary, rope_frequencies};
+use super::layers::{DropoutRng, Mode, Positions, Rotary, rope_frequencies};
 use super::linear::Linear;
 use super::lora::HasLinears;
 use super::random::{RandomWeights, WeightSource};
@@ -423,7 +423,7 @@ impl Attention {
         &self,
         xs: &Tensor,
         rotary: &Rotary,
-        offset: usize,
+        positions: Positions<'_>,
         mask: &AttentionMask,
         cache: &mut Option<(Tensor, Tensor)>,
         mode: Mode<'_>,
@@ -438,7 +438,7 @@ impl Attention {
         };
         let q = heads(self.q_proj.forward_t(xs, mode)?, self.num_heads, self.q_norm.as_ref())?;
         let k = heads(self.k_proj.forward_t(xs, mode)?, self.num_kv_heads, self.k_norm.as_ref())?;
-        let (q, k) = (rotary.apply(&q, offset)?, rotary.apply(&k, offset)?);
+        let (q, k) = (rotary.apply_at(&q, positions)?, rotary.apply_at(&k, positions)?);
         let v = heads(self.v_proj.forward_t(xs, mode)?, self.num_kv_heads, None)?;
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
@@ -502,13 +502,13 @@ impl DecoderLayer {
         &self,
         hidden: &Tensor,
         rotary: &Rotary,
-        offset: usize,
+        positions: Positions<'_>,
         mask: &AttentionMask,
         cache: &mut Option<(Tensor, Tensor)>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let attended =
-            self.self_attn.forward(&self.input_layernorm.forward(hidden)?, rotary, offset, mask, cache, mode)?;
+            self.self_attn.forward(&self.input_layernorm.forward(hidden)?, rotary, positions, mask, cache, mode)?;
         let hidden = (hidden + attended)?;
         &hidden + self.mlp.forward(&self.post_attention_layernorm.forward(&hidden)?, mode)?
     }
@@ -544,6 +544,35 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends `other`'s sequences after these, both padded with zero columns to `columns`
+    /// positions (which the caller's mask must hide).
+    pub fn append_rows(&mut self, other: KvCache, columns: usize) -> candle_core::Result<()> {
+        let pad = |t: Tensor| -> candle_core::Result<Tensor> {
+            let (b, h, len, d) = t.dims4()?;
+            if len == columns {
+                return Ok(t);
+            }
+            let zeros = Tensor::zeros((b, h, columns - len, d), t.dtype(), t.device())?;
+            Tensor::cat(&[&t, &zeros], 2)
+        };
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some((k, v)), Some((k2, v2))) = (mine.take(), theirs) {
+                *mine = Some((Tensor::cat(&[pad(k)?, pad(k2)?], 0)?, Tensor::cat(&[pad(v)?, pad(v2)?], 0)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the sequences `rows` (in that order, a row may repeat) of a batched cache.
+    pub fn select_rows(&mut self, rows: &[usize]) -> candle_core::Result<()> {
+        let Some(first) = self.layers.iter().flatten().next() else { return Ok(()) };
+        let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), first.0.device())?;
+        for layer in self.layers.iter_mut().flatten() {
+            *layer = (layer.0.index_select(&index, 0)?, layer.1.index_select(&index, 0)?);
+        }
+        Ok(())
     }
 }
 
@@ -654,13 +683,43 @@ impl Llama {
         padding_mask: Option<&Tensor>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
-        input_ids.dims2()?; // (batch, seq)
+        let mask = self.mask(padding_mask)?;
         let offset = cache.len();
+        self.run_layers(input_ids, cache, &mask, Positions::From(offset), mode)
+    }
+
+    /// Final hidden states `(batch, seq, hidden)` of sequences of different lengths side by side
+    /// (inference): row `b`'s new tokens sit at positions `starts[b]..`, and `key_visible`
+    /// `(batch, cached + seq)` row-major says which columns of the cache and the new tokens are
+    /// real for each row (false for the padding between). The columns are causal by where they
+    /// sit in the cache; a windowed model (Mistral) would need them by position and is refused.
+    pub fn hidden_states_at(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        key_visible: Vec<bool>,
+        starts: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        if self.config.window().is_some() {
+            candle_core::bail!("sequences side by side need a model without a sliding window");
+        }
+        let mask = AttentionMask::causal(None, Some(key_visible));
+        self.run_layers(input_ids, cache, &mask, Positions::PerRow(starts), Mode::Inference)
+    }
+
+    fn run_layers(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        mask: &AttentionMask,
+        positions: Positions<'_>,
+        mode: Mode<'_>,
+    ) -> candle_core::Result<Tensor> {
+        input_ids.dims2()?; // (batch, seq)
         if cache.layers.is_empty() {
             cache.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let mut hidden = self.embed_tokens.forward(input_ids)?;
-        let mask = self.mask(padding_mask)?;
         // On the CPU each layer draws its dropout from a generator of its own, as the checkpointed
         // pass does, so both give the same numbers. An accelerator's generator is reseeded per
         // `DropoutRng` (milliseconds each): there the layers share the caller's.
@@ -668,7 +727,7 @@ impl Llama {
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let rng = if per_layer { mode.layer_seed().map(DropoutRng::new) } else { None };
             let layer_mode = rng.as_ref().map_or(mode, Mode::Train);
-            hidden = layer.forward(&hidden, &self.rotary, offset, &mask, layer_cache, layer_mode)?;
+            hidden = layer.forward(&hidden, &self.rotary, positions, mask, layer_cache, layer_mode)?;
         }
         self.norm.forward(&hidden)
     }
@@ -697,7 +756,8 @@ impl Llama {
             let seed = mode.layer_seed();
             let rng = seed.map(DropoutRng::new);
             let layer_mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
-            let output = layer.forward(&hidden, &self.rotary, 0, &mask, &mut None, layer_mode)?.detach();
+            let output =
+                layer.forward(&hidden, &self.rotary, Positions::From(0), &mask, &mut None, layer_mode)?.detach();
             inputs.push(std::mem::replace(&mut hidden, output));
             seeds.push(seed);
         }
@@ -723,7 +783,7 @@ impl Llama {
             let rng = seed.map(DropoutRng::new);
             let mode = rng.as_ref().map_or(Mode::Inference, Mode::Train);
             let start = var.as_ref().map_or(&input, |v| v.as_tensor());
-            let output = layer.forward(start, &self.rotary, 0, &tape.mask, &mut None, mode)?;
+            let output = layer.forward(start, &self.rotary, Positions::From(0), &tape.mask, &mut None, mode)?;
             let store = (output * &grad)?.sum_all()?.backward()?;
             on_gradients(&store)?;
             if let Some(var) = var {

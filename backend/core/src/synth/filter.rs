@@ -2,24 +2,7 @@
 //! the run's report. Words are compared lower-cased and stripped of punctuation.
 
 use attune_shared::FilterCounts;
-use serde::{Deserialize, Serialize};
-
-/// Thresholds of the filters.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct FilterSettings {
-    /// A question copying this many consecutive words of the passage is rejected.
-    pub max_copied_words: usize,
-    /// At least this share of the answer's content words must occur in the passage.
-    pub min_grounding: f64,
-    /// Answers longer than this many words are rejected.
-    pub max_answer_words: usize,
-}
-
-impl Default for FilterSettings {
-    fn default() -> Self {
-        FilterSettings { max_copied_words: 10, min_grounding: 0.5, max_answer_words: 40 }
-    }
-}
+pub use attune_shared::FilterSettings;
 
 /// Why a question or answer was thrown away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +13,7 @@ pub enum Rejection {
     CopiesPassage,
     Ungrounded,
     AnswerTooLong,
+    RestatesQuestion,
 }
 
 impl Rejection {
@@ -42,6 +26,7 @@ impl Rejection {
             Rejection::CopiesPassage => "copies a long span of the passage",
             Rejection::Ungrounded => "the answer's words are not in the passage",
             Rejection::AnswerTooLong => "the answer is too long",
+            Rejection::RestatesQuestion => "the answer only restates the question",
         }
     }
 
@@ -53,6 +38,7 @@ impl Rejection {
             Rejection::CopiesPassage => &mut counts.copies_passage,
             Rejection::Ungrounded => &mut counts.ungrounded,
             Rejection::AnswerTooLong => &mut counts.answer_too_long,
+            Rejection::RestatesQuestion => &mut counts.restates_question,
         };
         *slot += 1;
     }
@@ -115,6 +101,46 @@ pub fn check_question(
     Ok(())
 }
 
+/// Question words that carry no content when an answer is compared with its question.
+const QUESTION_WORDS: &[&str] = &["how", "why", "when", "where", "which", "whom", "whose", "does", "do", "did"];
+
+fn content_words(text: &str) -> Vec<String> {
+    words(text)
+        .into_iter()
+        .filter(|w| !STOP_WORDS.contains(&w.as_str()) && !QUESTION_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// Whether `answer` only says `question` again: it holds most of the question's content words
+/// and adds at most one of its own ("What is the role of X?" — "The role of X is X's role").
+/// An answer picked from a choice the question offers adds its own words or covers few of the
+/// question's ("Which came first, A or B?" — "A").
+fn restates(answer: &str, question: &str, settings: &FilterSettings) -> bool {
+    let asked: std::collections::HashSet<String> = content_words(question).into_iter().collect();
+    if asked.is_empty() {
+        return false;
+    }
+    let said: std::collections::HashSet<String> = content_words(answer).into_iter().collect();
+    let covered = asked.iter().filter(|w| said.contains(*w)).count();
+    let own = said.iter().filter(|w| !asked.contains(*w)).count();
+    covered as f64 >= settings.max_question_overlap * asked.len() as f64 && own <= 1
+}
+
+/// Checks an answer to `question`: present, short enough, grounded in the passage, and more
+/// than the question said again.
+pub fn check_answer_to(
+    answer: &str,
+    question: &str,
+    passage: &str,
+    settings: &FilterSettings,
+) -> Result<(), Rejection> {
+    check_answer(answer, passage, settings)?;
+    if restates(answer, question, settings) {
+        return Err(Rejection::RestatesQuestion);
+    }
+    Ok(())
+}
+
 /// Checks an answer: present, short enough, and grounded in the passage.
 pub fn check_answer(answer: &str, passage: &str, settings: &FilterSettings) -> Result<(), Rejection> {
     let answer_words = words(answer);
@@ -142,6 +168,9 @@ mod tests {
     const PASSAGE: &str = "Biopython is a set of freely available tools for biological computation written in Python \
                            by an international team of developers. It reads FASTA and GenBank files.";
 
+    const PASSAGE_SEQIO: &str = "Bio.SeqIO is the role of Biopython's sequence input and output interface: it \
+                                 reads FASTA and GenBank files.";
+
     #[test]
     fn questions() {
         let s = FilterSettings::default();
@@ -166,7 +195,17 @@ mod tests {
         assert_eq!(check_answer("Rust and Haskell compilers", PASSAGE, &s), Err(Rejection::Ungrounded));
         let long = "an international team ".repeat(15);
         assert_eq!(check_answer(&long, PASSAGE, &s), Err(Rejection::AnswerTooLong));
+        // Said again: the question's words and nothing of its own.
+        let question = "What is the role of Bio.SeqIO in Biopython?";
+        let restated = "The role of Bio.SeqIO in Biopython is the role of Bio.SeqIO.";
+        assert_eq!(check_answer_to(restated, question, PASSAGE_SEQIO, &s), Err(Rejection::RestatesQuestion));
+        assert_eq!(check_answer_to("It reads FASTA and GenBank files", question, PASSAGE_SEQIO, &s), Ok(()));
+        // A choice the question offers is an answer, not a restatement.
+        let choice = "Which files does Bio.SeqIO read, FASTA or PDB files?";
+        assert_eq!(check_answer_to("FASTA files", choice, PASSAGE_SEQIO, &s), Ok(()));
         let mut counts = FilterCounts::default();
+        Rejection::RestatesQuestion.count(&mut counts);
+        assert_eq!(counts.restates_question, 1);
         Rejection::Ungrounded.count(&mut counts);
         Rejection::Ungrounded.count(&mut counts);
         Rejection::Duplicate.count(&mut counts);

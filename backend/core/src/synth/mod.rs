@@ -24,7 +24,14 @@ pub enum SynthError {
     Local(#[from] crate::model::ModelError),
     #[error("the LLM server at {url}: {message}")]
     Server { url: String, message: String },
+    #[error("the LLM returned {got} completions for {asked} prompts")]
+    Replies { asked: usize, got: usize },
 }
+
+/// Passages whose questions (then answers) go to the local model in one call: it decodes them
+/// side by side, one row per passage while questions are written, then their answers (three a
+/// passage) 16 rows at a time; a stopped run loses at most this many passages' work.
+pub const BATCH_PASSAGES: usize = 16;
 
 /// What one passage gave.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,42 +55,111 @@ pub fn synthesize(
     known: &[String],
     filters: &FilterSettings,
 ) -> Result<PassageTriples, SynthError> {
-    let mut out = PassageTriples::default();
-    let questions_prompt = prompt::render_questions(&prompts.questions, passage, n)?;
-    let raw = llm.complete(&[questions_prompt], 48 * n as usize + 32)?.remove(0)?;
-    let questions = parse::questions(&raw);
-    // Small models often write more than asked: the first `n` are considered (and counted).
-    out.questions_seen = questions.len().min(n as usize) as u64;
-    let mut seen: Vec<String> = known.iter().map(|q| filter::normalise_question(q)).collect();
-    let mut candidates = Vec::new();
-    for question in questions.into_iter().take(n as usize) {
-        match filter::check_question(&question, passage, &seen, filters) {
-            Ok(()) => {
-                seen.push(filter::normalise_question(&question));
-                candidates.push(question);
+    synthesize_batch(llm, prompts, &[PassageInput { text: passage, known }], n, filters)?.remove(0)
+}
+
+/// `llm`'s completions of `prompts`, one per prompt.
+#[allow(clippy::type_complexity)]
+fn replies(
+    llm: &dyn Llm,
+    prompts: &[String],
+    max_tokens: usize,
+) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let replies = llm.complete(prompts, max_tokens)?;
+    if replies.len() != prompts.len() {
+        return Err(SynthError::Replies { asked: prompts.len(), got: replies.len() });
+    }
+    Ok(replies)
+}
+
+/// A passage to write triples for, with the questions already stored for it.
+#[derive(Debug, Clone, Copy)]
+pub struct PassageInput<'a> {
+    pub text: &'a str,
+    pub known: &'a [String],
+}
+
+/// [`synthesize`] for several passages at once: one call to `llm` for all their questions, one for
+/// all their answers (a local model decodes each call's prompts side by side). One result per
+/// passage, in order; the outer error fails them all.
+pub fn synthesize_batch(
+    llm: &dyn Llm,
+    prompts: &SynthPrompts,
+    passages: &[PassageInput<'_>],
+    n: u32,
+    filters: &FilterSettings,
+) -> Result<Vec<Result<PassageTriples, SynthError>>, SynthError> {
+    let question_prompts = passages
+        .iter()
+        .map(|p| prompt::render_questions(&prompts.questions, p.text, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let raw_questions = replies(llm, &question_prompts, 48 * n as usize + 32)?;
+    let mut outs: Vec<Result<PassageTriples, SynthError>> = Vec::with_capacity(passages.len());
+    // Per passage, the questions that passed, whose answers are asked for next.
+    let mut candidates: Vec<Vec<String>> = Vec::with_capacity(passages.len());
+    for (passage, raw) in passages.iter().zip(raw_questions) {
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(error) => {
+                outs.push(Err(error));
+                candidates.push(Vec::new());
+                continue;
             }
-            Err(rejection) => {
-                rejection.count(&mut out.filtered);
-                if !question.trim().is_empty() {
-                    out.dropped.push((question, String::new(), rejection));
+        };
+        let mut out = PassageTriples::default();
+        let questions = parse::questions(&raw);
+        // Small models often write more than asked: the first `n` are considered (and counted).
+        out.questions_seen = questions.len().min(n as usize) as u64;
+        let mut seen: Vec<String> = passage.known.iter().map(|q| filter::normalise_question(q)).collect();
+        let mut kept = Vec::new();
+        for question in questions.into_iter().take(n as usize) {
+            match filter::check_question(&question, passage.text, &seen, filters) {
+                Ok(()) => {
+                    seen.push(filter::normalise_question(&question));
+                    kept.push(question);
+                }
+                Err(rejection) => {
+                    rejection.count(&mut out.filtered);
+                    if !question.trim().is_empty() {
+                        out.dropped.push((question, String::new(), rejection));
+                    }
+                }
+            }
+        }
+        outs.push(Ok(out));
+        candidates.push(kept);
+    }
+    let mut answer_prompts = Vec::new();
+    for (passage, questions) in passages.iter().zip(&candidates) {
+        for question in questions {
+            answer_prompts.push(prompt::render_answer(&prompts.answer, passage.text, question)?);
+        }
+    }
+    let answers = replies(llm, &answer_prompts, 64)?;
+    let mut answers = answers.into_iter();
+    for ((passage, questions), out) in passages.iter().zip(candidates).zip(outs.iter_mut()) {
+        for (question, answer) in questions.into_iter().zip(answers.by_ref()) {
+            let Ok(triples) = out else { continue };
+            let answer = match answer {
+                Ok(answer) => parse::answer(&answer),
+                Err(error) => {
+                    *out = Err(error);
+                    continue;
+                }
+            };
+            match filter::check_answer_to(&answer, &question, passage.text, filters) {
+                Ok(()) => triples.kept.push((question, answer)),
+                Err(rejection) => {
+                    rejection.count(&mut triples.filtered);
+                    triples.dropped.push((question, answer, rejection));
                 }
             }
         }
     }
-    let answer_prompts =
-        candidates.iter().map(|q| prompt::render_answer(&prompts.answer, passage, q)).collect::<Result<Vec<_>, _>>()?;
-    let answers = llm.complete(&answer_prompts, 64)?;
-    for (question, answer) in candidates.into_iter().zip(answers) {
-        let answer = parse::answer(&answer?);
-        match filter::check_answer(&answer, passage, filters) {
-            Ok(()) => out.kept.push((question, answer)),
-            Err(rejection) => {
-                rejection.count(&mut out.filtered);
-                out.dropped.push((question, answer, rejection));
-            }
-        }
-    }
-    Ok(out)
+    Ok(outs)
 }
 
 #[cfg(test)]
@@ -95,6 +171,8 @@ mod tests {
     struct Scripted {
         replies: Mutex<Vec<String>>,
         prompts: Mutex<Vec<String>>,
+        /// Prompts per call, in order.
+        calls: Mutex<Vec<usize>>,
     }
 
     impl Llm for Scripted {
@@ -108,6 +186,7 @@ mod tests {
             _max_tokens: usize,
         ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
             self.prompts.lock().unwrap().extend(prompts.iter().cloned());
+            self.calls.lock().unwrap().push(prompts.len());
             let mut replies = self.replies.lock().unwrap();
             Ok(prompts.iter().map(|_| Ok(replies.remove(0))).collect())
         }
@@ -121,6 +200,7 @@ mod tests {
                 "330 metres".into(),
             ]),
             prompts: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
         }
     }
 
@@ -137,6 +217,7 @@ mod tests {
                 "It is 330 metres tall.".into(),
             ]),
             prompts: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
         };
         let prompts = prompt::defaults();
         let out = synthesize(&llm, &prompts, passage, 5, &[], &FilterSettings::default()).unwrap();
@@ -156,5 +237,33 @@ mod tests {
         let sent = llm.prompts.lock().unwrap();
         assert!(sent[0].contains("5") && sent[0].contains("Gustave Eiffel"), "{}", sent[0]);
         assert!(sent[1].contains("When was the Eiffel Tower completed?"));
+    }
+
+    #[test]
+    fn several_passages_take_one_call_for_questions_and_one_for_answers() {
+        let tower = "The Eiffel Tower was completed in 1889 and is 330 metres tall.";
+        let bridge = "The Golden Gate Bridge opened in 1937 and spans the Golden Gate strait.";
+        let llm = Scripted {
+            replies: Mutex::new(vec![
+                "1. When was the Eiffel Tower completed?\n2. How tall is the Eiffel Tower?".into(),
+                "1. When did the Golden Gate Bridge open?".into(),
+                "1889".into(),
+                "1937".into(),
+            ]),
+            prompts: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        };
+        let known = vec!["How tall is the Eiffel Tower?".to_owned()];
+        let passages = [PassageInput { text: tower, known: &known }, PassageInput { text: bridge, known: &[] }];
+        let filters = FilterSettings::default();
+        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters).unwrap();
+        assert_eq!(*llm.calls.lock().unwrap(), [2, 2], "two question prompts, then the two answers asked for");
+        let tower_out = out[0].as_ref().unwrap();
+        assert_eq!(tower_out.kept, [("When was the Eiffel Tower completed?".to_owned(), "1889".to_owned())]);
+        assert_eq!(tower_out.filtered.duplicate, 1, "a question stored already is not asked again");
+        let bridge_out = out[1].as_ref().unwrap();
+        assert_eq!(bridge_out.kept, [("When did the Golden Gate Bridge open?".to_owned(), "1937".to_owned())]);
+        let sent = llm.prompts.lock().unwrap();
+        assert!(sent[2].contains("Eiffel") && sent[3].contains("Golden Gate"), "answers in passage order");
     }
 }

@@ -16,7 +16,6 @@ use crate::eval::run::{self, GenerationSettings};
 use crate::model::catalog::{DEFAULT_GENERATOR_NAME, DEFAULT_RETRIEVER_NAME};
 use crate::model::generator::Generator;
 use crate::model::retriever::Retriever;
-use crate::rag::prompt::PromptLimits;
 use crate::train::checkpoint::TRIPLES_FILE;
 use crate::train::config::load_split;
 use crate::train::data::{CsvColumns, SplitOptions, Triple, load_dataset};
@@ -239,8 +238,7 @@ fn evaluate(
             if let Some(adapter) = &system.generator_adapter {
                 generator.load_adapter(adapter).map_err(|e| fail(&e))?;
             }
-            let settings =
-                GenerationSettings { passages_per_prompt: 1, limits: PromptLimits::default(), max_new_tokens: 32 };
+            let settings = GenerationSettings::default();
             let generation =
                 run::evaluate_generation(&generator, &corpus, &rows, &retrieval.rankings, settings, &mut progress)
                     .map_err(|e| fail(&e))?;

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use super::EngineError;
 use crate::store::Store;
 use crate::store::corpus::NewTripleRow;
-use crate::synth::{FilterSettings, Llm, synthesize};
+use crate::synth::{FilterSettings, Llm, PassageInput, synthesize_batch};
 
 /// Synthesis runs take turns per LLM — one at a time on the local model, one at a time per
 /// server — in the order they were started; the others wait, queued, on their own threads.
@@ -115,76 +115,85 @@ impl SynthJob {
         // Seconds left after `done` passages, at the pace so far.
         let eta_after =
             |done: usize| Some(started.elapsed().as_secs_f64() / done as f64 * (pending.len() - done) as f64);
-        for (i, passage) in pending.iter().enumerate() {
+        let mut done = 0;
+        for batch in pending.chunks(self.llm.passages_per_call().max(1)) {
             if self.cancel.load(Ordering::Relaxed) {
                 self.runtime.block_on(store.set_synth_status(run.id, JobStatus::Cancelled, None))?;
                 run.status = JobStatus::Cancelled;
                 progress(&run, None);
                 return Ok(run);
             }
-            if passage.reference_matter.is_some() {
-                // A table of contents, index or bibliography: marked done, never sent to the LLM.
-                run.report.passages_done += 1;
-                run.report.skipped_passages += 1;
-                run.report.seconds = seconds_before + started.elapsed().as_secs_f64();
-                self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &[], &run.report))?;
-                progress(&run, eta_after(i + 1));
+            let mut asked = Vec::with_capacity(batch.len());
+            for passage in batch {
+                if passage.reference_matter.is_some() {
+                    // A table of contents, index or bibliography: marked done, never sent to the LLM.
+                    run.report.passages_done += 1;
+                    run.report.skipped_passages += 1;
+                    run.report.seconds = seconds_before + started.elapsed().as_secs_f64();
+                    self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &[], &run.report))?;
+                    done += 1;
+                    progress(&run, eta_after(done));
+                } else {
+                    asked.push((passage, self.runtime.block_on(store.questions_of_passage(passage.id))?));
+                }
+            }
+            if asked.is_empty() {
                 continue;
             }
-            let known = self.runtime.block_on(store.questions_of_passage(passage.id))?;
-            match synthesize(
+            let inputs: Vec<PassageInput<'_>> =
+                asked.iter().map(|(passage, known)| PassageInput { text: &passage.text, known }).collect();
+            let results = match synthesize_batch(
                 self.llm.as_ref(),
                 &run.prompts,
-                &passage.text,
+                &inputs,
                 run.questions_per_passage,
-                &known,
                 &self.filters,
             ) {
-                Ok(out) => {
-                    let row = |question: &String, answer: &String, filter_reason: Option<String>| NewTripleRow {
-                        question: question.clone(),
-                        answer: answer.clone(),
-                        passage: passage.text.clone(),
-                        passage_id: Some(passage.id),
-                        document_id: Some(passage.document_id),
-                        origin: TripleOrigin::Synthetic,
-                        model: Some(run.model.clone()),
-                        prompt: Some(prompt_record.clone()),
-                        synth_run_id: Some(run.id),
-                        filter_reason,
-                    };
-                    // The kept ones for review, and what the filters dropped (with why) for rescue.
-                    let rows: Vec<NewTripleRow> = out
-                        .kept
-                        .iter()
-                        .map(|(question, answer)| row(question, answer, None))
-                        .chain(out.dropped.iter().map(|(question, answer, rejection)| {
-                            row(question, answer, Some(rejection.reason().to_owned()))
-                        }))
-                        .collect();
-                    let report = &mut run.report;
-                    report.passages_done += 1;
-                    report.questions_seen += out.questions_seen;
-                    report.kept += out.kept.len() as u64;
-                    let f = &mut report.filtered;
-                    let g = out.filtered;
-                    f.empty += g.empty;
-                    f.duplicate += g.duplicate;
-                    f.not_a_question += g.not_a_question;
-                    f.copies_passage += g.copies_passage;
-                    f.ungrounded += g.ungrounded;
-                    f.answer_too_long += g.answer_too_long;
-                    report.seconds = seconds_before + started.elapsed().as_secs_f64();
-                    self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &rows, &run.report))?;
+                Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
+                Err(error) => vec![Err(error.to_string()); asked.len()],
+            };
+            for ((passage, _), result) in asked.iter().zip(results) {
+                match result {
+                    Ok(out) => {
+                        let row = |question: &String, answer: &String, filter_reason: Option<String>| NewTripleRow {
+                            question: question.clone(),
+                            answer: answer.clone(),
+                            passage: passage.text.clone(),
+                            passage_id: Some(passage.id),
+                            document_id: Some(passage.document_id),
+                            origin: TripleOrigin::Synthetic,
+                            model: Some(run.model.clone()),
+                            prompt: Some(prompt_record.clone()),
+                            synth_run_id: Some(run.id),
+                            filter_reason,
+                        };
+                        // The kept ones for review, and what the filters dropped (with why) for rescue.
+                        let rows: Vec<NewTripleRow> = out
+                            .kept
+                            .iter()
+                            .map(|(question, answer)| row(question, answer, None))
+                            .chain(out.dropped.iter().map(|(question, answer, rejection)| {
+                                row(question, answer, Some(rejection.reason().to_owned()))
+                            }))
+                            .collect();
+                        let report = &mut run.report;
+                        report.passages_done += 1;
+                        report.questions_seen += out.questions_seen;
+                        report.kept += out.kept.len() as u64;
+                        report.filtered.add(&out.filtered);
+                        report.seconds = seconds_before + started.elapsed().as_secs_f64();
+                        self.runtime.block_on(store.finish_synth_passage(run.id, passage.id, &rows, &run.report))?;
+                    }
+                    Err(error) => {
+                        // Not marked done: a resumed run tries the passage again.
+                        tracing::warn!(passage = passage.id, "synthesis failed: {error}");
+                        run.report.failed_passages += 1;
+                        last_error = Some(error);
+                    }
                 }
-                Err(error) => {
-                    // Not marked done: a resumed run tries the passage again.
-                    tracing::warn!(passage = passage.id, "synthesis failed: {error}");
-                    run.report.failed_passages += 1;
-                    last_error = Some(error.to_string());
-                }
+                done += 1;
+                progress(&run, eta_after(done));
             }
-            progress(&run, eta_after(i + 1));
         }
         let (status, error) = match last_error {
             Some(error) if run.report.kept == 0 => (JobStatus::Failed, Some(error)),

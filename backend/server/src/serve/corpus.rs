@@ -27,7 +27,7 @@ use crate::engine::triples_io::{self, ExportFormat};
 use crate::ingest::ChunkSettings;
 use crate::openai::{OpenAiLlm, OpenAiSettings, same_origin};
 use crate::store::corpus::{NewTripleRow, SynthRunConfig, TripleFilter, TripleSort, TriplesOfDeleted};
-use crate::synth::{FilterSettings, Llm, LocalLlm, prompt};
+use crate::synth::{Llm, LocalLlm, prompt};
 
 fn not_found(what: &str, id: i64) -> AppError {
     AppError::NotFound(format!("no {what} with id {id}"))
@@ -481,7 +481,11 @@ pub async fn start_synth(
         None if passages.len() <= 1000 => state.store().document_of_passages(&passages).await?,
         None => None,
     };
-    let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id };
+    let filters = request.filters.unwrap_or_default();
+    filters
+        .validate()
+        .map_err(|message| AppError::Invalid { code: "invalid_body", message: format!("filters: {message}") })?;
+    let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id, filters };
     let run = state.store().create_synth_run(&config, &passages).await?;
     spawn_synth(&state, run.id)?;
     Ok((StatusCode::ACCEPTED, Json(run)))
@@ -530,7 +534,7 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                     run_id,
                     store: state.store().clone(),
                     llm,
-                    filters: FilterSettings::default(),
+                    filters: run.filters,
                     cancel,
                     runtime: runtime.clone(),
                 }
@@ -567,7 +571,7 @@ fn build_llm(state: &AppState, choice: &LlmChoice, configured: Option<&str>) -> 
                 crate::model::device::select(&state.config().device_spec).map_err(crate::synth::SynthError::Local)?;
             let generator =
                 crate::model::generator::Generator::load(&path, &device).map_err(crate::synth::SynthError::Local)?;
-            Box::new(LocalLlm { generator, name: crate::model::catalog::DEFAULT_GENERATOR_NAME.to_owned() })
+            Box::new(LocalLlm::new(generator, crate::model::catalog::DEFAULT_GENERATOR_NAME.to_owned()))
         }
         LlmChoice::OpenAi { base_url, model } => {
             Box::new(OpenAiLlm::new(OpenAiSettings::new(base_url, model).with_key_for(configured))?)

@@ -167,6 +167,8 @@ pub struct SynthRunConfig {
     /// The document the run was started for.
     #[serde(default)]
     pub document_id: Option<i64>,
+    #[serde(default)]
+    pub filters: attune_shared::FilterSettings,
 }
 
 fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
@@ -187,6 +189,7 @@ fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
         passages_total: row.try_get::<i64, _>("passages_total")? as u64,
         report,
         document_id: config.document_id,
+        filters: config.filters,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -1,0 +1,290 @@
+//! `attune bench synth`: the local model's throughput on synthesis and on evaluation's answers,
+//! one prompt at a time (how Attune generated before batching) beside side by side, in one process
+//! on the same passages and questions: kept triples per minute, tokens per second, and whether the
+//! two ways wrote the same text.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use attune_shared::FilterCounts;
+use serde::Serialize;
+
+use crate::eval::run::{GenerationSettings, evaluate_generation};
+use crate::ingest::{ChunkSettings, chunk, parse};
+use crate::model::catalog;
+use crate::model::generator::{Generator, MAX_BATCH_ROWS};
+use crate::synth::{
+    BATCH_PASSAGES, FilterSettings, Llm, LocalLlm, PassageInput, SynthError, prompt, reference_matter, synthesize_batch,
+};
+use crate::train::data::Triple;
+use candle_core::Device;
+
+/// What to measure on.
+#[derive(Debug, Clone)]
+pub struct SynthBenchConfig {
+    pub models_dir: PathBuf,
+    /// The document whose passages are synthesised from (chunked as ingestion does, 256 tokens).
+    pub pdf: PathBuf,
+    /// The passages `first..first + count` of it.
+    pub first: usize,
+    pub count: usize,
+    pub questions_per_passage: u32,
+    /// Questions in the shared QA format (`{"id","question","passage","answer"}` lines) for the
+    /// answer figure: the first `answer_questions` of them, each with its gold passage.
+    pub qa: PathBuf,
+    pub answer_questions: usize,
+    /// Also run one prompt at a time (the comparison; it takes most of the time).
+    pub one_at_a_time: bool,
+}
+
+/// One way of synthesising the passages.
+#[derive(Debug, Clone, Serialize)]
+pub struct SynthFigures {
+    pub mode: &'static str,
+    pub passages: usize,
+    /// Tables of contents, indexes and bibliographies: not sent to the model.
+    pub skipped_passages: usize,
+    pub candidates: u64,
+    pub kept: u64,
+    pub seconds: f64,
+    pub kept_per_minute: f64,
+    pub tokens_generated: u64,
+    pub tokens_per_second: f64,
+    pub filtered: FilterCounts,
+    /// The kept (question, answer) pairs, for comparing the two ways.
+    #[serde(skip)]
+    pub triples: Vec<(String, String)>,
+}
+
+/// One way of answering the evaluation questions.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerFigures {
+    pub mode: &'static str,
+    pub questions: usize,
+    pub seconds: f64,
+    pub answers_per_second: f64,
+    #[serde(skip)]
+    pub predictions: Vec<String>,
+}
+
+/// Everything the bench prints, as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct SynthBench {
+    pub pdf: String,
+    pub passages: String,
+    pub questions_per_passage: u32,
+    pub threads: usize,
+    pub synthesis: Vec<SynthFigures>,
+    pub answers: Vec<AnswerFigures>,
+    /// Side by side over one at a time, in kept triples per minute and answers per second.
+    pub synthesis_speedup: Option<f64>,
+    pub answer_speedup: Option<f64>,
+    /// Whether both ways kept the same triples and wrote the same answers (greedy decoding).
+    pub same_triples: Option<bool>,
+    pub same_answers: Option<bool>,
+}
+
+/// The local model one prompt at a time, as [`LocalLlm`] worked before it decoded side by side.
+struct OneAtATime<'a>(&'a LocalLlm);
+
+impl Llm for OneAtATime<'_> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            out.extend(self.0.complete(std::slice::from_ref(prompt), max_tokens)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The passages `first..first + count` of `pdf`, chunked as ingestion chunks them.
+pub fn passages_of(
+    pdf: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let bytes = std::fs::read(pdf).with_context(|| format!("cannot read {}", pdf.display()))?;
+    let name = pdf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let doc = parse(&name, &bytes)?;
+    let passages = chunk(&name, &doc, tokenizer, ChunkSettings::default())?;
+    anyhow::ensure!(
+        passages.len() >= first + count,
+        "{} has {} passages; passages {first}..{} asked for",
+        pdf.display(),
+        passages.len(),
+        first + count
+    );
+    Ok(passages.into_iter().skip(first).take(count).map(|p| p.text).collect())
+}
+
+fn synthesize_all(
+    llm: &dyn Llm,
+    local: &LocalLlm,
+    mode: &'static str,
+    passages: &[String],
+    per_passage: u32,
+    passages_per_call: usize,
+) -> anyhow::Result<SynthFigures> {
+    let prompts = prompt::defaults();
+    let filters = FilterSettings::default();
+    let asked: Vec<&String> = passages.iter().filter(|p| reference_matter(p).is_none()).collect();
+    let bar =
+        crate::progress_bar(asked.len() as u64, &format!("{mode}: {{bar:30}} {{pos}}/{{len}} passages ({{elapsed}})"));
+    let tokens_before = local.tokens_generated.load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let mut figures = SynthFigures {
+        mode,
+        passages: passages.len(),
+        skipped_passages: passages.len() - asked.len(),
+        candidates: 0,
+        kept: 0,
+        seconds: 0.0,
+        kept_per_minute: 0.0,
+        tokens_generated: 0,
+        tokens_per_second: 0.0,
+        filtered: FilterCounts::default(),
+        triples: Vec::new(),
+    };
+    for batch in asked.chunks(passages_per_call) {
+        let inputs: Vec<PassageInput<'_>> = batch.iter().map(|text| PassageInput { text, known: &[] }).collect();
+        for result in synthesize_batch(llm, &prompts, &inputs, per_passage, &filters)? {
+            let out = result?;
+            figures.candidates += out.questions_seen;
+            figures.kept += out.kept.len() as u64;
+            figures.filtered.add(&out.filtered);
+            figures.triples.extend(out.kept);
+        }
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    figures.seconds = started.elapsed().as_secs_f64();
+    figures.kept_per_minute = figures.kept as f64 / (figures.seconds / 60.0);
+    figures.tokens_generated = local.tokens_generated.load(std::sync::atomic::Ordering::Relaxed) - tokens_before;
+    figures.tokens_per_second = figures.tokens_generated as f64 / figures.seconds;
+    Ok(figures)
+}
+
+/// The first `count` questions of a QA file, each with its gold passage.
+fn questions_of(qa: &Path, count: usize) -> anyhow::Result<Vec<Triple>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        question: String,
+        passage: String,
+        answer: String,
+    }
+    let text = std::fs::read_to_string(qa).with_context(|| format!("cannot read {}", qa.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(count)
+        .map(|line| {
+            let Line { question, passage, answer } = serde_json::from_str(line)?;
+            Ok(Triple { question, passage, answer })
+        })
+        .collect()
+}
+
+fn answer_all(
+    generator: &Generator,
+    mode: &'static str,
+    rows: &[Triple],
+    batch_rows: usize,
+) -> anyhow::Result<AnswerFigures> {
+    let corpus: Vec<String> = rows.iter().map(|r| r.passage.clone()).collect();
+    let rankings: Vec<Vec<usize>> = (0..rows.len()).map(|i| vec![i]).collect();
+    let settings = GenerationSettings { batch_rows, ..GenerationSettings::default() };
+    let bar =
+        crate::progress_bar(rows.len() as u64, &format!("{mode}: {{bar:30}} {{pos}}/{{len}} answers ({{elapsed}})"));
+    let started = Instant::now();
+    let run = evaluate_generation(generator, &corpus, rows, &rankings, settings, &mut |_, done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(AnswerFigures {
+        mode,
+        questions: rows.len(),
+        seconds,
+        answers_per_second: rows.len() as f64 / seconds,
+        predictions: run.predictions.into_iter().map(|p| p.prediction).collect(),
+    })
+}
+
+/// Runs the bench on the CPU.
+pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
+    let device = Device::Cpu;
+    let retriever_dir = config.models_dir.join(catalog::DEFAULT_RETRIEVER_NAME);
+    let tokenizer = tokenizers::Tokenizer::from_file(retriever_dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("the retriever's tokenizer in {}: {e}", retriever_dir.display()))?;
+    let passages = passages_of(&config.pdf, &tokenizer, config.first, config.count)?;
+    let generator_path = config.models_dir.join(catalog::DEFAULT_GENERATOR_NAME);
+    let generator = Generator::load(&generator_path, &device)
+        .with_context(|| format!("loading the generator {}", generator_path.display()))?;
+    let local = LocalLlm::new(generator, catalog::DEFAULT_GENERATOR_NAME.to_owned());
+    let n = config.questions_per_passage;
+    let mut synthesis = vec![synthesize_all(&local, &local, "side by side", &passages, n, BATCH_PASSAGES)?];
+    if config.one_at_a_time {
+        synthesis.push(synthesize_all(&OneAtATime(&local), &local, "one at a time", &passages, n, 1)?);
+    }
+    let rows = questions_of(&config.qa, config.answer_questions)?;
+    let mut answers = vec![answer_all(&local.generator, "side by side", &rows, MAX_BATCH_ROWS)?];
+    if config.one_at_a_time {
+        answers.push(answer_all(&local.generator, "one at a time", &rows, 1)?);
+    }
+    let pair = |a: f64, b: Option<f64>| b.map(|b| a / b);
+    Ok(SynthBench {
+        pdf: config.pdf.display().to_string(),
+        passages: format!("{}–{}", config.first, config.first + config.count - 1),
+        questions_per_passage: n,
+        threads: candle_core::utils::get_num_threads(),
+        synthesis_speedup: pair(synthesis[0].kept_per_minute, synthesis.get(1).map(|s| s.kept_per_minute)),
+        answer_speedup: pair(answers[0].answers_per_second, answers.get(1).map(|a| a.answers_per_second)),
+        same_triples: synthesis.get(1).map(|s| s.triples == synthesis[0].triples),
+        same_answers: answers.get(1).map(|a| a.predictions == answers[0].predictions),
+        synthesis,
+        answers,
+    })
+}
+
+/// The figures as a table.
+pub fn report(bench: &SynthBench) -> String {
+    let mut out = format!(
+        "synthesis from {} passages {} ({} questions each), {} threads\n\n",
+        bench.pdf, bench.passages, bench.questions_per_passage, bench.threads
+    );
+    out += "| way | passages asked | candidates | kept | seconds | kept/min | tokens | tokens/s |\n|---|---|---|---|---|---|---|---|\n";
+    for s in &bench.synthesis {
+        out += &format!(
+            "| {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.1} |\n",
+            s.mode,
+            s.passages - s.skipped_passages,
+            s.candidates,
+            s.kept,
+            s.seconds,
+            s.kept_per_minute,
+            s.tokens_generated,
+            s.tokens_per_second
+        );
+    }
+    out += "\n| answers | questions | seconds | answers/s |\n|---|---|---|---|\n";
+    for a in &bench.answers {
+        out += &format!("| {} | {} | {:.1} | {:.2} |\n", a.mode, a.questions, a.seconds, a.answers_per_second);
+    }
+    if let (Some(s), Some(a)) = (bench.synthesis_speedup, bench.answer_speedup) {
+        out += &format!(
+            "\nside by side / one at a time: synthesis {s:.2}× kept/min, answers {a:.2}× answers/s; \
+             same triples: {}, same answers: {}\n",
+            bench.same_triples.unwrap_or(false),
+            bench.same_answers.unwrap_or(false)
+        );
+    }
+    let filtered: Vec<String> =
+        bench.synthesis[0].filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
+    out += &format!("filtered (side by side): {}\n", filtered.join(", "));
+    out
+}
