@@ -1,6 +1,7 @@
-//! Running a synthesis run: its pending passages one by one through `synth::synthesize`, each
-//! passage's kept triples, done mark and report stored in one transaction (so a stopped run
-//! resumes where it was), a cancel flag checked between passages, progress after each.
+//! Running a synthesis run: its pending passages through `synth::synthesize_batch`, as many per
+//! call as the LLM takes (16 on the local model, 1 on a server), each passage's kept triples, done
+//! mark and report stored in one transaction (so a stopped run resumes where it was), a cancel flag
+//! checked between calls, progress after each passage.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
