@@ -17,7 +17,7 @@ use crate::model::generator::{Generator, MAX_BATCH_ROWS};
 use crate::synth::{
     BATCH_PASSAGES, FilterSettings, Llm, LocalLlm, PassageInput, SynthError, prompt, reference_matter, synthesize_batch,
 };
-use crate::train::data::Triple;
+use crate::train::data::{CsvColumns, Triple, load_triples};
 use candle_core::Device;
 
 /// What to measure on.
@@ -170,23 +170,11 @@ fn synthesize_all(
     Ok(figures)
 }
 
-/// The first `count` questions of a QA file, each with its gold passage.
+/// The first `count` questions of a QA file, each with its gold passage (read as training reads
+/// triples files).
 fn questions_of(qa: &Path, count: usize) -> anyhow::Result<Vec<Triple>> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        question: String,
-        passage: String,
-        answer: String,
-    }
-    let text = std::fs::read_to_string(qa).with_context(|| format!("cannot read {}", qa.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(count)
-        .map(|line| {
-            let Line { question, passage, answer } = serde_json::from_str(line)?;
-            Ok(Triple { question, passage, answer })
-        })
-        .collect()
+    let (triples, _) = load_triples(qa, &CsvColumns::default())?;
+    Ok(triples.into_iter().take(count).collect())
 }
 
 fn answer_all(
