@@ -39,7 +39,7 @@ before(async () => {
   server = await startServer();
   browser = await launchBrowser();
   slow = await standInLlm(1200, questionsOrAnswer("How long do cats sleep?", "about fifteen hours a day"));
-  wrong = await standInLlm(50, questionsOrAnswer("What colour is the sky on Mars?", "purple elephants dancing"));
+  wrong = await standInLlm(50, questionsOrAnswer("What do the dogs herd?", "purple elephants dancing"));
 });
 
 after(async () => {

@@ -57,6 +57,9 @@ enum Command {
     /// Export or import triples.
     #[command(subcommand)]
     Triples(cli::corpus::TriplesCommand),
+    /// Documents in, a tuned RAG pair and a report out: ingest, synthesize, train and evaluate in one
+    /// resumable run folder.
+    Adapt(Box<cli::adapt::AdaptArgs>),
     /// Fine-tune the retriever, the generator or both (LoRA) on question/passage/answer triples.
     Train(Box<cli::train::TrainArgs>),
     /// Retrieval metrics over the whole corpus and answer quality, base and tuned.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => tokio::task::spawn_blocking(move || cli::model::generate(args)).await?,
             Command::Ingest(args) => cli::corpus::ingest(args).await,
             Command::Synth(args) => cli::corpus::synth(*args).await,
+            Command::Adapt(args) => cli::adapt::run(*args).await,
             Command::Triples(command) => cli::corpus::triples(command).await,
             Command::Train(args) => tokio::task::spawn_blocking(move || cli::train::run(*args)).await?,
             Command::Eval(args) => tokio::task::spawn_blocking(move || cli::eval::run(*args)).await?,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
-use attune_shared::{Document, JobStatus, LlmChoice, Passage, SynthRequest, SynthRun};
+use attune_shared::{Document, FilterSettings, JobStatus, LlmChoice, Passage, SynthRequest, SynthRun};
 
 use crate::api::{Api, ApiError};
 use crate::format::{count, page_range};
@@ -117,6 +117,7 @@ pub fn DocumentView() -> impl IntoView {
     let search = RwSignal::new(String::new());
     let jump_error = RwSignal::new(None::<String>);
     let use_server = RwSignal::new(false);
+    let filters = RwSignal::new(FilterSettings::default());
     let base_url = RwSignal::new(String::new());
     let model = RwSignal::new(String::new());
     // Bumped when a run ends, so the counts above reload.
@@ -200,7 +201,7 @@ pub fn DocumentView() -> impl IntoView {
                 llm: Some(llm),
                 prompts: None,
                 limit: None,
-                filters: None,
+                filters: Some(filters.get_untracked()),
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {
@@ -309,6 +310,7 @@ pub fn DocumentView() -> impl IntoView {
                         <input type="text" prop:value=move || model.get() on:input=move |e| model.set(event_target_value(&e)) />
                     </label>
                 </Show>
+                <FilterFields filters />
                 <button class="primary" type="button" on:click=start
                     disabled=move || run.with(|r| r.as_ref().is_some_and(|(r, _)| matches!(r.status, JobStatus::Running | JobStatus::Queued)))>
                     {move || {
@@ -482,5 +484,50 @@ mod tests {
             progress_words(&run, Some(3.0)),
             "5 of 20 passages · 7 triples kept · 3 filtered · 1 passage failed"
         );
+    }
+}
+
+/// The filters' thresholds, folded away: the defaults suit most documents. A field that does not
+/// parse keeps the last value; the server validates the ranges.
+#[component]
+fn FilterFields(filters: RwSignal<FilterSettings>) -> impl IntoView {
+    let number = |label: &'static str,
+                  help: &'static str,
+                  step: &'static str,
+                  get: fn(&FilterSettings) -> f64,
+                  set: fn(&mut FilterSettings, f64)| {
+        view! {
+            <label title=help>{label}" "
+                <input type="number" step=step prop:value=move || filters.with(|f| get(f).to_string())
+                    on:change=move |e| {
+                        if let Ok(value) = event_target_value(&e).trim().parse::<f64>() {
+                            filters.update(|f| set(f, value));
+                        }
+                    } />
+            </label>
+        }
+    };
+    view! {
+        <details class="filter-fields">
+            <summary>"Filters"</summary>
+            <p class="muted">"Candidates a filter drops are kept aside with why (Triples → filtered)."</p>
+            {number("Round trip: the retriever must rank the passage in its top (0: off)",
+                "A question is kept only if the base retriever finds its own passage among this many of all passages.",
+                "1", |f| f.round_trip_top_k as f64, |f, v| f.round_trip_top_k = v.max(0.0) as u32)}
+            {number("Near-duplicate at a similarity of (1: off)",
+                "A question this similar (cosine of embeddings) to one kept before, for any passage, is dropped.",
+                "0.01", |f| f.max_question_similarity, |f, v| f.max_question_similarity = v)}
+            {number("Grounding: share of the answer's words in the passage",
+                "At least this share of the answer's content words must occur in the passage.",
+                "0.05", |f| f.min_grounding, |f, v| f.min_grounding = v)}
+            {number("Longest answer, in words", "Longer answers are dropped.",
+                "1", |f| f.max_answer_words as f64, |f, v| f.max_answer_words = v.max(0.0) as usize)}
+            {number("Copied words: a question copying this many in a row is dropped",
+                "Questions that copy a long span of the passage word for word are dropped.",
+                "1", |f| f.max_copied_words as f64, |f, v| f.max_copied_words = v.max(0.0) as usize)}
+            {number("Restating: share of the question's words an answer may repeat",
+                "An answer holding this share of the question's content words and at most one of its own only restates it.",
+                "0.05", |f| f.max_question_overlap, |f, v| f.max_question_overlap = v)}
+        </details>
     }
 }

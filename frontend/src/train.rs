@@ -54,6 +54,21 @@ pub fn fields() -> Vec<Field> {
                 Ok(())
             },
         },
+        field!(
+            min_steps,
+            "Min steps",
+            "More epochs for a small set: as many as make this many steps (0: the epochs as set)."
+        ),
+        field!(
+            early_stopping_patience,
+            "Early stopping",
+            "Stop after this many held-out evaluations without a better loss, keeping the best adapters (0: off)."
+        ),
+        field!(
+            eval_every,
+            "Evaluate every",
+            "Steps between measurements of the held-out loss (0: never); early stopping counts these."
+        ),
         field!(batch_size, "Batch size", "Questions per step; the other questions' passages are each one's negatives."),
         field!(grad_accum, "Gradient accumulation", "Batches summed into one step: a bigger batch in the same memory."),
         field!(lr, "Learning rate", "Step size of the LoRA weights (AdamW)."),
@@ -684,7 +699,7 @@ mod tests {
         assert_eq!(h.max_steps, Some(12));
         (max_steps.set)(&mut h, "").unwrap();
         assert_eq!(h.max_steps, None);
-        assert_eq!(fields().len(), 20, "one field per hyper-parameter");
+        assert_eq!(fields().len(), 23, "one field per hyper-parameter");
     }
 
     #[test]

@@ -371,11 +371,24 @@ pub struct FilterSettings {
     /// An answer that holds at least this share of the question's content words, and at most one
     /// content word of its own, only says the question again.
     pub max_question_overlap: f64,
+    /// Round-trip consistency: a question is kept only if the base retriever ranks its own passage
+    /// among its top this-many of the whole corpus (0: not checked).
+    pub round_trip_top_k: u32,
+    /// A question whose embedding has at least this cosine similarity to a question kept before
+    /// (for any passage) is a near-duplicate (1: not checked).
+    pub max_question_similarity: f64,
 }
 
 impl Default for FilterSettings {
     fn default() -> Self {
-        FilterSettings { max_copied_words: 10, min_grounding: 0.5, max_answer_words: 40, max_question_overlap: 0.8 }
+        FilterSettings {
+            max_copied_words: 10,
+            min_grounding: 0.5,
+            max_answer_words: 40,
+            max_question_overlap: 0.8,
+            round_trip_top_k: 3,
+            max_question_similarity: 0.95,
+        }
     }
 }
 
@@ -397,7 +410,22 @@ impl FilterSettings {
                 self.max_question_overlap
             ));
         }
+        if self.round_trip_top_k > 1000 {
+            return Err(format!("round_trip_top_k must be 0 (off) to 1000 (got {})", self.round_trip_top_k));
+        }
+        if !(self.max_question_similarity > 0.0 && self.max_question_similarity <= 1.0) {
+            return Err(format!(
+                "max_question_similarity must be above 0 and at most 1 (got {})",
+                self.max_question_similarity
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether a run needs the base retriever and the whole corpus embedded: for round trips or
+    /// near-duplicates.
+    pub fn checks_corpus(&self) -> bool {
+        self.round_trip_top_k > 0 || self.max_question_similarity < 1.0
     }
 }
 
@@ -419,6 +447,10 @@ pub struct FilterCounts {
     pub answer_too_long: u64,
     /// The answer only says the question again ("The X of Y is X of Y").
     pub restates_question: u64,
+    /// The base retriever does not rank the question's own passage in its top k (round trip).
+    pub not_retrieved: u64,
+    /// Nearly the same question (by embedding) as one kept before, for any passage.
+    pub near_duplicate: u64,
 }
 
 impl FilterCounts {
@@ -432,6 +464,8 @@ impl FilterCounts {
             ungrounded,
             answer_too_long,
             restates_question,
+            not_retrieved,
+            near_duplicate,
         } = other;
         self.empty += empty;
         self.duplicate += duplicate;
@@ -440,11 +474,15 @@ impl FilterCounts {
         self.ungrounded += ungrounded;
         self.answer_too_long += answer_too_long;
         self.restates_question += restates_question;
+        self.not_retrieved += not_retrieved;
+        self.near_duplicate += near_duplicate;
     }
 
     /// Each filter's count with what it dropped, in words (the order reports list them in).
-    pub fn reasons(&self) -> [(u64, &'static str); 7] {
+    pub fn reasons(&self) -> [(u64, &'static str); 9] {
         [
+            (self.not_retrieved, "questions whose passage the retriever does not find"),
+            (self.near_duplicate, "near-duplicate questions"),
             (self.ungrounded, "answers not found in the passage"),
             (self.answer_too_long, "answers too long"),
             (self.restates_question, "answers restating the question"),

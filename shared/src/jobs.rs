@@ -115,6 +115,16 @@ pub struct Hyper {
     pub epochs: u32,
     /// Stop after this many optimiser steps (the schedule spans them); `None`: all epochs.
     pub max_steps: Option<u32>,
+    /// More epochs than `epochs` when the triples are few: as many as make this many optimiser
+    /// steps (at most 1000 epochs; `max_steps` still caps the run; 0: exactly `epochs`). Missing
+    /// from stored settings (a run from before it existed): 0, as that run was planned.
+    #[serde(default)]
+    pub min_steps: u32,
+    /// Stop when the held-out loss has not improved for this many evaluations in a row, and end
+    /// with the adapters of the best evaluation rather than the last step's (0: neither). Missing
+    /// from stored settings: 0.
+    #[serde(default)]
+    pub early_stopping_patience: u32,
     pub batch_size: u32,
     pub grad_accum: u32,
     pub lr: f64,
@@ -165,6 +175,8 @@ impl Default for Hyper {
         Hyper {
             epochs: 1,
             max_steps: None,
+            min_steps: 100,
+            early_stopping_patience: 3,
             batch_size: 16,
             grad_accum: 1,
             lr: 1e-4,
@@ -201,12 +213,14 @@ impl Hyper {
     /// Checks ranges types cannot; the message names the setting and its field. The one validation
     /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 21] = [
+        let checks: [(bool, &str); 23] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
             (
                 self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
                 "max steps (max_steps) must be between 1 and 10000000",
             ),
+            (self.min_steps <= 10_000_000, "min steps (min_steps) must be between 0 and 10000000"),
+            (self.early_stopping_patience <= 1000, "early_stopping_patience must be between 0 and 1000"),
             ((1..=4096).contains(&self.batch_size), "batch size (batch_size) must be between 1 and 4096"),
             ((1..=1024).contains(&self.grad_accum), "gradient accumulation (grad_accum) must be between 1 and 1024"),
             (self.lr > 0.0 && self.lr < 1.0, "the learning rate (lr) must be above 0 and below 1"),
@@ -273,7 +287,9 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             id: "standard".into(),
             label: "Standard".into(),
-            description: "One pass over the approved triples; the default of `attune train`.".into(),
+            description: "One pass over the approved triples, more for a small set (at least 100 steps), stopping \
+                          early when the held-out loss stops falling; the default of `attune train`."
+                .into(),
             hyper: Hyper::default(),
         },
         Preset {

@@ -132,7 +132,9 @@ fn synthesize_all(
     passages_per_call: usize,
 ) -> anyhow::Result<SynthFigures> {
     let prompts = prompt::defaults();
-    let filters = FilterSettings::default();
+    // The text filters (the corpus filters do no decoding: they are not what this measures, and
+    // the figures stay comparable with the first ones).
+    let filters = FilterSettings { round_trip_top_k: 0, max_question_similarity: 1.0, ..FilterSettings::default() };
     let asked: Vec<&String> = passages.iter().filter(|p| reference_matter(p).is_none()).collect();
     let bar =
         crate::progress_bar(asked.len() as u64, &format!("{mode}: {{bar:30}} {{pos}}/{{len}} passages ({{elapsed}})"));
@@ -152,8 +154,9 @@ fn synthesize_all(
         triples: Vec::new(),
     };
     for batch in asked.chunks(passages_per_call) {
-        let inputs: Vec<PassageInput<'_>> = batch.iter().map(|text| PassageInput { text, known: &[] }).collect();
-        for result in synthesize_batch(llm, &prompts, &inputs, per_passage, &filters)? {
+        let inputs: Vec<PassageInput<'_>> =
+            batch.iter().enumerate().map(|(id, text)| PassageInput { id: id as i64, text, known: &[] }).collect();
+        for result in synthesize_batch(llm, &prompts, &inputs, per_passage, &filters, None)? {
             let out = result?;
             figures.candidates += out.questions_seen;
             figures.kept += out.kept.len() as u64;

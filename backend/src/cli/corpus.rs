@@ -52,6 +52,48 @@ pub fn chunking_tokenizer(retriever: &str, models_dir: &std::path::Path) -> anyh
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e} (run `make models`?)", path.display()))
 }
 
+/// Ingests one file: what happened in words (the new document and its passages' lengths, or that
+/// it was there already), or why it was not ingested (unreadable, unsupported, corrupt, no text).
+/// The outer error is the store's.
+pub async fn ingest_one(
+    store: &Store,
+    tokenizer: &tokenizers::Tokenizer,
+    parser: &DocumentParser,
+    path: &std::path::Path,
+    settings: ChunkSettings,
+    max_bytes: u64,
+) -> anyhow::Result<Result<String, String>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned();
+    let started = Instant::now();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(Err(format!("{}: cannot read: {e}", path.display()))),
+    };
+    Ok(match ingest_file(store, tokenizer, parser, &name, bytes, settings, max_bytes).await {
+        Ok(Ingested::New(document)) => {
+            let passages = store.passages(document.id).await?;
+            let mut tokens: Vec<u32> = passages.iter().map(|p| p.tokens).collect();
+            tokens.sort_unstable();
+            let at = |q: f64| tokens.get(((tokens.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0);
+            Ok(format!(
+                "{name}: document {} — {} passages{} in {:.1} s; tokens per passage min {} / median {} / p90 {} / max {}",
+                document.id,
+                document.passages,
+                document.pages.map(|p| format!(" from {p} pages")).unwrap_or_default(),
+                started.elapsed().as_secs_f64(),
+                at(0.0),
+                at(0.5),
+                at(0.9),
+                at(1.0),
+            ))
+        }
+        Ok(Ingested::Duplicate(document)) => {
+            Ok(format!("{name}: already ingested as document {} ({}); skipped", document.id, document.name))
+        }
+        Err(e) => Err(format!("{name}: {e}")),
+    })
+}
+
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.data_dir).await?;
     let saved = store.settings().await?;
@@ -63,39 +105,10 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let parser = DocumentParser::Sandboxed(SandboxLimits::for_program(std::env::current_exe()?));
     let mut failures = 0;
     for path in &args.files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned();
-        let started = Instant::now();
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                eprintln!("{}: cannot read: {e}", path.display());
-                failures += 1;
-                continue;
-            }
-        };
-        match ingest_file(&store, &tokenizer, &parser, &name, bytes, settings, args.max_upload_mb * 1024 * 1024).await {
-            Ok(Ingested::New(document)) => {
-                let passages = store.passages(document.id).await?;
-                let mut tokens: Vec<u32> = passages.iter().map(|p| p.tokens).collect();
-                tokens.sort_unstable();
-                let at = |q: f64| tokens[((tokens.len() - 1) as f64 * q).round() as usize];
-                println!(
-                    "{name}: document {} — {} passages{} in {:.1} s; tokens per passage min {} / median {} / p90 {} / max {}",
-                    document.id,
-                    document.passages,
-                    document.pages.map(|p| format!(" from {p} pages")).unwrap_or_default(),
-                    started.elapsed().as_secs_f64(),
-                    at(0.0),
-                    at(0.5),
-                    at(0.9),
-                    at(1.0),
-                );
-            }
-            Ok(Ingested::Duplicate(document)) => {
-                println!("{name}: already ingested as document {} ({}); skipped", document.id, document.name)
-            }
-            Err(e) => {
-                eprintln!("{name}: {e}");
+        match ingest_one(&store, &tokenizer, &parser, path, settings, args.max_upload_mb * 1024 * 1024).await? {
+            Ok(said) => println!("{said}"),
+            Err(why) => {
+                eprintln!("{why}");
                 failures += 1;
             }
         }
@@ -149,6 +162,9 @@ pub struct SynthArgs {
     questions_prompt: Option<PathBuf>,
     #[arg(long)]
     answer_prompt: Option<PathBuf>,
+    /// The base retriever the round-trip and near-duplicate filters embed with.
+    #[arg(long, default_value = "default")]
+    retriever: String,
     #[arg(long, default_value = "auto")]
     device: String,
     #[command(flatten)]
@@ -170,6 +186,13 @@ pub struct FilterArgs {
     /// Reject an answer holding this share of the question's content words and at most one of its own.
     #[arg(long, default_value_t = FilterSettings::default().max_question_overlap)]
     max_question_overlap: f64,
+    /// Keep a question only if the base retriever ranks its passage in its top this-many over the
+    /// whole corpus (0: off).
+    #[arg(long, default_value_t = FilterSettings::default().round_trip_top_k)]
+    round_trip_top_k: u32,
+    /// Reject a question this similar (cosine of embeddings) to one kept before (1: off).
+    #[arg(long, default_value_t = FilterSettings::default().max_question_similarity)]
+    max_question_similarity: f64,
 }
 
 impl FilterArgs {
@@ -179,6 +202,8 @@ impl FilterArgs {
             min_grounding: self.min_grounding,
             max_answer_words: self.max_answer_words,
             max_question_overlap: self.max_question_overlap,
+            round_trip_top_k: self.round_trip_top_k,
+            max_question_similarity: self.max_question_similarity,
         };
         settings.validate().map_err(|message| anyhow::anyhow!("filters: {message}"))?;
         Ok(settings)
@@ -258,6 +283,8 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
         store: store.clone(),
         llm,
         filters: run.filters,
+        retriever: model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER),
+        device: attune::model::device::select(&args.device)?,
         cancel: Arc::new(AtomicBool::new(false)),
         runtime: tokio::runtime::Handle::current(),
     };

@@ -1,5 +1,6 @@
 //! Every command's orchestration (arguments, loading, progress bars, reports); `anyhow` lives here.
 
+pub mod adapt;
 pub mod bench;
 pub mod corpus;
 pub mod eval;

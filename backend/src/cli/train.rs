@@ -41,6 +41,13 @@ pub struct TrainArgs {
     /// Stop after N optimiser steps (the learning-rate schedule spans them).
     #[arg(long)]
     max_steps: Option<u32>,
+    /// More epochs for a small set: as many as make N optimiser steps (at most 1000; 0: --epochs exactly).
+    #[arg(long, default_value_t = defaults().min_steps)]
+    min_steps: u32,
+    /// Stop when the held-out loss has not improved for N evaluations in a row, and keep the
+    /// adapters of the best one (0: run every step and keep the last).
+    #[arg(long, default_value_t = defaults().early_stopping_patience)]
+    early_stopping_patience: u32,
     /// Questions per micro-batch (also the in-batch negatives of the contrastive loss).
     #[arg(long, default_value_t = defaults().batch_size)]
     batch_size: u32,
@@ -129,6 +136,8 @@ impl TrainArgs {
         Hyper {
             epochs: self.epochs,
             max_steps: self.max_steps,
+            min_steps: self.min_steps,
+            early_stopping_patience: self.early_stopping_patience,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             lr: self.lr,
@@ -206,6 +215,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         dataset.test.len(),
         dataset.corpus.len()
     );
+    let (epochs_set, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
     let mut trainer = Trainer::new(RunSetup {
         config,
         out: out.clone(),
@@ -236,7 +246,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             TrainEvent::Eval { step, loss, .. } => bar.println(format!("step {step}: held-out loss {loss:.4}")),
             TrainEvent::Checkpoint { path, .. } => bar.println(format!("checkpoint {}", path.display())),
             TrainEvent::Failed { step, error } => bar.println(format!("failed at step {step}: {error}")),
-            TrainEvent::Started { .. } | TrainEvent::Finished { .. } | TrainEvent::Cancelled { .. } => {}
+            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, .. } => bar.println(format!(
+                "{examples} examples, {steps_per_epoch} steps an epoch: {epochs} epochs, {total_steps} steps{}",
+                if *epochs > epochs_set as usize {
+                    format!(" (more than --epochs {epochs_set}: --min-steps {min_steps})")
+                } else {
+                    String::new()
+                }
+            )),
+            TrainEvent::KeptBest { step, loss, stopped_early } => bar.println(format!(
+                "{}kept the adapters of step {step}, the best held-out loss ({loss:.4})",
+                if *stopped_early { "held-out loss stopped falling: stopped early and " } else { "" }
+            )),
+            TrainEvent::Finished { .. } | TrainEvent::Cancelled { .. } => {}
         }
         ControlFlow::Continue(())
     })?;

@@ -263,6 +263,8 @@ struct StandIn {
     fail_from: Arc<AtomicUsize>,
     /// Milliseconds each reply takes.
     delay_ms: u64,
+    /// The reply to question prompts, in place of the cat questions.
+    questions: Option<&'static str>,
 }
 
 /// A stand-in OpenAI-compatible server: questions for question prompts, answers taken from the
@@ -290,7 +292,10 @@ async fn stand_in_server(stand_in: StandIn) -> String {
                 }
                 assert_eq!(body["model"], "stand-in-7b");
                 let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-                let content = if prompt.contains("different questions") {
+                let content = if let (true, Some(questions)) = (prompt.contains("different questions"), stand_in.questions)
+                {
+                    questions
+                } else if prompt.contains("different questions") {
                     "Sure, here they are:\n1. How long does a domestic cat sleep?\n2) What do cats groom themselves with?\n\
                      3. Cats are small carnivorous mammals that people keep as pets?"
                 } else if prompt.contains("How long") {
@@ -355,19 +360,93 @@ async fn configure_llm(app: &TestApp, base_url: &str) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// A run with the text filters only: the stand-in asks every passage the same questions, which
+/// the near-duplicate filter would drop after the first passage.
 async fn start_run(app: &TestApp, document: i64, base_url: &str) -> i64 {
+    start_run_with(app, document, base_url, json!({"round_trip_top_k": 0, "max_question_similarity": 1.0})).await
+}
+
+async fn start_run_with(app: &TestApp, document: i64, base_url: &str, filters: Value) -> i64 {
     configure_llm(app, base_url).await;
     let (status, body) = call(
         app,
         json_request(
             "POST",
             "/api/v1/synth/runs",
-            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"}}),
+            json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"},
+                   "filters": filters}),
         ),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     body["id"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_another_passage_answers_and_near_duplicates_are_dropped_before_their_answers() {
+    let app = test_app(1 << 20).await;
+    let mut documents = Vec::new();
+    for (name, text) in [
+        ("cats.txt", "Cats sleep about fifteen hours a day and groom themselves often with their tongues."),
+        ("ships.txt", "The old ship sailed north through the winter storms until it reached the harbour of Oslo."),
+        ("bread.txt", "Bread is baked from flour, water, yeast and salt in a very hot oven."),
+    ] {
+        let (status, body) = call(&app, multipart("/api/v1/documents", &[(name, text.as_bytes())])).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        documents.push(body["files"][0]["document"]["id"].as_i64().unwrap());
+    }
+    let stand_in = StandIn {
+        questions: Some(
+            "1. How long do cats sleep each day?\n2. How long do cats sleep every day?\n\
+             3. Which harbour did the old ship reach?",
+        ),
+        ..StandIn::default()
+    };
+    let calls = stand_in.calls.clone();
+    let base_url = stand_in_server(stand_in).await;
+    // The defaults but a round trip to the top 1: with three passages the top 3 holds them all.
+    let run_id = start_run_with(&app, documents[0], &base_url, json!({"round_trip_top_k": 1})).await;
+    let run = wait_for_run(&app, run_id, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let report = &run["report"];
+    assert_eq!(report["kept"], 1, "{report}");
+    assert_eq!(report["filtered"]["near_duplicate"], 1, "{report}");
+    assert_eq!(report["filtered"]["not_retrieved"], 1, "{report}");
+    // The 503, the questions, and one answer: the dropped questions were never answered.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let (_, dropped) = call(&app, get(&format!("/api/v1/triples?status=filtered&document_id={}", documents[0]))).await;
+    let reason = |question: &str| {
+        dropped["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["question"] == question)
+            .map(|t| t["filter_reason"].clone())
+    };
+    assert_eq!(reason("How long do cats sleep every day?"), Some(json!("nearly the same question was kept already")));
+    assert_eq!(
+        reason("Which harbour did the old ship reach?"),
+        Some(json!("the base retriever does not find its passage among the top results"))
+    );
+    // A second run finds the kept question stored: asked again in other words, it is a near-duplicate.
+    let stand_in = StandIn { questions: Some("1. How long do cats sleep each day, roughly?"), ..StandIn::default() };
+    let base_url = stand_in_server(stand_in).await;
+    let again = start_run_with(&app, documents[0], &base_url, json!({})).await;
+    let again = wait_for_run(&app, again, finished).await;
+    assert_eq!(again["report"]["filtered"]["near_duplicate"], 1, "{again}");
+    assert_eq!(again["report"]["kept"], 0, "{again}");
+    // Thresholds out of range are refused.
+    let (status, body) = call(
+        &app,
+        json_request(
+            "POST",
+            "/api/v1/synth/runs",
+            json!({"document_id": documents[0], "filters": {"max_question_similarity": 1.5}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_body", "{body}");
 }
 
 async fn triples_per_passage(app: &TestApp, document: i64) -> Vec<u64> {

@@ -4,6 +4,7 @@
 // The helpers here are test code: a panic is the test failing, at its line.
 #![allow(clippy::unwrap_used)]
 
+mod adapt_cli;
 mod architecture;
 mod common;
 mod corpus_api;

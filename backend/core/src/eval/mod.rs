@@ -4,6 +4,7 @@
 //! Nothing in here depends on tokio, axum or sqlx.
 
 pub mod error;
+pub mod locate;
 pub mod metrics;
 pub mod run;
 

@@ -14,6 +14,10 @@ pub enum Rejection {
     Ungrounded,
     AnswerTooLong,
     RestatesQuestion,
+    /// Round trip: the base retriever does not find the question's passage in its top k.
+    NotRetrieved,
+    /// Nearly the same question, by embedding, as one kept before for any passage.
+    NearDuplicate,
 }
 
 impl Rejection {
@@ -27,6 +31,8 @@ impl Rejection {
             Rejection::Ungrounded => "the answer's words are not in the passage",
             Rejection::AnswerTooLong => "the answer is too long",
             Rejection::RestatesQuestion => "the answer only restates the question",
+            Rejection::NotRetrieved => "the base retriever does not find its passage among the top results",
+            Rejection::NearDuplicate => "nearly the same question was kept already",
         }
     }
 
@@ -39,6 +45,8 @@ impl Rejection {
             Rejection::Ungrounded => &mut counts.ungrounded,
             Rejection::AnswerTooLong => &mut counts.answer_too_long,
             Rejection::RestatesQuestion => &mut counts.restates_question,
+            Rejection::NotRetrieved => &mut counts.not_retrieved,
+            Rejection::NearDuplicate => &mut counts.near_duplicate,
         };
         *slot += 1;
     }

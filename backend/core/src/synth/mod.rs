@@ -4,6 +4,7 @@
 //!
 //! Synchronous, free of tokio, axum and sqlx: the job runner in `engine/` stores what this returns.
 
+pub mod corpus_checks;
 pub mod filter;
 pub mod llm;
 pub mod parse;
@@ -12,6 +13,7 @@ pub mod reference;
 
 use attune_shared::{FilterCounts, SynthPrompts};
 
+pub use corpus_checks::CorpusChecks;
 pub use filter::{FilterSettings, Rejection};
 pub use llm::{Llm, LocalLlm};
 pub use reference::{ReferenceMatter, reference_matter};
@@ -26,6 +28,8 @@ pub enum SynthError {
     Server { url: String, message: String },
     #[error("the LLM returned {got} completions for {asked} prompts")]
     Replies { asked: usize, got: usize },
+    #[error("the corpus index for the round-trip filter: {0}")]
+    Index(#[from] crate::rag::index::IndexError),
 }
 
 /// Passages whose questions (then answers) go to the local model in one call: it decodes them
@@ -55,7 +59,7 @@ pub fn synthesize(
     known: &[String],
     filters: &FilterSettings,
 ) -> Result<PassageTriples, SynthError> {
-    synthesize_batch(llm, prompts, &[PassageInput { text: passage, known }], n, filters)?.remove(0)
+    synthesize_batch(llm, prompts, &[PassageInput { id: 0, text: passage, known }], n, filters, None)?.remove(0)
 }
 
 /// `llm`'s completions of `prompts`, one per prompt.
@@ -78,19 +82,23 @@ fn replies(
 /// A passage to write triples for, with the questions already stored for it.
 #[derive(Debug, Clone, Copy)]
 pub struct PassageInput<'a> {
+    /// Its id in the corpus the [`CorpusChecks`] search (the round trip looks for it).
+    pub id: i64,
     pub text: &'a str,
     pub known: &'a [String],
 }
 
 /// [`synthesize`] for several passages at once: one call to `llm` for all their questions, one for
-/// all their answers (a local model decodes each call's prompts side by side). One result per
-/// passage, in order; the outer error fails them all.
+/// all their answers (a local model decodes each call's prompts side by side). The questions that
+/// pass the text filters go through `corpus` (round trip, near-duplicates) before their answers
+/// are asked for. One result per passage, in order; the outer error fails them all.
 pub fn synthesize_batch(
     llm: &dyn Llm,
     prompts: &SynthPrompts,
     passages: &[PassageInput<'_>],
     n: u32,
     filters: &FilterSettings,
+    corpus: Option<&mut CorpusChecks<'_>>,
 ) -> Result<Vec<Result<PassageTriples, SynthError>>, SynthError> {
     let question_prompts = passages
         .iter()
@@ -131,6 +139,28 @@ pub fn synthesize_batch(
         }
         outs.push(Ok(out));
         candidates.push(kept);
+    }
+    if let Some(corpus) = corpus {
+        let asked: Vec<(i64, &str)> = passages
+            .iter()
+            .zip(&candidates)
+            .flat_map(|(passage, questions)| questions.iter().map(|q| (passage.id, q.as_str())))
+            .collect();
+        let mut verdicts = corpus.check(&asked)?.into_iter();
+        for (questions, out) in candidates.iter_mut().zip(outs.iter_mut()) {
+            let checked: Vec<(String, Result<(), Rejection>)> =
+                questions.drain(..).map(|q| (q, verdicts.next().unwrap_or(Ok(())))).collect();
+            for (question, verdict) in checked {
+                match (verdict, &mut *out) {
+                    (Ok(()), _) => questions.push(question),
+                    (Err(rejection), Ok(triples)) => {
+                        rejection.count(&mut triples.filtered);
+                        triples.dropped.push((question, String::new(), rejection));
+                    }
+                    (Err(_), Err(_)) => {}
+                }
+            }
+        }
     }
     let mut answer_prompts = Vec::new();
     for (passage, questions) in passages.iter().zip(&candidates) {
@@ -254,9 +284,10 @@ mod tests {
             calls: Mutex::new(Vec::new()),
         };
         let known = vec!["How tall is the Eiffel Tower?".to_owned()];
-        let passages = [PassageInput { text: tower, known: &known }, PassageInput { text: bridge, known: &[] }];
+        let passages =
+            [PassageInput { id: 1, text: tower, known: &known }, PassageInput { id: 2, text: bridge, known: &[] }];
         let filters = FilterSettings::default();
-        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters).unwrap();
+        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters, None).unwrap();
         assert_eq!(*llm.calls.lock().unwrap(), [2, 2], "two question prompts, then the two answers asked for");
         let tower_out = out[0].as_ref().unwrap();
         assert_eq!(tower_out.kept, [("When was the Eiffel Tower completed?".to_owned(), "1889".to_owned())]);
@@ -265,5 +296,34 @@ mod tests {
         assert_eq!(bridge_out.kept, [("When did the Golden Gate Bridge open?".to_owned(), "1937".to_owned())]);
         let sent = llm.prompts.lock().unwrap();
         assert!(sent[2].contains("Eiffel") && sent[3].contains("Golden Gate"), "answers in passage order");
+    }
+
+    #[test]
+    fn questions_the_corpus_checks_drop_get_no_answer_and_are_counted() {
+        let (retriever, ..) = crate::train::test_models::tiny_models(candle_core::DType::F32, 7);
+        let (cat, dog) = ("the cat sat on the mat.", "a dog ran in the park.");
+        let corpus = [(1, cat), (2, dog), (3, "the dogs sat in a park.")];
+        // Round trips off: the near-duplicate check alone, at a threshold only the same words reach.
+        let filters = FilterSettings { round_trip_top_k: 0, max_question_similarity: 0.999_99, ..Default::default() };
+        let mut checks = CorpusChecks::new(&retriever, &corpus, &[], &filters, &mut |_, _| {}).unwrap();
+        let llm = Scripted {
+            replies: Mutex::new(vec![
+                "1. What sat on the mat?\n2. What is a cat?".into(),
+                "1. What sat on the mat?\n2. What ran in the park?".into(),
+                "the cat".into(),
+                "it sat on the mat".into(),
+                "a dog".into(),
+            ]),
+            prompts: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        };
+        let passages = [PassageInput { id: 1, text: cat, known: &[] }, PassageInput { id: 2, text: dog, known: &[] }];
+        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters, Some(&mut checks)).unwrap();
+        assert_eq!(*llm.calls.lock().unwrap(), [2, 3], "the near-duplicate is not sent for an answer");
+        let second = out[1].as_ref().unwrap();
+        assert_eq!(second.kept, [("What ran in the park?".to_owned(), "a dog".to_owned())]);
+        assert_eq!(second.filtered.near_duplicate, 1);
+        assert_eq!(second.dropped, [("What sat on the mat?".to_owned(), String::new(), Rejection::NearDuplicate)]);
+        assert_eq!(out[0].as_ref().unwrap().kept.len(), 2);
     }
 }

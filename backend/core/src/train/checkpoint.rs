@@ -1,6 +1,7 @@
 //! A run's folder: the names of everything in it (`config.json`, `log.jsonl`, `triples.jsonl`,
-//! `checkpoints/step-N/`, the adapters `retriever/` and `generator/`), the settings written and read
-//! back, the step log appended and truncated, and checkpoints written whole or not at all.
+//! `checkpoints/step-N/`, the adapters `retriever/` and `generator/`, `evals.json` and `best/`), the
+//! settings written and read back, the step log appended and truncated, and checkpoints written
+//! whole or not at all.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,12 @@ pub const STATE_FILE: &str = "state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// Mined hard negatives, reused by a resumed run.
 pub const NEGATIVES_FILE: &str = "hard_negatives.json";
+/// The held-out evaluations so far, `[step, loss]` each: early stopping counts from them.
+pub const EVALS_FILE: &str = "evals.json";
+/// The adapters of the best held-out evaluation, with early stopping on.
+pub const BEST_DIR: &str = "best";
+/// The step `best/` is of (not a checkpoint's `state.json`: it cannot be resumed from).
+pub const BEST_STEP_FILE: &str = "step.json";
 pub const RETRIEVER_DIR: &str = "retriever";
 pub const GENERATOR_DIR: &str = "generator";
 
@@ -205,6 +212,9 @@ mod legacy {
                 // Epoch 0 meant "max_steps alone"; the schedule then spans max_steps either way.
                 epochs: old.epochs.max(1),
                 max_steps: old.max_steps,
+                // Those runs had neither.
+                min_steps: 0,
+                early_stopping_patience: 0,
                 batch_size: old.batch_size,
                 grad_accum: old.grad_accum,
                 lr: old.lr,
@@ -305,6 +315,78 @@ pub fn write_checkpoint(
     std::fs::rename(&partial, &dir).map_err(io(&dir))?;
     sync_dir(&root)?;
     Ok(dir)
+}
+
+/// The held-out evaluations recorded in the run folder; none when the file is missing or unreadable
+/// (a resumed run then counts afresh).
+pub fn read_evals(run_dir: &Path) -> Vec<(usize, f64)> {
+    std::fs::read_to_string(run_dir.join(EVALS_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Replaces the run's evaluation record (a temporary file renamed into place).
+pub fn write_evals(run_dir: &Path, evals: &[(usize, f64)]) -> Result<()> {
+    let path = run_dir.join(EVALS_FILE);
+    let partial = run_dir.join(format!(".partial-{EVALS_FILE}"));
+    std::fs::write(&partial, serde_json::to_string(evals).expect("evaluations serialize")).map_err(io(&partial))?;
+    std::fs::rename(&partial, &path).map_err(io(&path))
+}
+
+/// Replaces `best/` with what `contents` writes and the `step` it is of, through
+/// a temporary folder renamed into place.
+pub fn write_best(run_dir: &Path, step: usize, contents: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let dir = run_dir.join(BEST_DIR);
+    let partial = run_dir.join(format!(".partial-{BEST_DIR}"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    contents(&partial)?;
+    let marker = partial.join(BEST_STEP_FILE);
+    std::fs::write(&marker, serde_json::json!({ "step": step }).to_string()).map_err(io(&marker))?;
+    sync_tree(&partial)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    std::fs::rename(&partial, &dir).map_err(io(&dir))?;
+    Ok(dir)
+}
+
+/// The step whose adapters `best/` holds, if it holds any.
+pub fn best_step(run_dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(run_dir.join(BEST_DIR).join(BEST_STEP_FILE)).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    state["step"].as_u64().map(|s| s as usize)
+}
+
+/// Copies the adapter folders `parts` (their files) from `from` into `to`.
+pub fn copy_adapters(from: &Path, to: &Path, parts: &[&str]) -> Result<()> {
+    for part in parts {
+        let (source, target) = (from.join(part), to.join(part));
+        std::fs::create_dir_all(&target).map_err(io(&target))?;
+        for entry in std::fs::read_dir(&source).map_err(io(&source))? {
+            let path = entry.map_err(io(&source))?.path();
+            if path.is_file() {
+                let copy = target.join(path.file_name().expect("a file has a name"));
+                std::fs::copy(&path, &copy).map_err(io(&copy))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what an earlier run in the same folder left of its evaluations.
+pub fn clear_evals(run_dir: &Path) -> Result<()> {
+    let (evals, best) = (run_dir.join(EVALS_FILE), run_dir.join(BEST_DIR));
+    if evals.exists() {
+        std::fs::remove_file(&evals).map_err(io(&evals))?;
+    }
+    if best.exists() {
+        std::fs::remove_dir_all(&best).map_err(io(&best))?;
+    }
+    Ok(())
 }
 
 /// A checkpoint's state, refused when it was written by a run with another seed.

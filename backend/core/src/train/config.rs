@@ -106,9 +106,17 @@ impl TrainConfig {
         examples.div_ceil(self.batch_size() * self.grad_accum()).max(1)
     }
 
+    /// The epochs a run over `examples` takes: `epochs`, or more when that many would make fewer
+    /// than `min_steps` optimiser steps (at most 1000).
+    pub fn epochs(&self, examples: usize) -> usize {
+        let set = (self.hyper.epochs as usize).max(1);
+        let for_min_steps = (self.hyper.min_steps as usize).div_ceil(self.steps_per_epoch(examples));
+        set.max(for_min_steps.min(1000))
+    }
+
     /// All epochs' steps, or `max_steps` when that comes first.
     pub fn total_steps(&self, examples: usize) -> usize {
-        let by_epochs = (self.hyper.epochs as usize).max(1) * self.steps_per_epoch(examples);
+        let by_epochs = self.epochs(examples) * self.steps_per_epoch(examples);
         self.hyper.max_steps.map_or(by_epochs, |m| (m as usize).min(by_epochs))
     }
 
@@ -222,13 +230,26 @@ mod tests {
     }
 
     #[test]
-    fn steps_follow_epochs_and_max_steps() {
-        let config = config(Hyper { batch_size: 3, grad_accum: 2, epochs: 2, ..Hyper::default() }).unwrap();
-        assert_eq!(config.steps_per_epoch(10), 2);
-        assert_eq!(config.total_steps(10), 4);
-        let mut capped = config;
+    fn steps_follow_epochs_min_steps_and_max_steps() {
+        let two =
+            config(Hyper { batch_size: 3, grad_accum: 2, epochs: 2, min_steps: 0, ..Hyper::default() }).unwrap();
+        assert_eq!(two.steps_per_epoch(10), 2);
+        assert_eq!((two.epochs(10), two.total_steps(10)), (2, 4));
+        let mut capped = two.clone();
         capped.hyper.max_steps = Some(3);
         assert_eq!(capped.total_steps(10), 3);
+        // A small set gets more epochs, a large one keeps its own; 1000 epochs at most.
+        let mut small = two;
+        small.hyper.min_steps = 9;
+        assert_eq!((small.epochs(10), small.total_steps(10)), (5, 10), "two steps an epoch: five epochs");
+        assert_eq!((small.epochs(60), small.total_steps(60)), (2, 20), "ten steps an epoch: its own two");
+        small.hyper.min_steps = 100_000;
+        assert_eq!(small.epochs(10), 1000);
+        small.hyper.max_steps = Some(7);
+        assert_eq!(small.total_steps(10), 7, "max_steps still caps the run");
+        // The default: at least 100 steps.
+        let default = config(Hyper::default()).unwrap();
+        assert_eq!((default.epochs(56), default.total_steps(56)), (25, 100), "56 triples, batch 16");
     }
 
     #[test]

@@ -252,6 +252,11 @@ pub fn split_by_passage(triples: &[Triple], options: SplitOptions) -> Result<(Ve
     Ok((train, test))
 }
 
+/// Whether `path` is a file of the shared QA format (`x.jsonl` with `x.corpus.jsonl` beside it).
+pub fn is_shared_format(path: &Path) -> bool {
+    SharedFiles::beside(path).is_some()
+}
+
 /// The files of the shared QA format.
 struct SharedFiles {
     rows: PathBuf,

@@ -36,6 +36,8 @@ pub enum TrainEvent {
     Started {
         total_steps: usize,
         steps_per_epoch: usize,
+        /// Epochs the run takes: the setting, or more to reach `min_steps`.
+        epochs: usize,
         examples: usize,
         resumed_at: Option<usize>,
     },
@@ -65,6 +67,14 @@ pub enum TrainEvent {
     Cancelled {
         step: usize,
         checkpoint: PathBuf,
+    },
+    /// With early stopping on: the run's adapters are those of the best held-out evaluation, at
+    /// `step` (before `Finished`). `stopped_early`: the held-out loss stopped falling before the
+    /// last step.
+    KeptBest {
+        step: usize,
+        loss: f64,
+        stopped_early: bool,
     },
 }
 
@@ -111,6 +121,8 @@ pub struct Trainer {
     negatives: Vec<Vec<String>>,
     dropout: DropoutRng,
     step: usize,
+    /// Held-out evaluations so far, (step, loss).
+    evals: Vec<(usize, f64)>,
 }
 
 /// Attaches seeded LoRA adapters to `model` and names their variables for the optimiser.
@@ -178,10 +190,19 @@ impl Trainer {
             optimizer,
             negatives,
             step: 0,
+            evals: Vec::new(),
         };
         match resume {
-            Some(checkpoint) => trainer.restore_newest_good(&checkpoint)?,
-            None => checkpoint::start_run_folder(&trainer.out, &trainer.config)?,
+            Some(checkpoint) => {
+                trainer.restore_newest_good(&checkpoint)?;
+                // The evaluations up to the checkpoint count; later ones are done again.
+                let step = trainer.step;
+                trainer.evals = checkpoint::read_evals(&trainer.out).into_iter().filter(|(s, _)| *s <= step).collect();
+            }
+            None => {
+                checkpoint::start_run_folder(&trainer.out, &trainer.config)?;
+                checkpoint::clear_evals(&trainer.out)?;
+            }
         }
         Ok(trainer)
     }
@@ -221,6 +242,7 @@ impl Trainer {
         let mut cancel = observer(&TrainEvent::Started {
             total_steps: total,
             steps_per_epoch,
+            epochs: self.config.epochs(self.train.len()),
             examples: self.train.len(),
             resumed_at,
         })
@@ -229,17 +251,21 @@ impl Trainer {
         let mut step_times = Vec::new();
         let (eval_every, checkpoint_every) =
             (self.config.hyper.eval_every as usize, self.config.hyper.checkpoint_every as usize);
-        while self.step < total && !cancel {
+        let evaluates = eval_every > 0 && !self.held_out.is_empty();
+        let mut stopped_early = false;
+        while self.step < total && !cancel && !stopped_early {
             let point = self.train_step(total, &step_times)?;
             step_times.push(point.step_seconds);
             checkpoint::append_log(&self.out, &point)?;
             cancel |= observer(&TrainEvent::Step(point)).is_break();
             last = Some(point);
-            if eval_every > 0 && self.step.is_multiple_of(eval_every) && !self.held_out.is_empty() {
+            if evaluates && self.step.is_multiple_of(eval_every) {
                 let event = self.held_out_loss()?;
                 cancel |= observer(&event).is_break();
+                stopped_early = self.record_eval(&event)?;
             }
-            if checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every) && self.step < total {
+            if checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every) && self.step < total && !stopped_early
+            {
                 let path = self.save_checkpoint()?;
                 cancel |= observer(&TrainEvent::Checkpoint { step: self.step, path }).is_break();
             }
@@ -249,9 +275,32 @@ impl Trainer {
             let _ = observer(&TrainEvent::Cancelled { step: self.step, checkpoint: checkpoint.clone() });
             return Ok(Outcome::Cancelled { steps: self.step, checkpoint });
         }
+        let patience = self.config.hyper.early_stopping_patience;
+        if patience > 0 && evaluates && self.evals.last().is_some_and(|(step, _)| *step != self.step) {
+            // The last step's adapters compete with the best so far.
+            let event = self.held_out_loss()?;
+            let _ = observer(&event);
+            self.record_eval(&event)?;
+        }
         let path = self.save_checkpoint()?;
         let _ = observer(&TrainEvent::Checkpoint { step: self.step, path });
-        self.save_adapters(&self.out)?;
+        let best_dir = self.out.join(checkpoint::BEST_DIR);
+        // `best/` holds that evaluation's adapters unless a resumed run has not yet reached it again.
+        let best = self.best_eval().filter(|(step, _)| {
+            patience > 0 && (*step == self.step || checkpoint::best_step(&self.out) == Some(*step))
+        });
+        match best {
+            Some((step, loss)) => {
+                if step == self.step {
+                    self.save_adapters(&self.out)?;
+                } else {
+                    let parts: Vec<&str> = self.adapters.iter().map(|a| a.part.dir_name()).collect();
+                    checkpoint::copy_adapters(&best_dir, &self.out, &parts)?;
+                }
+                let _ = observer(&TrainEvent::KeptBest { step, loss, stopped_early });
+            }
+            None => self.save_adapters(&self.out)?,
+        }
         let _ = observer(&TrainEvent::Finished {
             step: self.step,
             output: self.out.clone(),
@@ -336,6 +385,30 @@ impl Trainer {
             eta_seconds: mean * total.saturating_sub(self.step) as f64,
             eval_loss: None,
         })
+    }
+
+    /// The lowest held-out loss so far and its step (the earliest of equals).
+    fn best_eval(&self) -> Option<(usize, f64)> {
+        self.evals.iter().copied().reduce(|best, e| if e.1 < best.1 { e } else { best })
+    }
+
+    /// Records an evaluation (and, with early stopping on, the adapters of a new best); whether
+    /// the run should stop: `early_stopping_patience` evaluations in a row without a new best.
+    fn record_eval(&mut self, event: &TrainEvent) -> Result<bool> {
+        let TrainEvent::Eval { step, loss, .. } = *event else { return Ok(false) };
+        let before = self.best_eval();
+        self.evals.push((step, loss));
+        checkpoint::write_evals(&self.out, &self.evals)?;
+        let patience = self.config.hyper.early_stopping_patience as usize;
+        if patience == 0 {
+            return Ok(false);
+        }
+        if before.is_none_or(|(_, best)| loss < best) {
+            checkpoint::write_best(&self.out, step, |dir| self.save_adapters(dir))?;
+            return Ok(false);
+        }
+        let (best_step, _) = self.best_eval().expect("one evaluation at least");
+        Ok(self.evals.iter().filter(|(s, _)| *s > best_step).count() >= patience)
     }
 
     /// The loss on (up to 64) held-out triples, without dropout or update.
@@ -524,6 +597,8 @@ mod tests {
             seed: 11,
             checkpoint_every: 0,
             eval_every: 0,
+            min_steps: 0,
+            early_stopping_patience: 0,
             ..Hyper::default()
         };
         let inputs = RunInputs::new(PathBuf::new(), Path::new("models"));
@@ -670,6 +745,56 @@ mod tests {
         std::fs::write(&weights, &torn[..torn.len() / 2]).unwrap();
         let resumed = trainer(base, dir.path(), Some(&newest));
         assert_eq!(resumed.step(), 5);
+    }
+
+    /// Held out: the training questions with each other's passages, so learning the training pairs
+    /// raises the held-out loss. The run stops `patience` evaluations after its best one and ends
+    /// with that evaluation's adapters, not the last step's.
+    #[test]
+    fn early_stopping_ends_with_the_best_evaluations_adapters() {
+        let config = config_with(TrainMode::Retriever, |h| {
+            (h.epochs, h.eval_every, h.early_stopping_patience) = (40, 1, 2);
+        });
+        let (questions, passages) =
+            (["what is the cat ?", "what ran in the park ?"], ["the cat sat on the mat .", "a dog ran in the park ."]);
+        let triple = |q: usize, p: usize| Triple {
+            question: questions[q].into(),
+            passage: passages[p].into(),
+            answer: "the cat".into(),
+        };
+        let train: Vec<Triple> = (0..6).map(|i| triple(i % 2, i % 2)).collect();
+        let held_out = vec![triple(0, 1), triple(1, 0)];
+        let (retriever, ..) = tiny_models(DType::F32, 5);
+        let models = BaseModels { retriever: Some(retriever), generator: None };
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::new(setup(config, dir.path(), models, train, held_out)).unwrap();
+        let total = trainer.total_steps();
+        let mut events = Vec::new();
+        let outcome = trainer
+            .run(&mut |e| {
+                events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let evals: Vec<(usize, f64)> = events
+            .iter()
+            .filter_map(|e| if let TrainEvent::Eval { step, loss, .. } = e { Some((*step, *loss)) } else { None })
+            .collect();
+        let best = evals.iter().copied().reduce(|b, e| if e.1 < b.1 { e } else { b }).unwrap();
+        let kept = events.iter().find_map(|e| match e {
+            TrainEvent::KeptBest { step, loss, stopped_early } => Some((*step, *loss, *stopped_early)),
+            _ => None,
+        });
+        assert_eq!(kept, Some((best.0, best.1, true)), "{evals:?}");
+        let Outcome::Finished { steps, .. } = outcome else { panic!("{outcome:?}") };
+        assert!(steps < total, "stopped early: {steps} of {total} steps");
+        assert_eq!(steps, best.0 + 2, "two evaluations without a better loss: {evals:?}");
+        assert_eq!(checkpoint::read_evals(dir.path()), evals, "the evaluations are recorded for a resume");
+        let weights =
+            |folder: &Path| std::fs::read(folder.join(checkpoint::RETRIEVER_DIR).join(lora::ADAPTER_WEIGHTS)).unwrap();
+        assert_eq!(weights(dir.path()), weights(&dir.path().join(checkpoint::BEST_DIR)));
+        let last = latest_checkpoint(dir.path()).unwrap();
+        assert_ne!(weights(dir.path()), weights(&last), "the last step's adapters are not the run's");
     }
 
     /// 10 steps straight, and 5 + cancel + resume + 5, end at the same loss (and weights).

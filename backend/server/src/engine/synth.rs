@@ -1,7 +1,9 @@
 //! Running a synthesis run: its pending passages through `synth::synthesize_batch`, as many per
 //! call as the LLM takes (16 on the local model, 1 on a server), each passage's kept triples, done
 //! mark and report stored in one transaction (so a stopped run resumes where it was), a cancel flag
-//! checked between calls, progress after each passage.
+//! checked between calls, progress after each passage. When the filters look at the corpus, the
+//! base retriever embeds every passage once at the start (and the questions stored before, for
+//! near-duplicates).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,9 +14,10 @@ use attune_shared::{JobStatus, LlmChoice, SynthRun, TripleOrigin};
 use tokio::runtime::Handle;
 
 use super::EngineError;
+use crate::model::retriever::Retriever;
 use crate::store::Store;
 use crate::store::corpus::NewTripleRow;
-use crate::synth::{FilterSettings, Llm, PassageInput, synthesize_batch};
+use crate::synth::{CorpusChecks, FilterSettings, Llm, PassageInput, synthesize_batch};
 
 /// Synthesis runs take turns per LLM — one at a time on the local model, one at a time per
 /// server — in the order they were started; the others wait, queued, on their own threads.
@@ -89,6 +92,10 @@ pub struct SynthJob {
     pub store: Store,
     pub llm: Box<dyn Llm>,
     pub filters: FilterSettings,
+    /// The base retriever's folder and device, loaded when the filters look at the corpus (round
+    /// trip, near-duplicates).
+    pub retriever: std::path::PathBuf,
+    pub device: candle_core::Device,
     pub cancel: Arc<AtomicBool>,
     /// The async runtime the store lives on.
     pub runtime: Handle,
@@ -117,6 +124,20 @@ impl SynthJob {
         let eta_after =
             |done: usize| Some(started.elapsed().as_secs_f64() / done as f64 * (pending.len() - done) as f64);
         let mut done = 0;
+        let retriever = match self.filters.checks_corpus() && pending.iter().any(|p| p.reference_matter.is_none()) {
+            true => Some(Retriever::load(&self.retriever, &self.device).map_err(crate::synth::SynthError::Local)?),
+            false => None,
+        };
+        let mut corpus_checks = match &retriever {
+            Some(retriever) => {
+                let passages = self.runtime.block_on(store.indexed_passages())?;
+                let corpus: Vec<(i64, &str)> = passages.iter().map(|p| (p.id, p.text.as_str())).collect();
+                let stored = self.runtime.block_on(store.all_triples(&[]))?;
+                let earlier: Vec<&str> = stored.iter().map(|t| t.question.as_str()).collect();
+                Some(CorpusChecks::new(retriever, &corpus, &earlier, &self.filters, &mut |_, _| {})?)
+            }
+            None => None,
+        };
         for batch in pending.chunks(self.llm.passages_per_call().max(1)) {
             if self.cancel.load(Ordering::Relaxed) {
                 self.runtime.block_on(store.set_synth_status(run.id, JobStatus::Cancelled, None))?;
@@ -141,14 +162,17 @@ impl SynthJob {
             if asked.is_empty() {
                 continue;
             }
-            let inputs: Vec<PassageInput<'_>> =
-                asked.iter().map(|(passage, known)| PassageInput { text: &passage.text, known }).collect();
+            let inputs: Vec<PassageInput<'_>> = asked
+                .iter()
+                .map(|(passage, known)| PassageInput { id: passage.id, text: &passage.text, known })
+                .collect();
             let results = match synthesize_batch(
                 self.llm.as_ref(),
                 &run.prompts,
                 &inputs,
                 run.questions_per_passage,
                 &self.filters,
+                corpus_checks.as_mut(),
             ) {
                 Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
                 Err(error) => vec![Err(error.to_string()); asked.len()],

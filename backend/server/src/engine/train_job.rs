@@ -162,6 +162,7 @@ fn train(
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
     let (models, device) = BaseModels::load(&config)?;
+    let (hyper_epochs, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
     let mut trainer = Trainer::new(RunSetup {
         config,
         out: dir.clone(),
@@ -228,10 +229,28 @@ fn train(
                 }
                 stored
             }
-            TrainEvent::Started { total_steps, examples, resumed_at, .. } => {
+            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, resumed_at } => {
                 // The step the trainer restored, which is the checkpoint it resumed from.
                 let at = resumed_at.map(|s| format!(", resumed from the checkpoint at step {s}")).unwrap_or_default();
-                log(LogLevel::Info, format!("training on {examples} examples, {total_steps} steps{at}"));
+                let chosen = match *epochs > hyper_epochs as usize {
+                    true => format!(" (more than the {hyper_epochs} set, to reach {min_steps} steps)"),
+                    false => String::new(),
+                };
+                log(
+                    LogLevel::Info,
+                    format!(
+                        "training on {examples} examples, {steps_per_epoch} steps an epoch: {epochs} epochs{chosen}, \
+                         {total_steps} steps{at}"
+                    ),
+                );
+                Ok(())
+            }
+            TrainEvent::KeptBest { step, loss, stopped_early } => {
+                let early = if *stopped_early { "the held-out loss stopped falling: stopped early; " } else { "" };
+                log(
+                    LogLevel::Info,
+                    format!("{early}kept the adapters of step {step}, the best held-out loss ({loss:.4})"),
+                );
                 Ok(())
             }
             TrainEvent::Failed { step, error } => {

@@ -530,11 +530,15 @@ fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
                 };
                 let configured = runtime.block_on(state.store().settings())?.llm_base_url;
                 let llm = build_llm(&state, &run.llm, configured.as_deref())?;
+                let device = crate::model::device::select(&state.config().device_spec)
+                    .map_err(crate::synth::SynthError::Local)?;
                 SynthJob {
                     run_id,
                     store: state.store().clone(),
                     llm,
                     filters: run.filters,
+                    retriever: state.config().models_dir.join(crate::model::catalog::DEFAULT_RETRIEVER_NAME),
+                    device,
                     cancel,
                     runtime: runtime.clone(),
                 }
