@@ -383,27 +383,31 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
                     cancel.store(true, Ordering::Relaxed);
                 });
             }
-            let job = SynthJob {
-                run_id: run.id,
-                store: store.clone(),
-                llm: build_llm(&run.llm, &generator, &args.device)?,
-                filters: run.filters,
-                retriever: model_path("default", &args.models_dir, crate::DEFAULT_RETRIEVER),
-                device: attune::model::device::select(&args.device)?,
-                cancel,
-                runtime: tokio::runtime::Handle::current(),
-            };
+            let (choice, filters, device_spec) = (run.llm.clone(), run.filters, args.device.clone());
+            let (run_id, store_for_job, runtime) = (run.id, store.clone(), tokio::runtime::Handle::current());
+            let retriever = model_path("default", &args.models_dir, crate::DEFAULT_RETRIEVER);
             let bar = progress_bar(
                 run.passages_total,
                 "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
             );
             bar.set_position(run.report.passages_done);
             let progress = bar.clone();
-            run = tokio::task::spawn_blocking(move || {
-                job.run(|run, _| {
+            // The LLM's HTTP client runs its own runtime: it is built and dropped off the async threads.
+            run = tokio::task::spawn_blocking(move || -> anyhow::Result<attune_shared::SynthRun> {
+                let job = SynthJob {
+                    run_id,
+                    store: store_for_job,
+                    llm: build_llm(&choice, &generator, &device_spec)?,
+                    filters,
+                    retriever,
+                    device: attune::model::device::select(&device_spec)?,
+                    cancel,
+                    runtime,
+                };
+                Ok(job.run(|run, _| {
                     progress.set_position(run.report.passages_done);
                     progress.set_message(format!("{} kept", run.report.kept));
-                })
+                })?)
             })
             .await??;
             finished.store(true, Ordering::Relaxed);

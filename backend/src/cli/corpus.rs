@@ -272,28 +272,31 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
             store.create_synth_run(&config, &passages).await?
         }
     };
-    let llm = build_llm(&run.llm, &generator, &args.device)?;
     let bar = progress_bar(
         run.passages_total,
         "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
     );
     bar.set_position(run.report.passages_done);
-    let job = SynthJob {
-        run_id: run.id,
-        store: store.clone(),
-        llm,
-        filters: run.filters,
-        retriever: model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER),
-        device: attune::model::device::select(&args.device)?,
-        cancel: Arc::new(AtomicBool::new(false)),
-        runtime: tokio::runtime::Handle::current(),
-    };
+    let (choice, filters, device_spec) = (run.llm.clone(), run.filters, args.device.clone());
+    let (run_id, store_for_job, runtime) = (run.id, store.clone(), tokio::runtime::Handle::current());
+    let retriever = model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER);
     let progress_bar = bar.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        job.run(|run, _eta| {
+    // The LLM's HTTP client runs its own runtime: it is built and dropped off the async threads.
+    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<attune_shared::SynthRun> {
+        let job = SynthJob {
+            run_id,
+            store: store_for_job,
+            llm: build_llm(&choice, &generator, &device_spec)?,
+            filters,
+            retriever,
+            device: attune::model::device::select(&device_spec)?,
+            cancel: Arc::new(AtomicBool::new(false)),
+            runtime,
+        };
+        Ok(job.run(|run, _eta| {
             progress_bar.set_position(run.report.passages_done);
             progress_bar.set_message(format!("{} kept", run.report.kept));
-        })
+        })?)
     })
     .await??;
     bar.finish_and_clear();

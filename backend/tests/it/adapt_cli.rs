@@ -1,7 +1,7 @@
 //! `attune adapt` end to end from the command line, with a stand-in OpenAI-compatible server for
 //! synthesis and the default models for the rest: a folder of documents (one corrupt, one empty)
 //! in, a trained retriever and a report out; a second call redoes nothing; a budget stops
-//! synthesis at a passage boundary.
+//! synthesis at a passage boundary. Also `attune synth` with an OpenAI-compatible server.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -100,7 +100,7 @@ async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+                let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_lowercase();
                 let (_, _, question, answer) =
                     TOPICS.iter().find(|(word, ..)| prompt.contains(word)).copied().unwrap_or(("", "", "What?", "?"));
                 let content =
@@ -232,17 +232,61 @@ async fn a_budget_stops_synthesis_at_a_passage_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs");
     documents(&docs);
-    // 400 ms a reply, two replies a passage: a budget of 0.6 s ends synthesis within the first passages.
+    // 400 ms a reply, two replies a passage: a budget of 3 s ends synthesis within the first passages.
     let (base_url, calls) = stand_in(400).await;
     let out = dir.path().join("run");
-    let output = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.01"])).await;
+    let output = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.05"])).await;
     let said = text(&output);
     assert!(!output.status.success(), "too few triples to train on: {said}");
     assert!(said.contains("the budget is spent") && said.contains("triples passed the filters"), "{said}");
     let asked = calls.load(Ordering::SeqCst);
     assert!((2..24).contains(&asked) && asked % 2 == 0, "whole passages only: {asked} calls");
     // The budget is spent for good: a second call does not synthesise again.
-    let again = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.01"])).await;
+    let again = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.05"])).await;
     assert!(!again.status.success());
     assert_eq!(calls.load(Ordering::SeqCst), asked);
+}
+
+/// Before, `attune synth --llm openai` panicked at once: the HTTP client was built on an async thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synth_from_the_command_line_with_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    documents(&docs);
+    let data = dir.path().join("data");
+    let files: Vec<String> =
+        ["bread.txt", "chess.txt"].iter().map(|f| docs.join(f).to_str().unwrap().to_owned()).collect();
+    let (base_url, calls) = stand_in(0).await;
+    let attune = |args: Vec<String>| {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_attune"))
+                .args(&args)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--models-dir")
+                .arg(workspace().join("models"))
+                .output()
+                .unwrap()
+        })
+    };
+    let ingest = attune([vec!["ingest".to_owned()], files].concat()).await.unwrap();
+    assert!(ingest.status.success(), "{}", text(&ingest));
+    let synth: Vec<String> = [
+        "synth",
+        "--llm",
+        "openai",
+        "--llm-base-url",
+        &base_url,
+        "--llm-model",
+        "stand-in",
+        "--questions-per-passage",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let output = attune(synth).await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("2 passages, 2 questions, 2 kept"), "{}", text(&output));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 }

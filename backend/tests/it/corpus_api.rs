@@ -445,7 +445,7 @@ async fn questions_another_passage_answers_and_near_duplicates_are_dropped_befor
         ),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "invalid_body", "{body}");
 }
 

@@ -231,8 +231,7 @@ mod tests {
 
     #[test]
     fn steps_follow_epochs_min_steps_and_max_steps() {
-        let two =
-            config(Hyper { batch_size: 3, grad_accum: 2, epochs: 2, min_steps: 0, ..Hyper::default() }).unwrap();
+        let two = config(Hyper { batch_size: 3, grad_accum: 2, epochs: 2, min_steps: 0, ..Hyper::default() }).unwrap();
         assert_eq!(two.steps_per_epoch(10), 2);
         assert_eq!((two.epochs(10), two.total_steps(10)), (2, 4));
         let mut capped = two.clone();
