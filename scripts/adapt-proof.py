@@ -8,7 +8,7 @@ runs for each seed (synthesis once: greedy decoding gives the same triples); the
 (half the range) over the seeds. Writes everything under --work and the figures as JSON.
 
   python3 scripts/adapt-proof.py --dataset ../shared/data/qa/halueval_qa --work /tmp/proof --seeds 0,1,2 \
-      --max-passages 150 --json bench/adapt-halueval.json
+      --max-passages 150 --budget-minutes 18 --json bench/adapt-halueval.json
 """
 
 import argparse
@@ -83,6 +83,7 @@ def main():
     p.add_argument("--other-passages", type=int, default=700)
     p.add_argument("--max-passages", type=int, default=150, help="passages synthesised from")
     p.add_argument("--questions-per-passage", type=int, default=3)
+    p.add_argument("--budget-minutes", type=float, help="synthesis time (adapt's --budget-minutes)")
     p.add_argument("--mode", default="retriever")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--json")
@@ -105,7 +106,8 @@ def main():
         run([a.attune, "adapt", "--documents", os.path.join(a.work, "docs"), "--out", out, "--mode", a.mode,
              "--max-passages", str(a.max_passages), "--questions-per-passage", str(a.questions_per_passage),
              "--test", os.path.join(a.work, "slice.jsonl"), "--skip-answers", "--seed", str(seed),
-             "--models-dir", a.models_dir], log)
+             "--models-dir", a.models_dir]
+            + (["--budget-minutes", str(a.budget_minutes)] if a.budget_minutes else []), log)
         synthetic[seed] = json.load(open(os.path.join(out, "report.json")))
     ceiling = {}
     for seed in seeds:

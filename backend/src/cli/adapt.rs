@@ -226,6 +226,12 @@ fn spread(total: usize, n: usize) -> Vec<usize> {
 }
 
 pub async fn run(args: AdaptArgs) -> anyhow::Result<()> {
+    if args.budget_minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+        bail!("--budget-minutes must be a number of minutes above 0");
+    }
+    if !(1..=20).contains(&args.questions_per_passage) {
+        bail!("--questions-per-passage must be 1 to 20");
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut state = AdaptState::load(&args.out)?;
     let store = Store::open(&args.out.join(DATA_DIR)).await?;

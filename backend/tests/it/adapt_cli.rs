@@ -241,6 +241,13 @@ async fn a_budget_stops_synthesis_at_a_passage_boundary() {
     assert!(said.contains("the budget is spent") && said.contains("triples passed the filters"), "{said}");
     let asked = calls.load(Ordering::SeqCst);
     assert!((2..24).contains(&asked) && asked % 2 == 0, "whole passages only: {asked} calls");
+    // Settings that cannot be used are refused before anything is done.
+    for bad in ["0", "inf"] {
+        let refused = adapt(args(&docs, &dir.path().join("other"), &base_url, &["--budget-minutes", bad])).await;
+        assert!(!refused.status.success(), "{}", text(&refused));
+        assert!(text(&refused).contains("--budget-minutes must be a number of minutes above 0"), "{}", text(&refused));
+        assert!(!dir.path().join("other").exists(), "nothing was made");
+    }
     // The budget is spent for good: a second call does not synthesise again.
     let again = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.05"])).await;
     assert!(!again.status.success());
