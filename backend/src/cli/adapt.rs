@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use attune::engine::ingest::{DocumentParser, SandboxLimits};
-use attune::engine::synth::SynthJob;
 use attune::eval::locate::GoldLocator;
 use attune::eval::metrics::AnswerMetrics;
 use attune::eval::run::{self, GenerationSettings};
@@ -27,9 +26,9 @@ use attune::train::checkpoint;
 use attune::train::config::{BaseModels, RunInputs, TrainConfig};
 use attune::train::data::{CsvColumns, SplitOptions, Triple, is_shared_format, load_dataset};
 use attune::train::trainer::{Outcome, RunSetup, TrainEvent, Trainer};
-use attune_shared::{Hyper, JobStatus, LlmChoice, StepPoint, TrainMode, TripleOrigin, TripleStatus};
+use attune_shared::{Hyper, JobStatus, StepPoint, TrainMode, TripleOrigin, TripleStatus};
 
-use super::corpus::{DEFAULT_MAX_UPLOAD_MB, LlmKind, build_llm, chunking_tokenizer, ingest_one};
+use super::corpus::{DEFAULT_MAX_UPLOAD_MB, LlmKind, chunking_tokenizer, ingest_one, llm_choice, run_synth_job};
 use super::{model_path, progress_bar};
 
 /// Fewer approved triples than this are not worth a training run.
@@ -335,19 +334,7 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
             store.synth_run(id).await?.with_context(|| format!("synthesis run {id} is missing from the run folder"))?
         }
         None => {
-            let llm = match args.llm {
-                LlmKind::Local => LlmChoice::Local,
-                LlmKind::Openai => {
-                    let (Some(base_url), Some(model)) = (args.llm_base_url.clone(), args.llm_model.clone()) else {
-                        bail!("--llm openai needs --llm-base-url and --llm-model");
-                    };
-                    LlmChoice::OpenAi { base_url, model }
-                }
-            };
-            let model = match &llm {
-                LlmChoice::Local => crate::DEFAULT_GENERATOR.to_owned(),
-                LlmChoice::OpenAi { model, .. } => model.clone(),
-            };
+            let (llm, model) = llm_choice(args.llm, &args.llm_base_url, &args.llm_model, &generator)?;
             let all = store.passage_ids(None).await?;
             let chosen: Vec<i64> =
                 spread(all.len(), args.max_passages.unwrap_or(all.len())).into_iter().map(|i| all[i]).collect();
@@ -389,35 +376,9 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
                     cancel.store(true, Ordering::Relaxed);
                 });
             }
-            let (choice, filters, device_spec) = (run.llm.clone(), run.filters, args.device.clone());
-            let (run_id, store_for_job, runtime) = (run.id, store.clone(), tokio::runtime::Handle::current());
             let retriever = model_path("default", &args.models_dir, crate::DEFAULT_RETRIEVER);
-            let bar = progress_bar(
-                run.passages_total,
-                "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
-            );
-            bar.set_position(run.report.passages_done);
-            let progress = bar.clone();
-            // The LLM's HTTP client runs its own runtime: it is built and dropped off the async threads.
-            run = tokio::task::spawn_blocking(move || -> anyhow::Result<attune_shared::SynthRun> {
-                let job = SynthJob {
-                    run_id,
-                    store: store_for_job,
-                    llm: build_llm(&choice, &generator, &device_spec)?,
-                    filters,
-                    retriever,
-                    device: attune::model::device::select(&device_spec)?,
-                    cancel,
-                    runtime,
-                };
-                Ok(job.run(|run, _| {
-                    progress.set_position(run.report.passages_done);
-                    progress.set_message(format!("{} kept", run.report.kept));
-                })?)
-            })
-            .await??;
+            run = run_synth_job(store, &run, &generator, retriever, &args.device, cancel).await?;
             finished.store(true, Ordering::Relaxed);
-            bar.finish_and_clear();
             if run.report.failed_passages > 0 {
                 bail!(
                     "{} passages failed ({}); every finished passage is stored: run the same command again to retry them",

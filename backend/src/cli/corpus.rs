@@ -225,6 +225,66 @@ pub fn build_llm(choice: &LlmChoice, generator: &std::path::Path, device: &str) 
     })
 }
 
+/// The LLM a new run asks, from the flags, and the model name it is stored under.
+pub fn llm_choice(
+    kind: LlmKind,
+    base_url: &Option<String>,
+    model: &Option<String>,
+    generator: &std::path::Path,
+) -> anyhow::Result<(LlmChoice, String)> {
+    Ok(match kind {
+        LlmKind::Local => {
+            (LlmChoice::Local, generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned())
+        }
+        LlmKind::Openai => {
+            let (Some(base_url), Some(model)) = (base_url.clone(), model.clone()) else {
+                bail!("--llm openai needs --llm-base-url and --llm-model");
+            };
+            (LlmChoice::OpenAi { base_url, model: model.clone() }, model)
+        }
+    })
+}
+
+/// Runs a synthesis run's pending passages with a progress bar; `cancel` stops it between calls.
+/// The LLM's HTTP client runs its own runtime, so it is built (and dropped) off the async threads.
+pub async fn run_synth_job(
+    store: &Store,
+    run: &attune_shared::SynthRun,
+    generator: &std::path::Path,
+    retriever: PathBuf,
+    device: &str,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<attune_shared::SynthRun> {
+    let bar = progress_bar(
+        run.passages_total,
+        "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
+    );
+    bar.set_position(run.report.passages_done);
+    let (choice, filters, device_spec, generator) =
+        (run.llm.clone(), run.filters, device.to_owned(), generator.to_owned());
+    let (run_id, store, runtime) = (run.id, store.clone(), tokio::runtime::Handle::current());
+    let progress = bar.clone();
+    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<attune_shared::SynthRun> {
+        let job = SynthJob {
+            run_id,
+            store,
+            llm: build_llm(&choice, &generator, &device_spec)?,
+            filters,
+            retriever,
+            device: attune::model::device::select(&device_spec)?,
+            cancel,
+            runtime,
+        };
+        Ok(job.run(|run, _eta| {
+            progress.set_position(run.report.passages_done);
+            progress.set_message(format!("{} kept", run.report.kept));
+        })?)
+    })
+    .await??;
+    bar.finish_and_clear();
+    Ok(run)
+}
+
 pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.data_dir).await?;
     let saved = store.settings().await?;
@@ -232,15 +292,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let run = match args.resume {
         Some(id) => store.synth_run(id).await?.with_context(|| format!("no synthesis run {id}"))?,
         None => {
-            let llm = match args.llm {
-                LlmKind::Local => LlmChoice::Local,
-                LlmKind::Openai => {
-                    let (Some(base_url), Some(model)) = (args.llm_base_url.clone(), args.llm_model.clone()) else {
-                        bail!("--llm openai needs --llm-base-url and --llm-model");
-                    };
-                    LlmChoice::OpenAi { base_url, model }
-                }
-            };
+            let (llm, model) = llm_choice(args.llm, &args.llm_base_url, &args.llm_model, &generator)?;
             let mut prompts = prompt::defaults();
             if let Some(path) = &args.questions_prompt {
                 prompts.questions = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
@@ -249,10 +301,6 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 prompts.answer = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
             }
             prompt::validate(&prompts)?;
-            let model = match &llm {
-                LlmChoice::Local => generator.file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned(),
-                LlmChoice::OpenAi { model, .. } => model.clone(),
-            };
             let mut passages = store.passage_ids(args.document).await?;
             passages.drain(..args.offset.min(passages.len()));
             if let Some(limit) = args.limit {
@@ -272,34 +320,9 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
             store.create_synth_run(&config, &passages).await?
         }
     };
-    let bar = progress_bar(
-        run.passages_total,
-        "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
-    );
-    bar.set_position(run.report.passages_done);
-    let (choice, filters, device_spec) = (run.llm.clone(), run.filters, args.device.clone());
-    let (run_id, store_for_job, runtime) = (run.id, store.clone(), tokio::runtime::Handle::current());
     let retriever = model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER);
-    let progress_bar = bar.clone();
-    // The LLM's HTTP client runs its own runtime: it is built and dropped off the async threads.
-    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<attune_shared::SynthRun> {
-        let job = SynthJob {
-            run_id,
-            store: store_for_job,
-            llm: build_llm(&choice, &generator, &device_spec)?,
-            filters,
-            retriever,
-            device: attune::model::device::select(&device_spec)?,
-            cancel: Arc::new(AtomicBool::new(false)),
-            runtime,
-        };
-        Ok(job.run(|run, _eta| {
-            progress_bar.set_position(run.report.passages_done);
-            progress_bar.set_message(format!("{} kept", run.report.kept));
-        })?)
-    })
-    .await??;
-    bar.finish_and_clear();
+    let run =
+        run_synth_job(&store, &run, &generator, retriever, &args.device, Arc::new(AtomicBool::new(false))).await?;
     let r = &run.report;
     let filtered: Vec<String> = r.filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
     println!(
