@@ -202,6 +202,7 @@ pub fn DocumentView() -> impl IntoView {
                 prompts: None,
                 limit: None,
                 filters: Some(filters.get_untracked()),
+                answers: None,
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {

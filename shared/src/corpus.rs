@@ -287,6 +287,37 @@ pub enum LlmChoice {
     OpenAi { base_url: String, model: String },
 }
 
+/// How a synthesis run gets each question's answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerStyle {
+    /// The LLM writes it (the answer template), a few words or a sentence.
+    #[default]
+    Written,
+    /// The LLM picks the passage's sentence that answers the question (its number, the reply held
+    /// to the numbers offered): the answer is that sentence, word for word. A small model picks
+    /// far better than it writes, and picking decodes one token.
+    Extractive,
+}
+
+impl AnswerStyle {
+    /// The style a run gets when its request names none: extractive for the local model, written
+    /// for a server's (larger) model.
+    pub fn default_for(llm: &LlmChoice) -> AnswerStyle {
+        match llm {
+            LlmChoice::Local => AnswerStyle::Extractive,
+            LlmChoice::OpenAi { .. } => AnswerStyle::Written,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerStyle::Written => "written",
+            AnswerStyle::Extractive => "extractive",
+        }
+    }
+}
+
 /// The two prompt templates of a synthesis run (minijinja): questions from `{{ passage }}` with
 /// `{{ n }}`, then an answer from `{{ passage }}` and `{{ question }}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +347,9 @@ pub struct SynthRequest {
     /// The filters' thresholds; the defaults otherwise.
     #[serde(default)]
     pub filters: Option<FilterSettings>,
+    /// How answers are got; [`AnswerStyle::default_for`] the LLM otherwise.
+    #[serde(default)]
+    pub answers: Option<AnswerStyle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -532,6 +566,9 @@ pub struct SynthRun {
     /// The thresholds its filters use (a resumed run keeps them).
     #[serde(default)]
     pub filters: FilterSettings,
+    /// How its answers are got (runs stored before this setting wrote theirs).
+    #[serde(default)]
+    pub answers: AnswerStyle,
     #[serde(default)]
     pub error: Option<String>,
     pub created_at: String,

@@ -1,13 +1,15 @@
 //! `attune bench synth`: the local model's throughput on synthesis and on evaluation's answers,
 //! one prompt at a time (how Attune generated before batching) beside side by side, in one process
 //! on the same passages and questions: kept triples per minute, tokens per second, and whether the
-//! two ways wrote the same text.
+//! two ways wrote the same text. Synthesis runs with extractive answers (the local model's default)
+//! and with written ones; on real questions with their gold passages, how often each way's answer
+//! holds the gold answer, beside the sentence sharing most words with the question.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use attune_shared::FilterCounts;
+use attune_shared::{AnswerStyle, FilterCounts};
 use serde::Serialize;
 
 use crate::eval::run::{GenerationSettings, evaluate_generation};
@@ -15,7 +17,8 @@ use crate::ingest::{ChunkSettings, chunk, parse};
 use crate::model::catalog;
 use crate::model::generator::{Generator, MAX_BATCH_ROWS};
 use crate::synth::{
-    BATCH_PASSAGES, FilterSettings, Llm, LocalLlm, PassageInput, SynthError, prompt, reference_matter, synthesize_batch,
+    Asking, BATCH_PASSAGES, FilterSettings, Llm, LocalLlm, PassageInput, SynthError, extract, filter, prompt,
+    reference_matter, synthesize_batch,
 };
 use crate::train::data::{CsvColumns, Triple, load_triples};
 use candle_core::Device;
@@ -68,6 +71,19 @@ pub struct AnswerFigures {
     pub predictions: Vec<String>,
 }
 
+/// How often one way's answers to real questions hold the gold answer (given the gold passage).
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerQuality {
+    pub way: &'static str,
+    pub questions: usize,
+    /// Share of answers that contain the gold answer (lower-cased words, in order).
+    pub holds_gold_answer: f64,
+    /// Mean token F1 against the gold answer.
+    pub f1: f64,
+    /// Mean words per answer.
+    pub words: f64,
+}
+
 /// Everything the bench prints, as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthBench {
@@ -77,10 +93,13 @@ pub struct SynthBench {
     pub threads: usize,
     pub synthesis: Vec<SynthFigures>,
     pub answers: Vec<AnswerFigures>,
-    /// Side by side over one at a time, in kept triples per minute and answers per second.
+    pub answer_quality: Vec<AnswerQuality>,
+    /// Side by side over one at a time, in kept triples per minute and answers per second (for
+    /// synthesis: the default, extractive, over written answers one at a time as before).
     pub synthesis_speedup: Option<f64>,
     pub answer_speedup: Option<f64>,
-    /// Whether both ways kept the same triples and wrote the same answers (greedy decoding).
+    /// Whether both ways kept the same triples (written answers) and wrote the same answers
+    /// (greedy decoding).
     pub same_triples: Option<bool>,
     pub same_answers: Option<bool>,
 }
@@ -126,7 +145,7 @@ pub fn passages_of(
 fn synthesize_all(
     llm: &dyn Llm,
     local: &LocalLlm,
-    mode: &'static str,
+    (mode, answers): (&'static str, AnswerStyle),
     passages: &[String],
     per_passage: u32,
     passages_per_call: usize,
@@ -156,7 +175,8 @@ fn synthesize_all(
     for batch in asked.chunks(passages_per_call) {
         let inputs: Vec<PassageInput<'_>> =
             batch.iter().enumerate().map(|(id, text)| PassageInput { id: id as i64, text, known: &[] }).collect();
-        for result in synthesize_batch(llm, &prompts, &inputs, per_passage, &filters, None)? {
+        let asking = Asking { prompts: &prompts, questions_per_passage: per_passage, answers, filters: &filters };
+        for result in synthesize_batch(llm, &asking, &inputs, None)? {
             let out = result?;
             figures.candidates += out.questions_seen;
             figures.kept += out.kept.len() as u64;
@@ -206,6 +226,63 @@ fn answer_all(
     })
 }
 
+/// Whether `answer` holds `gold`'s words in order, and its token F1 against `gold`.
+fn score(answer: &str, gold: &str) -> (bool, f64) {
+    let (said, wanted) = (filter::words(answer), filter::words(gold));
+    let holds = !wanted.is_empty() && said.windows(wanted.len()).any(|w| w == wanted.as_slice());
+    (holds, crate::eval::metrics::token_f1(answer, gold))
+}
+
+fn quality(way: &'static str, answers: &[String], rows: &[Triple]) -> AnswerQuality {
+    let scores: Vec<(bool, f64)> = answers.iter().zip(rows).map(|(a, r)| score(a, &r.answer)).collect();
+    let n = rows.len().max(1) as f64;
+    AnswerQuality {
+        way,
+        questions: rows.len(),
+        holds_gold_answer: scores.iter().filter(|s| s.0).count() as f64 / n,
+        f1: scores.iter().map(|s| s.1).sum::<f64>() / n,
+        words: answers.iter().map(|a| a.split_whitespace().count()).sum::<usize>() as f64 / n,
+    }
+}
+
+/// Each way of answering the real questions from their gold passages: the sentence the local model
+/// picks (extractive), the answer it writes (the answer template), and the sentence sharing most
+/// content words with the question (no model).
+fn answer_quality(local: &LocalLlm, rows: &[Triple]) -> anyhow::Result<Vec<AnswerQuality>> {
+    let spans: Vec<Vec<String>> = rows.iter().map(|r| extract::spans(&r.passage)).collect();
+    let asked: Vec<(String, usize)> =
+        rows.iter().zip(&spans).map(|(r, s)| (extract::render(s, &r.question), s.len())).collect();
+    let picked: Vec<String> = local
+        .choose(&asked)?
+        .into_iter()
+        .zip(&spans)
+        .map(|(choice, s)| Ok(choice?.and_then(|i| s.get(i).cloned()).unwrap_or_default()))
+        .collect::<Result<_, SynthError>>()?;
+    let prompts: Vec<String> = rows
+        .iter()
+        .map(|r| prompt::render_answer(prompt::ANSWER, &r.passage, &r.question))
+        .collect::<Result<_, _>>()?;
+    let written: Vec<String> = local
+        .complete(&prompts, 64)?
+        .into_iter()
+        .map(|reply| Ok(crate::synth::parse::answer(&reply?)))
+        .collect::<Result<_, SynthError>>()?;
+    let overlap: Vec<String> = rows
+        .iter()
+        .zip(&spans)
+        .map(|(r, s)| {
+            let asked: std::collections::HashSet<String> = filter::words(&r.question).into_iter().collect();
+            let shared = |span: &String| filter::words(span).iter().filter(|w| asked.contains(*w)).count();
+            s.iter().max_by_key(|span| shared(span)).cloned().unwrap_or_default()
+        })
+        .collect();
+    Ok(vec![
+        quality("extractive (the model picks a sentence)", &picked, rows),
+        quality("written (the model writes)", &written, rows),
+        quality("the sentence sharing most words with the question", &overlap, rows),
+    ])
+}
+
 /// Runs the bench on the CPU.
 pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
     let device = Device::Cpu;
@@ -218,11 +295,18 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
         .with_context(|| format!("loading the generator {}", generator_path.display()))?;
     let local = LocalLlm::new(generator, catalog::DEFAULT_GENERATOR_NAME.to_owned());
     let n = config.questions_per_passage;
-    let mut synthesis = vec![synthesize_all(&local, &local, "side by side", &passages, n, BATCH_PASSAGES)?];
+    let extractive = ("extractive, side by side", AnswerStyle::Extractive);
+    let written = ("written, side by side", AnswerStyle::Written);
+    let mut synthesis = vec![
+        synthesize_all(&local, &local, extractive, &passages, n, BATCH_PASSAGES)?,
+        synthesize_all(&local, &local, written, &passages, n, BATCH_PASSAGES)?,
+    ];
     if config.one_at_a_time {
-        synthesis.push(synthesize_all(&OneAtATime(&local), &local, "one at a time", &passages, n, 1)?);
+        let before = ("written, one at a time", AnswerStyle::Written);
+        synthesis.push(synthesize_all(&OneAtATime(&local), &local, before, &passages, n, 1)?);
     }
     let rows = questions_of(&config.qa, config.answer_questions)?;
+    let answer_quality = answer_quality(&local, &rows)?;
     let mut answers = vec![answer_all(&local.generator, "side by side", &rows, MAX_BATCH_ROWS)?];
     if config.one_at_a_time {
         answers.push(answer_all(&local.generator, "one at a time", &rows, 1)?);
@@ -233,12 +317,13 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
         passages: format!("{}–{}", config.first, config.first + config.count - 1),
         questions_per_passage: n,
         threads: candle_core::utils::get_num_threads(),
-        synthesis_speedup: pair(synthesis[0].kept_per_minute, synthesis.get(1).map(|s| s.kept_per_minute)),
+        synthesis_speedup: pair(synthesis[0].kept_per_minute, synthesis.get(2).map(|s| s.kept_per_minute)),
         answer_speedup: pair(answers[0].answers_per_second, answers.get(1).map(|a| a.answers_per_second)),
-        same_triples: synthesis.get(1).map(|s| s.triples == synthesis[0].triples),
+        same_triples: synthesis.get(2).map(|s| s.triples == synthesis[1].triples),
         same_answers: answers.get(1).map(|a| a.predictions == answers[0].predictions),
         synthesis,
         answers,
+        answer_quality,
     })
 }
 
@@ -266,16 +351,23 @@ pub fn report(bench: &SynthBench) -> String {
     for a in &bench.answers {
         out += &format!("| {} | {} | {:.1} | {:.2} |\n", a.mode, a.questions, a.seconds, a.answers_per_second);
     }
+    out += "\n| answers to real questions, from the gold passage | questions | hold the gold answer | F1 | words |\n\
+            |---|---|---|---|---|\n";
+    for q in &bench.answer_quality {
+        out +=
+            &format!("| {} | {} | {:.3} | {:.3} | {:.1} |\n", q.way, q.questions, q.holds_gold_answer, q.f1, q.words);
+    }
     if let (Some(s), Some(a)) = (bench.synthesis_speedup, bench.answer_speedup) {
         out += &format!(
-            "\nside by side / one at a time: synthesis {s:.2}× kept/min, answers {a:.2}× answers/s; \
-             same triples: {}, same answers: {}\n",
+            "\nsynthesis, extractive side by side / written one at a time: {s:.2}× kept/min; answers side by \
+             side / one at a time: {a:.2}× answers/s; same triples (written): {}, same answers: {}\n",
             bench.same_triples.unwrap_or(false),
             bench.same_answers.unwrap_or(false)
         );
     }
-    let filtered: Vec<String> =
-        bench.synthesis[0].filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
-    out += &format!("filtered (side by side): {}\n", filtered.join(", "));
+    for s in bench.synthesis.iter().take(2) {
+        let filtered: Vec<String> = s.filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
+        out += &format!("filtered ({}): {}\n", s.mode, filtered.join(", "));
+    }
     out
 }

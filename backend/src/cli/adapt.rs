@@ -28,7 +28,9 @@ use attune::train::data::{CsvColumns, SplitOptions, Triple, is_shared_format, lo
 use attune::train::trainer::{Outcome, RunSetup, TrainEvent, Trainer};
 use attune_shared::{Hyper, JobStatus, StepPoint, TrainMode, TripleOrigin, TripleStatus};
 
-use super::corpus::{DEFAULT_MAX_UPLOAD_MB, LlmKind, chunking_tokenizer, ingest_one, llm_choice, run_synth_job};
+use super::corpus::{
+    AnswersArg, DEFAULT_MAX_UPLOAD_MB, LlmKind, answer_style, chunking_tokenizer, ingest_one, llm_choice, run_synth_job,
+};
 use super::{model_path, progress_bar};
 
 /// Fewer approved triples than this are not worth a training run.
@@ -80,6 +82,10 @@ pub struct AdaptArgs {
     max_passages: Option<usize>,
     #[arg(long, default_value_t = 3)]
     questions_per_passage: u32,
+    /// How answers are got: written by the LLM, or the passage's sentence it picks (default:
+    /// extractive with --llm local, written with --llm openai).
+    #[arg(long, value_enum)]
+    answers: Option<AnswersArg>,
     /// Stop training after N optimiser steps (otherwise: enough epochs for 100 steps at least, and
     /// early stopping on the held-out loss).
     #[arg(long)]
@@ -338,6 +344,7 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
             let all = store.passage_ids(None).await?;
             let chosen: Vec<i64> =
                 spread(all.len(), args.max_passages.unwrap_or(all.len())).into_iter().map(|i| all[i]).collect();
+            let answers = answer_style(args.answers, &llm);
             let config = SynthRunConfig {
                 llm,
                 model,
@@ -345,6 +352,7 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
                 prompts: prompt::defaults(),
                 document_id: None,
                 filters: FilterSettings::default(),
+                answers,
             };
             let run = store.create_synth_run(&config, &chosen).await?;
             state.synth_run = Some(run.id);

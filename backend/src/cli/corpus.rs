@@ -16,7 +16,7 @@ use attune::openai::{OpenAiLlm, OpenAiSettings};
 use attune::store::Store;
 use attune::store::corpus::SynthRunConfig;
 use attune::synth::{FilterSettings, Llm, LocalLlm, prompt};
-use attune_shared::{LlmChoice, TripleStatus};
+use attune_shared::{AnswerStyle, LlmChoice, TripleStatus};
 
 use super::{model_path, progress_bar};
 
@@ -126,6 +126,24 @@ pub enum LlmKind {
     Openai,
 }
 
+/// How answers are got (`--answers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnswersArg {
+    /// The LLM writes each answer.
+    Written,
+    /// The LLM picks the passage's sentence that answers the question.
+    Extractive,
+}
+
+/// The answer style a new run gets: the flag's, or the default for its LLM.
+pub fn answer_style(flag: Option<AnswersArg>, llm: &LlmChoice) -> AnswerStyle {
+    match flag {
+        Some(AnswersArg::Written) => AnswerStyle::Written,
+        Some(AnswersArg::Extractive) => AnswerStyle::Extractive,
+        None => AnswerStyle::default_for(llm),
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
     #[arg(long, default_value = "./data")]
@@ -162,6 +180,10 @@ pub struct SynthArgs {
     questions_prompt: Option<PathBuf>,
     #[arg(long)]
     answer_prompt: Option<PathBuf>,
+    /// How answers are got: written by the LLM, or the passage's sentence it picks (default:
+    /// extractive with --llm local, written with --llm openai).
+    #[arg(long, value_enum)]
+    answers: Option<AnswersArg>,
     /// The base retriever the round-trip and near-duplicate filters embed with.
     #[arg(long, default_value = "default")]
     retriever: String,
@@ -309,6 +331,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
             if passages.is_empty() {
                 bail!("no passages to synthesise from: ingest documents first (attune ingest FILES)");
             }
+            let answers = answer_style(args.answers, &llm);
             let config = SynthRunConfig {
                 llm,
                 model,
@@ -316,6 +339,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 prompts,
                 document_id: None,
                 filters: args.filters.settings()?,
+                answers,
             };
             store.create_synth_run(&config, &passages).await?
         }

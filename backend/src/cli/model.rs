@@ -153,6 +153,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         stop: args.stop,
         repetition_penalty: args.repetition_penalty,
         stop_on_loop: args.stop_on_loop,
+        allowed_tokens: Vec::new(),
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;

@@ -583,6 +583,7 @@ async fn runs_left_running_by_a_stopped_server_are_interrupted() {
         prompts: attune::synth::prompt::defaults(),
         document_id: None,
         filters: attune_shared::FilterSettings::default(),
+        answers: attune_shared::AnswerStyle::Written,
     };
     let run = state.store().create_synth_run(&run_config, &[]).await.unwrap();
     state.store().set_synth_status(run.id, attune_shared::JobStatus::Running, None).await.unwrap();

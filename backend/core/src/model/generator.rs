@@ -53,6 +53,9 @@ pub struct GenerationConfig {
     pub repetition_penalty: f32,
     /// Stop when the output starts repeating itself ([`repeating_tail`]).
     pub stop_on_loop: bool,
+    /// Constrained decoding: when not empty, only these tokens can be generated (every other
+    /// token's logit is dropped before picking; end of sequence too unless listed).
+    pub allowed_tokens: Vec<u32>,
 }
 
 impl Default for GenerationConfig {
@@ -65,6 +68,7 @@ impl Default for GenerationConfig {
             stop: Vec::new(),
             repetition_penalty: 1.0,
             stop_on_loop: false,
+            allowed_tokens: Vec::new(),
         }
     }
 }
@@ -548,6 +552,15 @@ impl<'c> Continuation<'c> {
     fn step(&mut self, generator: &Generator, mut logits: Vec<f32>) -> Result<u32> {
         let config = self.config;
         penalise_repeats(&mut logits, &self.tokens, config.repetition_penalty);
+        if !config.allowed_tokens.is_empty() {
+            let mut held = vec![f32::NEG_INFINITY; logits.len()];
+            for &token in &config.allowed_tokens {
+                if let Some(&logit) = logits.get(token as usize) {
+                    held[token as usize] = logit;
+                }
+            }
+            logits = held;
+        }
         let next = pick(&logits, config, &mut self.rng);
         if generator.eos_ids.contains(&next) {
             self.stop_reason = Some(StopReason::EndOfSequence);
@@ -920,6 +933,7 @@ mod tests {
                 seed: 5,
                 ..GenerationConfig::default()
             },
+            GenerationConfig { max_new_tokens: 3, allowed_tokens: vec![6, 9, 13], ..GenerationConfig::default() },
         ];
         let mut stops = std::collections::HashSet::new();
         for config in &configs {
@@ -931,6 +945,31 @@ mod tests {
             }
         }
         assert!(stops.len() >= 2, "the rows stopped for different reasons: {stops:?}");
+    }
+
+    /// Constrained decoding: only the allowed tokens come out, and each is the most likely of them.
+    #[test]
+    fn allowed_tokens_hold_the_output_to_the_best_of_them() {
+        let (_, generator, _, _) = crate::train::test_models::tiny_models(DType::F32, 3);
+        let prompt: Vec<u32> = vec![4, 8, 15, 16];
+        let free = generator
+            .generate(&prompt, &GenerationConfig { max_new_tokens: 1, ..Default::default() }, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let mut cache = KvCache::default();
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<f32> =
+            generator.model.next_token_logits(&input, &mut cache, None).unwrap().get(0).unwrap().to_vec1().unwrap();
+        // Two tokens that are not the free choice: the better of the two comes out.
+        let others: Vec<u32> = (4..logits.len() as u32).filter(|&t| t != free.tokens[0]).take(2).collect();
+        let best = *others.iter().max_by(|&&a, &&b| logits[a as usize].total_cmp(&logits[b as usize])).unwrap();
+        let config = GenerationConfig { max_new_tokens: 1, allowed_tokens: others.clone(), ..Default::default() };
+        let held = generator.generate(&prompt, &config, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(held.tokens, [best], "free choice {:?}, allowed {others:?}", free.tokens);
+        let batch = generator.generate_batch(&[prompt.clone(), vec![5, 6, 7]], &config).unwrap();
+        assert_eq!(batch[0].tokens, [best]);
+        assert!(others.contains(&batch[1].tokens[0]));
     }
 
     #[test]

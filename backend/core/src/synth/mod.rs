@@ -5,13 +5,14 @@
 //! Synchronous, free of tokio, axum and sqlx: the job runner in `engine/` stores what this returns.
 
 pub mod corpus_checks;
+pub mod extract;
 pub mod filter;
 pub mod llm;
 pub mod parse;
 pub mod prompt;
 pub mod reference;
 
-use attune_shared::{FilterCounts, SynthPrompts};
+use attune_shared::{AnswerStyle, FilterCounts, SynthPrompts};
 
 pub use corpus_checks::CorpusChecks;
 pub use filter::{FilterSettings, Rejection};
@@ -49,17 +50,24 @@ pub struct PassageTriples {
     pub dropped: Vec<(String, String, Rejection)>,
 }
 
-/// Asks `llm` for `n` questions about `passage`, then for an answer to each from the passage alone;
+/// How a run asks for triples: its templates, questions per passage, answer style and filters.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking<'a> {
+    pub prompts: &'a SynthPrompts,
+    pub questions_per_passage: u32,
+    pub answers: AnswerStyle,
+    pub filters: &'a FilterSettings,
+}
+
+/// Asks `llm` for questions about `passage`, then for an answer to each from the passage alone;
 /// keeps the pairs that pass the filters. `known` holds questions already stored for the passage.
 pub fn synthesize(
     llm: &dyn Llm,
-    prompts: &SynthPrompts,
+    asking: &Asking<'_>,
     passage: &str,
-    n: u32,
     known: &[String],
-    filters: &FilterSettings,
 ) -> Result<PassageTriples, SynthError> {
-    synthesize_batch(llm, prompts, &[PassageInput { id: 0, text: passage, known }], n, filters, None)?.remove(0)
+    synthesize_batch(llm, asking, &[PassageInput { id: 0, text: passage, known }], None)?.remove(0)
 }
 
 /// `llm`'s completions of `prompts`, one per prompt.
@@ -94,12 +102,11 @@ pub struct PassageInput<'a> {
 /// are asked for. One result per passage, in order; the outer error fails them all.
 pub fn synthesize_batch(
     llm: &dyn Llm,
-    prompts: &SynthPrompts,
+    asking: &Asking<'_>,
     passages: &[PassageInput<'_>],
-    n: u32,
-    filters: &FilterSettings,
     corpus: Option<&mut CorpusChecks<'_>>,
 ) -> Result<Vec<Result<PassageTriples, SynthError>>, SynthError> {
+    let Asking { prompts, questions_per_passage: n, answers: style, filters } = *asking;
     let question_prompts = passages
         .iter()
         .map(|p| prompt::render_questions(&prompts.questions, p.text, n))
@@ -162,19 +169,24 @@ pub fn synthesize_batch(
             }
         }
     }
-    let mut answer_prompts = Vec::new();
-    for (passage, questions) in passages.iter().zip(&candidates) {
-        for question in questions {
-            answer_prompts.push(prompt::render_answer(&prompts.answer, passage.text, question)?);
+    let answers = match style {
+        AnswerStyle::Written => {
+            let mut answer_prompts = Vec::new();
+            for (passage, questions) in passages.iter().zip(&candidates) {
+                for question in questions {
+                    answer_prompts.push(prompt::render_answer(&prompts.answer, passage.text, question)?);
+                }
+            }
+            replies(llm, &answer_prompts, 64)?.into_iter().map(|r| r.map(|text| parse::answer(&text))).collect()
         }
-    }
-    let answers = replies(llm, &answer_prompts, 64)?;
+        AnswerStyle::Extractive => extractive_answers(llm, passages, &candidates)?,
+    };
     let mut answers = answers.into_iter();
     for ((passage, questions), out) in passages.iter().zip(candidates).zip(outs.iter_mut()) {
         for (question, answer) in questions.into_iter().zip(answers.by_ref()) {
             let Ok(triples) = out else { continue };
             let answer = match answer {
-                Ok(answer) => parse::answer(&answer),
+                Ok(answer) => answer,
                 Err(error) => {
                     *out = Err(error);
                     continue;
@@ -190,6 +202,36 @@ pub fn synthesize_batch(
         }
     }
     Ok(outs)
+}
+
+/// Each candidate question's answer as the sentence of its passage the LLM picks (empty when its
+/// reply names none: the empty filter counts it), in order.
+fn extractive_answers(
+    llm: &dyn Llm,
+    passages: &[PassageInput<'_>],
+    candidates: &[Vec<String>],
+) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+    let mut asked = Vec::new();
+    let mut offered = Vec::new();
+    for (passage, questions) in passages.iter().zip(candidates) {
+        let spans = extract::spans(passage.text);
+        for question in questions {
+            asked.push((extract::render(&spans, question), spans.len()));
+            offered.push(spans.clone());
+        }
+    }
+    if asked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chosen = llm.choose(&asked)?;
+    if chosen.len() != asked.len() {
+        return Err(SynthError::Replies { asked: asked.len(), got: chosen.len() });
+    }
+    Ok(chosen
+        .into_iter()
+        .zip(offered)
+        .map(|(choice, spans)| choice.map(|i| i.and_then(|i| spans.get(i).cloned()).unwrap_or_default()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -222,6 +264,43 @@ mod tests {
         }
     }
 
+    fn written<'a>(prompts: &'a SynthPrompts, n: u32, filters: &'a FilterSettings) -> Asking<'a> {
+        Asking { prompts, questions_per_passage: n, answers: AnswerStyle::Written, filters }
+    }
+
+    /// Extractive answers: one choice prompt per question listing the passage's sentences; the
+    /// sentence named is the answer word for word, and a reply naming none drops the question.
+    #[test]
+    fn extractive_answers_are_the_sentences_the_llm_names() {
+        let tower = "The Eiffel Tower was completed in 1889 for the World's Fair. It is 330 metres tall. \
+                     Gustave Eiffel's company designed it.";
+        let llm = Scripted {
+            replies: Mutex::new(vec![
+                "1. How tall is the Eiffel Tower?\n2. Who designed the Eiffel Tower?\n3. When was it finished?".into(),
+                "2".into(),
+                "Sentence 3".into(),
+                "I do not know".into(),
+            ]),
+            prompts: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        };
+        let (prompts, filters) = (prompt::defaults(), FilterSettings::default());
+        let asking = Asking { answers: AnswerStyle::Extractive, ..written(&prompts, 3, &filters) };
+        let out = synthesize(&llm, &asking, tower, &[]).unwrap();
+        assert_eq!(
+            out.kept,
+            [
+                ("How tall is the Eiffel Tower?".to_owned(), "It is 330 metres tall.".to_owned()),
+                ("Who designed the Eiffel Tower?".to_owned(), "Gustave Eiffel's company designed it.".to_owned()),
+            ]
+        );
+        assert_eq!(out.filtered.empty, 1, "a reply naming no sentence");
+        assert_eq!(*llm.calls.lock().unwrap(), [1, 3]);
+        let sent = llm.prompts.lock().unwrap();
+        assert!(sent[1].contains("1. The Eiffel Tower was completed in 1889 for the World's Fair.\n2. It is 330"));
+        assert!(sent[1].ends_with("Question: How tall is the Eiffel Tower?"), "{}", sent[1]);
+    }
+
     fn llm_again() -> Scripted {
         Scripted {
             replies: Mutex::new(vec![
@@ -250,7 +329,8 @@ mod tests {
             calls: Mutex::new(Vec::new()),
         };
         let prompts = prompt::defaults();
-        let out = synthesize(&llm, &prompts, passage, 5, &[], &FilterSettings::default()).unwrap();
+        let filters = FilterSettings::default();
+        let out = synthesize(&llm, &written(&prompts, 5, &filters), passage, &[]).unwrap();
         assert_eq!(
             out.kept,
             vec![
@@ -259,7 +339,7 @@ mod tests {
             ]
         );
         assert_eq!(out.questions_seen, 5);
-        let three = synthesize(&llm_again(), &prompts, passage, 2, &[], &FilterSettings::default()).unwrap();
+        let three = synthesize(&llm_again(), &written(&prompts, 2, &filters), passage, &[]).unwrap();
         assert_eq!(three.questions_seen, 2, "only the first n questions count");
         assert_eq!(out.filtered.duplicate, 1);
         assert_eq!(out.filtered.not_a_question, 1);
@@ -287,7 +367,7 @@ mod tests {
         let passages =
             [PassageInput { id: 1, text: tower, known: &known }, PassageInput { id: 2, text: bridge, known: &[] }];
         let filters = FilterSettings::default();
-        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters, None).unwrap();
+        let out = synthesize_batch(&llm, &written(&prompt::defaults(), 2, &filters), &passages, None).unwrap();
         assert_eq!(*llm.calls.lock().unwrap(), [2, 2], "two question prompts, then the two answers asked for");
         let tower_out = out[0].as_ref().unwrap();
         assert_eq!(tower_out.kept, [("When was the Eiffel Tower completed?".to_owned(), "1889".to_owned())]);
@@ -318,7 +398,8 @@ mod tests {
             calls: Mutex::new(Vec::new()),
         };
         let passages = [PassageInput { id: 1, text: cat, known: &[] }, PassageInput { id: 2, text: dog, known: &[] }];
-        let out = synthesize_batch(&llm, &prompt::defaults(), &passages, 2, &filters, Some(&mut checks)).unwrap();
+        let prompts = prompt::defaults();
+        let out = synthesize_batch(&llm, &written(&prompts, 2, &filters), &passages, Some(&mut checks)).unwrap();
         assert_eq!(*llm.calls.lock().unwrap(), [2, 3], "the near-duplicate is not sent for an answer");
         let second = out[1].as_ref().unwrap();
         assert_eq!(second.kept, [("What ran in the park?".to_owned(), "a dog".to_owned())]);

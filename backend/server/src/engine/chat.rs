@@ -458,6 +458,7 @@ impl ChatThread {
             repetition_penalty: options.repetition_penalty as f32,
             stop_on_loop: true,
             stop: stop_sequences,
+            allowed_tokens: Vec::new(),
         };
         let mut first_token_at = None;
         let generation = pair

@@ -17,7 +17,7 @@ use super::EngineError;
 use crate::model::retriever::Retriever;
 use crate::store::Store;
 use crate::store::corpus::NewTripleRow;
-use crate::synth::{CorpusChecks, FilterSettings, Llm, PassageInput, synthesize_batch};
+use crate::synth::{Asking, CorpusChecks, FilterSettings, Llm, PassageInput, synthesize_batch};
 
 /// Synthesis runs take turns per LLM — one at a time on the local model, one at a time per
 /// server — in the order they were started; the others wait, queued, on their own threads.
@@ -166,14 +166,13 @@ impl SynthJob {
                 .iter()
                 .map(|(passage, known)| PassageInput { id: passage.id, text: &passage.text, known })
                 .collect();
-            let results = match synthesize_batch(
-                self.llm.as_ref(),
-                &run.prompts,
-                &inputs,
-                run.questions_per_passage,
-                &self.filters,
-                corpus_checks.as_mut(),
-            ) {
+            let asking = Asking {
+                prompts: &run.prompts,
+                questions_per_passage: run.questions_per_passage,
+                answers: run.answers,
+                filters: &self.filters,
+            };
+            let results = match synthesize_batch(self.llm.as_ref(), &asking, &inputs, corpus_checks.as_mut()) {
                 Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
                 Err(error) => vec![Err(error.to_string()); asked.len()],
             };

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use attune_shared::{
-    BulkAction, BulkResult, Document, ImportResult, JobStatus, LlmChoice, NewTriple, Passage, SynthPrompts,
-    SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage, TripleStatus, TripleUpdate,
-    UploadOutcome, UploadResult,
+    AnswerStyle, BulkAction, BulkResult, Document, ImportResult, JobStatus, LlmChoice, NewTriple, Passage,
+    SynthPrompts, SynthRequest, SynthRun, Triple, TripleEdit, TripleMatch, TripleOrigin, TriplePage, TripleStatus,
+    TripleUpdate, UploadOutcome, UploadResult,
 };
 
 use super::AppState;
@@ -485,7 +485,9 @@ pub async fn start_synth(
     filters
         .validate()
         .map_err(|message| AppError::Invalid { code: "invalid_body", message: format!("filters: {message}") })?;
-    let config = SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id, filters };
+    let answers = request.answers.unwrap_or(AnswerStyle::default_for(&llm));
+    let config =
+        SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id, filters, answers };
     let run = state.store().create_synth_run(&config, &passages).await?;
     spawn_synth(&state, run.id)?;
     Ok((StatusCode::ACCEPTED, Json(run)))

@@ -169,6 +169,8 @@ pub struct SynthRunConfig {
     pub document_id: Option<i64>,
     #[serde(default)]
     pub filters: attune_shared::FilterSettings,
+    #[serde(default)]
+    pub answers: attune_shared::AnswerStyle,
 }
 
 fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
@@ -190,6 +192,7 @@ fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
         report,
         document_id: config.document_id,
         filters: config.filters,
+        answers: config.answers,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
