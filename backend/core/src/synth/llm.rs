@@ -21,18 +21,26 @@ pub trait Llm: Send + Sync {
     #[allow(clippy::type_complexity)]
     fn choose(&self, prompts: &[(String, usize)]) -> Result<Vec<Result<Option<usize>, SynthError>>, SynthError> {
         let texts: Vec<String> = prompts.iter().map(|(prompt, _)| prompt.clone()).collect();
-        let replies = self.complete(&texts, 8)?;
-        Ok(replies
-            .into_iter()
-            .zip(prompts)
-            .map(|(reply, (_, offered))| reply.map(|text| super::extract::chosen(&text, *offered)))
-            .collect())
+        read_choices(self.complete(&texts, 8)?, prompts)
     }
     /// Passages whose prompts a synthesis run sends in one call: 1 (a server batches requests
     /// itself; each passage is then its own call, cancelled and resumed on its own).
     fn passages_per_call(&self) -> usize {
         1
     }
+}
+
+/// The option each free reply names (its first number among those offered).
+#[allow(clippy::type_complexity)]
+fn read_choices(
+    replies: Vec<Result<String, SynthError>>,
+    prompts: &[(String, usize)],
+) -> Result<Vec<Result<Option<usize>, SynthError>>, SynthError> {
+    Ok(replies
+        .into_iter()
+        .zip(prompts)
+        .map(|(reply, (_, offered))| reply.map(|text| super::extract::chosen(&text, *offered)))
+        .collect())
 }
 
 /// The local generator, greedy; the prompts of one call are decoded side by side.
@@ -98,16 +106,16 @@ impl Llm for LocalLlm {
         counts.sort_unstable();
         counts.dedup();
         for n in counts {
+            let rows: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].1 == n).collect();
             let Some(numbers) = self.number_tokens(n)? else {
                 // A tokenizer without one token per digit: read a short free reply instead.
-                let rows: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].1 == n).collect();
-                let texts: Vec<String> = rows.iter().map(|&i| prompts[i].0.clone()).collect();
-                for (&i, reply) in rows.iter().zip(self.complete(&texts, 8)?) {
-                    out[i] = reply.map(|text| super::extract::chosen(&text, n));
+                let asked: Vec<(String, usize)> = rows.iter().map(|&i| prompts[i].clone()).collect();
+                let texts: Vec<String> = asked.iter().map(|(prompt, _)| prompt.clone()).collect();
+                for (&i, choice) in rows.iter().zip(read_choices(self.complete(&texts, 8)?, &asked)?) {
+                    out[i] = choice;
                 }
                 continue;
             };
-            let rows: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].1 == n).collect();
             let ids = self.prompt_ids(rows.iter().map(|&i| prompts[i].0.as_str()))?;
             let config = GenerationConfig { max_new_tokens: 1, allowed_tokens: numbers.clone(), ..Default::default() };
             let generations = self.generator.generate_batch(&ids, &config)?;

@@ -211,13 +211,14 @@ fn extractive_answers(
     passages: &[PassageInput<'_>],
     candidates: &[Vec<String>],
 ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+    let spans: Vec<Vec<String>> = passages.iter().map(|p| extract::spans(p.text)).collect();
     let mut asked = Vec::new();
-    let mut offered = Vec::new();
-    for (passage, questions) in passages.iter().zip(candidates) {
-        let spans = extract::spans(passage.text);
+    // Per question, its passage's spans.
+    let mut offered: Vec<&[String]> = Vec::new();
+    for (spans, questions) in spans.iter().zip(candidates) {
         for question in questions {
-            asked.push((extract::render(&spans, question), spans.len()));
-            offered.push(spans.clone());
+            asked.push((extract::render(spans, question), spans.len()));
+            offered.push(spans);
         }
     }
     if asked.is_empty() {
