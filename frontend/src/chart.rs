@@ -165,17 +165,23 @@ pub fn tick_labels(ticks: &[f64]) -> Vec<String> {
     ticks.iter().map(|t| format!("{t}")).collect()
 }
 
-/// A chart of `series` against steps; `testid` names it for tests, and `data-points` counts the
-/// points of its first series.
+/// A chart of `series` against steps, with a dashed vertical line at each of `marks` (steps where
+/// something happened, e.g. hard negatives mined again) and their count in `data-marks`; `testid`
+/// names it for tests, and `data-points` counts the points of its first series.
 #[component]
 pub fn LineChart(
     title: &'static str,
     testid: &'static str,
     #[prop(into)] series: Signal<Vec<Series>>,
+    #[prop(optional, into)] marks: Signal<Vec<f64>>,
+    /// What a mark means, for its tooltip.
+    #[prop(optional)]
+    marks_label: &'static str,
 ) -> impl IntoView {
     view! {
         <figure class="chart" data-testid=testid
-            data-points=move || series.with(|s| s.first().map(|s| s.points.len()).unwrap_or(0).to_string())>
+            data-points=move || series.with(|s| s.first().map(|s| s.points.len()).unwrap_or(0).to_string())
+            data-marks=move || marks.with(|m| m.len().to_string())>
             <figcaption>
                 <span class="chart-title">{title}</span>
                 <span class="legend">
@@ -200,6 +206,11 @@ pub fn LineChart(
                                 <text class="tick" x=f.px(t) y=HEIGHT - BOTTOM + 16.0 text-anchor="middle">{label}</text>
                             }).collect_view()}
                             <text class="axis-label" x=LEFT + (WIDTH - LEFT - RIGHT) / 2.0 y=HEIGHT - 4.0 text-anchor="middle">"step"</text>
+                            {marks.get().into_iter().filter(|&m| m >= f.x.0 && m <= f.x.1).map(|m| view! {
+                                <line class="mark" x1=f.px(m) x2=f.px(m) y1=TOP y2=HEIGHT - BOTTOM>
+                                    <title>{format!("{marks_label} (after step {m})")}</title>
+                                </line>
+                            }).collect_view()}
                             // Drawn last to first, so the first series (the total) lies on top.
                             {all.iter().rev().map(|s| {
                                 let single = s.points.len() == 1;

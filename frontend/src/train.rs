@@ -22,7 +22,7 @@ pub struct Field {
 }
 
 fn parse<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("{text:?} is not a valid number"))
+    text.trim().parse().map_err(|_| format!("{text:?} is not a valid value"))
 }
 
 macro_rules! field {
@@ -81,6 +81,32 @@ pub fn fields() -> Vec<Field> {
         field!(top_k, "Passages per question", "Candidates the generator's likelihood is marginalised over (e2e)."),
         field!(generator_weight, "Generator weight λ", "Loss = retriever loss + λ × generator loss."),
         field!(scale, "Similarity scale", "Sharpness (1/τ) of the retriever's scores in both losses."),
+        field!(
+            hard_negatives,
+            "Hard negatives",
+            "Per question: the corpus passages the retriever ranks highest that are not its answer (0: none)."
+        ),
+        field!(
+            hard_negative_margin,
+            "Negative margin",
+            "A passage scoring within this share of the gold passage's score is not a negative (a near-copy)."
+        ),
+        field!(
+            refresh_negatives_every,
+            "Refresh negatives every",
+            "Steps between re-mining the negatives with the retriever as trained so far (0: mined once)."
+        ),
+        field!(
+            candidates,
+            "Candidates",
+            "e2e: batch (the batch's passages) or corpus (also each question's hard negatives from the whole corpus)."
+        ),
+        field!(
+            retriever_loss,
+            "Retriever loss",
+            "e2e: contrastive, lsr (towards the passages that make the answer likelier) or contrastive+lsr."
+        ),
+        field!(lsr_temperature, "LSR temperature", "β of the lsr loss: smaller follows the generator more sharply."),
         field!(max_passage_tokens, "Passage tokens", "Passages are cut to this many tokens for training."),
         field!(max_answer_tokens, "Answer tokens", "Answers are cut to this many tokens."),
         field!(test_fraction, "Held out", "Share of passages whose triples are kept for evaluation, never trained on."),
@@ -141,6 +167,12 @@ pub fn loss_panels(points: &[StepPoint]) -> Vec<(&'static str, &'static str, Vec
         ));
     }
     panels
+}
+
+/// The steps after which the hard negatives were mined again (a step's point says so when a
+/// refresh ran before it): the marks on the loss chart.
+pub fn refresh_marks(points: &[StepPoint]) -> Vec<f64> {
+    points.iter().filter(|p| p.refresh_seconds.is_some()).map(|p| f64::from(p.step.saturating_sub(1))).collect()
 }
 
 /// Fewer approved triples than this and a run learns little: the form says so.
@@ -464,7 +496,10 @@ pub fn TrainPage() -> impl IntoView {
                             (0..count).map(|i| {
                                 let panel = move || points.with(|p| loss_panels(p).into_iter().nth(i));
                                 let (title, testid) = panel().map(|(t, id, _)| (t, id)).unwrap_or(("Loss", "loss-chart"));
-                                view! { <LineChart title=title testid=testid series=Signal::derive(move || panel().map(|p| p.2).unwrap_or_default()) /> }
+                                // The first panel (the total loss) marks where the hard negatives were mined again.
+                                let marks = Signal::derive(move || if i == 0 { points.with(|p| refresh_marks(p)) } else { Vec::new() });
+                                view! { <LineChart title=title testid=testid series=Signal::derive(move || panel().map(|p| p.2).unwrap_or_default())
+                                    marks=marks marks_label="hard negatives mined again" /> }
                             }).collect_view()
                         }}
                         <LineChart title="Learning rate" testid="lr-chart"
@@ -699,7 +734,15 @@ mod tests {
         assert_eq!(h.max_steps, Some(12));
         (max_steps.set)(&mut h, "").unwrap();
         assert_eq!(h.max_steps, None);
-        assert_eq!(fields().len(), 23, "one field per hyper-parameter");
+        assert_eq!(fields().len(), 29, "one field per hyper-parameter");
+    }
+
+    #[test]
+    fn refreshes_are_marked_after_the_step_before_them() {
+        let refreshed = |step| StepPoint { step, refresh_seconds: Some(1.5), ..StepPoint::default() };
+        let points = [p(1, 1.0), p(50, 0.9), refreshed(51), p(52, 0.8), refreshed(101)];
+        assert_eq!(refresh_marks(&points), vec![50.0, 100.0]);
+        assert!(refresh_marks(&[p(1, 1.0)]).is_empty());
     }
 
     #[test]

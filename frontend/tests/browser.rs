@@ -173,3 +173,26 @@ async fn line_chart_redraws_as_points_arrive() {
     assert_eq!(d.matches('L').count(), 2, "{d}");
     assert!(root.inner_text().contains("retriever"), "the legend names the lines");
 }
+
+#[wasm_bindgen_test]
+async fn line_chart_marks_steps_inside_its_range() {
+    use attune_frontend::chart::{LineChart, Series};
+    let root = container();
+    let points = RwSignal::new(vec![(1.0, 4.0), (2.0, 3.0), (3.0, 2.0), (4.0, 1.5)]);
+    let marks = RwSignal::new(Vec::<f64>::new());
+    let series = Signal::derive(move || vec![Series { label: "total", class: "s-total", points: points.get() }]);
+    let _mounted = leptos::mount::mount_to(root.clone(), move || {
+        view! { <LineChart title="Loss" testid="m" series=series marks=marks marks_label="hard negatives mined again" /> }
+    });
+    let chart = root.query_selector("[data-testid=m]").unwrap().unwrap();
+    assert_eq!(chart.get_attribute("data-marks").as_deref(), Some("0"));
+    assert_eq!(root.query_selector_all("line.mark").unwrap().length(), 0);
+    // Step 9 lies beyond the plotted steps: counted, not drawn.
+    marks.set(vec![2.0, 9.0]);
+    leptos::task::tick().await;
+    assert_eq!(chart.get_attribute("data-marks").as_deref(), Some("2"));
+    let drawn = root.query_selector_all("line.mark").unwrap();
+    assert_eq!(drawn.length(), 1);
+    let line = drawn.get(0).unwrap().dyn_into::<web_sys::Element>().unwrap();
+    assert!(line.text_content().unwrap().contains("hard negatives mined again (after step 2)"));
+}

@@ -82,6 +82,67 @@ impl Marginalization {
     }
 }
 
+/// Where each question's candidate passages come from in e2e mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Candidates {
+    /// The top-k of the batch's passages: the other questions' gold passages.
+    #[default]
+    Batch,
+    /// The top-k of the batch's passages and every question's hard negatives, which are its best
+    /// passages of the whole corpus by the (refreshed) index: near-misses the generator must tell
+    /// apart, as at inference.
+    Corpus,
+}
+
+impl Candidates {
+    pub const ALL: [Candidates; 2] = [Candidates::Batch, Candidates::Corpus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Candidates::Batch => "batch",
+            Candidates::Corpus => "corpus",
+        }
+    }
+}
+
+/// The retriever's loss in e2e mode (retriever mode is always contrastive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RetrieverLoss {
+    /// InfoNCE: the gold passage against the batch's others and the hard negatives.
+    #[default]
+    #[serde(rename = "contrastive")]
+    Contrastive,
+    /// LM-supervised retrieval (REPLUG-LSR, Atlas' perplexity distillation): the retriever's
+    /// distribution over the candidates pulled towards the generator's (detached) likelihood of
+    /// the answer given each; no gold passage needed.
+    #[serde(rename = "lsr")]
+    Lsr,
+    /// Both, added.
+    #[serde(rename = "contrastive+lsr")]
+    ContrastiveLsr,
+}
+
+impl RetrieverLoss {
+    pub const ALL: [RetrieverLoss; 3] = [RetrieverLoss::Contrastive, RetrieverLoss::Lsr, RetrieverLoss::ContrastiveLsr];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrieverLoss::Contrastive => "contrastive",
+            RetrieverLoss::Lsr => "lsr",
+            RetrieverLoss::ContrastiveLsr => "contrastive+lsr",
+        }
+    }
+
+    pub fn contrastive(self) -> bool {
+        matches!(self, RetrieverLoss::Contrastive | RetrieverLoss::ContrastiveLsr)
+    }
+
+    pub fn lsr(self) -> bool {
+        matches!(self, RetrieverLoss::Lsr | RetrieverLoss::ContrastiveLsr)
+    }
+}
+
 /// `Display` and `FromStr` by the wire names, so a command line parses the same words the API takes.
 macro_rules! named_enum {
     ($($name:ident),*) => {$(
@@ -104,7 +165,7 @@ macro_rules! named_enum {
     )*};
 }
 
-named_enum!(TrainMode, Decay, Marginalization);
+named_enum!(TrainMode, Decay, Marginalization, Candidates, RetrieverLoss);
 
 /// Every setting of a training run but its data, models and device: the web app sends it, the
 /// command line overrides its defaults flag by flag, and the trainer reads it. `Hyper::default()`
@@ -151,6 +212,27 @@ pub struct Hyper {
     pub symmetric: bool,
     /// Hard negatives per question, mined from the corpus with the base retriever (0: none).
     pub hard_negatives: u32,
+    /// A mined passage is a negative only if it scores below the gold passage by this share of
+    /// the gold's score (NV-Retriever's "95% of the positive" is 0.05): near-copies of the gold
+    /// passage, and passages that answer the question as well, are false negatives. Missing from
+    /// stored settings: 0, as that run mined.
+    #[serde(default)]
+    pub hard_negative_margin: f64,
+    /// Mine the hard negatives again every N optimiser steps with the retriever as trained so far
+    /// (its index over the corpus refreshed), so they stay hard as it learns (0: mined once, by
+    /// the base retriever). Missing from stored settings: 0.
+    #[serde(default)]
+    pub refresh_negatives_every: u32,
+    /// Where e2e mode's candidate passages come from (`corpus` needs hard negatives). Missing from
+    /// stored settings: `batch`.
+    #[serde(default)]
+    pub candidates: Candidates,
+    /// The retriever's loss in e2e mode. Missing from stored settings: `contrastive`.
+    #[serde(default)]
+    pub retriever_loss: RetrieverLoss,
+    /// β of the LM-supervised loss: the generator's log-likelihoods are divided by it before
+    /// the softmax that the retriever is pulled towards (smaller: sharper).
+    pub lsr_temperature: f64,
     /// Train on the first N training rows only.
     pub max_train_examples: Option<u32>,
     /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
@@ -199,6 +281,11 @@ impl Default for Hyper {
             marginalization: Marginalization::Sequence,
             symmetric: false,
             hard_negatives: 0,
+            hard_negative_margin: 0.05,
+            refresh_negatives_every: 0,
+            candidates: Candidates::Batch,
+            retriever_loss: RetrieverLoss::Contrastive,
+            lsr_temperature: 1.0,
             max_train_examples: None,
             sequences_per_chunk: 8,
             activation_checkpointing: false,
@@ -213,7 +300,7 @@ impl Hyper {
     /// Checks ranges types cannot; the message names the setting and its field. The one validation
     /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 23] = [
+        let checks: [(bool, &str); 27] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
             (
                 self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
@@ -238,6 +325,16 @@ impl Hyper {
             ((1..=1024).contains(&self.max_answer_tokens), "max_answer_tokens must be between 1 and 1024"),
             (self.test_fraction > 0.0 && self.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
             (self.hard_negatives <= 64, "hard_negatives must be at most 64"),
+            ((0.0..1.0).contains(&self.hard_negative_margin), "hard_negative_margin must be in [0, 1)"),
+            (self.refresh_negatives_every <= 10_000_000, "refresh_negatives_every must be at most 10000000"),
+            (
+                self.candidates != Candidates::Corpus || self.hard_negatives > 0,
+                "corpus candidates (candidates) need hard negatives (hard_negatives of 1 or more)",
+            ),
+            (
+                self.lsr_temperature > 0.0 && self.lsr_temperature <= 100.0,
+                "lsr_temperature must be above 0 and at most 100",
+            ),
             ((1..=4096).contains(&self.sequences_per_chunk), "sequences_per_chunk must be between 1 and 4096"),
             (self.max_train_examples.is_none_or(|n| n >= 1), "max_train_examples must be at least 1"),
             ((1..=1000).contains(&self.keep_checkpoints), "keep_checkpoints must be between 1 and 1000"),
@@ -350,6 +447,10 @@ pub struct StepPoint {
     /// The held-out loss, on the steps where it was measured.
     #[serde(default)]
     pub eval_loss: Option<f64>,
+    /// Seconds spent mining the hard negatives again (the corpus index refreshed with the
+    /// retriever as trained so far) before this step, on the steps where that happened.
+    #[serde(default)]
+    pub refresh_seconds: Option<f64>,
 }
 
 /// A training run (`GET /api/v1/runs/:id`).

@@ -90,6 +90,8 @@ pub struct AdaptArgs {
     /// early stopping on the held-out loss).
     #[arg(long)]
     max_steps: Option<u32>,
+    #[command(flatten)]
+    pub negatives: super::train::NegativeArgs,
     /// The seed of the training run (data order, adapters, dropout).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -253,14 +255,17 @@ pub async fn run(args: AdaptArgs) -> anyhow::Result<()> {
         }
         None => {
             let approved = store.all_triples(&[TripleStatus::Approved]).await?;
-            let (out, mode, seed, max_steps, models_dir, device) =
-                (args.out.clone(), args.mode, args.seed, args.max_steps, args.models_dir.clone(), args.device.clone());
+            let (out, mode, models_dir, device) =
+                (args.out.clone(), args.mode, args.models_dir.clone(), args.device.clone());
+            let hyper = args.negatives.apply(Hyper { max_steps: args.max_steps, seed: args.seed, ..Hyper::default() });
             let triples: Vec<Triple> = approved
                 .iter()
                 .map(|t| Triple { question: t.question.clone(), passage: t.passage.clone(), answer: t.answer.clone() })
                 .collect();
+            // Hard negatives come from every passage of the documents, not only those with triples.
+            let passages: Vec<String> = store.indexed_passages().await?.into_iter().map(|p| p.text).collect();
             let summary = tokio::task::spawn_blocking(move || {
-                train_stage(&out, &triples, mode, seed, max_steps, &models_dir, &device)
+                train_stage(&out, &triples, passages, mode, &hyper, &models_dir, &device)
             })
             .await??;
             state.training = Some(summary.clone());
@@ -435,9 +440,9 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
 fn train_stage(
     out: &Path,
     triples: &[Triple],
+    passages: Vec<String>,
     mode: TrainMode,
-    seed: u64,
-    max_steps: Option<u32>,
+    hyper: &Hyper,
     models_dir: &Path,
     device: &str,
 ) -> anyhow::Result<TrainingSummary> {
@@ -459,9 +464,8 @@ fn train_stage(
             let lines: String =
                 triples.iter().map(|t| serde_json::to_string(t).map(|l| l + "\n")).collect::<Result<_, _>>()?;
             write_atomically(&data, lines.as_bytes())?;
-            let hyper = Hyper { max_steps, seed, ..Hyper::default() };
             let inputs = RunInputs { device: device.to_owned(), ..RunInputs::new(data.clone(), models_dir) };
-            TrainConfig::from_hyper(&hyper, mode, inputs)?
+            TrainConfig::from_hyper(hyper, mode, inputs)?
         }
     };
     let dataset = config.load_data().with_context(|| format!("reading {}", config.data.display()))?;
@@ -473,7 +477,7 @@ fn train_stage(
         models,
         train: dataset.train,
         held_out: dataset.test,
-        corpus: dataset.corpus,
+        corpus: passages,
         resume,
     })?;
     let bar = progress_bar(

@@ -119,7 +119,7 @@ fn hybrid_name(dense: &str) -> &'static str {
     }
 }
 
-fn read_corpus(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_corpus(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let mut corpus = Vec::new();

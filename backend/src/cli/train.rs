@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use attune::train::checkpoint;
 use attune::train::config::{BaseModels, RunInputs, TrainConfig};
 use attune::train::trainer::{Outcome, RunSetup, TrainEvent, Trainer};
-use attune_shared::{Decay, Hyper, Marginalization, TrainMode};
+use attune_shared::{Candidates, Decay, Hyper, Marginalization, RetrieverLoss, TrainMode};
 
 use super::{ColumnArgs, model_path, progress_bar};
 
@@ -81,15 +81,29 @@ pub struct TrainArgs {
     /// sequence or token.
     #[arg(long, default_value_t = defaults().marginalization)]
     marginalization: Marginalization,
+    /// e2e candidates: batch (the top-k of the batch's passages) or corpus (those and the hard
+    /// negatives, each question's best passages of the whole corpus; needs --hard-negatives).
+    #[arg(long, default_value_t = defaults().candidates)]
+    candidates: Candidates,
+    /// The retriever's loss in e2e mode: contrastive, lsr (towards the passages that make the
+    /// generator's answer likelier, REPLUG-LSR) or contrastive+lsr.
+    #[arg(long, default_value_t = defaults().retriever_loss)]
+    retriever_loss: RetrieverLoss,
+    /// β of the lsr loss: the generator's log-likelihoods are divided by it (smaller: sharper).
+    #[arg(long, default_value_t = defaults().lsr_temperature)]
+    lsr_temperature: f64,
     /// Scale of the cosine similarities in the contrastive loss and in p(z|q).
     #[arg(long, default_value_t = defaults().scale)]
     scale: f64,
     /// Add the passage-to-question direction to the contrastive loss.
     #[arg(long)]
     symmetric: bool,
-    /// Hard negatives per question, mined from the corpus with the base retriever.
-    #[arg(long, default_value_t = defaults().hard_negatives)]
-    hard_negatives: u32,
+    /// Passages hard negatives are mined from (JSONL with a "text" field, or one passage a line);
+    /// default: the data's corpus (the shared format's .corpus.jsonl, or every triple's passage).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[command(flatten)]
+    negatives: NegativeArgs,
     #[arg(long, default_value_t = defaults().max_passage_tokens)]
     max_passage_tokens: u32,
     #[arg(long, default_value_t = defaults().max_answer_tokens)]
@@ -130,6 +144,34 @@ pub struct TrainArgs {
     dtype: String,
 }
 
+/// The hard-negative settings (`attune train` and `attune adapt` share them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NegativeArgs {
+    /// Hard negatives per question, mined from the corpus by the retriever (0: in-batch negatives only).
+    #[arg(long, default_value_t = defaults().hard_negatives)]
+    pub hard_negatives: u32,
+    /// A mined passage is a negative only when it scores below the gold passage by this share of
+    /// the gold's score (near-copies and passages that answer as well are false negatives).
+    #[arg(long, default_value_t = defaults().hard_negative_margin)]
+    pub hard_negative_margin: f64,
+    /// Mine the hard negatives again every N steps with the retriever as trained so far (0: once,
+    /// with the base retriever). A multiple of --checkpoint-every keeps a resumed run exact.
+    #[arg(long, default_value_t = defaults().refresh_negatives_every)]
+    pub refresh_negatives_every: u32,
+}
+
+impl NegativeArgs {
+    /// `hyper` with these settings.
+    pub fn apply(&self, hyper: Hyper) -> Hyper {
+        Hyper {
+            hard_negatives: self.hard_negatives,
+            hard_negative_margin: self.hard_negative_margin,
+            refresh_negatives_every: self.refresh_negatives_every,
+            ..hyper
+        }
+    }
+}
+
 impl TrainArgs {
     /// The flags as overrides of `Hyper::default()`.
     fn hyper(&self) -> Hyper {
@@ -159,12 +201,14 @@ impl TrainArgs {
             eval_every: self.eval_every,
             decay: self.decay,
             marginalization: self.marginalization,
+            candidates: self.candidates,
+            retriever_loss: self.retriever_loss,
+            lsr_temperature: self.lsr_temperature,
             symmetric: self.symmetric,
-            hard_negatives: self.hard_negatives,
             max_train_examples: self.max_train_examples,
             sequences_per_chunk: self.sequences_per_chunk,
             activation_checkpointing: self.activation_checkpointing,
-            ..defaults()
+            ..self.negatives.apply(defaults())
         }
     }
 
@@ -177,6 +221,7 @@ impl TrainArgs {
             generator: model_path(&self.generator, &self.models_dir, crate::DEFAULT_GENERATOR),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
+            corpus: self.corpus.clone(),
         };
         Ok(TrainConfig::from_hyper(&self.hyper(), self.mode, inputs)?)
     }
@@ -207,13 +252,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("  row {}: {}", skipped.row, skipped.reason);
         }
     }
+    let corpus = match &config.corpus {
+        Some(path) => super::eval::read_corpus(path)?,
+        None => dataset.corpus,
+    };
     let (models, device) = BaseModels::load(&config)?;
     eprintln!(
         "training {:?} on {} examples ({} held out, corpus of {}) on {device:?}",
         config.mode,
         dataset.train.len(),
         dataset.test.len(),
-        dataset.corpus.len()
+        corpus.len()
     );
     let (epochs_set, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
     let mut trainer = Trainer::new(RunSetup {
@@ -222,7 +271,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         models,
         train: dataset.train,
         held_out: dataset.test,
-        corpus: dataset.corpus,
+        corpus,
         resume: checkpoint,
     })?;
     let bar = progress_bar(

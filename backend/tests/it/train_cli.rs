@@ -141,6 +141,72 @@ fn e2e_and_generator_modes_train_both_adapters_and_eval_answers() {
     assert!(report["generator"]["exact_match"].is_number());
 }
 
+/// Hard negatives from a corpus file, mined again every 2 steps by the retriever being trained:
+/// the log says which steps followed a refresh, the run folder keeps the latest negatives with
+/// their step (none of them a question's own passage), and the run resumes from its checkpoint.
+#[test]
+fn retriever_mode_mines_refreshed_hard_negatives_from_a_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let data = fixture();
+    // The corpus: the fixture's passages (read back from its CSV) and two others.
+    let mut reader = csv::Reader::from_path(&data).unwrap();
+    let mut passages: Vec<String> = reader.records().map(|r| r.unwrap()[0].to_owned()).collect();
+    passages.extend(["The Eiffel Tower is in Paris.".to_owned(), "Mount Everest is in Nepal.".to_owned()]);
+    let corpus = dir.path().join("corpus.jsonl");
+    let lines: String = passages.iter().map(|p| serde_json::json!({ "text": p }).to_string() + "\n").collect();
+    std::fs::write(&corpus, lines).unwrap();
+    let output = attune(&[
+        "train",
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--mode",
+        "retriever",
+        "--batch-size",
+        "4",
+        "--max-passage-tokens",
+        "64",
+        "--max-steps",
+        "5",
+        "--checkpoint-every",
+        "2",
+        "--corpus",
+        path(&corpus),
+        "--hard-negatives",
+        "2",
+        "--refresh-negatives-every",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains(&format!("corpus of {}", passages.len())), "{}", text(&output));
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let refreshed: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|p| p["refresh_seconds"].as_f64().is_some_and(|s| s > 0.0))
+        .map(|p| p["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refreshed, vec![3, 5], "mined again after steps 2 and 4");
+    let mined: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("hard_negatives.json")).unwrap()).unwrap();
+    assert_eq!(mined["step"], 4);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["corpus"].as_str(), Some(path(&corpus)), "the corpus is part of the run's settings");
+    let negatives = mined["negatives"].as_array().unwrap();
+    assert!(!negatives.is_empty());
+    for list in negatives {
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|n| passages.contains(&n.as_str().unwrap().to_owned())));
+    }
+    let resumed = attune(&["train", "--resume", path(&out.join("checkpoints/step-000004"))]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("done: 5 steps"), "{}", text(&resumed));
+}
+
 #[test]
 fn bad_input_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,6 +217,16 @@ fn bad_input_fails_with_a_clear_message() {
         (vec!["train", "--data", path(&data), "--out", path(&out), "--question-column", "Q"], "no column \"Q\""),
         (vec!["train", "--data", path(&data), "--out", path(&out), "--batch-size", "0"], "batch size"),
         (vec!["train", "--resume", "/nonexistent-run"], "no checkpoints"),
+        (vec!["train", "--data", path(&data), "--out", path(&out), "--candidates", "corpus"], "need hard negatives"),
+        (
+            vec!["train", "--data", path(&data), "--out", path(&out), "--hard-negative-margin", "1.5"],
+            "hard_negative_margin",
+        ),
+        (vec!["train", "--data", path(&data), "--out", path(&out), "--candidates", "everything"], "batch, corpus"),
+        (
+            vec!["train", "--data", path(&data), "--out", path(&out), "--corpus", "/nonexistent.jsonl"],
+            "/nonexistent.jsonl",
+        ),
         (vec!["eval", "--data", path(&data), "--split", "dev"], "unknown split"),
     ];
     for (args, expected) in cases {

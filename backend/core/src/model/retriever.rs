@@ -283,7 +283,9 @@ impl Retriever {
         let mut parts = Vec::new();
         for chunk in texts.chunks(batch_size.max(1)) {
             let input = self.tokenize(chunk, role)?;
-            parts.push(self.forward(&input, Mode::Inference)?.to_dtype(DType::F32)?);
+            // Detached: with trainable adapters attached (hard negatives mined again mid-run), each
+            // part would otherwise keep its whole graph of activations alive until the end.
+            parts.push(self.forward(&input, Mode::Inference)?.to_dtype(DType::F32)?.detach());
         }
         if parts.is_empty() {
             return Ok(Tensor::zeros((0, self.hidden_size), DType::F32, self.model.device())?);

@@ -243,6 +243,12 @@ mod legacy {
                 generator_targets: old.generator_targets,
                 keep_checkpoints: defaults.keep_checkpoints,
                 activation_checkpointing: defaults.activation_checkpointing,
+                // As such a run mined its negatives: once, with no margin.
+                hard_negative_margin: 0.0,
+                refresh_negatives_every: 0,
+                candidates: attune_shared::Candidates::Batch,
+                retriever_loss: attune_shared::RetrieverLoss::Contrastive,
+                lsr_temperature: defaults.lsr_temperature,
             };
             TrainConfig {
                 data: old.data,
@@ -251,6 +257,7 @@ mod legacy {
                 generator: old.generator,
                 device: old.device,
                 dtype: old.dtype.unwrap_or_else(|| "auto".into()),
+                corpus: None,
                 mode: loss.mode,
                 hyper,
             }

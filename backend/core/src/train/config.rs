@@ -31,6 +31,10 @@ pub struct TrainConfig {
     pub device: String,
     /// `auto`, `f32`, `bf16` or `f16`.
     pub dtype: String,
+    /// Passages hard negatives are mined from (JSONL with a `text` field, or one passage a line);
+    /// `None`: the data's own corpus.
+    #[serde(default)]
+    pub corpus: Option<PathBuf>,
     pub mode: TrainMode,
     pub hyper: Hyper,
 }
@@ -44,6 +48,8 @@ pub struct RunInputs {
     pub generator: PathBuf,
     pub device: String,
     pub dtype: String,
+    /// Passages hard negatives are mined from; `None`: the data's own corpus.
+    pub corpus: Option<PathBuf>,
 }
 
 impl RunInputs {
@@ -56,6 +62,7 @@ impl RunInputs {
             generator: models_dir.join(DEFAULT_GENERATOR_NAME),
             device: "auto".into(),
             dtype: "auto".into(),
+            corpus: None,
         }
     }
 }
@@ -70,8 +77,9 @@ pub enum Part {
 impl TrainConfig {
     /// The one way a run's configuration is made: `hyper` validated, for `mode`, on `inputs`.
     pub fn from_hyper(hyper: &Hyper, mode: TrainMode, inputs: RunInputs) -> Result<Self> {
-        let RunInputs { data, columns, retriever, generator, device, dtype } = inputs;
-        let config = TrainConfig { data, columns, retriever, generator, device, dtype, mode, hyper: hyper.clone() };
+        let RunInputs { data, columns, retriever, generator, device, dtype, corpus } = inputs;
+        let config =
+            TrainConfig { data, columns, retriever, generator, device, dtype, corpus, mode, hyper: hyper.clone() };
         config.validate()?;
         Ok(config)
     }

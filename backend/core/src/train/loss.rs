@@ -90,6 +90,18 @@ pub fn rag_token_nll(retrieval_scores: &Tensor, token_log_probs: &Tensor, token_
     Ok((per_token * token_mask)?.sum(1)?.neg()?)
 }
 
+/// LM-supervised retrieval (REPLUG-LSR; Atlas' perplexity distillation):
+/// `KL( softmax(retrieval_scores) ‖ softmax(answer_log_probs / β) )` per query, over its `(b, k)`
+/// candidates, with the generator's side detached — only the retriever learns from it, towards the
+/// passages that make the answer likelier. Returns `(b,)`.
+pub fn lsr_loss(retrieval_scores: &Tensor, answer_log_probs: &Tensor, temperature: f64) -> Result<Tensor> {
+    let log_retriever = candle_nn::ops::log_softmax(retrieval_scores, 1)?;
+    let target = (answer_log_probs.detach().to_dtype(log_retriever.dtype())? / temperature)?;
+    let log_target = candle_nn::ops::log_softmax(&target, 1)?;
+    let kl = (log_retriever.exp()? * (log_retriever - log_target)?)?;
+    Ok(kl.sum(1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -175,6 +187,43 @@ mod tests {
         let z = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         assert!((lp[0][0] - (3.0 - z)).abs() < 1e-6);
         assert!((lp[0][1] - (1.0f32 / 3.0).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn lsr_by_hand_and_its_gradient_by_finite_differences() {
+        // Retriever (1/4, 3/4); the LM's likelihoods (1/2, 1/10) at β = 1 give the target (5/6, 1/6):
+        // KL = 1/4 ln((1/4)/(5/6)) + 3/4 ln((3/4)/(1/6)).
+        let scores = Tensor::new(&[[0.0f64, 3f64.ln()]], &Device::Cpu).unwrap();
+        let log_probs = Tensor::new(&[[0.5f64.ln(), 0.1f64.ln()]], &Device::Cpu).unwrap();
+        let kl = scalar(&lsr_loss(&scores, &log_probs, 1.0).unwrap().squeeze(0).unwrap());
+        let expected = 0.25 * (0.25f64 / (5.0 / 6.0)).ln() + 0.75 * (0.75f64 / (1.0 / 6.0)).ln();
+        assert!((kl - expected).abs() < 1e-12, "{kl} vs {expected}");
+        // Agreeing distributions cost nothing; a high temperature flattens the target.
+        let agree = Tensor::new(&[[(1.0f64 / 4.0).ln(), (3.0f64 / 4.0).ln()]], &Device::Cpu).unwrap();
+        assert!(scalar(&lsr_loss(&scores, &agree, 1.0).unwrap().sum_all().unwrap()).abs() < 1e-12);
+        let flat = scalar(&lsr_loss(&scores, &log_probs, 1e6).unwrap().sum_all().unwrap());
+        let to_uniform = 0.25 * (0.25f64 / 0.5).ln() + 0.75 * (0.75f64 / 0.5).ln();
+        assert!((flat - to_uniform).abs() < 1e-6, "{flat} vs {to_uniform}");
+        // The gradient reaches the scores only, and matches finite differences.
+        let scores = Var::new(&[[0.3f64, -0.2, 1.1], [0.0, 0.5, -0.7]], &Device::Cpu).unwrap();
+        let log_probs = Var::new(&[[-2.0f64, -0.5, -3.0], [-1.0, -4.0, -0.2]], &Device::Cpu).unwrap();
+        let loss = |s: &Tensor| scalar(&lsr_loss(s, log_probs.as_tensor(), 0.7).unwrap().sum_all().unwrap());
+        let grads =
+            lsr_loss(scores.as_tensor(), log_probs.as_tensor(), 0.7).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&log_probs).is_none(), "the generator's side is detached");
+        let analytic = grads.get(&scores).unwrap().to_vec2::<f64>().unwrap();
+        let base = scores.as_tensor().to_vec2::<f64>().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let h = 1e-6;
+                let (mut plus, mut minus) = (base.clone(), base.clone());
+                plus[i][j] += h;
+                minus[i][j] -= h;
+                let t = |v: Vec<Vec<f64>>| Tensor::new(v, &Device::Cpu).unwrap();
+                let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * h);
+                assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
+            }
+        }
     }
 
     #[test]

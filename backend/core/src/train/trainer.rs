@@ -19,7 +19,7 @@ use super::checkpoint::{self, CheckpointState, OPTIMIZER_FILE};
 pub use super::config::{BaseModels, Part, TrainConfig};
 use super::data::Triple;
 use super::error::{Result, TrainError};
-use super::negatives;
+use super::negatives::{self, Mining};
 use super::optim::{AdamW, clip_grad_norm};
 #[cfg(test)]
 use super::step::batch_loss;
@@ -119,6 +119,10 @@ pub struct Trainer {
     optimizer: AdamW,
     /// Hard negatives by training example.
     negatives: Vec<Vec<String>>,
+    /// How they are mined, when the run uses them.
+    mining: Option<Mining>,
+    /// Passages hard negatives are mined from (empty when the run uses none).
+    corpus: Vec<String>,
     dropout: DropoutRng,
     step: usize,
     /// Held-out evaluations so far, (step, loss).
@@ -157,13 +161,18 @@ impl Trainer {
         let mut adapters = Vec::new();
         let mut init_rng = StdRng::seed_from_u64(config.hyper.seed);
         let mut negatives = vec![Vec::new(); train.len()];
+        let mining = (mode.trains_retriever() && config.hyper.hard_negatives > 0).then(|| Mining {
+            per_question: config.hyper.hard_negatives as usize,
+            margin: config.hyper.hard_negative_margin,
+        });
         if mode.trains_retriever() {
             let r = retriever
                 .as_mut()
                 .ok_or_else(|| TrainError::Config("this mode trains a retriever: none was given".into()))?;
-            let per_question = config.hyper.hard_negatives as usize;
-            if per_question > 0 {
-                negatives = negatives::load_or_mine(&out, r, &train, &corpus, per_question)?;
+            if let Some(mining) = mining
+                && resume.is_none()
+            {
+                negatives = negatives::load_or_mine(&out, 0, r, &train, &corpus, mining)?;
             }
             r.set_max_length(loss.max_passage_tokens)?;
             let device = r.model().device().clone();
@@ -189,6 +198,8 @@ impl Trainer {
             adapters,
             optimizer,
             negatives,
+            corpus: if mining.is_some() { corpus } else { Vec::new() },
+            mining,
             step: 0,
             evals: Vec::new(),
         };
@@ -198,6 +209,7 @@ impl Trainer {
                 // The evaluations up to the checkpoint count; later ones are done again.
                 let step = trainer.step;
                 trainer.evals = checkpoint::read_evals(&trainer.out).into_iter().filter(|(s, _)| *s <= step).collect();
+                trainer.resume_negatives()?;
             }
             None => {
                 checkpoint::start_run_folder(&trainer.out, &trainer.config)?;
@@ -209,6 +221,41 @@ impl Trainer {
 
     pub fn step(&self) -> usize {
         self.step
+    }
+
+    /// The step whose retriever mined the negatives that step `step + 1` trains with: the last
+    /// refresh at or before `step` (0: the base retriever's).
+    fn mined_at(&self, step: usize) -> usize {
+        match self.config.hyper.refresh_negatives_every as usize {
+            0 => 0,
+            every => step / every * every,
+        }
+    }
+
+    /// A resumed run's negatives: the saved ones when they were mined at the refresh the
+    /// checkpoint's step follows, else mined again by the checkpoint's retriever — the one that
+    /// refresh used when refreshes fall on checkpoints, as they do when `refresh_negatives_every`
+    /// is a multiple of `checkpoint_every` (then a resumed run trains as an unbroken one).
+    fn resume_negatives(&mut self) -> Result<()> {
+        let Some(mining) = self.mining else { return Ok(()) };
+        let at = self.mined_at(self.step);
+        let retriever = self.retriever.as_ref().ok_or_else(|| TrainError::Config("no retriever".into()))?;
+        self.negatives = negatives::load_or_mine(&self.out, at, retriever, &self.train, &self.corpus, mining)?;
+        Ok(())
+    }
+
+    /// Mines the negatives again with the retriever as trained so far when step `self.step + 1`
+    /// starts a refresh interval; the seconds it took, when it did.
+    fn refresh_negatives(&mut self) -> Result<Option<f64>> {
+        let Some(mining) = self.mining else { return Ok(None) };
+        let at = self.mined_at(self.step);
+        if at == 0 || at != self.step {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let retriever = self.retriever.as_ref().ok_or_else(|| TrainError::Config("no retriever".into()))?;
+        self.negatives = negatives::load_or_mine(&self.out, at, retriever, &self.train, &self.corpus, mining)?;
+        Ok(Some(started.elapsed().as_secs_f64()))
     }
 
     pub fn total_steps(&self) -> usize {
@@ -327,6 +374,7 @@ impl Trainer {
     }
 
     fn train_step(&mut self, total: usize, step_times: &[f64]) -> Result<StepPoint> {
+        let refresh_seconds = self.refresh_negatives()?;
         let started = Instant::now();
         let micro_batches = self.micro_batches(self.step);
         let examples: usize = micro_batches.iter().map(Vec::len).sum();
@@ -384,6 +432,7 @@ impl Trainer {
             step_seconds: seconds,
             eta_seconds: mean * total.saturating_sub(self.step) as f64,
             eval_loss: None,
+            refresh_seconds,
         })
     }
 
@@ -854,6 +903,86 @@ mod tests {
         }
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 10, "the log has each step once");
+    }
+
+    /// Negatives mined again every 2 steps by the retriever as trained: the steps after a refresh
+    /// say how long it took, the run folder keeps the latest with its step, and a run stopped at a
+    /// checkpoint before a refresh resumes exactly as the unbroken run went on.
+    #[test]
+    fn refreshed_negatives_are_logged_saved_and_resume_exactly() {
+        let base = config_with(TrainMode::Retriever, |h| {
+            (h.max_steps, h.epochs, h.checkpoint_every) = (Some(6), 5, 2);
+            (h.hard_negatives, h.refresh_negatives_every, h.hard_negative_margin) = (2, 2, 0.0);
+        });
+        let corpus: Vec<String> = ["the cat sat on the mat .", "a dog ran in the park .", "the dogs sat in the park ."]
+            .into_iter()
+            .chain(["a bird sat on the mat .", "the park is green .", "cats and dogs ran ."])
+            .map(String::from)
+            .collect();
+        let make = |config: TrainConfig, out: &Path, resume: Option<&Path>| {
+            let (retriever, _, retriever_vars, _) = tiny_models(DType::F32, 5);
+            // The tiny model's own adapter is drawn unseeded; the base retriever mines the first
+            // negatives before the run's seeded adapters replace it, so it must be the same each time.
+            for var in retriever_vars.all_vars() {
+                var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+            }
+            let models = BaseModels { retriever: Some(retriever), generator: None };
+            let setup = RunSetup {
+                corpus: corpus.clone(),
+                resume: resume.map(Path::to_owned),
+                ..setup(config, out, models, triples(10), triples(4))
+            };
+            Trainer::new(setup).unwrap()
+        };
+        let steps = |events: &[TrainEvent]| -> Vec<StepPoint> {
+            events.iter().filter_map(|e| if let TrainEvent::Step(p) = e { Some(*p) } else { None }).collect()
+        };
+        let straight_dir = tempfile::tempdir().unwrap();
+        let mut straight_events = Vec::new();
+        make(base.clone(), straight_dir.path(), None)
+            .run(&mut |e| {
+                straight_events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let refreshed: Vec<u32> =
+            steps(&straight_events).iter().filter(|p| p.refresh_seconds.is_some()).map(|p| p.step).collect();
+        assert_eq!(refreshed, vec![3, 5], "mined again before steps 3 and 5 (after 2 and 4 steps)");
+        let saved = negatives::load(straight_dir.path(), 4, 10).expect("the step-4 negatives are saved");
+        let train = triples(10);
+        assert!(saved.iter().any(|n| !n.is_empty()), "{saved:?}");
+        for (negatives, triple) in saved.iter().zip(&train) {
+            // Passages scoring above the gold one are left out (likely false negatives).
+            assert!(negatives.len() <= 2);
+            assert!(negatives.iter().all(|n| n != &triple.passage && corpus.contains(n)), "{negatives:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first_events = Vec::new();
+        let outcome = make(base.clone(), dir.path(), None)
+            .run(&mut |e| {
+                first_events.push(e.clone());
+                if matches!(e, TrainEvent::Checkpoint { step: 4, .. }) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Cancelled { steps: 4, .. }), "{outcome:?}");
+        assert!(negatives::load(dir.path(), 2, 10).is_some(), "stopped before the step-4 refresh");
+        let checkpoint = latest_checkpoint(dir.path()).unwrap();
+        let mut resumed_events = Vec::new();
+        make(read_config(dir.path()).unwrap(), dir.path(), Some(&checkpoint))
+            .run(&mut |e| {
+                resumed_events.push(e.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let mut joined = losses(&first_events);
+        joined.extend(losses(&resumed_events));
+        assert_eq!(joined, losses(&straight_events), "same losses step by step");
+        assert_eq!(negatives::load(dir.path(), 4, 10), Some(saved), "the same step-4 negatives");
     }
 
     /// Accumulating 3 micro-batches gives the gradient of the whole batch's mean loss (generator

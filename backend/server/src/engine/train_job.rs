@@ -25,6 +25,7 @@ fn train_config(context: &JobContext, run: &Run, dir: &Path) -> Result<TrainConf
         generator: context.model_dir(&run.generator),
         device: context.device_spec.clone(),
         dtype: "auto".into(),
+        corpus: None,
     };
     Ok(TrainConfig::from_hyper(&run.hyper, run.mode, inputs)?)
 }
@@ -161,6 +162,11 @@ fn train(
     let started = context.runtime.block_on(context.store.set_run_status(id, JobStatus::Running, None))?;
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
+    // Hard negatives come from every passage of the documents, not only those with triples.
+    let corpus = match config.hyper.hard_negatives {
+        0 => dataset.corpus,
+        _ => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
+    };
     let (models, device) = BaseModels::load(&config)?;
     let (hyper_epochs, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
     let mut trainer = Trainer::new(RunSetup {
@@ -169,7 +175,7 @@ fn train(
         models,
         train: dataset.train,
         held_out: dataset.test,
-        corpus: dataset.corpus,
+        corpus,
         resume,
     })?;
     // Steps after the checkpoint are redone, so their old figures go.
