@@ -58,6 +58,7 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", required=True, help="NAME=FLAGS for attune train")
     p.add_argument("--synthetic", help="triples JSONL synthesised from the slice (attune adapt's triples.jsonl)")
+    p.add_argument("--no-real", action="store_true", help="train on the synthetic triples only")
     p.add_argument("--json")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -66,7 +67,8 @@ def main():
     seeds = [int(s) for s in a.seeds.split(",")]
     variants = [v.split("=", 1) for v in a.variant]
     data = {"synthetic": a.synthetic} if a.synthetic else {}
-    data["real"] = os.path.join(a.work, "real_train.jsonl")
+    if not a.no_real:
+        data["real"] = os.path.join(a.work, "real_train.jsonl")
     base = evaluate(a.attune, a.work, a.models_dir)
     rows = {"base": {m: spread([base["retriever"][m]]) for m in METRICS},
             "bm25": {m: spread([base["bm25"][m]]) for m in METRICS},
