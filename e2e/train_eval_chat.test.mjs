@@ -88,6 +88,11 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   }
   assert.match(table, /base/);
   assert.match(table, /Δ e2e run 1/);
+  // Dense, BM25 and hybrid search of the same questions, for base and tuned.
+  const methods = await page.getByTestId("methods-table").innerText();
+  for (const row of ["BM25", "base, dense", "base, hybrid (dense + BM25)", "e2e run 1, dense", "e2e run 1, hybrid (dense + BM25)"]) {
+    assert.ok(methods.includes(row), `${row} in ${methods}`);
+  }
   // Each evaluation has its own address, its figures their intervals, ranks their meaning.
   assert.match(page.url(), /\/evaluate\/\d+$/);
   assert.ok((await page.getByTestId("interval").count()) > 0, "intervals beside the figures");
@@ -105,6 +110,7 @@ test("a quick run's chart fills live, then Evaluate and Chat use the tuned model
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Chat" }).click();
   await page.getByLabel("Models").locator("option", { hasText: "(tuned)" }).waitFor({ state: "attached" });
   assert.match(await page.getByLabel("Models").inputValue(), /^run:/, "the tuned pair is the default");
+  assert.equal(await page.getByTestId("chat-retrieval").inputValue(), "hybrid", "hybrid search by default");
   const input = page.getByTestId("chat-input");
   await input.fill("What was the name of the band?");
   const asked = Date.now();

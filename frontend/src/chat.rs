@@ -8,7 +8,7 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{ChatOptions, ChatStats, Citation, ClientMessage, ModelPair, ServerMessage};
+use attune_shared::{ChatOptions, ChatStats, Citation, ClientMessage, ModelPair, RetrievalMethod, ServerMessage};
 
 use crate::api::Api;
 use crate::format::page_range;
@@ -295,6 +295,18 @@ pub fn ChatPage() -> impl IntoView {
                     <input type="number" min="1" max="20" size="3" prop:value=move || top_k.get().to_string()
                         on:change=move |e| top_k.set(event_target_value(&e).parse().unwrap_or(5).clamp(1, 20)) />
                 </label>
+                <label title="dense: the retriever's embeddings; BM25: words shared with the question; hybrid: both rankings fused (ranked best in our measurements)">"Search "
+                    <select aria-label="Search" data-testid="chat-retrieval" on:change=move |e| {
+                        if let Some(method) = RetrievalMethod::from_name(&event_target_value(&e)) {
+                            options.update(|o| o.retrieval = method);
+                        }
+                    }>
+                        {RetrievalMethod::ALL.into_iter().map(|method| {
+                            let selected = move || options.with(|o| o.retrieval == method);
+                            view! { <option value=method.as_str() selected=selected>{retrieval_label(method)}</option> }
+                        }).collect_view()}
+                    </select>
+                </label>
                 <button type="button" data-testid="chat-clear" on:click=clear>"Clear history"</button>
                 {move || pairs.with(Option::is_none).then(|| view! { <span class="muted" data-testid="pairs-loading">"loading the model list…"</span> })}
             </div>
@@ -335,6 +347,15 @@ pub fn ChatPage() -> impl IntoView {
             </form>
             {move || problem.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
         </section>
+    }
+}
+
+/// A retrieval method as the Chat and Evaluate pages name it.
+pub fn retrieval_label(method: RetrievalMethod) -> &'static str {
+    match method {
+        RetrievalMethod::Dense => "dense",
+        RetrievalMethod::Bm25 => "BM25",
+        RetrievalMethod::Hybrid => "hybrid (dense + BM25)",
     }
 }
 

@@ -5,7 +5,9 @@
 
 use leptos::prelude::*;
 
-use attune_shared::{Eval, EvalItem, EvalReport, JobStatus, NewEval, Run, ServerMessage, TestSet, TestSetInfo};
+use attune_shared::{
+    Eval, EvalItem, EvalReport, JobStatus, MethodScores, NewEval, Run, ServerMessage, TestSet, TestSetInfo,
+};
 
 use crate::api::{Api, ApiError};
 use crate::format::status_label;
@@ -31,6 +33,30 @@ pub fn metric(report: &EvalReport, system: usize, key: &str) -> Option<f64> {
         "f1" => s.f1,
         _ => s.retrieval.get(key).copied(),
     }
+}
+
+/// Columns of the search-methods table (retrieval metrics only).
+pub const METHOD_COLUMNS: [(&str, &str); 5] =
+    [("hit@1", "hit@1"), ("hit@5", "hit@5"), ("hit@10", "hit@10"), ("MRR@10", "mrr@10"), ("nDCG@10", "ndcg@10")];
+
+/// A row of the search-methods table: the system and how it searched (BM25 needs no system).
+pub fn method_row_label(row: &MethodScores) -> String {
+    let method = crate::chat::retrieval_label(row.method);
+    match row.system.is_empty() {
+        true => method.to_owned(),
+        false => format!("{}, {method}", row.system),
+    }
+}
+
+/// The row with the highest value of `key` (the first of equals), to mark it.
+pub fn best_method(rows: &[MethodScores], key: &str) -> Option<usize> {
+    let values = rows.iter().enumerate().filter_map(|(i, r)| Some((i, *r.retrieval.get(key)?)));
+    values
+        .fold(None, |best: Option<(usize, f64)>, (i, v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((i, v)),
+        })
+        .map(|(i, _)| i)
 }
 
 /// A system's 95% interval of a row's metric (`em`, `f1` for the answers').
@@ -341,6 +367,7 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
     let compared = systems.len() > 1;
     let table_report = report.clone();
     let items = report.items.clone();
+    let methods = report.methods.clone();
     view! {
         <div class="eval-report" data-testid="eval-report">
             <h2>{format!("Evaluation #{}: {} questions, {} passages searched", eval.id, report.questions, report.corpus)}</h2>
@@ -379,6 +406,29 @@ fn EvalView(eval: Eval, filter: RwSignal<&'static str>) -> impl IntoView {
                     }).collect_view()}
                 </tbody>
             </table>
+            {(!methods.is_empty()).then(|| view! {
+                <h3>"Search methods"</h3>
+                <p class="muted">"The same questions ranked by each retriever's embeddings (dense), by words shared with the question (BM25), and by both fused (hybrid, as the Chat page searches by default). The best value of each column is bold."</p>
+                <table class="metrics-table" aria-label="Search methods" data-testid="methods-table">
+                    <thead>
+                        <tr>
+                            <th scope="col">"System, search"</th>
+                            {METHOD_COLUMNS.iter().map(|(label, _)| view! { <th scope="col">{*label}</th> }).collect_view()}
+                        </tr>
+                    </thead>
+                    <tbody>
+                        {methods.iter().enumerate().map(|(i, row)| view! {
+                            <tr>
+                                <th scope="row">{method_row_label(row)}</th>
+                                {METHOD_COLUMNS.iter().map(|(_, key)| {
+                                    let best = best_method(&methods, key) == Some(i);
+                                    view! { <td class:best=best>{row.retrieval.get(*key).map(|v| format!("{v:.3}")).unwrap_or("–".into())}</td> }
+                                }).collect_view()}
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            })}
             <h3>"Questions"</h3>
             {compared.then(|| view! {
                 <div class="status-tabs" role="group" aria-label="Show">
@@ -480,6 +530,7 @@ mod tests {
                 intervals: [("hit@1".to_string(), [0.25, 0.75])].into(),
             }],
             items: vec![],
+            methods: vec![],
         };
         assert_eq!(metric(&report, 0, "hit@1"), Some(0.5));
         assert_eq!(metric(&report, 0, "em"), Some(0.25));
@@ -493,5 +544,25 @@ mod tests {
         assert_eq!(delta_words(0.125), "+0.125");
         assert_eq!(delta_words(-0.05), "−0.050");
         assert_eq!(delta_words(0.0001), "±0");
+    }
+
+    #[test]
+    fn search_methods_are_named_and_the_best_of_each_column_is_found() {
+        use attune_shared::RetrievalMethod;
+        let row = |system: &str, method, hit1: f64| MethodScores {
+            system: system.into(),
+            method,
+            retrieval: [("hit@1".to_string(), hit1)].into(),
+        };
+        let rows = vec![
+            row("", RetrievalMethod::Bm25, 0.9),
+            row("base", RetrievalMethod::Dense, 0.8),
+            row("base", RetrievalMethod::Hybrid, 0.95),
+            row("tuned", RetrievalMethod::Hybrid, 0.95),
+        ];
+        assert_eq!(method_row_label(&rows[0]), "BM25");
+        assert_eq!(method_row_label(&rows[2]), "base, hybrid (dense + BM25)");
+        assert_eq!(best_method(&rows, "hit@1"), Some(2), "the first of equals");
+        assert_eq!(best_method(&rows, "mrr@10"), None, "no row has it");
     }
 }

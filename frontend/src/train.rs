@@ -97,6 +97,11 @@ pub fn fields() -> Vec<Field> {
             "Steps between re-mining the negatives with the retriever as trained so far (0: mined once)."
         ),
         field!(
+            mining_retrieval,
+            "Mine negatives by",
+            "dense (the retriever's ranking), bm25 (passages sharing the question's words) or hybrid (both fused)."
+        ),
+        field!(
             candidates,
             "Candidates",
             "e2e: batch (the batch's passages) or corpus (also each question's hard negatives from the whole corpus)."
@@ -104,9 +109,19 @@ pub fn fields() -> Vec<Field> {
         field!(
             retriever_loss,
             "Retriever loss",
-            "e2e: contrastive, lsr (towards the passages that make the answer likelier) or contrastive+lsr."
+            "e2e: contrastive, lsr (towards the passages that make the answer likelier), emdr2 (the answer's marginal likelihood), or contrastive plus one of them."
         ),
         field!(lsr_temperature, "LSR temperature", "β of the lsr loss: smaller follows the generator more sharply."),
+        field!(
+            oracle_fraction,
+            "Gold passage share",
+            "How often the gold passage is among the e2e candidates or in a RAFT prompt (RAFT's P; 1 = always)."
+        ),
+        field!(
+            distractors,
+            "Distractors",
+            "Generator mode: mined passages put beside the gold one in each prompt, so it learns to ignore near misses (0: none)."
+        ),
         field!(max_passage_tokens, "Passage tokens", "Passages are cut to this many tokens for training."),
         field!(max_answer_tokens, "Answer tokens", "Answers are cut to this many tokens."),
         field!(test_fraction, "Held out", "Share of passages whose triples are kept for evaluation, never trained on."),
@@ -734,7 +749,7 @@ mod tests {
         assert_eq!(h.max_steps, Some(12));
         (max_steps.set)(&mut h, "").unwrap();
         assert_eq!(h.max_steps, None);
-        assert_eq!(fields().len(), 29, "one field per hyper-parameter");
+        assert_eq!(fields().len(), 32, "one field per hyper-parameter");
     }
 
     #[test]

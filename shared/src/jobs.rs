@@ -121,25 +121,49 @@ pub enum RetrieverLoss {
     /// Both, added.
     #[serde(rename = "contrastive+lsr")]
     ContrastiveLsr,
+    /// EMDR²: `−log Σ_d p_R(d|q) · p_LM(a|q,d)` over the candidates with the generator's side
+    /// detached — the marginal likelihood, as a loss of the retriever only.
+    #[serde(rename = "emdr2")]
+    Emdr,
+    /// Contrastive and EMDR², added.
+    #[serde(rename = "contrastive+emdr2")]
+    ContrastiveEmdr,
 }
 
 impl RetrieverLoss {
-    pub const ALL: [RetrieverLoss; 3] = [RetrieverLoss::Contrastive, RetrieverLoss::Lsr, RetrieverLoss::ContrastiveLsr];
+    pub const ALL: [RetrieverLoss; 5] = [
+        RetrieverLoss::Contrastive,
+        RetrieverLoss::Lsr,
+        RetrieverLoss::ContrastiveLsr,
+        RetrieverLoss::Emdr,
+        RetrieverLoss::ContrastiveEmdr,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RetrieverLoss::Contrastive => "contrastive",
             RetrieverLoss::Lsr => "lsr",
             RetrieverLoss::ContrastiveLsr => "contrastive+lsr",
+            RetrieverLoss::Emdr => "emdr2",
+            RetrieverLoss::ContrastiveEmdr => "contrastive+emdr2",
         }
     }
 
     pub fn contrastive(self) -> bool {
-        matches!(self, RetrieverLoss::Contrastive | RetrieverLoss::ContrastiveLsr)
+        matches!(self, RetrieverLoss::Contrastive | RetrieverLoss::ContrastiveLsr | RetrieverLoss::ContrastiveEmdr)
     }
 
     pub fn lsr(self) -> bool {
         matches!(self, RetrieverLoss::Lsr | RetrieverLoss::ContrastiveLsr)
+    }
+
+    pub fn emdr(self) -> bool {
+        matches!(self, RetrieverLoss::Emdr | RetrieverLoss::ContrastiveEmdr)
+    }
+
+    /// The loss learns from the generator's likelihoods (detached): it needs no gold passage.
+    pub fn lm_supervised(self) -> bool {
+        self.lsr() || self.emdr()
     }
 }
 
@@ -165,7 +189,7 @@ macro_rules! named_enum {
     )*};
 }
 
-named_enum!(TrainMode, Decay, Marginalization, Candidates, RetrieverLoss);
+named_enum!(TrainMode, Decay, Marginalization, Candidates, RetrieverLoss, RetrievalMethod);
 
 /// Every setting of a training run but its data, models and device: the web app sends it, the
 /// command line overrides its defaults flag by flag, and the trainer reads it. `Hyper::default()`
@@ -223,6 +247,10 @@ pub struct Hyper {
     /// the base retriever). Missing from stored settings: 0.
     #[serde(default)]
     pub refresh_negatives_every: u32,
+    /// Which ranking of the corpus hard negatives and distractors are mined from: the retriever's
+    /// (`dense`), BM25's (DPR's negatives: passages sharing the question's words) or both fused
+    /// (`hybrid`). Missing from stored settings: `dense`.
+    pub mining_retrieval: RetrievalMethod,
     /// Where e2e mode's candidate passages come from (`corpus` needs hard negatives). Missing from
     /// stored settings: `batch`.
     #[serde(default)]
@@ -233,6 +261,15 @@ pub struct Hyper {
     /// β of the LM-supervised loss: the generator's log-likelihoods are divided by it before
     /// the softmax that the retriever is pulled towards (smaller: sharper).
     pub lsr_temperature: f64,
+    /// RAFT's P: the chance that a question's gold passage is among its e2e candidates (1: always;
+    /// below 1 the generator also learns to answer from near misses, and an LM-supervised loss
+    /// ranks candidates without the gold one). Missing from stored settings: 1.
+    pub oracle_fraction: f64,
+    /// Generator mode: hard negatives mined from the corpus by the base retriever and put into each
+    /// training prompt beside the gold passage (which is there with chance `oracle_fraction`), in
+    /// random order, so the generator learns to answer from the right passage among near misses
+    /// (RAFT). 0: the gold passage alone. Missing from stored settings: 0.
+    pub distractors: u32,
     /// Train on the first N training rows only.
     pub max_train_examples: Option<u32>,
     /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
@@ -283,9 +320,12 @@ impl Default for Hyper {
             hard_negatives: 0,
             hard_negative_margin: 0.05,
             refresh_negatives_every: 0,
+            mining_retrieval: RetrievalMethod::Dense,
             candidates: Candidates::Batch,
             retriever_loss: RetrieverLoss::Contrastive,
             lsr_temperature: 1.0,
+            oracle_fraction: 1.0,
+            distractors: 0,
             max_train_examples: None,
             sequences_per_chunk: 8,
             activation_checkpointing: false,
@@ -300,7 +340,7 @@ impl Hyper {
     /// Checks ranges types cannot; the message names the setting and its field. The one validation
     /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 27] = [
+        let checks: [(bool, &str); 29] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
             (
                 self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
@@ -335,6 +375,8 @@ impl Hyper {
                 self.lsr_temperature > 0.0 && self.lsr_temperature <= 100.0,
                 "lsr_temperature must be above 0 and at most 100",
             ),
+            ((0.0..=1.0).contains(&self.oracle_fraction), "oracle_fraction must be between 0 and 1"),
+            (self.distractors <= 16, "distractors must be at most 16"),
             ((1..=4096).contains(&self.sequences_per_chunk), "sequences_per_chunk must be between 1 and 4096"),
             (self.max_train_examples.is_none_or(|n| n >= 1), "max_train_examples must be at least 1"),
             ((1..=1000).contains(&self.keep_checkpoints), "keep_checkpoints must be between 1 and 1000"),
@@ -585,6 +627,19 @@ pub struct EvalReport {
     pub corpus: u32,
     pub systems: Vec<SystemScores>,
     pub items: Vec<EvalItem>,
+    /// Retrieval of each system by each method (dense, BM25, hybrid) on the same questions.
+    pub methods: Vec<MethodScores>,
+}
+
+/// Retrieval metrics of one system ranked by one method (BM25 needs no model: its `system` is
+/// empty).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MethodScores {
+    pub system: String,
+    pub method: RetrievalMethod,
+    /// hit@k, mrr@10, ndcg@10 by name, as in [`SystemScores::retrieval`].
+    pub retrieval: BTreeMap<String, f64>,
 }
 
 /// An evaluation job (`GET /api/v1/evals/:id`); `report` once it succeeded.
@@ -699,11 +754,49 @@ pub struct ChatOptions {
     pub max_tokens: u32,
     /// Above 1 makes tokens already in the answer less likely (1: off).
     pub repetition_penalty: f64,
+    /// How passages are found for the question.
+    pub retrieval: RetrievalMethod,
 }
 
 impl Default for ChatOptions {
     fn default() -> Self {
-        ChatOptions { temperature: 0.0, max_tokens: 256, repetition_penalty: 1.15 }
+        ChatOptions {
+            temperature: 0.0,
+            max_tokens: 256,
+            repetition_penalty: 1.15,
+            retrieval: RetrievalMethod::default(),
+        }
+    }
+}
+
+/// How passages are ranked for a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrievalMethod {
+    /// The retriever's embeddings (cosine similarity).
+    Dense,
+    /// Words shared with the question (BM25).
+    Bm25,
+    /// Both rankings fused by reciprocal rank fusion: the default, as it ranked best on the
+    /// HaluEval slice for the base and the tuned retrievers (README, "Status").
+    #[default]
+    Hybrid,
+}
+
+impl RetrievalMethod {
+    pub const ALL: [RetrievalMethod; 3] = [RetrievalMethod::Dense, RetrievalMethod::Bm25, RetrievalMethod::Hybrid];
+
+    /// The name on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrievalMethod::Dense => "dense",
+            RetrievalMethod::Bm25 => "bm25",
+            RetrievalMethod::Hybrid => "hybrid",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
     }
 }
 
@@ -751,12 +844,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn retrieval_methods_have_one_name_each_way() {
+        for method in RetrievalMethod::ALL {
+            assert_eq!(RetrievalMethod::from_name(method.as_str()), Some(method));
+            assert_eq!(serde_json::to_value(method).unwrap(), method.as_str());
+        }
+        assert_eq!(RetrievalMethod::from_name("sparse"), None);
+        let options: ChatOptions = serde_json::from_str(r#"{"retrieval":"bm25"}"#).unwrap();
+        assert_eq!(options.retrieval, RetrievalMethod::Bm25);
+        assert!(serde_json::from_str::<ChatOptions>(r#"{"retrieval":"sparse"}"#).is_err());
+    }
+
     /// Before the upper bounds, `scale: 1e30` passed and its first step was NaN.
     #[test]
     fn every_number_is_bounded_above_and_below() {
         assert!(Hyper::default().validate().is_ok());
         type Change = fn(&mut Hyper);
-        let cases: [(&str, Change); 9] = [
+        let cases: [(&str, Change); 11] = [
+            ("oracle_fraction", |h| h.oracle_fraction = 1.5),
+            ("oracle_fraction", |h| h.oracle_fraction = f64::NAN),
             ("scale", |h| h.scale = 1e30),
             ("scale", |h| h.scale = f64::NAN),
             ("lora_alpha", |h| h.lora_alpha = f64::INFINITY),

@@ -45,9 +45,10 @@ pub struct EvalArgs {
     /// Cut-offs for hit@k and recall@k.
     #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
     k: Vec<usize>,
-    /// Retrieved passages in each generation prompt.
-    #[arg(long, default_value_t = 1)]
-    passages_per_prompt: usize,
+    /// Retrieved passages in each generation prompt: each count given is measured (by default the
+    /// best passage alone, and the top 3 as a reader with distractors gets them).
+    #[arg(long, value_delimiter = ',', default_value = "1,3", value_parser = clap::value_parser!(u32).range(1..=20))]
+    passages_per_prompt: Vec<u32>,
     /// Which ranking the generation prompts take their passages from: dense (the retriever), bm25,
     /// or hybrid (both, by reciprocal rank fusion). Retrieval metrics are reported for all three.
     #[arg(long, default_value = "dense", value_parser = ["dense", "bm25", "hybrid"])]
@@ -83,6 +84,8 @@ pub struct EvalArgs {
 struct GenerationRow {
     retriever: &'static str,
     generator: &'static str,
+    /// Retrieved passages in each prompt.
+    passages: usize,
     #[serde(flatten)]
     metrics: AnswerMetrics,
 }
@@ -103,7 +106,8 @@ struct Report {
     /// The base retriever fused with BM25, when an adapter was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     hybrid_base: Option<BTreeMap<String, f64>>,
-    /// The system as given: its generator with its retriever's passages.
+    /// The system as given: its generator with its retriever's passages (the first count of
+    /// `--passages-per-prompt`).
     #[serde(skip_serializing_if = "Option::is_none")]
     generator: Option<AnswerMetrics>,
     /// Every pairing evaluated (base/tuned retriever × base/tuned generator).
@@ -205,30 +209,35 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let path = model_path(generator, &args.models_dir, crate::DEFAULT_GENERATOR);
         let mut generator = Generator::load_as(&path, &device, dtype)
             .with_context(|| format!("loading the generator {}", path.display()))?;
-        let settings = GenerationSettings {
-            passages_per_prompt: args.passages_per_prompt,
-            limits: PromptLimits { max_passage_tokens: args.max_passage_tokens, ..PromptLimits::default() },
-            max_new_tokens: args.max_new_tokens,
-            ..GenerationSettings::default()
-        };
         let mut evaluate = |generator: &Generator,
                             retriever_name: &'static str,
                             generator_name: &'static str|
          -> anyhow::Result<AnswerMetrics> {
             let retriever_name = feeding(retriever_name);
             let rankings = &runs.iter().find(|(n, _)| *n == retriever_name).expect("evaluated above").1.rankings;
-            let result = run::evaluate_generation(generator, &corpus, &rows, rankings, settings, &mut progress)?;
-            for p in &result.predictions {
-                all_predictions.push(
-                    serde_json::json!({"retriever": retriever_name, "generator": generator_name, "prediction": p}),
-                );
+            let mut first = None;
+            for &passages in &args.passages_per_prompt {
+                let settings = GenerationSettings {
+                    passages_per_prompt: passages as usize,
+                    limits: PromptLimits { max_passage_tokens: args.max_passage_tokens, ..PromptLimits::default() },
+                    max_new_tokens: args.max_new_tokens,
+                    ..GenerationSettings::default()
+                };
+                let result = run::evaluate_generation(generator, &corpus, &rows, rankings, settings, &mut progress)?;
+                for p in &result.predictions {
+                    all_predictions.push(serde_json::json!({
+                        "retriever": retriever_name, "generator": generator_name, "passages": passages, "prediction": p
+                    }));
+                }
+                generation.push(GenerationRow {
+                    retriever: retriever_name,
+                    generator: generator_name,
+                    passages: passages as usize,
+                    metrics: result.metrics,
+                });
+                first.get_or_insert(result.metrics);
             }
-            generation.push(GenerationRow {
-                retriever: retriever_name,
-                generator: generator_name,
-                metrics: result.metrics,
-            });
-            Ok(result.metrics)
+            Ok(first.expect("clap gives one count at least"))
         };
         let final_retriever = *dense_names.last().expect("one run at least");
         // The base generator with every retriever; then the tuned generator with the final retriever.
@@ -287,11 +296,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     if !report.generation.is_empty() {
         println!();
-        println!("{:<10}{:<10}{:>8}{:>8}", "retriever", "generator", "EM", "F1");
+        println!("{:<10}{:<10}{:>9}{:>8}{:>8}", "retriever", "generator", "passages", "EM", "F1");
         for row in &report.generation {
             println!(
-                "{:<10}{:<10}{:>8.4}{:>8.4}",
-                row.retriever, row.generator, row.metrics.exact_match, row.metrics.f1
+                "{:<10}{:<10}{:>9}{:>8.4}{:>8.4}",
+                row.retriever, row.generator, row.passages, row.metrics.exact_match, row.metrics.f1
             );
         }
     }

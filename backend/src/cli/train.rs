@@ -86,12 +86,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults().candidates)]
     candidates: Candidates,
     /// The retriever's loss in e2e mode: contrastive, lsr (towards the passages that make the
-    /// generator's answer likelier, REPLUG-LSR) or contrastive+lsr.
+    /// generator's answer likelier, REPLUG-LSR), emdr2 (the marginal likelihood of the answer with
+    /// the generator's side detached), contrastive+lsr or contrastive+emdr2.
     #[arg(long, default_value_t = defaults().retriever_loss)]
     retriever_loss: RetrieverLoss,
     /// β of the lsr loss: the generator's log-likelihoods are divided by it (smaller: sharper).
     #[arg(long, default_value_t = defaults().lsr_temperature)]
     lsr_temperature: f64,
+    /// RAFT's P: the chance that a question's gold passage is among its e2e candidates (1: always).
+    #[arg(long, default_value_t = defaults().oracle_fraction)]
+    oracle_fraction: f64,
     /// Scale of the cosine similarities in the contrastive loss and in p(z|q).
     #[arg(long, default_value_t = defaults().scale)]
     scale: f64,
@@ -156,8 +160,16 @@ pub struct NegativeArgs {
     pub hard_negative_margin: f64,
     /// Mine the hard negatives again every N steps with the retriever as trained so far (0: once,
     /// with the base retriever). A multiple of --checkpoint-every keeps a resumed run exact.
-    #[arg(long, default_value_t = defaults().refresh_negatives_every)]
+    #[arg(long, alias = "refresh-index-every", default_value_t = defaults().refresh_negatives_every)]
     pub refresh_negatives_every: u32,
+    /// Which ranking of the corpus negatives are mined from: dense (the retriever's), bm25 (passages
+    /// sharing the question's words, as DPR's) or hybrid (both fused).
+    #[arg(long, default_value_t = defaults().mining_retrieval)]
+    pub mining_retrieval: attune_shared::RetrievalMethod,
+    /// Generator mode: mined passages put into each training prompt beside the gold one, in random
+    /// order (RAFT; the gold passage is there with chance --oracle-fraction). 0: the gold alone.
+    #[arg(long, default_value_t = defaults().distractors)]
+    pub distractors: u32,
 }
 
 impl NegativeArgs {
@@ -167,6 +179,8 @@ impl NegativeArgs {
             hard_negatives: self.hard_negatives,
             hard_negative_margin: self.hard_negative_margin,
             refresh_negatives_every: self.refresh_negatives_every,
+            distractors: self.distractors,
+            mining_retrieval: self.mining_retrieval,
             ..hyper
         }
     }
@@ -204,6 +218,7 @@ impl TrainArgs {
             candidates: self.candidates,
             retriever_loss: self.retriever_loss,
             lsr_temperature: self.lsr_temperature,
+            oracle_fraction: self.oracle_fraction,
             symmetric: self.symmetric,
             max_train_examples: self.max_train_examples,
             sequences_per_chunk: self.sequences_per_chunk,

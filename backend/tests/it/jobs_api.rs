@@ -323,6 +323,18 @@ async fn runs_live_cancel_resume_evaluate_and_list_models() {
             );
         }
     }
+    // Every search method: BM25 once, dense and hybrid for each system; dense agrees with the
+    // system's own row.
+    let methods = report["methods"].as_array().unwrap();
+    let names: Vec<(&str, &str)> =
+        methods.iter().map(|m| (m["system"].as_str().unwrap(), m["method"].as_str().unwrap())).collect();
+    let tuned = systems[1]["label"].as_str().unwrap();
+    assert_eq!(names, [("", "bm25"), ("base", "dense"), ("base", "hybrid"), (tuned, "dense"), (tuned, "hybrid")]);
+    assert_eq!(methods[1]["retrieval"], systems[0]["retrieval"]);
+    for method in methods {
+        let hit10 = method["retrieval"]["hit@10"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&hit10), "{method}");
+    }
     let items = report["items"].as_array().unwrap();
     assert_eq!(items.len() as u64, held_out);
     for item in items {
@@ -456,7 +468,12 @@ async fn chat_streams_passages_then_tokens_stops_and_reindexes_when_passages_cha
     assert_eq!(status, 201, "{body}");
     assert!(body["files"][0]["document"]["passages"].as_u64() > Some(3), "{body}");
 
-    send(&mut socket, ask(2, "base", "How do glaciers change?")).await;
+    // Dense search first: its citations come in the order of their cosine similarity.
+    let mut dense = ask(2, "base", "How do glaciers change?");
+    if let ClientMessage::ChatAsk { options, .. } = &mut dense {
+        options.retrieval = attune_shared::RetrievalMethod::Dense;
+    }
+    send(&mut socket, dense).await;
     let seen =
         until(&mut socket, |m| matches!(m, ServerMessage::ChatDone { .. } | ServerMessage::ChatError { .. })).await;
     let mut index_total = None;
@@ -498,10 +515,20 @@ async fn chat_streams_passages_then_tokens_stops_and_reindexes_when_passages_cha
     let first = manifest(&data);
     assert_eq!(first["passages"].as_u64(), Some(passages_now));
 
-    // Same passages: the index is reused (no progress), and the chat keeps its history.
-    send(&mut socket, ask(3, "base", "And volcanoes?")).await;
+    // Same passages: the index is reused (no progress), and the chat keeps its history. BM25
+    // puts first a passage with the question's rare word.
+    let mut lexical = ask(3, "base", "And volcanoes?");
+    if let ClientMessage::ChatAsk { options, .. } = &mut lexical {
+        options.retrieval = attune_shared::RetrievalMethod::Bm25;
+    }
+    send(&mut socket, lexical).await;
     let seen = until(&mut socket, |m| matches!(m, ServerMessage::ChatDone { .. })).await;
     assert!(!seen.iter().any(|m| matches!(m, ServerMessage::IndexProgress { .. })));
+    let first_cited = seen.iter().find_map(|m| match m {
+        ServerMessage::ChatPassages { passages, .. } => passages.first().map(|p| p.text.clone()),
+        _ => None,
+    });
+    assert!(first_cited.as_deref().is_some_and(|t| t.contains("volcanoes")), "{first_cited:?}");
 
     // Stop: generation ends early and says so.
     send(&mut socket, ask(4, "base", "Tell me everything about rivers.")).await;

@@ -125,15 +125,20 @@ fn e2e_and_generator_modes_train_both_adapters_and_eval_answers() {
     assert!(eval.status.success(), "{}", text(&eval));
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     let rows = report["generation"].as_array().unwrap();
-    // Base generator with the base and the tuned retriever, then the tuned generator with the tuned one.
-    let pairs: Vec<(String, String)> = rows
+    // Base generator with the base and the tuned retriever, then the tuned generator with the tuned
+    // one; each with the best passage alone and with the top 3 in the prompt.
+    let pairs: Vec<(String, String, u64)> = rows
         .iter()
-        .map(|r| (r["retriever"].as_str().unwrap().to_owned(), r["generator"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            let name = |key: &str| r[key].as_str().unwrap().to_owned();
+            (name("retriever"), name("generator"), r["passages"].as_u64().unwrap())
+        })
         .collect();
-    assert_eq!(
-        pairs,
-        vec![("base".into(), "base".into()), ("tuned".into(), "base".into()), ("tuned".into(), "tuned".into())]
-    );
+    let expected: Vec<(String, String, u64)> = [("base", "base"), ("tuned", "base"), ("tuned", "tuned")]
+        .into_iter()
+        .flat_map(|(r, g)| [1, 3].map(|n| (r.to_owned(), g.to_owned(), n)))
+        .collect();
+    assert_eq!(pairs, expected);
     for row in rows {
         assert_eq!(row["questions"], 2);
         assert!((0.0..=1.0).contains(&row["f1"].as_f64().unwrap()));

@@ -2,5 +2,6 @@
 //! and the passage index chat retrieves from.
 
 pub mod bm25;
+pub mod hybrid;
 pub mod index;
 pub mod prompt;

@@ -86,16 +86,17 @@ pub fn chat_prompt(
     }
 }
 
-/// Token ids of a training example: the prompt, and the answer followed by the end-of-reply
-/// token (cut to `max_answer_tokens`). Plain-text prompts get a space before the answer.
+/// Token ids of a training example: the prompt (its passages in the order given), and the answer
+/// followed by the end-of-reply token (cut to `max_answer_tokens`). Plain-text prompts get a
+/// space before the answer.
 pub fn encode_example(
     generator: &Generator,
     question: &str,
-    passage: &str,
+    passages: &[&str],
     answer: &str,
     limits: PromptLimits,
 ) -> Result<(Vec<u32>, Vec<u32>), ModelError> {
-    let prompt = generator.encode(&prompt_text(generator, question, &[passage], limits)?)?;
+    let prompt = generator.encode(&prompt_text(generator, question, passages, limits)?)?;
     let answer_text =
         if generator.has_chat_template() { answer.trim().to_owned() } else { format!(" {}", answer.trim()) };
     let mut answer_ids = generator.encode(&answer_text)?;

@@ -246,9 +246,12 @@ mod legacy {
                 // As such a run mined its negatives: once, with no margin.
                 hard_negative_margin: 0.0,
                 refresh_negatives_every: 0,
+                mining_retrieval: attune_shared::RetrievalMethod::Dense,
                 candidates: attune_shared::Candidates::Batch,
                 retriever_loss: attune_shared::RetrieverLoss::Contrastive,
                 lsr_temperature: defaults.lsr_temperature,
+                oracle_fraction: 1.0,
+                distractors: 0,
             };
             TrainConfig {
                 data: old.data,

@@ -174,7 +174,7 @@ pub struct BaseModels {
 }
 
 impl BaseModels {
-    /// The models `config`'s mode trains, on its device and in its precision; also the device.
+    /// The models `config`'s mode trains (and the retriever that mines its distractors), on its device and in its precision; also the device.
     pub fn load(config: &TrainConfig) -> Result<(BaseModels, Device)> {
         let device = crate::model::device::select(&config.device)?;
         let dtype = crate::model::device::select_dtype(&config.dtype, &device)?;
@@ -183,7 +183,9 @@ impl BaseModels {
             path: path.clone(),
             message: e.to_string(),
         };
-        let retriever = match config.mode.trains_retriever() {
+        // Generator mode loads the retriever too when it mines distractors.
+        let needs_retriever = config.mode.trains_retriever() || super::trainer::mining_of(config).is_some();
+        let retriever = match needs_retriever {
             true => Some(
                 Retriever::load_as(&config.retriever, &device, dtype)
                     .map_err(|e| load_error("retriever", &config.retriever, e))?,

@@ -1,6 +1,6 @@
 //! The losses: in-batch contrastive (InfoNCE) for the retriever, and the retriever-marginalized
-//! negative log-likelihood of the answer for the generator (RAG-Sequence, or RAG-Token), all in
-//! log space and differentiable with respect to both models.
+//! negative log-likelihood of the answer for the generator (RAG-Sequence, or RAG-Token), and the
+//! retriever's LM-supervised losses (LSR, EMDR²), all in log space.
 
 use candle_core::{D, DType, Tensor};
 
@@ -100,6 +100,15 @@ pub fn lsr_loss(retrieval_scores: &Tensor, answer_log_probs: &Tensor, temperatur
     let log_target = candle_nn::ops::log_softmax(&target, 1)?;
     let kl = (log_retriever.exp()? * (log_retriever - log_target)?)?;
     Ok(kl.sum(1)?)
+}
+
+/// EMDR² (Sachan et al. 2021): `−log Σ_d p_R(d|q) · p_LM(a|q,d)` per query over its `(b, k)`
+/// candidates, with the generator's side detached — the marginal likelihood as a loss of the
+/// retriever alone. Its gradient moves each candidate's prior by the gap between that passage's
+/// posterior and its prior. Returns `(b,)`.
+pub fn emdr_loss(retrieval_scores: &Tensor, answer_log_probs: &Tensor) -> Result<Tensor> {
+    let answer_log_probs = answer_log_probs.detach().to_dtype(retrieval_scores.dtype())?;
+    rag_sequence_nll(retrieval_scores, &answer_log_probs)
 }
 
 #[cfg(test)]
@@ -252,6 +261,40 @@ mod tests {
                     let numeric = (sp - sm) / (2.0 * h);
                     assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn emdr_by_hand_and_its_gradient_by_finite_differences() {
+        // Retriever (1/4, 3/4), the LM's likelihoods (1/2, 1/10): −ln(1/8 + 3/40) = −ln(1/5).
+        let scores = Tensor::new(&[[0.0f64, 3f64.ln()]], &Device::Cpu).unwrap();
+        let log_probs = Tensor::new(&[[0.5f64.ln(), 0.1f64.ln()]], &Device::Cpu).unwrap();
+        let value = scalar(&emdr_loss(&scores, &log_probs).unwrap().squeeze(0).unwrap());
+        assert!((value - 5f64.ln()).abs() < 1e-12, "{value} vs {}", 5f64.ln());
+        // The gradient of each score is prior − posterior: (1/4 − 5/8, 3/4 − 3/8).
+        let var = Var::new(&[[0.0f64, 3f64.ln()]], &Device::Cpu).unwrap();
+        let lp = Var::new(&[[0.5f64.ln(), 0.1f64.ln()]], &Device::Cpu).unwrap();
+        let grads = emdr_loss(var.as_tensor(), lp.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&lp).is_none(), "the generator's side is detached");
+        let g = grads.get(&var).unwrap().to_vec2::<f64>().unwrap();
+        assert!((g[0][0] - (0.25 - 0.625)).abs() < 1e-12 && (g[0][1] - (0.75 - 0.375)).abs() < 1e-12, "{g:?}");
+        // Finite differences on a bigger case.
+        let scores = Var::new(&[[0.3f64, -0.2, 1.1], [0.0, 0.5, -0.7]], &Device::Cpu).unwrap();
+        let log_probs = Tensor::new(&[[-2.0f64, -0.5, -3.0], [-1.0, -4.0, -0.2]], &Device::Cpu).unwrap();
+        let loss = |s: &Tensor| scalar(&emdr_loss(s, &log_probs).unwrap().sum_all().unwrap());
+        let grads = emdr_loss(scores.as_tensor(), &log_probs).unwrap().sum_all().unwrap().backward().unwrap();
+        let analytic = grads.get(&scores).unwrap().to_vec2::<f64>().unwrap();
+        let base = scores.as_tensor().to_vec2::<f64>().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let h = 1e-6;
+                let (mut plus, mut minus) = (base.clone(), base.clone());
+                plus[i][j] += h;
+                minus[i][j] -= h;
+                let t = |v: Vec<Vec<f64>>| Tensor::new(v, &Device::Cpu).unwrap();
+                let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * h);
+                assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
             }
         }
     }

@@ -13,6 +13,9 @@ use super::checkpoint::NEGATIVES_FILE;
 use super::data::Triple;
 use super::error::{Result, TrainError};
 use crate::model::retriever::{Retriever, TextRole};
+use crate::rag::bm25::{Bm25Index, reciprocal_rank_fusion};
+use crate::rag::hybrid::FUSION_DEPTH;
+use attune_shared::RetrievalMethod;
 
 /// How negatives are mined.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +24,9 @@ pub struct Mining {
     pub per_question: usize,
     /// A passage scoring above `gold − margin · |gold|` is not a negative.
     pub margin: f64,
+    /// Which ranking of the corpus they are taken from, best first: the retriever's (dense),
+    /// BM25's (DPR's negatives), or both fused. The margin always applies to the retriever's score.
+    pub retrieval: RetrievalMethod,
 }
 
 /// The negatives of a run, and the optimiser step whose retriever mined them (0: the base one).
@@ -94,15 +100,37 @@ pub fn mine(retriever: &Retriever, train: &[Triple], corpus: &[String], mining: 
             gold_scores[i] = score;
         }
     }
-    Ok(train
-        .iter()
-        .zip(&scores)
-        .zip(gold_scores)
-        .map(|((triple, row), gold)| {
-            pick(row, gold, mining, |i| corpus[i] == triple.passage).map(|i| corpus[i].clone())
-        })
-        .map(Iterator::collect)
-        .collect())
+    let lexical = match mining.retrieval {
+        RetrievalMethod::Dense => None,
+        _ => Some(Bm25Index::build(corpus).map_err(|e| TrainError::Data(e.to_string()))?),
+    };
+    let mut mined = Vec::with_capacity(train.len());
+    for ((triple, row), gold) in train.iter().zip(&scores).zip(gold_scores) {
+        let is_gold = |i: usize| corpus[i] == triple.passage;
+        let picked: Vec<usize> = match &lexical {
+            None => pick(row, gold, mining, is_gold).collect(),
+            Some(index) => {
+                let words: Vec<usize> = index
+                    .search(&triple.question, FUSION_DEPTH)
+                    .map_err(|e| TrainError::Data(e.to_string()))?
+                    .into_iter()
+                    .map(|(position, _)| position)
+                    .collect();
+                let order = match mining.retrieval {
+                    RetrievalMethod::Hybrid => {
+                        let mut dense: Vec<usize> = (0..row.len()).collect();
+                        dense.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                        dense.truncate(FUSION_DEPTH);
+                        reciprocal_rank_fusion(&[&dense, &words], FUSION_DEPTH)
+                    }
+                    _ => words,
+                };
+                pick_in_order(order, row, gold, mining, is_gold)
+            }
+        };
+        mined.push(picked.into_iter().map(|i| corpus[i].clone()).collect());
+    }
+    Ok(mined)
 }
 
 fn as_u32(indices: &[usize]) -> Vec<u32> {
@@ -119,6 +147,19 @@ fn pick(row: &[f32], gold: f32, mining: Mining, is_gold: impl Fn(usize) -> bool)
     order.into_iter()
 }
 
+/// The first `per_question` columns of `order` (another ranking, best first) that are not
+/// `is_gold` and whose retriever score in `row` is at most `gold − margin · |gold|`.
+fn pick_in_order(
+    order: Vec<usize>,
+    row: &[f32],
+    gold: f32,
+    mining: Mining,
+    is_gold: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let ceiling = gold as f64 - mining.margin * (gold as f64).abs();
+    order.into_iter().filter(|&i| !is_gold(i) && row[i] as f64 <= ceiling).take(mining.per_question).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,16 +169,41 @@ mod tests {
         // Gold scores 0.8: with margin 0.05 the ceiling is 0.76, so 0.79 (a near-copy) is skipped.
         let row = [0.8f32, 0.79, 0.5, 0.76, 0.9, 0.1];
         let gold = |i: usize| i == 0;
-        let take = |per_question, margin| pick(&row, 0.8, Mining { per_question, margin }, gold).collect::<Vec<_>>();
+        let mining = |per_question, margin| Mining { per_question, margin, retrieval: RetrievalMethod::Dense };
+        let take = |per_question, margin| pick(&row, 0.8, mining(per_question, margin), gold).collect::<Vec<_>>();
         assert_eq!(take(3, 0.05), vec![3, 2, 5], "0.9 and 0.79 are above the ceiling, the gold left out");
         assert_eq!(take(2, 0.0), vec![1, 3], "no margin: the near-copy at 0.79 is a negative");
         assert_eq!(take(10, 0.0), vec![1, 3, 2, 5]);
         assert_eq!(take(1, 0.5), vec![5], "ceiling 0.4");
         // A negative gold score: the margin still lowers the ceiling.
-        assert_eq!(
-            pick(&[-0.2, -0.21, -0.3], -0.2, Mining { per_question: 2, margin: 0.1 }, |i| i == 0).collect::<Vec<_>>(),
-            vec![2]
-        );
+        assert_eq!(pick(&[-0.2, -0.21, -0.3], -0.2, mining(2, 0.1), |i| i == 0).collect::<Vec<_>>(), vec![2]);
+        // Another ranking's order (BM25's), with the same gold and margin rules on the retriever's scores.
+        assert_eq!(pick_in_order(vec![4, 5, 1, 0, 2, 3], &row, 0.8, mining(2, 0.05), gold), vec![5, 2]);
+        assert_eq!(pick_in_order(vec![4, 1, 0], &row, 0.8, mining(5, 0.0), gold), vec![1], "0.9 is above the gold");
+    }
+
+    /// BM25 mining takes the passages that share the question's words, where the tiny random
+    /// retriever's own ranking knows nothing.
+    #[test]
+    fn bm25_mining_takes_the_passages_with_the_questions_words() {
+        let (retriever, _, _, _) = crate::train::test_models::tiny_models(candle_core::DType::F32, 3);
+        let corpus: Vec<String> =
+            ["the cat sat on the mat .", "a zebra ran far .", "zebra stripes are black .", "the end ."]
+                .map(String::from)
+                .to_vec();
+        let train =
+            vec![Triple { question: "what is a zebra ?".into(), passage: corpus[1].clone(), answer: "x".into() }];
+        for retrieval in [RetrievalMethod::Bm25, RetrievalMethod::Hybrid] {
+            // A ceiling far above the gold's score: no passage is held back by the margin here.
+            let mining = Mining { per_question: 1, margin: -1e9, retrieval };
+            let mined = mine(&retriever, &train, &corpus, mining).unwrap();
+            if retrieval == RetrievalMethod::Bm25 {
+                assert_eq!(mined, vec![vec![corpus[2].clone()]], "the other zebra passage, never the gold one");
+            } else {
+                assert_eq!(mined[0].len(), 1);
+                assert_ne!(mined[0][0], corpus[1], "never the gold one");
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub struct LossConfig {
     pub retriever_loss: RetrieverLoss,
     /// β of the LM-supervised loss.
     pub lsr_temperature: f64,
+    /// RAFT's P: the chance that a question's gold passage is among its candidates (e2e) or in
+    /// its prompt (generator mode with distractors).
+    pub oracle_fraction: f64,
+    /// Generator mode: hard negatives put into each prompt beside the gold passage (RAFT; 0: the
+    /// gold passage alone).
+    pub distractors: usize,
 }
 
 impl LossConfig {
@@ -59,6 +65,8 @@ impl LossConfig {
             candidates: hyper.candidates,
             retriever_loss: hyper.retriever_loss,
             lsr_temperature: hyper.lsr_temperature,
+            oracle_fraction: hyper.oracle_fraction,
+            distractors: hyper.distractors as usize,
         }
     }
 }
@@ -92,26 +100,29 @@ pub struct BatchLoss {
     pub tokens: usize,
 }
 
-/// The loss of `batch` (with optional extra negative passages for the contrastive term).
+/// The loss of `batch`. `negatives` holds each question's hard negatives (in the batch's order;
+/// missing rows have none): extra negatives of the contrastive term, corpus candidates in e2e
+/// mode, distractors in generator mode.
 pub fn batch_loss(
     models: Models<'_>,
     batch: &[Triple],
-    hard_negatives: &[String],
+    negatives: &[Vec<String>],
     config: &LossConfig,
     mode: Mode<'_>,
 ) -> Result<BatchLoss> {
     if batch.is_empty() {
         return Err(TrainError::Config("empty batch".into()));
     }
+    let hard_negatives: Vec<String> = negatives.iter().flatten().cloned().collect();
+    let hard_negatives = hard_negatives.as_slice();
     // One graph from the loss to every parameter, for whoever differentiates it.
     let config = &LossConfig { checkpoint_layers: false, ..*config };
     match config.mode {
         TrainMode::Generator => {
             let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
-            let candidates: Vec<Vec<usize>> = (0..batch.len()).map(|i| vec![i]).collect();
-            let passages: Vec<&str> = batch.iter().map(|t| t.passage.as_str()).collect();
+            let contexts = generator_contexts(batch, negatives, config);
             let AnswerLogProbs { log_probs, mask, tokens, .. } =
-                answer_log_probs(generator, batch, &passages, &candidates, config.limits(), mode, false)?;
+                answer_log_probs(generator, batch, &contexts, config.limits(), mode, false)?;
             // One candidate, prior 1: the plain NLL of the answer.
             let sequence = (log_probs * &mask)?.sum(1)?;
             let generator_loss = sequence.neg()?.mean_all()?;
@@ -151,19 +162,26 @@ pub fn batch_loss(
     }
 }
 
-/// The retriever's loss in e2e mode: the contrastive loss, the LM-supervised one over the
-/// candidates (`scores` `(b, k)` against the generator's detached `sequence_log_probs`), or both.
+/// The retriever's loss in e2e mode: the contrastive loss, an LM-supervised one over the
+/// candidates (LSR or EMDR², `scores` `(b, k)` against the generator's detached
+/// `sequence_log_probs`), or the contrastive loss and one of them.
 fn e2e_retriever_loss(
     contrastive: Tensor,
     scores: &Tensor,
     sequence_log_probs: &Tensor,
     config: &LossConfig,
 ) -> Result<Tensor> {
-    let lsr =
-        || -> Result<Tensor> { Ok(loss::lsr_loss(scores, sequence_log_probs, config.lsr_temperature)?.mean_all()?) };
-    Ok(match (config.retriever_loss.contrastive(), config.retriever_loss.lsr()) {
-        (true, true) => (contrastive + lsr()?)?,
-        (false, true) => lsr()?,
+    let choice = config.retriever_loss;
+    let supervised = if choice.lsr() {
+        Some(loss::lsr_loss(scores, sequence_log_probs, config.lsr_temperature)?.mean_all()?)
+    } else if choice.emdr() {
+        Some(loss::emdr_loss(scores, sequence_log_probs)?.mean_all()?)
+    } else {
+        None
+    };
+    Ok(match (choice.contrastive(), supervised) {
+        (true, Some(supervised)) => (contrastive + supervised)?,
+        (false, Some(supervised)) => supervised,
         _ => contrastive,
     })
 }
@@ -206,6 +224,8 @@ struct EncodedBatch {
     keys: Vec<u64>,
     /// The distinct passages' texts.
     distinct: Vec<String>,
+    /// A hash of the batch's questions: the seed of its draws (see `oracle_draws`).
+    draw_seed: u64,
     tokens: usize,
 }
 
@@ -260,7 +280,8 @@ fn encode_batch(
         Some(retriever.forward(&input, mode)?)
     };
     let negative_texts = hard_negatives.to_vec();
-    Ok(EncodedBatch { queries, passages, negatives, negative_texts, gold, keys, distinct, tokens })
+    let draw_seed = draw_seed(batch);
+    Ok(EncodedBatch { queries, passages, negatives, negative_texts, gold, keys, distinct, draw_seed, tokens })
 }
 
 struct GeneratorLoss {
@@ -311,11 +332,83 @@ fn candidates(encoded: &EncodedBatch, config: &LossConfig) -> Result<(Tensor, Ve
     let scores = (encoded.queries.matmul(&pool.embeddings.t()?)? * config.contrastive.scale)?;
     let values = scores.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let k = config.top_k.min(pool.texts.len());
-    let candidates: Vec<Vec<usize>> =
-        values.iter().zip(&encoded.gold).map(|(row, &gold)| top_k_with_gold(row, k, gold)).collect();
+    let with_gold = oracle_draws(encoded, config.oracle_fraction);
+    // Without its gold passage a question needs k others in the pool.
+    let k = if with_gold.iter().all(|&g| g) { k } else { k.min(pool.texts.len() - 1).max(1) };
+    let candidates: Vec<Vec<usize>> = values
+        .iter()
+        .zip(&encoded.gold)
+        .zip(&with_gold)
+        .map(|((row, &gold), &keep)| match keep || pool.texts.len() == 1 {
+            true => top_k_with_gold(row, k, gold),
+            false => top_k_without(row, k, gold),
+        })
+        .collect();
     let index: Vec<u32> = candidates.iter().flatten().map(|&c| c as u32).collect();
     let index = Tensor::from_vec(index, (encoded.gold.len(), k), scores.device())?;
     Ok((scores.gather(&index, 1)?, candidates, pool.texts))
+}
+
+/// The seed of a batch's random draws: FNV-1a over its questions, stable across runs and
+/// platforms (unlike std's hasher), so a resumed or chunked step draws the same.
+fn draw_seed(batch: &[Triple]) -> u64 {
+    batch
+        .iter()
+        .flat_map(|t| t.question.bytes().chain([0]))
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Generator mode's one prompt per question: the gold passage alone, or with distractors (RAFT)
+/// up to `config.distractors` of the question's hard negatives and, with chance P, the gold
+/// passage, in an order drawn from the batch's seed (a question without negatives keeps its gold).
+fn generator_contexts<'a>(
+    batch: &'a [Triple],
+    negatives: &'a [Vec<String>],
+    config: &LossConfig,
+) -> Vec<Vec<Vec<&'a str>>> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(draw_seed(batch) ^ 0x5241_4654);
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, triple)| {
+            let gold = triple.passage.as_str();
+            let distractors: Vec<&str> = negatives
+                .get(i)
+                .map(|n| n.iter().map(String::as_str).filter(|&p| p != gold).take(config.distractors).collect())
+                .unwrap_or_default();
+            if distractors.is_empty() {
+                return vec![vec![gold]];
+            }
+            let mut passages = distractors;
+            if rng.random::<f64>() < config.oracle_fraction {
+                passages.push(gold);
+            }
+            passages.shuffle(&mut rng);
+            vec![passages]
+        })
+        .collect()
+}
+
+/// For each question, whether its gold passage is among its candidates: always at P = 1, else a
+/// draw with chance P seeded by the batch's questions (the same batch draws the same, so a resumed
+/// or chunked step computes the same loss; the next epoch's batches draw anew).
+fn oracle_draws(encoded: &EncodedBatch, oracle_fraction: f64) -> Vec<bool> {
+    if oracle_fraction >= 1.0 {
+        return vec![true; encoded.gold.len()];
+    }
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(encoded.draw_seed);
+    encoded.gold.iter().map(|_| rng.random::<f64>() < oracle_fraction).collect()
+}
+
+/// The `k` best columns of `row` other than `excluded`, best first.
+fn top_k_without(row: &[f32], k: usize, excluded: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).filter(|&j| j != excluded).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
 }
 
 /// The marginalized NLL `(n,)` of `questions` given their candidates' scores `(n, k)`.
@@ -330,8 +423,10 @@ fn marginalized_nll(
 ) -> Result<Marginal> {
     let (n, k) = candidate_scores.dims2()?;
     let checkpoint = config.checkpoint_layers;
+    let contexts: Vec<Vec<Vec<&str>>> =
+        candidates.iter().map(|c| c.iter().map(|&i| vec![passages[i]]).collect()).collect();
     let AnswerLogProbs { log_probs, mask, tokens, checkpointed } =
-        answer_log_probs(generator, questions, passages, candidates, config.limits(), mode, checkpoint)?;
+        answer_log_probs(generator, questions, &contexts, config.limits(), mode, checkpoint)?;
     let answer_len = log_probs.dim(1)?;
     let sequence = (&log_probs * &mask)?.sum(1)?.reshape((n, k))?;
     let sequence_log_probs = sequence.detach();
@@ -429,7 +524,7 @@ fn backward_into(
 pub fn batch_gradients(
     models: Models<'_>,
     batch: &[Triple],
-    hard_negatives: &[String],
+    negatives: &[Vec<String>],
     config: &LossConfig,
     mode: Mode<'_>,
     weight: f64,
@@ -438,6 +533,8 @@ pub fn batch_gradients(
     if batch.is_empty() {
         return Err(TrainError::Config("empty batch".into()));
     }
+    let hard_negatives: Vec<String> = negatives.iter().flatten().cloned().collect();
+    let hard_negatives = hard_negatives.as_slice();
     let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     // No parameters: the loss alone (held-out evaluation), without backward passes.
     let backward = !params.is_empty();
@@ -445,7 +542,7 @@ pub fn batch_gradients(
     let b = batch.len() as f64;
     match config.mode {
         TrainMode::Retriever => {
-            let out = batch_loss(models, batch, hard_negatives, config, mode)?;
+            let out = batch_loss(models, batch, negatives, config, mode)?;
             if backward {
                 accumulate(&mut grads, &(&out.total * weight)?.backward()?, params)?;
             }
@@ -460,12 +557,12 @@ pub fn batch_gradients(
         TrainMode::Generator => {
             let generator = models.generator.ok_or_else(|| TrainError::Config("this mode needs a generator".into()))?;
             let (mut total, mut tokens) = (0.0, 0);
-            for chunk in batch.chunks(config.sequences_per_chunk.max(1)) {
-                let candidates: Vec<Vec<usize>> = (0..chunk.len()).map(|i| vec![i]).collect();
-                let passages: Vec<&str> = chunk.iter().map(|t| t.passage.as_str()).collect();
+            // The whole batch's contexts first: their draws depend on the batch, not the chunk.
+            let contexts = generator_contexts(batch, negatives, config);
+            let per_chunk = config.sequences_per_chunk.max(1);
+            for (chunk, contexts) in batch.chunks(per_chunk).zip(contexts.chunks(per_chunk)) {
                 let checkpoint = config.checkpoint_layers;
-                let answers =
-                    answer_log_probs(generator, chunk, &passages, &candidates, config.limits(), mode, checkpoint)?;
+                let answers = answer_log_probs(generator, chunk, contexts, config.limits(), mode, checkpoint)?;
                 let sum = (answers.log_probs * &answers.mask)?.sum_all()?.neg()?;
                 let part = (sum / b)?;
                 total += scalar(&part)?;
@@ -551,24 +648,24 @@ pub fn top_k_with_gold(row: &[f32], k: usize, gold: usize) -> Vec<usize> {
     top
 }
 
-/// Log-probabilities of each question's answer tokens given each of its candidate passages:
-/// `(Σ candidates, t)` rows in question-major order, with the `(Σ candidates, t)` mask of real
-/// answer tokens. Sequences are right-padded, so causal attention never sees the padding. With
-/// `checkpoint`, the generator's layers keep no activations (see `backward_into`).
+/// Log-probabilities of each question's answer tokens given each of its contexts (the passages
+/// of one prompt: a candidate alone in e2e mode): `(Σ contexts, t)` rows in question-major order,
+/// with the `(Σ contexts, t)` mask of real answer tokens. Sequences are right-padded, so causal
+/// attention never sees the padding. With `checkpoint`, the generator's layers keep no
+/// activations (see `backward_into`).
 fn answer_log_probs(
     generator: &Generator,
     batch: &[Triple],
-    passages: &[&str],
-    candidates: &[Vec<usize>],
+    contexts: &[Vec<Vec<&str>>],
     limits: PromptLimits,
     mode: Mode<'_>,
     checkpoint: bool,
 ) -> Result<AnswerLogProbs> {
     let mut sequences = Vec::new();
-    for (triple, candidates) in batch.iter().zip(candidates) {
-        for &c in candidates {
+    for (triple, contexts) in batch.iter().zip(contexts) {
+        for passages in contexts {
             let (prompt, answer) =
-                prompt::encode_example(generator, &triple.question, passages[c], &triple.answer, limits)?;
+                prompt::encode_example(generator, &triple.question, passages, &triple.answer, limits)?;
             sequences.push((prompt, answer));
         }
     }
@@ -662,20 +759,32 @@ mod tests {
             (TrainMode::E2e, Marginalization::Token, batch_pool, RetrieverLoss::Contrastive),
             (TrainMode::E2e, Marginalization::Sequence, corpus_pool, RetrieverLoss::ContrastiveLsr),
             (TrainMode::E2e, Marginalization::Token, corpus_pool, RetrieverLoss::Lsr),
+            (TrainMode::E2e, Marginalization::Sequence, corpus_pool, RetrieverLoss::ContrastiveEmdr),
             (TrainMode::Generator, Marginalization::Sequence, batch_pool, RetrieverLoss::Contrastive),
+            // Generator mode with "corpus" here: RAFT, two of each question's negatives in its prompt.
+            (TrainMode::Generator, Marginalization::Sequence, corpus_pool, RetrieverLoss::Contrastive),
             (TrainMode::Retriever, Marginalization::Sequence, batch_pool, RetrieverLoss::Contrastive),
         ] {
+            let raft = mode == TrainMode::Generator && candidates == corpus_pool;
             let config = LossConfig {
                 mode,
+                distractors: if raft { 2 } else { 0 },
                 top_k: 3,
                 marginalization,
                 generator_weight: 0.7,
                 candidates,
                 retriever_loss,
                 lsr_temperature: 0.5,
+                // Some gold passages left out of the candidates: the same draws chunk by chunk.
+                oracle_fraction: if retriever_loss.emdr() || raft { 0.5 } else { 1.0 },
                 ..Default::default()
             };
-            let negatives: &[String] = if candidates == corpus_pool { &negatives } else { &[] };
+            let negatives: Vec<Vec<String>> = match candidates == corpus_pool {
+                true if raft => (0..batch.len()).map(|i| negatives[i % 3..].to_vec()).collect(),
+                true => vec![negatives.clone()],
+                false => vec![],
+            };
+            let negatives = negatives.as_slice();
             let whole = batch_loss(models, &batch, negatives, &config, Mode::Inference).unwrap();
             let store = (&whole.total * 0.5).unwrap().backward().unwrap();
             let chunked = batch_gradients(models, &batch, negatives, &config, Mode::Inference, 0.5, &params).unwrap();
@@ -776,6 +885,73 @@ mod tests {
     }
 
     #[test]
+    fn an_oracle_fraction_below_one_leaves_some_gold_passages_out() {
+        let (retriever, _, _, _) = tiny_models(DType::F64, 7);
+        let batch: Vec<Triple> = (0..40)
+            .map(|i| Triple {
+                question: format!("question {i} about the park ?"),
+                passage: format!("passage {i} : a dog ran in the park ."),
+                answer: "a dog".into(),
+            })
+            .collect();
+        let encoded = encode_batch(&retriever, &batch, &[], Mode::Inference).unwrap();
+        let gold_in = |fraction: f64| {
+            let config = LossConfig { top_k: 3, oracle_fraction: fraction, ..Default::default() };
+            let (scores, candidates, _) = candidates(&encoded, &config).unwrap();
+            assert_eq!(scores.dims2().unwrap(), (40, 3));
+            assert!(candidates.iter().all(|c| c.len() == 3));
+            candidates.iter().zip(&encoded.gold).filter(|(c, g)| c.contains(g)).count()
+        };
+        assert_eq!(gold_in(1.0), 40, "P = 1: always");
+        assert_eq!(gold_in(0.0), 0, "P = 0: never, and k others fill the place");
+        let half = gold_in(0.5);
+        assert!((10..=30).contains(&half), "P = 1/2: about half of 40, got {half}");
+        assert_eq!(gold_in(0.5), half, "the same batch draws the same");
+        assert_eq!(top_k_without(&[0.1, 0.9, 0.5, 0.7], 2, 1), vec![3, 2]);
+    }
+
+    #[test]
+    fn raft_prompts_mix_the_gold_passage_among_distractors() {
+        let batch: Vec<Triple> = (0..40)
+            .map(|i| Triple { question: format!("q{i} ?"), passage: format!("gold {i}"), answer: "a".into() })
+            .collect();
+        let negatives: Vec<Vec<String>> = (0..40)
+            .map(|i| match i {
+                0 => vec![],
+                1 => vec![format!("gold {i}"), "n1".into(), "n2".into(), "n3".into()],
+                _ => vec!["n1".into(), "n2".into(), "n3".into()],
+            })
+            .collect();
+        let contexts = |distractors, oracle_fraction| {
+            let config = LossConfig { mode: TrainMode::Generator, distractors, oracle_fraction, ..Default::default() };
+            generator_contexts(&batch, &negatives, &config)
+        };
+        let plain = contexts(0, 0.5);
+        assert!(
+            plain.iter().zip(&batch).all(|(c, t)| c == &vec![vec![t.passage.as_str()]]),
+            "no distractors: gold alone"
+        );
+        let always = contexts(2, 1.0);
+        assert_eq!(always[0], vec![vec!["gold 0"]], "no negatives: gold alone");
+        for (i, context) in always.iter().enumerate().skip(1) {
+            let passages = &context[0];
+            assert_eq!(passages.len(), 3, "{passages:?}");
+            assert_eq!(passages.iter().filter(|p| **p == format!("gold {i}")).count(), 1, "gold once: {passages:?}");
+            assert!(!passages.contains(&"n3"), "two distractors, the best two");
+        }
+        let first_places = always.iter().skip(1).filter(|c| c[0][0].starts_with("gold")).count();
+        assert!(
+            (3..=25).contains(&first_places),
+            "the gold passage's place is drawn: first {first_places} times of 39"
+        );
+        let never = contexts(2, 0.0);
+        assert!(never.iter().skip(1).all(|c| c[0].iter().all(|p| !p.starts_with("gold"))), "P = 0: distractors only");
+        let half = contexts(2, 0.5).iter().skip(1).filter(|c| c[0].iter().any(|p| p.starts_with("gold"))).count();
+        assert!((10..=30).contains(&half), "P = 1/2: about half of 39, got {half}");
+        assert_eq!(contexts(2, 0.5), contexts(2, 0.5), "the same batch draws the same");
+    }
+
+    #[test]
     fn top_k_always_holds_the_gold_passage() {
         assert_eq!(top_k_with_gold(&[0.1, 0.9, 0.5, 0.7], 2, 1), vec![1, 3]);
         assert_eq!(top_k_with_gold(&[0.1, 0.9, 0.5, 0.7], 2, 0), vec![1, 0]);
@@ -793,6 +969,7 @@ mod tests {
             (Marginalization::Sequence, Candidates::Batch, RetrieverLoss::Contrastive),
             (Marginalization::Token, Candidates::Batch, RetrieverLoss::Contrastive),
             (Marginalization::Sequence, Candidates::Corpus, RetrieverLoss::ContrastiveLsr),
+            (Marginalization::Token, Candidates::Corpus, RetrieverLoss::Emdr),
         ] {
             let config = LossConfig {
                 top_k: 2,
@@ -802,7 +979,9 @@ mod tests {
                 retriever_loss,
                 ..Default::default()
             };
-            let negatives: &[String] = if candidates == Candidates::Corpus { &negatives } else { &[] };
+            let negatives: Vec<Vec<String>> =
+                if candidates == Candidates::Corpus { vec![negatives.to_vec()] } else { vec![] };
+            let negatives = negatives.as_slice();
             let loss = || batch_loss(models, &triples(), negatives, &config, Mode::Inference).unwrap();
             let out = loss();
             assert!(out.retriever.unwrap() > 0.0 && out.generator.unwrap() > 0.0);
@@ -811,7 +990,7 @@ mod tests {
             // The lsr loss's target is the generator's likelihood, detached by design: finite
             // differences on the generator's weights would move that target, so only the
             // retriever's weights are checked with it.
-            let generator_checked = if retriever_loss.lsr() { Vec::new() } else { vars(&generator_vars) };
+            let generator_checked = if retriever_loss.lm_supervised() { Vec::new() } else { vars(&generator_vars) };
             for (name, var) in vars(&retriever_vars).into_iter().chain(generator_checked) {
                 let analytic = grads.get(&var).unwrap_or_else(|| panic!("{name} got no gradient"));
                 let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -838,7 +1017,7 @@ mod tests {
                     checked += 1;
                 }
             }
-            assert!(checked >= if retriever_loss.lsr() { 4 } else { 16 }, "checked {checked} entries");
+            assert!(checked >= if retriever_loss.lm_supervised() { 4 } else { 16 }, "checked {checked} entries");
         }
     }
 
@@ -882,11 +1061,11 @@ mod tests {
         let config = LossConfig { mode: TrainMode::Retriever, ..Default::default() };
         let plain = batch_loss(models, &triples(), &[], &config, Mode::Inference).unwrap().retriever.unwrap();
         let negatives = vec!["the mat sat on the cat .".to_owned()];
-        let harder = batch_loss(models, &triples(), &negatives, &config, Mode::Inference).unwrap().retriever.unwrap();
+        let harder = batch_loss(models, &triples(), &[negatives], &config, Mode::Inference).unwrap().retriever.unwrap();
         assert!(harder > plain, "{harder} vs {plain}");
         // A "negative" equal to a gold passage is masked for its questions: the loss is unchanged.
         let same = vec!["the cat sat on the mat .".to_owned()];
-        let masked = batch_loss(models, &triples(), &same, &config, Mode::Inference).unwrap().retriever.unwrap();
+        let masked = batch_loss(models, &triples(), &[same], &config, Mode::Inference).unwrap().retriever.unwrap();
         assert!(masked > plain - 1e-9, "masked for questions 0 and 2, a negative for the others");
     }
 }

@@ -144,6 +144,21 @@ fn attach(
     Ok(Adapter { part, vars })
 }
 
+/// What a run mines from the corpus: hard negatives for a retriever it trains, distractors for a
+/// generator trained alone (RAFT); `None` when it needs neither.
+pub fn mining_of(config: &TrainConfig) -> Option<Mining> {
+    let hyper = &config.hyper;
+    let per_question = match config.mode {
+        attune_shared::TrainMode::Generator => hyper.distractors,
+        _ => hyper.hard_negatives,
+    };
+    (per_question > 0).then(|| Mining {
+        per_question: per_question as usize,
+        margin: hyper.hard_negative_margin,
+        retrieval: hyper.mining_retrieval,
+    })
+}
+
 impl Trainer {
     /// Prepares a run in `setup.out`: attaches fresh, seeded adapters (or, with `resume`, the
     /// checkpoint's) and writes `config.json`.
@@ -161,19 +176,21 @@ impl Trainer {
         let mut adapters = Vec::new();
         let mut init_rng = StdRng::seed_from_u64(config.hyper.seed);
         let mut negatives = vec![Vec::new(); train.len()];
-        let mining = (mode.trains_retriever() && config.hyper.hard_negatives > 0).then(|| Mining {
-            per_question: config.hyper.hard_negatives as usize,
-            margin: config.hyper.hard_negative_margin,
-        });
+        let mining = mining_of(&config);
+        // Generator mode mines its distractors once, with the base retriever.
+        if let Some(mining) = mining
+            && resume.is_none()
+        {
+            let r = retriever
+                .as_mut()
+                .ok_or_else(|| TrainError::Config("mining negatives needs a retriever: none was given".into()))?;
+            r.set_max_length(loss.max_passage_tokens)?;
+            negatives = negatives::load_or_mine(&out, 0, r, &train, &corpus, mining)?;
+        }
         if mode.trains_retriever() {
             let r = retriever
                 .as_mut()
                 .ok_or_else(|| TrainError::Config("this mode trains a retriever: none was given".into()))?;
-            if let Some(mining) = mining
-                && resume.is_none()
-            {
-                negatives = negatives::load_or_mine(&out, 0, r, &train, &corpus, mining)?;
-            }
             r.set_max_length(loss.max_passage_tokens)?;
             let device = r.model().device().clone();
             adapters.push(attach(r.model_mut(), &config, Part::Retriever, &device, &mut init_rng, &mut params)?);
@@ -227,6 +244,8 @@ impl Trainer {
     /// refresh at or before `step` (0: the base retriever's).
     fn mined_at(&self, step: usize) -> usize {
         match self.config.hyper.refresh_negatives_every as usize {
+            // A retriever that does not train would mine the same again.
+            _ if !self.config.mode.trains_retriever() => 0,
             0 => 0,
             every => step / every * every,
         }
@@ -386,7 +405,7 @@ impl Trainer {
         for (m, indices) in micro_batches.iter().enumerate() {
             self.dropout.reseed(mix(seed, self.step as u64, m as u64));
             let batch: Vec<Triple> = indices.iter().map(|&i| self.train[i].clone()).collect();
-            let negatives: Vec<String> = indices.iter().flat_map(|&i| self.negatives[i].iter().cloned()).collect();
+            let negatives: Vec<Vec<String>> = indices.iter().map(|&i| self.negatives[i].clone()).collect();
             // Each micro-batch's mean loss weighs by its share of the step's examples, so the
             // summed gradients are those of the mean over all of them.
             let share = indices.len() as f64 / examples as f64;
@@ -983,6 +1002,48 @@ mod tests {
         joined.extend(losses(&resumed_events));
         assert_eq!(joined, losses(&straight_events), "same losses step by step");
         assert_eq!(negatives::load(dir.path(), 4, 10), Some(saved), "the same step-4 negatives");
+    }
+
+    /// Generator mode with distractors (RAFT) mines them once with the base retriever, never
+    /// trains that retriever, and trains on other prompts than the gold passage alone.
+    #[test]
+    fn generator_mode_mines_distractors_once_and_trains_only_the_generator() {
+        let corpus: Vec<String> = ["the cat sat on the mat .", "a dog ran in the park .", "the dogs sat in the park ."]
+            .into_iter()
+            .chain(["a bird sat on the mat .", "the park is green .", "cats and dogs ran ."])
+            .map(String::from)
+            .collect();
+        let run = |distractors: u32| {
+            let config = config_with(TrainMode::Generator, |h| {
+                (h.max_steps, h.epochs, h.refresh_negatives_every) = (Some(3), 3, 1);
+                (h.distractors, h.hard_negative_margin) = (distractors, 0.0);
+            });
+            let (retriever, generator, _, _) = tiny_models(DType::F32, 5);
+            let models = BaseModels { retriever: Some(retriever), generator: Some(generator) };
+            let dir = tempfile::tempdir().unwrap();
+            let setup =
+                RunSetup { corpus: corpus.clone(), ..setup(config, dir.path(), models, triples(10), triples(4)) };
+            let mut events = Vec::new();
+            let trainer = Trainer::new(setup).unwrap();
+            assert_eq!(trainer.adapters.len(), 1, "the generator's adapter alone");
+            let mut trainer = trainer;
+            trainer
+                .run(&mut |e| {
+                    events.push(e.clone());
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            let refreshes =
+                events.iter().filter(|e| matches!(e, TrainEvent::Step(p) if p.refresh_seconds.is_some())).count();
+            assert_eq!(refreshes, 0, "an untrained retriever is not asked again");
+            (losses(&events), negatives::load(dir.path(), 0, 10))
+        };
+        let (plain, none) = run(0);
+        assert!(none.is_none(), "no distractors: nothing mined");
+        let (raft, mined) = run(2);
+        let mined = mined.expect("the distractors are saved");
+        assert!(mined.iter().any(|n| !n.is_empty()) && mined.iter().all(|n| n.len() <= 2), "{mined:?}");
+        assert_ne!(plain, raft, "other prompts, other losses");
     }
 
     /// Accumulating 3 micro-batches gives the gradient of the whole batch's mean loss (generator

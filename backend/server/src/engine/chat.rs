@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use attune_shared::{ChatStats, Citation};
+use attune_shared::{ChatStats, Citation, RetrievalMethod};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::EngineError;
 use crate::model::generator::{GenerationConfig, Generator};
 use crate::model::retriever::{Retriever, TextRole};
+use crate::rag::bm25::Bm25Index;
+use crate::rag::hybrid::{self, FUSION_DEPTH};
 use crate::rag::index::{ExactIndex, IndexKey, VectorIndex};
 use crate::rag::prompt::{PromptLimits, chat_prompt};
 use crate::store::Store;
@@ -256,6 +258,10 @@ struct LoadedPair {
 
 struct LoadedIndex {
     index: ExactIndex,
+    /// BM25 over the same passages (in memory, built when first asked for); its positions are
+    /// those of `lexical_ids`.
+    lexical: Option<crate::rag::bm25::Bm25Index>,
+    lexical_ids: Vec<i64>,
     passages: HashMap<i64, IndexedPassage>,
 }
 
@@ -412,8 +418,9 @@ impl ChatThread {
                 index
             }
         };
+        let lexical_ids = passages.iter().map(|p| p.id).collect();
         let passages = passages.into_iter().map(|p| (p.id, p)).collect();
-        self.indexes.insert(key.retriever.clone(), LoadedIndex { index, passages });
+        self.indexes.insert(key.retriever.clone(), LoadedIndex { index, lexical: None, lexical_ids, passages });
         Ok(())
     }
 
@@ -423,10 +430,26 @@ impl ChatThread {
         self.pair(&spec)?;
         self.ensure_index(&spec, &events)?;
         let rk = spec.retriever_key();
+        let index = self.indexes.get_mut(&rk).expect("ensured above");
+        let lexical = match options.retrieval {
+            RetrievalMethod::Dense => Vec::new(),
+            RetrievalMethod::Bm25 | RetrievalMethod::Hybrid => {
+                if index.lexical.is_none() {
+                    let texts: Vec<String> =
+                        index.lexical_ids.iter().map(|id| index.passages[id].text.clone()).collect();
+                    index.lexical = Some(Bm25Index::build(&texts).map_err(failure("index_failed"))?);
+                }
+                let bm25 = index.lexical.as_ref().expect("built above");
+                let hits = bm25.search(&question, FUSION_DEPTH).map_err(failure("index_failed"))?;
+                hits.into_iter().map(|(position, _)| index.lexical_ids[position]).collect()
+            }
+        };
         let index = &self.indexes[&rk];
         let pair = self.pairs.last().expect("loaded above");
         let query = pair.retriever.embed(&[question.as_str()], TextRole::Query, 1).map_err(failure("model_failed"))?;
-        let hits = index.index.search(&query, top_k.max(1)).map_err(failure("index_failed"))?;
+        // Every passage's cosine similarity: the dense ranking, and the score each citation shows.
+        let dense = index.index.search(&query, index.index.len()).map_err(failure("index_failed"))?;
+        let hits = hybrid::rank(options.retrieval, &dense, &lexical, top_k.max(1));
         let citations: Vec<Citation> = hits
             .iter()
             .filter_map(|hit| {

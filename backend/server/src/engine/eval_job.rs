@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use attune_shared::{EvalItem, EvalReport, JobStatus, LogLevel, Retrieved, Run, SystemAnswer, SystemScores, TestSet};
+use attune_shared::{
+    EvalItem, EvalReport, JobStatus, LogLevel, MethodScores, RetrievalMethod, Retrieved, Run, SystemAnswer,
+    SystemScores, TestSet,
+};
 
 use super::EngineError;
 use super::job::{Control, EventSink, JobContext, JobEvent};
@@ -176,6 +179,11 @@ fn evaluate(
     let mut scores = Vec::new();
     let mut answers_by_system: Vec<Vec<SystemAnswer>> = Vec::new();
     let gold = run::gold_indices(&corpus, &rows).map_err(|e| fail(&e))?;
+    // BM25 needs no model: one ranking for every system, fused with each one's dense ranking.
+    let lexical =
+        run::evaluate_bm25(&corpus, &rows, &KS, &mut |_: &str, _: usize, _: usize| {}).map_err(|e| fail(&e))?;
+    let mut methods =
+        vec![MethodScores { system: String::new(), method: RetrievalMethod::Bm25, retrieval: lexical.metrics.flat() }];
     for (index, system) in systems.iter().enumerate() {
         let mut progress = |phase: &str, done: usize, total: usize| {
             if last_report.elapsed().as_secs_f64() < 0.5 && done < total {
@@ -199,6 +207,10 @@ fn evaluate(
         let retrieval =
             run::evaluate_retrieval(&retriever, &corpus, &rows, &KS, &mut progress).map_err(|e| fail(&e))?;
         drop(retriever);
+        let hybrid = run::fuse(&retrieval, &lexical, &corpus, &rows, &KS).map_err(|e| fail(&e))?;
+        for (method, run) in [(RetrievalMethod::Dense, &retrieval), (RetrievalMethod::Hybrid, &hybrid)] {
+            methods.push(MethodScores { system: system.label.clone(), method, retrieval: run.metrics.flat() });
+        }
         let mut answers: Vec<SystemAnswer> = retrieval
             .rankings
             .iter()
@@ -269,5 +281,5 @@ fn evaluate(
             systems: answers_by_system.iter().map(|answers| answers[q].clone()).collect(),
         })
         .collect();
-    Ok(Some(EvalReport { questions: rows.len() as u32, corpus: corpus.len() as u32, systems: scores, items }))
+    Ok(Some(EvalReport { questions: rows.len() as u32, corpus: corpus.len() as u32, systems: scores, items, methods }))
 }

@@ -162,10 +162,10 @@ fn train(
     let started = context.runtime.block_on(context.store.set_run_status(id, JobStatus::Running, None))?;
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
-    // Hard negatives come from every passage of the documents, not only those with triples.
-    let corpus = match config.hyper.hard_negatives {
-        0 => dataset.corpus,
-        _ => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
+    // Hard negatives and distractors come from every passage of the documents, not only those with triples.
+    let corpus = match crate::train::trainer::mining_of(&config) {
+        None => dataset.corpus,
+        Some(_) => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
     };
     let (models, device) = BaseModels::load(&config)?;
     let (hyper_epochs, min_steps) = (config.hyper.epochs, config.hyper.min_steps);

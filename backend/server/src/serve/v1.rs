@@ -140,6 +140,8 @@ struct AttuneOptions {
     /// Passages retrieved (the best one is in the prompt; all are returned as citations).
     top_k: Option<usize>,
     repetition_penalty: Option<f64>,
+    /// `dense`, `bm25` or `hybrid` (the default).
+    retrieval: Option<attune_shared::RetrievalMethod>,
 }
 
 /// The fields of OpenAI's request that Attune reads; the others (`top_p`, `user`, penalties,
@@ -217,6 +219,7 @@ impl ChatCompletionRequest {
             temperature: self.temperature.unwrap_or(defaults.temperature),
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(defaults.max_tokens),
             repetition_penalty: self.attune.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+            retrieval: self.attune.retrieval.unwrap_or(defaults.retrieval),
         };
         options.validate().map_err(|message| invalid("bad_options", message))?;
         let stop_sequences = self.stop.map(OneOrMany::into_vec).unwrap_or_default();

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Retrieval in the training loop, measured on questions people asked (issue 17): for each variant
+(a training mode and its flags) and each seed, `attune train` on the first N training triples of a
+shared QA dataset, its negatives mined from the dataset's whole corpus; each tuned retriever is
+evaluated by `attune eval` on the real test questions over every passage of the corpus, dense, BM25
+and hybrid (their reciprocal rank fusion). The table gives mean ± spread (half the range) over the
+seeds, the mean optimiser step time (index refreshes included) and, with --json, every figure.
+
+  python3 scripts/retrieval-loop-proof.py --dataset ../shared/data/qa/halueval_qa --work /tmp/loop \\
+      --train-triples 1000 --seeds 0,1,2 --json bench/retrieval-loop-halueval-cpu.json \\
+      --variant "retriever-only=retriever" \\
+      --variant "retriever, refreshed negatives=retriever --hard-negatives 3 --refresh-negatives-every 50" \\
+      --variant "e2e batch=e2e --max-steps 40" \\
+      --variant "e2e corpus contrastive+lsr=e2e --max-steps 40 --hard-negatives 3 --candidates corpus \\
+                 --retriever-loss contrastive+lsr"
+"""
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
+
+
+def spread(values):
+    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
+
+
+def evaluate(a, adapter=None):
+    args = [a.attune, "eval", "--data", f"{a.dataset}.jsonl", "--json", "--models-dir", a.models_dir]
+    if a.test_questions:
+        args += ["--max-questions", str(a.test_questions)]
+    if adapter:
+        args += ["--retriever-adapter", adapter, "--skip-base"]
+    print("+", " ".join(args), file=sys.stderr, flush=True)
+    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+
+
+def step_seconds(out):
+    """Mean step time over the run's steps after the first (warm-up), refreshes included."""
+    times = []
+    with open(os.path.join(out, "log.jsonl")) as f:
+        for line in f:
+            point = json.loads(line)
+            if "step_seconds" in point:
+                times.append(point["step_seconds"] + (point.get("refresh_seconds") or 0.0))
+    times = times[1:] or times
+    return statistics.fmean(times) if times else None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
+    p.add_argument("--work", required=True)
+    p.add_argument("--attune", default="target/release/attune")
+    p.add_argument("--models-dir", default="./models")
+    p.add_argument("--train-triples", type=int, default=1000)
+    p.add_argument("--test-questions", type=int, help="the first N test questions (default: all)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variant", action="append", required=True, help="NAME=MODE [FLAGS] for attune train")
+    p.add_argument("--json")
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    log = os.path.join(a.work, "log.txt")
+    rows = [json.loads(line) for line in open(f"{a.dataset}.jsonl")]
+    split = dict(line.rstrip("\n").split("\t")[:2] for line in open(f"{a.dataset}.split.tsv")
+                 if not line.startswith("query-id"))
+    train = [r for r in rows if split[r["id"]] == "train"][: a.train_triples]
+    train_file = os.path.join(a.work, "train.jsonl")
+    with open(train_file, "w") as f:
+        for r in train:
+            f.write(json.dumps({"question": r["question"], "passage": r["passage"], "answer": r["answer"]}) + "\n")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    base = evaluate(a)
+    table = {"base": {m: spread([base["retriever"][m]]) for m in METRICS},
+             "bm25": {m: spread([base["bm25"][m]]) for m in METRICS},
+             "base hybrid": {m: spread([base["hybrid"][m]]) for m in METRICS}}
+    runs = {}
+    for name, spec in (v.split("=", 1) for v in a.variant):
+        mode, *flags = shlex.split(spec)
+        results, seconds, steps = [], [], []
+        for seed in seeds:
+            out = os.path.join(a.work, f"{name.replace(' ', '_').replace(',', '')}-{seed}")
+            if not os.path.exists(os.path.join(out, "retriever")):
+                subprocess.run(["rm", "-rf", out], check=True)
+                args = [a.attune, "train", "--data", train_file, "--corpus", f"{a.dataset}.corpus.jsonl",
+                        "--out", out, "--mode", mode, "--seed", str(seed), "--models-dir", a.models_dir] + flags
+                print("+", " ".join(args), file=sys.stderr, flush=True)
+                with open(log, "a") as f:
+                    subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT)
+            seconds.append(step_seconds(out))
+            results.append(evaluate(a, os.path.join(out, "retriever")))
+        table[name] = {m: spread([r["retriever"][m] for r in results]) for m in METRICS}
+        table[f"{name} hybrid"] = {m: spread([r["hybrid"][m] for r in results]) for m in METRICS}
+        runs[name] = {"mode": mode, "flags": flags, "step_seconds": seconds}
+    print(f"{a.dataset}: {base['questions']} real test questions over {base['corpus']} passages; "
+          f"trained on the first {len(train)} training triples; seeds {seeds}")
+    print(f"{'':44}" + "".join(f"{m:>17}" for m in METRICS) + "   step s")
+    for name, row in table.items():
+        variant = runs.get(name.removesuffix(" hybrid")) if not name.endswith(" hybrid") else None
+        times = [s for s in (variant or {}).get("step_seconds", []) if s is not None]
+        step = f"{statistics.fmean(times):9.2f}" if times else ""
+        print(f"{name:44}" + "".join(f"{row[m]['mean']:>10.4f} ±{row[m]['spread']:.4f}" for m in METRICS) + step)
+    if a.json:
+        figures = {"command": " ".join(sys.argv), "dataset": a.dataset, "corpus_passages": base["corpus"],
+                   "test_questions": base["questions"], "train_triples": len(train), "seeds": seeds,
+                   "runs": runs, "retrieval": table,
+                   "machine": os.uname().machine, "cpus": os.cpu_count()}
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
