@@ -166,6 +166,15 @@ async fn openai_clients_get_answers_streams_embeddings_and_errors_in_their_shape
         post(&client, &v1(&server, "/chat/completions"), question("Hi?", json!({"temperature": 7}))).await;
     assert_eq!(status, 422, "{body}");
     assert_openai_error(&body, "invalid_request_error", "bad_options");
+    let sparse = question("Hi?", json!({"attune": {"retrieval": "sparse"}}));
+    let (status, body) = post(&client, &v1(&server, "/chat/completions"), sparse).await;
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("sparse")), "{body}");
+    let lexical = question("Tell me about volcanoes.", json!({"attune": {"retrieval": "bm25", "top_k": 1}}));
+    let (status, body) = post(&client, &v1(&server, "/chat/completions"), lexical).await;
+    assert_eq!(status, 200, "{body}");
+    let cited = body["attune"]["citations"][0]["text"].as_str().unwrap_or_default();
+    assert!(cited.contains("volcanoes"), "BM25 cites a passage with the rare word: {body}");
     let (status, body) = post(&client, &v1(&server, "/chat/completions"), question("Hi?", json!({"n": 2}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("unsupported_n")), "{body}");
     let (status, body) = post(&client, &v1(&server, "/embeddings"), json!({"model": "base", "input": []})).await;
