@@ -13,6 +13,15 @@ seeds, the mean optimiser step time (index refreshes included) and, with --json,
       --variant "e2e batch=e2e --max-steps 40" \\
       --variant "e2e corpus contrastive+lsr=e2e --max-steps 40 --hard-negatives 3 --candidates corpus \\
                  --retriever-loss contrastive+lsr"
+
+With --no-eval it trains only and compares step times (issue 17's cost goal: an e2e step with corpus
+candidates against today's, an index refresh spread over --refresh-interval steps):
+
+  python3 scripts/retrieval-loop-proof.py --dataset ../shared/data/qa/halueval_qa --work /tmp/cost --seeds 0 \
+      --no-eval --json bench/retrieval-loop-cost-cpu.json \
+      --variant "e2e batch=e2e --max-steps 6" \
+      --variant "e2e corpus contrastive+lsr=e2e --max-steps 6 --hard-negatives 3 --candidates corpus \
+                 --retriever-loss contrastive+lsr --refresh-negatives-every 3"
 """
 
 import argparse
@@ -53,6 +62,62 @@ def step_seconds(out):
     return statistics.fmean(times) if times else None
 
 
+def train(a, name, spec, seed, train_file, log):
+    mode, *flags = shlex.split(spec)
+    out = os.path.join(a.work, f"{name.replace(' ', '_').replace(',', '')}-{seed}")
+    if not os.path.exists(os.path.join(out, "retriever")):
+        subprocess.run(["rm", "-rf", out], check=True)
+        args = [a.attune, "train", "--data", train_file, "--corpus", f"{a.dataset}.corpus.jsonl",
+                "--out", out, "--mode", mode, "--seed", str(seed), "--models-dir", a.models_dir] + flags
+        print("+", " ".join(args), file=sys.stderr, flush=True)
+        with open(log, "a") as f:
+            subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT)
+    return mode, flags, out
+
+
+def step_and_refresh_seconds(out):
+    """Mean step time after the first (warm-up), index refreshes apart; and each refresh's time."""
+    steps, refreshes = [], []
+    with open(os.path.join(out, "log.jsonl")) as f:
+        for line in f:
+            point = json.loads(line)
+            if "step_seconds" in point:
+                steps.append(point["step_seconds"])
+                if point.get("refresh_seconds") is not None:
+                    refreshes.append(point["refresh_seconds"])
+    return statistics.fmean(steps[1:] or steps), refreshes
+
+
+def cost_only(a, train_file, seeds):
+    """Step times of each variant, an index refresh's time spread over --refresh-interval steps,
+    and each one's ratio to the first variant's."""
+    log = os.path.join(a.work, "log.txt")
+    runs = {}
+    for name, spec in (v.split("=", 1) for v in a.variant):
+        steps, refreshes = [], []
+        for seed in seeds:
+            mode, flags, out = train(a, name, spec, seed, train_file, log)
+            step, refresh = step_and_refresh_seconds(out)
+            steps.append(step)
+            refreshes += refresh
+        refresh = statistics.fmean(refreshes) if refreshes else 0.0
+        mean = statistics.fmean(steps) + refresh / a.refresh_interval
+        runs[name] = {"mode": mode, "flags": flags, "step_seconds": steps, "refresh_seconds": refreshes,
+                      "refresh_interval": a.refresh_interval, "mean_with_refresh": mean}
+    reference = next(iter(runs.values()))["mean_with_refresh"]
+    print(f"{'':44}{'step s':>10}{'refresh s':>11}{'per step':>10}{'ratio':>8}")
+    for name, run in runs.items():
+        run["ratio"] = run["mean_with_refresh"] / reference
+        refresh = statistics.fmean(run["refresh_seconds"]) if run["refresh_seconds"] else 0.0
+        print(f"{name:44}{statistics.fmean(run['step_seconds']):>10.2f}{refresh:>11.1f}"
+              f"{run['mean_with_refresh']:>10.2f}{run['ratio']:>8.2f}")
+    if a.json:
+        figures = {"command": " ".join(sys.argv), "dataset": a.dataset, "seeds": seeds, "runs": runs,
+                   "machine": os.uname().machine, "cpus": os.cpu_count()}
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
@@ -63,6 +128,10 @@ def main():
     p.add_argument("--test-questions", type=int, help="the first N test questions (default: all)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", required=True, help="NAME=MODE [FLAGS] for attune train")
+    p.add_argument("--no-eval", action="store_true",
+                   help="train only and compare step times (the first variant is the reference of the ratio)")
+    p.add_argument("--refresh-interval", type=int, default=50,
+                   help="with --no-eval: steps between index refreshes that a refresh's time is spread over")
     p.add_argument("--json")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -76,23 +145,17 @@ def main():
         for r in train:
             f.write(json.dumps({"question": r["question"], "passage": r["passage"], "answer": r["answer"]}) + "\n")
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.no_eval:
+        return cost_only(a, train_file, seeds)
     base = evaluate(a)
     table = {"base": {m: spread([base["retriever"][m]]) for m in METRICS},
              "bm25": {m: spread([base["bm25"][m]]) for m in METRICS},
              "base hybrid": {m: spread([base["hybrid"][m]]) for m in METRICS}}
     runs = {}
     for name, spec in (v.split("=", 1) for v in a.variant):
-        mode, *flags = shlex.split(spec)
-        results, seconds, steps = [], [], []
+        results, seconds = [], []
         for seed in seeds:
-            out = os.path.join(a.work, f"{name.replace(' ', '_').replace(',', '')}-{seed}")
-            if not os.path.exists(os.path.join(out, "retriever")):
-                subprocess.run(["rm", "-rf", out], check=True)
-                args = [a.attune, "train", "--data", train_file, "--corpus", f"{a.dataset}.corpus.jsonl",
-                        "--out", out, "--mode", mode, "--seed", str(seed), "--models-dir", a.models_dir] + flags
-                print("+", " ".join(args), file=sys.stderr, flush=True)
-                with open(log, "a") as f:
-                    subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT)
+            mode, flags, out = train(a, name, spec, seed, train_file, log)
             seconds.append(step_seconds(out))
             results.append(evaluate(a, os.path.join(out, "retriever")))
         table[name] = {m: spread([r["retriever"][m] for r in results]) for m in METRICS}

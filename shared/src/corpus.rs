@@ -187,6 +187,17 @@ pub struct TriplePage {
     pub counts: TripleCounts,
     pub page: u32,
     pub per_page: u32,
+    /// Filtered candidates matching the filter except its status and reason, by the reason a
+    /// filter dropped them (most first): what "dropped because …" can pick.
+    #[serde(default)]
+    pub reasons: Vec<ReasonCount>,
+}
+
+/// How many filtered candidates one reason dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: u64,
 }
 
 /// A triple as it was before one change (its edit history).
@@ -228,6 +239,9 @@ pub struct TripleMatch {
     pub origin: Option<TripleOrigin>,
     /// Words that must all occur in the question, answer or passage.
     pub q: Option<String>,
+    /// Filtered candidates dropped for this reason only.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `POST /triples/bulk`: one action on many triples, listed or matching a filter.

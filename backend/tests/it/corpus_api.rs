@@ -634,6 +634,28 @@ async fn synthesis_with_an_openai_compatible_server_then_documents_with_triples(
     assert_eq!(ungrounded["filter_reason"], "the answer's words are not in the passage");
     let copied = items.iter().find(|t| t["answer"] == "").expect("the copied question, never answered");
     assert_eq!(copied["filter_reason"], "copies a long span of the passage");
+    // "Dropped because …": the reasons with their counts, and the listing by one of them.
+    let reasons: Vec<(String, u64)> = dropped["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["reason"].as_str().unwrap().to_owned(), r["count"].as_u64().unwrap()))
+        .collect();
+    let mut expected = vec![
+        ("copies a long span of the passage".to_owned(), passages),
+        ("the answer's words are not in the passage".to_owned(), passages),
+    ];
+    expected.sort();
+    assert_eq!(reasons, expected, "{dropped}");
+    let url = format!(
+        "/api/v1/triples?status=filtered&document_id={document}&reason=copies%20a%20long%20span%20of%20the%20passage"
+    );
+    let (_, by_reason) = call(&app, get(&url)).await;
+    assert_eq!(by_reason["total"], passages, "{by_reason}");
+    assert!(by_reason["items"].as_array().unwrap().iter().all(|t| t["filter_reason"] == copied["filter_reason"]));
+    assert_eq!(by_reason["reasons"], dropped["reasons"], "the choice stays whole while one is picked");
+    let (status, _) = call(&app, get(&format!("/api/v1/triples?reason={}", "x".repeat(201)))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an overlong reason is refused");
     let keep = |t: &Value| {
         json_request(
             "PATCH",

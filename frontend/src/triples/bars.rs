@@ -56,12 +56,29 @@ pub(super) fn FilterBar(
                                 data-testid=format!("tab-{}", status.map(status_label).unwrap_or("all"))
                                 title=(status == Some(TripleStatus::Filtered)).then_some("candidates the filters dropped, with why: keep one anyway")
                                 aria-pressed=move || (filter.with(|f| f.status) == status).to_string()
-                                on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; })
+                                on:click=move |_| filter.update(|f| { f.status = status; f.page = 1; f.reason = None; })
                             >{label}</button>
                         }
                     })
                     .collect_view()}
             </div>
+            {move || {
+                let reasons = page.with(|p| p.as_ref().and_then(|r| r.as_ref().ok()).map(|p| p.reasons.clone())).unwrap_or_default();
+                (filter.with(|f| f.status) == Some(TripleStatus::Filtered) && !reasons.is_empty()).then(|| view! {
+                    <label>"Dropped because "
+                        <select data-testid="filter-reason-select" on:change=move |e| {
+                            let value = event_target_value(&e);
+                            filter.update(|f| { f.reason = (!value.is_empty()).then_some(value); f.page = 1; });
+                        }>
+                            <option value="">"any reason"</option>
+                            {reasons.into_iter().map(|r| {
+                                let chosen = filter.with_untracked(|f| f.reason.as_deref() == Some(r.reason.as_str()));
+                                view! { <option value=r.reason.clone() selected=chosen>{format!("{} ({})", r.reason, r.count)}</option> }
+                            }).collect_view()}
+                        </select>
+                    </label>
+                })
+            }}
             <label>"Document "
                 <select prop:value=move || filter.with(|f| f.document_id.map(|d| d.to_string()).unwrap_or_default()) on:change=move |e| {
                     let value = event_target_value(&e);

@@ -86,6 +86,8 @@ pub struct Filter {
     pub search: String,
     pub sort: Sort,
     pub page: u32,
+    /// Filtered candidates dropped for this reason only (the "dropped because" choice).
+    pub reason: Option<String>,
 }
 
 impl Filter {
@@ -96,6 +98,9 @@ impl Filter {
             parts.push(format!("status={}", status.as_str()));
         }
         parts.extend(self.terms());
+        if let Some(reason) = &self.reason {
+            parts.push(format!("reason={}", encode_query_value(reason)));
+        }
         if self.sort != Sort::default() {
             parts.push(format!("sort={}", self.sort.as_str()));
         }
@@ -126,6 +131,7 @@ impl Filter {
             document_id: self.document_id,
             origin: self.origin,
             q: (!self.search.trim().is_empty()).then(|| self.search.trim().to_owned()),
+            reason: self.reason.clone(),
         }
     }
 }
@@ -216,13 +222,19 @@ fn status_label(status: TripleStatus) -> &'static str {
     }
 }
 
-/// The filter an address asks for (`/triples?status=filtered&document_id=3`).
-pub fn filter_from_query(status: Option<&str>, document_id: Option<&str>, q: Option<&str>) -> Filter {
+/// The filter an address asks for (`/triples?status=filtered&document_id=3&reason=…`).
+pub fn filter_from_query(
+    status: Option<&str>,
+    document_id: Option<&str>,
+    q: Option<&str>,
+    reason: Option<&str>,
+) -> Filter {
     Filter {
         status: status.and_then(TripleStatus::parse),
         document_id: document_id.and_then(|d| d.parse().ok()),
         search: q.unwrap_or_default().to_owned(),
         page: 1,
+        reason: reason.filter(|r| !r.trim().is_empty()).map(str::to_owned),
         ..Filter::default()
     }
 }
@@ -234,8 +246,9 @@ pub const NOTICE_MS: u32 = 4000;
 pub fn TriplesPage() -> impl IntoView {
     let api = Api::from_context();
     let query = leptos_router::hooks::use_query_map();
-    let initial =
-        query.with_untracked(|q| filter_from_query(q.get_str("status"), q.get_str("document_id"), q.get_str("q")));
+    let initial = query.with_untracked(|q| {
+        filter_from_query(q.get_str("status"), q.get_str("document_id"), q.get_str("q"), q.get_str("reason"))
+    });
     let filter = RwSignal::new(initial);
     let focused = RwSignal::new(false);
     let page = RwSignal::new(None::<Result<TriplePage, ApiError>>);
@@ -583,6 +596,12 @@ mod tests {
         assert_eq!(counts.of(None), 14, "all: under review, the filtered aside");
         let matching = by_document.matching();
         assert_eq!((matching.document_id, matching.origin, matching.q), (Some(7), Some(TripleOrigin::Manual), None));
+        // Dropped because …: the listing and "all matching" carry the reason; an export does not.
+        let why = filter_from_query(Some("filtered"), None, None, Some("the answer is too long"));
+        assert_eq!(why.query(), "page=1&per_page=25&status=filtered&reason=the%20answer%20is%20too%20long");
+        assert_eq!(why.matching().reason.as_deref(), Some("the answer is too long"));
+        assert_eq!(bars::export_target(&why, counts).1, "status=filtered");
+        assert_eq!(filter_from_query(Some("filtered"), None, None, Some(" ")).reason, None, "blank: any reason");
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct TripleQuery {
     sort: Option<String>,
     page: Option<u32>,
     per_page: Option<u32>,
+    /// Filtered candidates dropped for this reason only.
+    reason: Option<String>,
 }
 
 fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
@@ -184,6 +186,7 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
         Some(s) => return Err(invalid(format!("sort={s:?}: expected oldest, newest, updated or question"))),
     };
     check_search(query.q.as_deref())?;
+    let reason = check_reason(query.reason.as_deref())?;
     if let Some(page) = query.page
         && !(1..=MAX_PAGE).contains(&page)
     {
@@ -194,7 +197,21 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
     {
         return Err(invalid(format!("per_page={per_page}: between 1 and {MAX_PER_PAGE}")));
     }
-    Ok(TripleFilter { status, document_id: query.document_id, origin, search: query.q.clone(), sort })
+    Ok(TripleFilter { status, document_id: query.document_id, origin, search: query.q.clone(), sort, reason })
+}
+
+/// The longest filter reason a listing can ask for (the filters' own are far shorter).
+const MAX_REASON_CHARS: usize = 200;
+
+/// A reason to list filtered candidates by: empty means any.
+fn check_reason(reason: Option<&str>) -> Result<Option<String>, AppError> {
+    match reason.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) if r.chars().count() > MAX_REASON_CHARS => Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!("reason: at most {MAX_REASON_CHARS} characters"),
+        }),
+        reason => Ok(reason.map(str::to_owned)),
+    }
 }
 
 /// A search of at most [`MAX_SEARCH_WORDS`] words of at most [`MAX_SEARCH_WORD_CHARS`] each.
@@ -310,9 +327,11 @@ pub async fn bulk(
         origin: m.origin,
         search: m.q.clone(),
         sort: TripleSort::Oldest,
+        reason: m.reason.clone(),
     };
     if let BulkAction::SetStatusMatching { matching: m, .. } | BulkAction::DeleteMatching { matching: m } = &action {
         check_search(m.q.as_deref())?;
+        check_reason(m.reason.as_deref())?;
     }
     let changed = match action {
         BulkAction::SetStatus { ids, status } => state.store().set_status(&ids, status).await?,

@@ -2,8 +2,8 @@
 //! runs. Every multi-row write is one transaction.
 
 use attune_shared::{
-    Document, JobStatus, Passage, SynthReport, SynthRun, Triple, TripleCounts, TripleEdit, TripleOrigin, TriplePage,
-    TripleStatus, TripleUpdate,
+    Document, JobStatus, Passage, ReasonCount, SynthReport, SynthRun, Triple, TripleCounts, TripleEdit, TripleOrigin,
+    TriplePage, TripleStatus, TripleUpdate,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -67,6 +67,8 @@ pub struct TripleFilter {
     /// Words that must occur in the question, answer or passage (case-insensitive).
     pub search: Option<String>,
     pub sort: TripleSort,
+    /// Filtered candidates dropped for this reason only.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -368,7 +370,21 @@ impl Store {
             }
         }
         let total = counts.of(filter.status);
-        Ok(TriplePage { items, total, counts, page, per_page })
+        let mut by_reason = QueryBuilder::<Sqlite>::new(
+            "SELECT filter_reason, COUNT(*) AS n FROM triples WHERE status = 'filtered' AND filter_reason IS NOT NULL",
+        );
+        push_filter(&mut by_reason, &TripleFilter { reason: None, ..filter.clone() }, false);
+        by_reason.push(" GROUP BY filter_reason ORDER BY n DESC, filter_reason");
+        let reasons = by_reason
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(ReasonCount { reason: row.try_get("filter_reason")?, count: row.try_get::<i64, _>("n")? as u64 })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(TriplePage { items, total, counts, page, per_page, reasons })
     }
 
     /// The ids of every triple `filter` matches, oldest first.
@@ -670,6 +686,9 @@ fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &TripleFilter, with
     }
     if let Some(origin) = filter.origin {
         query.push(" AND origin = ").push_bind(origin.as_str());
+    }
+    if let Some(reason) = &filter.reason {
+        query.push(" AND filter_reason = ").push_bind(reason.clone());
     }
     if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         for word in search.split_whitespace() {
