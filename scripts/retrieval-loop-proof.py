@@ -41,13 +41,23 @@ def spread(values):
 
 
 def evaluate(a, adapter=None):
+    """`attune eval`'s JSON, kept beside the adapter (or in the work folder for the base model) so
+    a second call with the same questions reads it instead of evaluating again."""
     args = [a.attune, "eval", "--data", f"{a.dataset}.jsonl", "--json", "--models-dir", a.models_dir]
     if a.test_questions:
         args += ["--max-questions", str(a.test_questions)]
     if adapter:
         args += ["--retriever-adapter", adapter, "--skip-base"]
+    kept = os.path.join(os.path.dirname(adapter) if adapter else a.work, f"eval-{a.test_questions or 'all'}.json")
+    if os.path.exists(kept):
+        with open(kept) as f:
+            return json.load(f)
     print("+", " ".join(args), file=sys.stderr, flush=True)
-    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    report = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    with open(kept + ".partial", "w") as f:
+        json.dump(report, f)
+    os.rename(kept + ".partial", kept)
+    return report
 
 
 def step_seconds(out):
