@@ -72,7 +72,7 @@ def step_seconds(out):
     return statistics.fmean(times) if times else None
 
 
-def train(a, name, spec, seed, train_file, log):
+def train_variant(a, name, spec, seed, train_file, log):
     mode, *flags = shlex.split(spec)
     out = os.path.join(a.work, f"{name.replace(' ', '_').replace(',', '')}-{seed}")
     if not os.path.exists(os.path.join(out, "retriever")):
@@ -106,7 +106,7 @@ def cost_only(a, train_file, seeds):
     for name, spec in (v.split("=", 1) for v in a.variant):
         steps, refreshes = [], []
         for seed in seeds:
-            mode, flags, out = train(a, name, spec, seed, train_file, log)
+            mode, flags, out = train_variant(a, name, spec, seed, train_file, log)
             step, refresh = step_and_refresh_seconds(out)
             steps.append(step)
             refreshes += refresh
@@ -165,7 +165,7 @@ def main():
     for name, spec in (v.split("=", 1) for v in a.variant):
         results, seconds = [], []
         for seed in seeds:
-            mode, flags, out = train(a, name, spec, seed, train_file, log)
+            mode, flags, out = train_variant(a, name, spec, seed, train_file, log)
             seconds.append(step_seconds(out))
             results.append(evaluate(a, os.path.join(out, "retriever")))
         table[name] = {m: spread([r["retriever"][m] for r in results]) for m in METRICS}
