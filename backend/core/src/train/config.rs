@@ -167,6 +167,18 @@ pub fn load_split(path: &std::path::Path, columns: &CsvColumns, hyper: &Hyper) -
     Ok(dataset)
 }
 
+impl TrainConfig {
+    /// Corpus passages mined per question: hard negatives for a retriever the run trains,
+    /// distractors for a generator trained alone (RAFT); 0: the run mines nothing.
+    pub fn mined_per_question(&self) -> usize {
+        let per_question = match self.mode {
+            TrainMode::Generator => self.hyper.distractors,
+            _ => self.hyper.hard_negatives,
+        };
+        per_question as usize
+    }
+}
+
 /// The base models a run trains (adapters are attached by the trainer).
 pub struct BaseModels {
     pub retriever: Option<Retriever>,
@@ -184,7 +196,7 @@ impl BaseModels {
             message: e.to_string(),
         };
         // Generator mode loads the retriever too when it mines distractors.
-        let needs_retriever = config.mode.trains_retriever() || super::trainer::mining_of(config).is_some();
+        let needs_retriever = config.mode.trains_retriever() || config.mined_per_question() > 0;
         let retriever = match needs_retriever {
             true => Some(
                 Retriever::load_as(&config.retriever, &device, dtype)

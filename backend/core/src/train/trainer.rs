@@ -148,12 +148,9 @@ fn attach(
 /// generator trained alone (RAFT); `None` when it needs neither.
 pub fn mining_of(config: &TrainConfig) -> Option<Mining> {
     let hyper = &config.hyper;
-    let per_question = match config.mode {
-        attune_shared::TrainMode::Generator => hyper.distractors,
-        _ => hyper.hard_negatives,
-    };
+    let per_question = config.mined_per_question();
     (per_question > 0).then(|| Mining {
-        per_question: per_question as usize,
+        per_question,
         margin: hyper.hard_negative_margin,
         retrieval: hyper.mining_retrieval,
     })
