@@ -132,6 +132,21 @@ mod tests {
         Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap()
     }
 
+    /// Each entry of `analytic` (the gradient of `loss` at `base`) against central differences.
+    fn assert_central_differences(loss: &dyn Fn(&Tensor) -> f64, base: &[Vec<f64>], analytic: &[Vec<f64>]) {
+        let h = 1e-6;
+        for i in 0..base.len() {
+            for j in 0..base[i].len() {
+                let (mut plus, mut minus) = (base.to_vec(), base.to_vec());
+                plus[i][j] += h;
+                minus[i][j] -= h;
+                let t = |v: Vec<Vec<f64>>| Tensor::new(v, &Device::Cpu).unwrap();
+                let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * h);
+                assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
+            }
+        }
+    }
+
     #[test]
     fn contrastive_loss_by_hand() {
         // Orthogonal unit vectors: each query matches its passage with cosine 1, the other with 0.
@@ -221,18 +236,7 @@ mod tests {
             lsr_loss(scores.as_tensor(), log_probs.as_tensor(), 0.7).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&log_probs).is_none(), "the generator's side is detached");
         let analytic = grads.get(&scores).unwrap().to_vec2::<f64>().unwrap();
-        let base = scores.as_tensor().to_vec2::<f64>().unwrap();
-        for i in 0..2 {
-            for j in 0..3 {
-                let h = 1e-6;
-                let (mut plus, mut minus) = (base.clone(), base.clone());
-                plus[i][j] += h;
-                minus[i][j] -= h;
-                let t = |v: Vec<Vec<f64>>| Tensor::new(v, &Device::Cpu).unwrap();
-                let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * h);
-                assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
-            }
-        }
+        assert_central_differences(&loss, &scores.as_tensor().to_vec2::<f64>().unwrap(), &analytic);
     }
 
     #[test]
@@ -285,17 +289,6 @@ mod tests {
         let loss = |s: &Tensor| scalar(&emdr_loss(s, &log_probs).unwrap().sum_all().unwrap());
         let grads = emdr_loss(scores.as_tensor(), &log_probs).unwrap().sum_all().unwrap().backward().unwrap();
         let analytic = grads.get(&scores).unwrap().to_vec2::<f64>().unwrap();
-        let base = scores.as_tensor().to_vec2::<f64>().unwrap();
-        for i in 0..2 {
-            for j in 0..3 {
-                let h = 1e-6;
-                let (mut plus, mut minus) = (base.clone(), base.clone());
-                plus[i][j] += h;
-                minus[i][j] -= h;
-                let t = |v: Vec<Vec<f64>>| Tensor::new(v, &Device::Cpu).unwrap();
-                let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * h);
-                assert!((numeric - analytic[i][j]).abs() < 1e-7, "{numeric} vs {}", analytic[i][j]);
-            }
-        }
+        assert_central_differences(&loss, &scores.as_tensor().to_vec2::<f64>().unwrap(), &analytic);
     }
 }
