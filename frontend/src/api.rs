@@ -277,6 +277,20 @@ impl Api {
         self.get("/synth/runs").await
     }
 
+    /// Starts an adapt job: questions, approval, training and evaluation in one.
+    pub async fn start_adapt(self, request: &attune_shared::AdaptRequest) -> Result<attune_shared::AdaptJob, ApiError> {
+        self.post("/adapt", request).await
+    }
+
+    pub async fn adapt_jobs(self) -> Result<Vec<attune_shared::AdaptJob>, ApiError> {
+        self.get("/adapt").await
+    }
+
+    /// `action` is `cancel` or `resume`.
+    pub async fn adapt_action(self, id: i64, action: &str) -> Result<attune_shared::AdaptJob, ApiError> {
+        self.post(&format!("/adapt/{id}/{action}"), &serde_json::json!({})).await
+    }
+
     pub async fn cancel_eval(self, id: i64) -> Result<Eval, ApiError> {
         self.post(&format!("/evals/{id}/cancel"), &serde_json::json!({})).await
     }

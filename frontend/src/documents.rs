@@ -252,6 +252,7 @@ pub fn DocumentsPage() -> impl IntoView {
                     <div class="empty-state"><p>"No documents yet: upload one above to start."</p></div>
                 }.into_any(),
                 Some(Ok(list)) => view! {
+                    <crate::adapt::AdaptPanel />
                     <table class="documents-table">
                         <thead>
                             <tr>

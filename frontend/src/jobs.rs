@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use leptos::prelude::*;
 
-use attune_shared::JobStatus;
+use attune_shared::{AdaptStage, JobStatus};
 
 use crate::api::{Api, RunAction};
 use crate::format::{duration_words, status_label};
@@ -16,6 +16,7 @@ use crate::link::{JobBoard, Link, unfinished};
 /// What kind of job a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum JobKind {
+    Adapt,
     Synthesis,
     Training,
     Evaluation,
@@ -24,6 +25,7 @@ pub enum JobKind {
 impl JobKind {
     pub fn label(self) -> &'static str {
         match self {
+            JobKind::Adapt => "Adapt automatically",
             JobKind::Synthesis => "Question generation",
             JobKind::Training => "Training",
             JobKind::Evaluation => "Evaluation",
@@ -98,6 +100,24 @@ pub fn rows(board: &JobBoard) -> Vec<JobRow> {
             href: format!("/evaluate/{}", eval.id),
         });
     }
+    for job in board.adapt.values() {
+        let current =
+            crate::adapt::stage_lines(job, board).into_iter().find(|line| line.state != crate::adapt::StageState::Done);
+        let stage = AdaptStage::ALL.iter().position(|s| *s == job.stage).unwrap_or(0) as u64;
+        rows.push(JobRow {
+            kind: JobKind::Adapt,
+            id: job.id,
+            title: match current.filter(|line| !line.detail.is_empty()) {
+                Some(line) => format!("{}: {}", crate::adapt::job_words(job), line.detail),
+                None => crate::adapt::job_words(job),
+            },
+            status: job.status,
+            done: stage,
+            total: 3,
+            eta_seconds: None,
+            href: "/documents".into(),
+        });
+    }
     rows.sort_by_key(|r| (!unfinished(r.status), if unfinished(r.status) { r.id } else { -r.id }, r.kind));
     rows
 }
@@ -130,6 +150,7 @@ pub fn JobsButton() -> impl IntoView {
 /// Cancels `kind` job `id` through the API.
 async fn cancel(api: Api, kind: JobKind, id: i64) -> Result<(), String> {
     let result = match kind {
+        JobKind::Adapt => api.adapt_action(id, "cancel").await.map(|_| ()),
         JobKind::Synthesis => api.cancel_synthesis(id).await.map(|_| ()),
         JobKind::Training => api.run_action(id, RunAction::Cancel).await.map(|_| ()),
         JobKind::Evaluation => api.cancel_eval(id).await.map(|_| ()),

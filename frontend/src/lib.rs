@@ -1,5 +1,6 @@
 //! Attune's web app as a library: the binary mounts [`app::App`]; browser tests mount parts of it.
 
+pub mod adapt;
 pub mod api;
 pub mod app;
 pub mod backoff;

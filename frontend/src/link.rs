@@ -67,6 +67,8 @@ pub struct JobBoard {
     pub synth: std::collections::BTreeMap<i64, (SynthRun, Option<f64>)>,
     pub runs: std::collections::BTreeMap<i64, Run>,
     pub evals: std::collections::BTreeMap<i64, Eval>,
+    /// Adapt jobs; each stage's own job is among the others.
+    pub adapt: std::collections::BTreeMap<i64, attune_shared::AdaptJob>,
 }
 
 /// Queued or running.
@@ -92,6 +94,9 @@ impl JobBoard {
             }
             ServerMessage::EvalState { eval } => {
                 self.evals.insert(eval.id, (**eval).clone());
+            }
+            ServerMessage::AdaptState { adapt } => {
+                self.adapt.insert(adapt.id, (**adapt).clone());
             }
             _ => return false,
         }

@@ -189,7 +189,7 @@ macro_rules! named_enum {
     )*};
 }
 
-named_enum!(TrainMode, Decay, Marginalization, Candidates, RetrieverLoss, RetrievalMethod);
+named_enum!(TrainMode, Decay, Marginalization, Candidates, RetrieverLoss, RetrievalMethod, AdaptStage);
 
 /// Every setting of a training run but its data, models and device: the web app sends it, the
 /// command line overrides its defaults flag by flag, and the trainer reads it. `Hyper::default()`
@@ -662,6 +662,110 @@ pub struct Eval {
     pub created_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
+}
+
+/// `POST /api/v1/adapt`: the whole workflow as one job — questions from the documents' passages
+/// (what passes the filters is approved), a training run on the approved triples, and an
+/// evaluation of base against tuned on the triples the run holds out (BM25 beside them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptRequest {
+    /// One document's passages; `None`: every document's.
+    #[serde(default)]
+    pub document_id: Option<i64>,
+    /// Questions asked per passage; the settings' number otherwise.
+    #[serde(default)]
+    pub questions_per_passage: Option<u32>,
+    /// Ask about at most this many passages, spread evenly over the chosen ones.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// What the run trains; [`ADAPT_DEFAULT_MODE`] when left out.
+    #[serde(default = "adapt_default_mode")]
+    pub mode: TrainMode,
+    /// Stop training after this many optimiser steps; otherwise the defaults choose (enough epochs
+    /// for [`Hyper::min_steps`] steps, early stopping on the held-out loss).
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// Also generate answers in the evaluation (EM, F1); slower.
+    #[serde(default)]
+    pub answers: bool,
+}
+
+/// What an adapt job trains unless told: the retriever, the mode whose gain on real questions is
+/// measured (README) and that takes minutes, not hours, on a CPU.
+pub const ADAPT_DEFAULT_MODE: TrainMode = TrainMode::Retriever;
+
+fn adapt_default_mode() -> TrainMode {
+    ADAPT_DEFAULT_MODE
+}
+
+/// Fewer approved triples than this are not worth a training run (`attune adapt` and the web
+/// app's adapt job stop before training then).
+pub const ADAPT_MIN_TRIPLES: usize = 8;
+
+impl Default for AdaptRequest {
+    fn default() -> Self {
+        AdaptRequest {
+            document_id: None,
+            questions_per_passage: None,
+            limit: None,
+            mode: ADAPT_DEFAULT_MODE,
+            max_steps: None,
+            answers: false,
+        }
+    }
+}
+
+/// Where an adapt job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptStage {
+    #[default]
+    Synthesis,
+    Training,
+    Evaluation,
+    Done,
+}
+
+impl AdaptStage {
+    pub const ALL: [AdaptStage; 4] =
+        [AdaptStage::Synthesis, AdaptStage::Training, AdaptStage::Evaluation, AdaptStage::Done];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdaptStage::Synthesis => "synthesis",
+            AdaptStage::Training => "training",
+            AdaptStage::Evaluation => "evaluation",
+            AdaptStage::Done => "done",
+        }
+    }
+}
+
+/// An adapt job (`GET /api/v1/adapt/:id`): its stage and the jobs each stage started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdaptJob {
+    pub id: i64,
+    pub status: JobStatus,
+    pub stage: AdaptStage,
+    pub request: AdaptRequest,
+    /// The synthesis run of the first stage.
+    #[serde(default)]
+    pub synth_run: Option<i64>,
+    /// Triples approved for training when synthesis ended (the run's kept ones and those approved
+    /// before).
+    #[serde(default)]
+    pub approved: Option<u64>,
+    /// The training run.
+    #[serde(default)]
+    pub run: Option<i64>,
+    /// The evaluation of base against tuned.
+    #[serde(default)]
+    pub eval: Option<i64>,
+    /// Why it failed, or what a finished job could not do (no held-out triples to evaluate on).
+    #[serde(default)]
+    pub message: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// `POST /api/v1/runs/{id}/export`: `format` is `peft`, `merged` or `gguf`; `quant` (GGUF only)

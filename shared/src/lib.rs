@@ -215,6 +215,9 @@ pub enum ServerMessage {
     JobLog { job: String, level: LogLevel, message: String },
     /// An evaluation changed: progress, a new state, or its report (fetch it from `/evals/:id`).
     EvalState { eval: Box<Eval> },
+    /// An adapt job (`POST /api/v1/adapt`) changed stage or state; each stage's own job reports
+    /// its progress in its own messages.
+    AdaptState { adapt: Box<AdaptJob> },
     /// The passage index of a retriever is being built.
     IndexProgress { model: String, done: u64, total: u64 },
     /// The passages retrieved for a chat question (always before its tokens).

@@ -893,3 +893,106 @@ async fn a_looping_prompt_template_is_refused_within_a_second() {
     assert_eq!(body["error"]["code"], "invalid_prompts");
     assert!(started.elapsed().as_secs_f64() < 1.0, "{:?}", started.elapsed());
 }
+
+async fn wait_for_adapt(app: &TestApp, id: i64) -> Value {
+    // Synthesis, 2 training steps of the real retriever and an evaluation: well under 5 minutes.
+    for _ in 0..1200 {
+        let (_, job) = call(app, get(&format!("/api/v1/adapt/{id}"))).await;
+        if job["status"] != "running" {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("adapt job {id} did not end");
+}
+
+/// "Adapt automatically": questions (from the stand-in server), approval of what passed, then a
+/// training run and an evaluation of base against tuned, one after the other as one job that
+/// says where it stands and which jobs its stages are. Too few approved triples stop it before
+/// training with why; once there are enough, resuming it goes on from its stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapt_automatically_runs_questions_training_and_evaluation_as_one_job() {
+    let app = test_app(1 << 20).await;
+    let (status, body) = call(&app, json_request("POST", "/api/v1/adapt", json!({}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("no_passages")),
+        "{body}"
+    );
+    let (document, _) = several_passages(&app).await;
+    let (base_url, _) = stand_in_llm().await;
+    configure_llm(&app, &base_url).await;
+    for (request, code) in [
+        (json!({"document_id": 999}), "not_found"),
+        (json!({"limit": 0}), "invalid_body"),
+        (json!({"max_steps": 0}), "invalid_hyper_parameters"),
+        (json!({"mode": "sideways"}), "invalid_body"),
+    ] {
+        let (status, body) = call(&app, json_request("POST", "/api/v1/adapt", request.clone())).await;
+        assert!(status.is_client_error(), "{request}: {status} {body}");
+        assert_eq!(body["error"]["code"], code, "{request}: {body}");
+    }
+    let (status, job) =
+        call(&app, json_request("POST", "/api/v1/adapt", json!({"document_id": document, "max_steps": 2}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!((job["stage"].as_str(), job["request"]["mode"].as_str()), (Some("synthesis"), Some("retriever")));
+    let id = job["id"].as_i64().unwrap();
+    let synth_run = job["synth_run"].as_i64().expect("the synthesis run it started");
+
+    // The stand-in asks every passage the same questions: the near-duplicate filter keeps few.
+    let job = wait_for_adapt(&app, id).await;
+    assert_eq!((job["status"].as_str(), job["stage"].as_str()), (Some("failed"), Some("synthesis")), "{job}");
+    let approved = job["approved"].as_u64().unwrap();
+    assert!(approved < 8, "{job}");
+    assert!(job["message"].as_str().unwrap().contains("at least 8 are needed to train"), "{job}");
+    let (_, run) = call(&app, get(&format!("/api/v1/synth/runs/{synth_run}"))).await;
+    assert_eq!(run["report"]["kept"], approved, "what passed the filters was approved: {run}");
+    let (_, listed) = call(&app, get(&format!("/api/v1/triples?status=approved&document_id={document}"))).await;
+    assert_eq!(listed["total"], approved);
+
+    // Enough triples written by hand, approved: resuming goes on to training and evaluation.
+    let (_, passages) = call(&app, get(&format!("/api/v1/documents/{document}/passages"))).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let passage = &passages[i % passages.as_array().unwrap().len()];
+        let triple = json!({"passage_id": passage["id"], "question": format!("How long do the cats of house {i} sleep?"),
+                            "answer": "about fifteen hours a day"});
+        let (status, body) = call(&app, json_request("POST", "/api/v1/triples", triple)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].clone());
+    }
+    let (_, result) = call(
+        &app,
+        json_request("POST", "/api/v1/triples/bulk", json!({"action": "set_status", "ids": ids, "status": "approved"})),
+    )
+    .await;
+    assert_eq!(result["changed"], 12);
+    let (status, resumed) = call(&app, json_request("POST", &format!("/api/v1/adapt/{id}/resume"), json!({}))).await;
+    assert_eq!((status, resumed["status"].as_str()), (StatusCode::ACCEPTED, Some("running")), "{resumed}");
+    let job = wait_for_adapt(&app, id).await;
+    assert_eq!((job["status"].as_str(), job["stage"].as_str()), (Some("succeeded"), Some("done")), "{job}");
+    assert_eq!(job["approved"].as_u64(), Some(approved + 12), "{job}");
+    let (_, run) = call(&app, get(&format!("/api/v1/runs/{}", job["run"]))).await;
+    assert_eq!(
+        (run["status"].as_str(), run["mode"].as_str(), run["step"].as_u64()),
+        (Some("succeeded"), Some("retriever"), Some(2)),
+        "{run}"
+    );
+    assert_eq!(run["name"], format!("adapt-{id}"));
+    let (_, eval) = call(&app, get(&format!("/api/v1/evals/{}", job["eval"]))).await;
+    assert_eq!(eval["status"], "succeeded", "{eval}");
+    assert_eq!(eval["request"]["runs"], json!([job["run"]]));
+    let methods = eval["report"]["methods"].as_array().unwrap();
+    assert!(methods.iter().any(|m| m["method"] == "bm25"), "BM25 beside base and tuned: {eval}");
+    assert_eq!(methods.len(), 5, "BM25, then dense and hybrid for base and tuned: {eval}");
+
+    // A finished job neither resumes nor cancels; the listing has it.
+    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/adapt/{id}/resume"), json!({}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("not_resumable")), "{body}");
+    let (status, body) = call(&app, json_request("POST", &format!("/api/v1/adapt/{id}/cancel"), json!({}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("not_running")), "{body}");
+    let (_, listed) = call(&app, get("/api/v1/adapt")).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let (status, _) = call(&app, get("/api/v1/adapt/77")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use attune_shared::{DatabaseHealth, Health, Settings};
 
 use super::AppState;
+use super::adapt;
 use super::corpus;
 use super::error::{ApiJson, AppError};
 use super::runs;
@@ -52,6 +53,10 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max((max_upload_bytes as usize).saturating_add(1 << 20))),
         )
         .route("/models", get(runs::list_models))
+        .route("/adapt", get(adapt::list).post(adapt::start))
+        .route("/adapt/{id}", get(adapt::get))
+        .route("/adapt/{id}/cancel", post(adapt::cancel))
+        .route("/adapt/{id}/resume", post(adapt::resume))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new().nest("/v1", v1).fallback(not_found)
 }

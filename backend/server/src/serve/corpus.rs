@@ -197,7 +197,15 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
     {
         return Err(invalid(format!("per_page={per_page}: between 1 and {MAX_PER_PAGE}")));
     }
-    Ok(TripleFilter { status, document_id: query.document_id, origin, search: query.q.clone(), sort, reason })
+    Ok(TripleFilter {
+        status,
+        document_id: query.document_id,
+        origin,
+        search: query.q.clone(),
+        sort,
+        reason,
+        synth_run: None,
+    })
 }
 
 /// The longest filter reason a listing can ask for (the filters' own are far shorter).
@@ -328,6 +336,7 @@ pub async fn bulk(
         search: m.q.clone(),
         sort: TripleSort::Oldest,
         reason: m.reason.clone(),
+        synth_run: None,
     };
     if let BulkAction::SetStatusMatching { matching: m, .. } | BulkAction::DeleteMatching { matching: m } = &action {
         check_search(m.q.as_deref())?;
@@ -429,6 +438,13 @@ pub async fn start_synth(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<SynthRequest>,
 ) -> Result<(StatusCode, Json<SynthRun>), AppError> {
+    let run = begin_synth(&state, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// Checks `request`, stores its run and starts it on a thread of its own (the run is queued
+/// behind others of the same LLM).
+pub(super) async fn begin_synth(state: &AppState, request: SynthRequest) -> Result<SynthRun, AppError> {
     let settings = state.store().settings().await?;
     let prompts = request.prompts.unwrap_or_else(prompt::defaults);
     // Templates are the caller's code: checked off the async threads, with fuel and a deadline.
@@ -508,12 +524,12 @@ pub async fn start_synth(
     let config =
         SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id, filters, answers };
     let run = state.store().create_synth_run(&config, &passages).await?;
-    spawn_synth(&state, run.id)?;
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    spawn_synth(state, run.id)?;
+    Ok(run)
 }
 
 /// Starts (or resumes) a run on a thread of its own.
-fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
+pub(super) fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError> {
     let cancel = Arc::new(AtomicBool::new(false));
     {
         // Checked and taken under one lock: two concurrent resumes must not both start the run.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use attune_shared::{Eval, JobStatus, Run, ServerMessage, SynthRun};
+use attune_shared::{AdaptJob, Eval, JobStatus, Run, ServerMessage, SynthRun};
 use tokio::sync::{broadcast, watch};
 
 use crate::engine::job::JobEvent;
@@ -26,6 +26,9 @@ pub struct LiveJobs {
     /// Unfinished synthesis runs with their ETA, and the recently finished ones.
     pub synth: BTreeMap<i64, (SynthRun, Option<f64>)>,
     pub finished_synth: BTreeMap<i64, (SynthRun, Option<f64>)>,
+    /// Unfinished adapt jobs, and the recently finished ones.
+    pub adapt: BTreeMap<i64, AdaptJob>,
+    pub finished_adapt: BTreeMap<i64, AdaptJob>,
 }
 
 /// Finished runs (and evaluations) whose final state a lagging client is sent again.
@@ -54,6 +57,7 @@ impl LiveJobs {
     pub fn messages(&self) -> Vec<ServerMessage> {
         let mut messages = state_messages(&self.runs, &self.evals);
         messages.extend(synth_messages(&self.synth));
+        messages.extend(adapt_messages(&self.adapt));
         messages
     }
 
@@ -67,6 +71,7 @@ impl LiveJobs {
             self.finished_evals.iter().map(|(id, e)| (*id, Eval { report: None, ..e.clone() })).collect();
         messages.extend(state_messages(&self.finished_runs, &light));
         messages.extend(synth_messages(&self.finished_synth));
+        messages.extend(adapt_messages(&self.finished_adapt));
         messages
     }
 
@@ -75,6 +80,7 @@ impl LiveJobs {
     pub fn resync_messages(&self) -> Vec<ServerMessage> {
         let mut messages = state_messages(&self.finished_runs, &self.finished_evals);
         messages.extend(synth_messages(&self.finished_synth));
+        messages.extend(adapt_messages(&self.finished_adapt));
         messages.extend(self.messages());
         messages
     }
@@ -88,6 +94,10 @@ fn state_messages(runs: &BTreeMap<i64, Run>, evals: &BTreeMap<i64, Eval>) -> Vec
 
 fn synth_messages(runs: &BTreeMap<i64, (SynthRun, Option<f64>)>) -> impl Iterator<Item = ServerMessage> + '_ {
     runs.values().map(|(run, eta)| ServerMessage::SynthProgress { run: run.clone(), eta_seconds: *eta })
+}
+
+fn adapt_messages(jobs: &BTreeMap<i64, AdaptJob>) -> impl Iterator<Item = ServerMessage> + '_ {
+    jobs.values().map(|job| ServerMessage::AdaptState { adapt: Box::new(job.clone()) })
 }
 
 fn unfinished(status: JobStatus) -> bool {
@@ -118,6 +128,14 @@ impl Publisher {
             file_job(&mut live.synth, &mut live.finished_synth, run.id, run.status, (run.clone(), eta));
         });
         let _ = self.events.send(ServerMessage::SynthProgress { run: run.clone(), eta_seconds });
+    }
+
+    /// Records an adapt job's state in the live state and forwards it.
+    pub fn publish_adapt(&self, job: &AdaptJob) {
+        self.live.send_modify(|live| {
+            file_job(&mut live.adapt, &mut live.finished_adapt, job.id, job.status, job.clone());
+        });
+        let _ = self.events.send(ServerMessage::AdaptState { adapt: Box::new(job.clone()) });
     }
 
     /// Records `event` in the live state and forwards it (throttled steps excepted).

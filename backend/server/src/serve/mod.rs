@@ -3,6 +3,7 @@
 //! [`app`] builds the router from an [`AppState`] (tests drive it with `tower::ServiceExt::oneshot`);
 //! [`serve`] runs it on a listener until a shutdown future resolves.
 
+mod adapt;
 mod api;
 pub mod auth;
 mod corpus;
@@ -187,6 +188,12 @@ impl AppState {
         if interrupted > 0 {
             tracing::warn!(
                 "{interrupted} synthesis run(s) were interrupted by a stop; resume them with POST /api/v1/synth/runs/ID/resume"
+            );
+        }
+        let adapting = store.interrupt_unfinished_adapt_jobs().await?;
+        if adapting > 0 {
+            tracing::warn!(
+                "{adapting} adapt job(s) were interrupted by a stop; resume them with POST /api/v1/adapt/ID/resume"
             );
         }
         let stopped = store.interrupt_unfinished_jobs().await?;

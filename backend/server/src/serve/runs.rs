@@ -44,7 +44,7 @@ pub async fn split(
 }
 
 /// Checks that `name` is a model folder of `kind` in the models directory.
-fn check_model(state: &AppState, name: &str, kind: ModelKind) -> Result<(), AppError> {
+pub(super) fn check_model(state: &AppState, name: &str, kind: ModelKind) -> Result<(), AppError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(invalid("unknown_model", format!("{name:?} is not a model folder name")));
     }
@@ -63,19 +63,25 @@ fn check_model(state: &AppState, name: &str, kind: ModelKind) -> Result<(), AppE
 /// `POST /runs`: freezes the approved triples into the run's folder and queues the run.
 pub async fn create_run(
     State(state): State<AppState>,
-    ApiJson(mut request): ApiJson<NewRun>,
+    ApiJson(request): ApiJson<NewRun>,
 ) -> Result<impl IntoResponse, AppError> {
+    let run = queue_training(&state, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// Checks `request` and queues its run on the approved triples.
+pub(super) async fn queue_training(state: &AppState, mut request: NewRun) -> Result<Run, AppError> {
     request.hyper.validate().map_err(|message| invalid("invalid_hyper_parameters", message))?;
     let retriever = request.retriever.get_or_insert_with(|| DEFAULT_RETRIEVER_NAME.to_owned()).clone();
     let generator = request.generator.get_or_insert_with(|| DEFAULT_GENERATOR_NAME.to_owned()).clone();
     if request.mode.trains_retriever() || request.mode.trains_generator() {
-        check_model(&state, &retriever, ModelKind::Retriever)?;
-        check_model(&state, &generator, ModelKind::Generator)?;
+        check_model(state, &retriever, ModelKind::Retriever)?;
+        check_model(state, &generator, ModelKind::Generator)?;
     }
     let run = crate::engine::train_job::queue_run(state.job_context(), &request).await?;
     state.publish(JobEvent::Run(Box::new(run.clone())));
     state.queue().wake();
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok(run)
 }
 
 pub async fn list_runs(State(state): State<AppState>) -> Result<Json<Vec<Run>>, AppError> {
@@ -176,6 +182,12 @@ pub async fn cancel_eval(State(state): State<AppState>, Path(id): Path<i64>) -> 
 /// `POST /runs/:id/resume`: queues an interrupted, cancelled or failed run again; it continues from
 /// its last checkpoint (or starts over when it has none).
 pub async fn resume_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse, AppError> {
+    let run = requeue_run(&state, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// Queues an interrupted, cancelled or failed run again (it resumes from its last checkpoint).
+pub(super) async fn requeue_run(state: &AppState, id: i64) -> Result<Run, AppError> {
     let run = state.store().run(id).await?.ok_or_else(|| not_found("run", id))?;
     if !matches!(run.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed) {
         return Err(AppError::Conflict {
@@ -187,7 +199,7 @@ pub async fn resume_run(State(state): State<AppState>, Path(id): Path<i64>) -> R
     let run = state.store().set_run_status(id, JobStatus::Queued, None).await?;
     state.publish(JobEvent::Run(Box::new(run.clone())));
     state.queue().wake();
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok(run)
 }
 
 /// `POST /evals`.
@@ -195,6 +207,12 @@ pub async fn create_eval(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NewEval>,
 ) -> Result<impl IntoResponse, AppError> {
+    let eval = queue_evaluation(&state, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(eval)))
+}
+
+/// Checks `request` (its runs have succeeded, its test set has questions) and queues it.
+pub(super) async fn queue_evaluation(state: &AppState, request: NewEval) -> Result<Eval, AppError> {
     if request.runs.len() > 2 {
         return Err(invalid("too_many_runs", "compare at most two runs with the base models"));
     }
@@ -241,7 +259,7 @@ pub async fn create_eval(
     let eval = state.store().insert_eval(&request).await?;
     state.publish(JobEvent::Eval(Box::new(eval.clone())));
     state.queue().wake();
-    Ok((StatusCode::ACCEPTED, Json(eval)))
+    Ok(eval)
 }
 
 pub async fn list_evals(State(state): State<AppState>) -> Result<Json<Vec<Eval>>, AppError> {

@@ -69,6 +69,8 @@ pub struct TripleFilter {
     pub sort: TripleSort,
     /// Filtered candidates dropped for this reason only.
     pub reason: Option<String>,
+    /// Triples the synthesis run wrote.
+    pub synth_run: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -689,6 +691,9 @@ fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &TripleFilter, with
     }
     if let Some(reason) = &filter.reason {
         query.push(" AND filter_reason = ").push_bind(reason.clone());
+    }
+    if let Some(run) = filter.synth_run {
+        query.push(" AND synth_run_id = ").push_bind(run);
     }
     if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         for word in search.split_whitespace() {

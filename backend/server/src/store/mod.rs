@@ -3,6 +3,7 @@
 //! The database lives at `<data-dir>/attune.db`, in WAL mode, and its schema grows only
 //! through the migrations embedded from `backend/server/migrations/`.
 
+pub mod adapt;
 pub mod corpus;
 pub mod jobs;
 mod settings;
