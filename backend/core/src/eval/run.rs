@@ -177,6 +177,9 @@ pub struct GenerationRun {
     pub predictions: Vec<Prediction>,
 }
 
+/// Batches of questions one `generate_batch` call is given (progress is reported between calls).
+const CALLS_OF_BATCHES: usize = 4;
+
 /// How answers are generated for evaluation.
 #[derive(Debug, Clone, Copy)]
 pub struct GenerationSettings {
@@ -214,31 +217,51 @@ pub fn evaluate_generation(
     }
     let config =
         GenerationConfig { max_new_tokens: settings.max_new_tokens, stop: vec!["\n".into()], ..Default::default() };
-    let mut predictions = Vec::with_capacity(rows.len());
     progress("generating answers", 0, rows.len());
-    // Several questions decoded side by side: on a CPU a step of 16 rows costs little more than one.
-    let batches = rows.iter().zip(rankings).collect::<Vec<_>>();
-    for batch in batches.chunks(settings.batch_rows.clamp(1, MAX_BATCH_ROWS)) {
-        let mut prompts = Vec::with_capacity(batch.len());
-        let mut chosen_passages = Vec::with_capacity(batch.len());
-        for (row, ranking) in batch {
-            let chosen: Vec<usize> = ranking.iter().take(settings.passages_per_prompt.max(1)).copied().collect();
-            let passages: Vec<&str> = chosen.iter().map(|&c| corpus[c].as_str()).collect();
-            let text = prompt::prompt_text(generator, &row.question, &passages, settings.limits)?;
-            prompts.push(generator.encode(&text)?);
-            chosen_passages.push(chosen);
-        }
-        let generations = generator.generate_batch(&prompts, &config)?;
-        for (((row, _), chosen), generation) in batch.iter().zip(chosen_passages).zip(generations) {
-            predictions.push(Prediction {
-                question: row.question.clone(),
-                answer: row.answer.clone(),
-                prediction: generation.text.trim().to_owned(),
-                passages: chosen,
-            });
-        }
-        progress("generating answers", predictions.len(), rows.len());
+    let mut prompts = Vec::with_capacity(rows.len());
+    let mut chosen_passages = Vec::with_capacity(rows.len());
+    for (row, ranking) in rows.iter().zip(rankings) {
+        let chosen: Vec<usize> = ranking.iter().take(settings.passages_per_prompt.max(1)).copied().collect();
+        let passages: Vec<&str> = chosen.iter().map(|&c| corpus[c].as_str()).collect();
+        let text = prompt::prompt_text(generator, &row.question, &passages, settings.limits)?;
+        prompts.push(generator.encode(&text)?);
+        chosen_passages.push(chosen);
     }
+    // Several questions decoded side by side (on a CPU a step of 16 rows costs little more than
+    // one), longest prompts first so that those prefilled together pad little; each call holds
+    // several batches' worth, so a finished row's place goes to the next question at once.
+    let side_by_side = settings.batch_rows.clamp(1, MAX_BATCH_ROWS);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    if side_by_side > 1 {
+        order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    }
+    let per_call = if side_by_side > 1 { side_by_side * CALLS_OF_BATCHES } else { 1 };
+    let mut texts: Vec<Option<String>> = vec![None; rows.len()];
+    let mut done = 0;
+    for call in order.chunks(per_call) {
+        let asked: Vec<Vec<u32>> = call.iter().map(|&i| prompts[i].clone()).collect();
+        let generations = if side_by_side > 1 {
+            generator.generate_batch(&asked, &config)?
+        } else {
+            vec![generator.generate(&asked[0], &config, |_| std::ops::ControlFlow::Continue(()))?]
+        };
+        for (&i, generation) in call.iter().zip(generations) {
+            texts[i] = Some(generation.text.trim().to_owned());
+        }
+        done += call.len();
+        progress("generating answers", done, rows.len());
+    }
+    let predictions: Vec<Prediction> = rows
+        .iter()
+        .zip(chosen_passages)
+        .zip(texts)
+        .map(|((row, chosen), text)| Prediction {
+            question: row.question.clone(),
+            answer: row.answer.clone(),
+            prediction: text.unwrap_or_default(),
+            passages: chosen,
+        })
+        .collect();
     let pairs: Vec<(String, String)> = predictions.iter().map(|p| (p.prediction.clone(), p.answer.clone())).collect();
     Ok(GenerationRun { metrics: AnswerMetrics::compute(&pairs), predictions })
 }
@@ -248,6 +271,34 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+
+    /// Side by side, longest prompts first and several batches per call, each answer still goes
+    /// to its own question, and each is the one a question answered alone gets.
+    #[test]
+    fn answers_side_by_side_are_those_one_at_a_time_in_the_questions_order() {
+        let (_, generator, _, _) = crate::train::test_models::tiny_models(candle_core::DType::F32, 4);
+        let words = ["the cat sat on the mat", "a dog ran in the park", "the cats sat", "what is a mat"];
+        let corpus: Vec<String> = (0..40).map(|i| words[i % 4].repeat(1 + i % 7)).collect();
+        let rows: Vec<Triple> = (0..40)
+            .map(|i| Triple {
+                question: format!("what is {} ?", words[(i * 3) % 4]),
+                passage: corpus[i].clone(),
+                answer: "the mat".into(),
+            })
+            .collect();
+        let rankings: Vec<Vec<usize>> = (0..40).map(|i| vec![i, (i + 1) % 40]).collect();
+        let answer = |batch_rows| {
+            let settings = GenerationSettings { batch_rows, max_new_tokens: 6, ..GenerationSettings::default() };
+            evaluate_generation(&generator, &corpus, &rows, &rankings, settings, &mut |_, _, _| {}).unwrap()
+        };
+        let (together, alone) = (answer(MAX_BATCH_ROWS), answer(1));
+        assert_eq!(together.predictions.len(), rows.len());
+        for (t, a) in together.predictions.iter().zip(&alone.predictions) {
+            assert_eq!((&t.question, &t.prediction, &t.passages), (&a.question, &a.prediction, &a.passages));
+        }
+        let distinct: HashSet<&str> = alone.predictions.iter().map(|p| p.prediction.as_str()).collect();
+        assert!(distinct.len() > 1, "different prompts, different answers: {distinct:?}");
+    }
 
     #[test]
     fn ranking_is_exact_and_best_first() {

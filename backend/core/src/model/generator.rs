@@ -329,9 +329,12 @@ impl Generator {
             while next < prompts.len() {
                 let end = (next..prompts.len()).find(|&e| group_of[e] != group_of[next]).unwrap_or(prompts.len());
                 let free = MAX_BATCH_ROWS - running.rows.len() - admitted.len();
+                // A group that does not fit waits for rows to free, unless half the rows are
+                // free: then its first rows go now (their prefix is prefilled again for the
+                // rest), rather than decoding a half-empty batch until every row has finished.
                 let take = if end - next <= free {
                     end - next
-                } else if running.rows.is_empty() && admitted.is_empty() {
+                } else if (running.rows.is_empty() && admitted.is_empty()) || free >= MAX_BATCH_ROWS / 2 {
                     free
                 } else {
                     0
@@ -916,6 +919,9 @@ mod tests {
             let len = if i % 3 == 0 { 70 + i } else { 3 + i % 7 };
             (0..len).map(|j| 4 + (i * 5 + j * 3) % 15).collect::<Vec<u32>>()
         }));
+        // A group of one passage's questions larger than the batch, after the others: its first
+        // rows join as soon as half the rows are free, the rest later, the prefix again for them.
+        prompts.extend((0..20u32).map(|i| with(&[5 + i % 9, 6 + i % 5, 4 + i % 3])));
         assert!(prompts.len() > MAX_BATCH_ROWS);
         let configs = [
             GenerationConfig { max_new_tokens: 14, ..GenerationConfig::default() },
