@@ -77,6 +77,12 @@ pub fn progress_words(run: &SynthRun, eta_seconds: Option<f64>) -> String {
     if r.failed_passages > 0 {
         words.push_str(&format!(" · {} failed", count(r.failed_passages, "passage")));
     }
+    if run.judge.is_some() {
+        words.push_str(&format!(" · judged {}, {} approved by it", r.judged, r.judge_approved));
+        if r.judge_failed > 0 {
+            words.push_str(&format!(", {} unscored", r.judge_failed));
+        }
+    }
     if let Some(eta) = eta_seconds.filter(|_| run.status == JobStatus::Running) {
         words.push_str(&format!(" · about {} left", human_duration(eta)));
     }
@@ -117,6 +123,8 @@ pub fn DocumentView() -> impl IntoView {
     let search = RwSignal::new(String::new());
     let jump_error = RwSignal::new(None::<String>);
     let use_server = RwSignal::new(false);
+    let judge = RwSignal::new(false);
+    let approve_at = RwSignal::new(None::<u8>);
     let filters = RwSignal::new(FilterSettings::default());
     let base_url = RwSignal::new(String::new());
     let model = RwSignal::new(String::new());
@@ -203,6 +211,8 @@ pub fn DocumentView() -> impl IntoView {
                 limit: None,
                 filters: Some(filters.get_untracked()),
                 answers: None,
+                judge: (use_server.get_untracked() && judge.get_untracked())
+                    .then(|| attune_shared::JudgeSettings { approve_at: approve_at.get_untracked() }),
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {
@@ -310,6 +320,19 @@ pub fn DocumentView() -> impl IntoView {
                     <label>"Model "
                         <input type="text" prop:value=move || model.get() on:input=move |e| model.set(event_target_value(&e)) />
                     </label>
+                    <label>
+                        <input type="checkbox" data-testid="judge" prop:checked=move || judge.get()
+                            on:change=move |e| judge.set(event_target_checked(&e)) />
+                        " Score each kept triple with this server as a judge (groundedness and usefulness, 1–5)"
+                    </label>
+                    <Show when=move || judge.get()>
+                        <label>"Approve at once when both scores are at least "
+                            <select data-testid="judge-approve-at" on:change=move |e| approve_at.set(event_target_value(&e).parse().ok())>
+                                <option value="">"never (review them)"</option>
+                                {(3..=5u8).map(|n| view! { <option value=n.to_string() selected=move || approve_at.get() == Some(n)>{n.to_string()}</option> }).collect_view()}
+                            </select>
+                        </label>
+                    </Show>
                 </Show>
                 <FilterFields filters />
                 <button class="primary" type="button" on:click=start
@@ -478,6 +501,16 @@ mod tests {
         assert_eq!(
             progress_words(&run, Some(125.0)),
             "5 of 20 passages · 7 triples kept · 3 filtered · about 2 min 5 s left"
+        );
+        let judged = SynthRun {
+            judge: Some(attune_shared::JudgeSettings { approve_at: Some(4) }),
+            report: attune_shared::SynthReport { judged: 6, judge_approved: 4, judge_failed: 1, ..run.report },
+            ..run.clone()
+        };
+        assert!(
+            progress_words(&judged, None).ends_with(" · judged 6, 4 approved by it, 1 unscored"),
+            "{}",
+            progress_words(&judged, None)
         );
         run.status = JobStatus::Cancelled;
         run.report.failed_passages = 1;

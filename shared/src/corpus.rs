@@ -174,6 +174,45 @@ pub struct Triple {
     pub page_start: Option<u32>,
     #[serde(default)]
     pub page_end: Option<u32>,
+    /// The LLM judge's scores, when the run that wrote it asked for them.
+    #[serde(default)]
+    pub judge: Option<JudgeScores>,
+}
+
+/// An LLM judge's scores of a triple, each 1 (poor) to 5 (excellent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeScores {
+    /// Whether the passage states the answer.
+    pub grounded: u8,
+    /// Whether a reader of such documents would ask the question, and it makes sense on its own.
+    pub useful: u8,
+}
+
+impl JudgeScores {
+    /// The lower of the two: what "approve at" compares and sorting ranks by first.
+    pub fn least(self) -> u8 {
+        self.grounded.min(self.useful)
+    }
+}
+
+/// Scoring a synthesis run's kept triples with an LLM judge (the settings' OpenAI-compatible
+/// server), and approving the best at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeSettings {
+    /// Approve a triple whose two scores are both at least this (1–5); `None`: leave all pending.
+    pub approve_at: Option<u8>,
+}
+
+impl JudgeSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.approve_at {
+            Some(score) if !(1..=5).contains(&score) => {
+                Err(format!("judge.approve_at must be a score from 1 to 5 (got {score})"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One page of a triple listing, with the counts of everything matching the filter's other terms.
@@ -364,6 +403,9 @@ pub struct SynthRequest {
     /// How answers are got; [`AnswerStyle::default_for`] the LLM otherwise.
     #[serde(default)]
     pub answers: Option<AnswerStyle>,
+    /// Score each kept triple with the settings' OpenAI-compatible server as a judge.
+    #[serde(default)]
+    pub judge: Option<JudgeSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -560,6 +602,11 @@ pub struct SynthReport {
     /// Passages not sent to the LLM: tables of contents, indexes, bibliographies.
     pub skipped_passages: u64,
     pub seconds: f64,
+    /// Kept triples the judge scored, those it approved, and those whose scores could not be got
+    /// (a failed call or an unreadable reply: they stay pending, unscored).
+    pub judged: u64,
+    pub judge_approved: u64,
+    pub judge_failed: u64,
 }
 
 /// A synthesis run.
@@ -583,6 +630,9 @@ pub struct SynthRun {
     /// How its answers are got (runs stored before this setting wrote theirs).
     #[serde(default)]
     pub answers: AnswerStyle,
+    /// Whether an LLM judge scores its kept triples.
+    #[serde(default)]
+    pub judge: Option<JudgeSettings>,
     #[serde(default)]
     pub error: Option<String>,
     pub created_at: String,

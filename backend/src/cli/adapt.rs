@@ -358,6 +358,7 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
                 document_id: None,
                 filters: FilterSettings::default(),
                 answers,
+                judge: None,
             };
             let run = store.create_synth_run(&config, &chosen).await?;
             state.synth_run = Some(run.id);

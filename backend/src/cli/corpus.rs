@@ -291,6 +291,7 @@ pub async fn run_synth_job(
             run_id,
             store,
             llm: build_llm(&choice, &generator, &device_spec)?,
+            judge: None,
             filters,
             retriever,
             device: attune::model::device::select(&device_spec)?,
@@ -340,6 +341,7 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 document_id: None,
                 filters: args.filters.settings()?,
                 answers,
+                judge: None,
             };
             store.create_synth_run(&config, &passages).await?
         }

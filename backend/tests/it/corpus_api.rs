@@ -292,8 +292,10 @@ async fn stand_in_server(stand_in: StandIn) -> String {
                 }
                 assert_eq!(body["model"], "stand-in-7b");
                 let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-                let content = if let (true, Some(questions)) = (prompt.contains("different questions"), stand_in.questions)
-                {
+                let judged = judge_reply(prompt);
+                let content = if let Some(reply) = &judged {
+                    reply.as_str()
+                } else if let (true, Some(questions)) = (prompt.contains("different questions"), stand_in.questions) {
                     questions
                 } else if prompt.contains("different questions") {
                     "Sure, here they are:\n1. How long does a domestic cat sleep?\n2) What do cats groom themselves with?\n\
@@ -311,6 +313,19 @@ async fn stand_in_server(stand_in: StandIn) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{addr}/v1")
+}
+
+/// The stand-in judge's reply to a judge prompt: about "house N", groundedness 5, 4, 3, 5, 4 and
+/// usefulness 4, and no scores for house 5.
+fn judge_reply(prompt: &str) -> Option<String> {
+    if !prompt.contains("Groundedness: N") {
+        return None;
+    }
+    let house: u32 = prompt.split("house ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some(match house {
+        5 => "I cannot tell.".to_owned(),
+        n => format!("Groundedness: {}\nUsefulness: 4", 5 - n % 3),
+    })
 }
 
 /// Waits until the run leaves `running`/`queued` (or `until` holds), returning it.
@@ -584,6 +599,7 @@ async fn runs_left_running_by_a_stopped_server_are_interrupted() {
         document_id: None,
         filters: attune_shared::FilterSettings::default(),
         answers: attune_shared::AnswerStyle::Written,
+        judge: None,
     };
     let run = state.store().create_synth_run(&run_config, &[]).await.unwrap();
     state.store().set_synth_status(run.id, attune_shared::JobStatus::Running, None).await.unwrap();
@@ -995,4 +1011,61 @@ async fn adapt_automatically_runs_questions_training_and_evaluation_as_one_job()
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     let (status, _) = call(&app, get("/api/v1/adapt/77")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// LLM-as-judge: each kept triple scored by the settings' server, shown with the triple, sortable
+/// best first, and approved at once when both scores reach the run's threshold; a reply without
+/// scores leaves its triple pending and unscored, counted in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_scores_kept_triples_and_approves_the_best() {
+    let app = test_app(1 << 20).await;
+    let (document, passages) = several_passages(&app).await;
+    assert_eq!(passages, 6);
+    let text_filters = json!({"round_trip_top_k": 0, "max_question_similarity": 1.0});
+    let ask = |judge: Value| json!({"document_id": document, "llm": {"type": "local"}, "filters": text_filters.clone(), "judge": judge});
+    let (status, body) = call(&app, json_request("POST", "/api/v1/synth/runs", ask(json!({})))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("judge_needs_a_server"))
+    );
+    let (base_url, _) = stand_in_llm().await;
+    configure_llm(&app, &base_url).await;
+    let (status, body) = call(&app, json_request("POST", "/api/v1/synth/runs", ask(json!({"approve_at": 9})))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body")));
+
+    let request = json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"},
+                         "filters": text_filters, "judge": {"approve_at": 4}});
+    let (status, run) = call(&app, json_request("POST", "/api/v1/synth/runs", request)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    assert_eq!(run["judge"], json!({"approve_at": 4}));
+    let run = wait_for_run(&app, run["id"].as_i64().unwrap(), finished).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let report = &run["report"];
+    assert_eq!((report["kept"].as_u64(), report["judged"].as_u64()), (Some(6), Some(5)), "{report}");
+    assert_eq!((report["judge_approved"].as_u64(), report["judge_failed"].as_u64()), (Some(4), Some(1)), "{report}");
+
+    let (_, page) = call(&app, get(&format!("/api/v1/triples?document_id={document}&sort=judge"))).await;
+    let scored: Vec<(String, Value, String)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let house = t["passage"].as_str().unwrap().split("house ").nth(1).unwrap()[..1].to_owned();
+            (house, t["judge"].clone(), t["status"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let expected =
+        [("0", 5, "approved"), ("3", 5, "approved"), ("1", 4, "approved"), ("4", 4, "approved"), ("2", 3, "pending")];
+    for ((house, judge, status), (want_house, grounded, want_status)) in scored.iter().zip(expected) {
+        assert_eq!((house.as_str(), status.as_str()), (want_house, want_status), "{scored:?}");
+        assert_eq!(*judge, json!({"grounded": grounded, "useful": 4}), "{scored:?}");
+    }
+    assert_eq!(scored.len(), 6);
+    assert_eq!(
+        (scored[5].0.as_str(), &scored[5].1, scored[5].2.as_str()),
+        ("5", &Value::Null, "pending"),
+        "unscored last"
+    );
+    let (status, body) = call(&app, get("/api/v1/triples?sort=best")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_query")));
 }

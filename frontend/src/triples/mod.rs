@@ -32,10 +32,11 @@ pub enum Sort {
     Newest,
     Updated,
     Question,
+    Judge,
 }
 
 impl Sort {
-    pub const ALL: [Sort; 4] = [Sort::Oldest, Sort::Newest, Sort::Updated, Sort::Question];
+    pub const ALL: [Sort; 5] = [Sort::Oldest, Sort::Newest, Sort::Updated, Sort::Question, Sort::Judge];
 
     /// The name the API takes.
     pub fn as_str(self) -> &'static str {
@@ -44,6 +45,7 @@ impl Sort {
             Sort::Newest => "newest",
             Sort::Updated => "updated",
             Sort::Question => "question",
+            Sort::Judge => "judge",
         }
     }
 
@@ -53,6 +55,7 @@ impl Sort {
             Sort::Newest => "newest first",
             Sort::Updated => "recently changed",
             Sort::Question => "question A–Z",
+            Sort::Judge => "judge's score, best first",
         }
     }
 
@@ -558,6 +561,7 @@ pub fn TriplesPage() -> impl IntoView {
                                 <th scope="col"><span class="visually-hidden">"Selected"</span></th>
                                 <th scope="col">"Question"</th><th scope="col">"Answer"</th>
                                 <th scope="col">"Document"</th><th scope="col">"Passage"</th><th scope="col">"Status"</th>
+                                <th scope="col" title="The LLM judge's scores: groundedness / usefulness, 1 to 5">"Judge"</th>
                             </tr></thead>
                             <tbody>
                                 {p.items.into_iter().enumerate().map(|(i, t)| view! {

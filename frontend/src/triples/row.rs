@@ -199,13 +199,25 @@ where
                         .collect_view())}
                 </span>
             </td>
+            <td class="judge" data-label="Judge" data-testid="judge-score">{judge_words(triple.judge)}</td>
         </tr>
     }
+}
+
+/// The judge's scores as the Judge column shows them ("5 / 4"; "–" unscored).
+pub fn judge_words(judge: Option<attune_shared::JudgeScores>) -> String {
+    judge.map(|j| format!("{} / {}", j.grounded, j.useful)).unwrap_or_else(|| "–".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judge_scores_read_groundedness_then_usefulness() {
+        assert_eq!(judge_words(Some(attune_shared::JudgeScores { grounded: 5, useful: 3 })), "5 / 3");
+        assert_eq!(judge_words(None), "–");
+    }
 
     #[test]
     fn search_words_are_marked_case_insensitively() {

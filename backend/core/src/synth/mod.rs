@@ -7,6 +7,7 @@
 pub mod corpus_checks;
 pub mod extract;
 pub mod filter;
+pub mod judge;
 pub mod llm;
 pub mod parse;
 pub mod prompt;

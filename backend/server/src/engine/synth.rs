@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use attune_shared::{JobStatus, LlmChoice, SynthRun, TripleOrigin};
+use attune_shared::{JobStatus, JudgeScores, JudgeSettings, LlmChoice, SynthRun, TripleOrigin};
 use tokio::runtime::Handle;
 
 use super::EngineError;
@@ -91,6 +91,8 @@ pub struct SynthJob {
     pub run_id: i64,
     pub store: Store,
     pub llm: Box<dyn Llm>,
+    /// The LLM judge that scores each kept triple, with the run's settings for it.
+    pub judge: Option<(JudgeSettings, Box<dyn Llm>)>,
     pub filters: FilterSettings,
     /// The base retriever's folder and device, loaded when the filters look at the corpus (round
     /// trip, near-duplicates).
@@ -172,14 +174,23 @@ impl SynthJob {
                 answers: run.answers,
                 filters: &self.filters,
             };
-            let results = match synthesize_batch(self.llm.as_ref(), &asking, &inputs, corpus_checks.as_mut()) {
-                Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
-                Err(error) => vec![Err(error.to_string()); asked.len()],
-            };
+            let results: Vec<Result<_, String>> =
+                match synthesize_batch(self.llm.as_ref(), &asking, &inputs, corpus_checks.as_mut()) {
+                    Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
+                    Err(error) => vec![Err(error.to_string()); asked.len()],
+                };
+            // The judge scores every kept triple of the batch in one call; a passage's triples are
+            // stored with their scores in its one transaction.
+            let mut scores = self.judge_kept(&asked, &results, &mut run.report);
             for ((passage, _), result) in asked.iter().zip(results) {
                 match result {
                     Ok(out) => {
-                        let row = |question: &String, answer: &String, filter_reason: Option<String>| NewTripleRow {
+                        let approve_at = self.judge.as_ref().and_then(|(settings, _)| settings.approve_at);
+                        let judged: Vec<Option<JudgeScores>> = scores.drain(..out.kept.len()).collect();
+                        let row = |question: &String,
+                                   answer: &String,
+                                   filter_reason: Option<String>,
+                                   judge: Option<JudgeScores>| NewTripleRow {
                             question: question.clone(),
                             answer: answer.clone(),
                             passage: passage.text.clone(),
@@ -190,16 +201,20 @@ impl SynthJob {
                             prompt: Some(prompt_record.clone()),
                             synth_run_id: Some(run.id),
                             filter_reason,
+                            judge,
+                            approved: judge.zip(approve_at).is_some_and(|(scores, at)| scores.least() >= at),
                         };
                         // The kept ones for review, and what the filters dropped (with why) for rescue.
                         let rows: Vec<NewTripleRow> = out
                             .kept
                             .iter()
-                            .map(|(question, answer)| row(question, answer, None))
+                            .zip(judged)
+                            .map(|((question, answer), judge)| row(question, answer, None, judge))
                             .chain(out.dropped.iter().map(|(question, answer, rejection)| {
-                                row(question, answer, Some(rejection.reason().to_owned()))
+                                row(question, answer, Some(rejection.reason().to_owned()), None)
                             }))
                             .collect();
+                        run.report.judge_approved += rows.iter().filter(|r| r.approved).count() as u64;
                         let report = &mut run.report;
                         report.passages_done += 1;
                         report.questions_seen += out.questions_seen;
@@ -230,6 +245,36 @@ impl SynthJob {
         run.error = error;
         progress(&run, None);
         Ok(run)
+    }
+}
+
+impl SynthJob {
+    /// The judge's scores of every kept triple of `results` (passage by passage, in order), counted
+    /// in `report`; all `None` without a judge. A judge that fails leaves them unscored (pending):
+    /// the triples are not lost for it.
+    fn judge_kept(
+        &self,
+        asked: &[(&attune_shared::Passage, Vec<String>)],
+        results: &[Result<crate::synth::PassageTriples, String>],
+        report: &mut attune_shared::SynthReport,
+    ) -> Vec<Option<JudgeScores>> {
+        let mut triples = Vec::new();
+        for ((passage, _), result) in asked.iter().zip(results) {
+            if let Ok(out) = result {
+                triples.extend(out.kept.iter().map(|(q, a)| (passage.text.as_str(), q.as_str(), a.as_str())));
+            }
+        }
+        let Some((_, judge)) = &self.judge else { return vec![None; triples.len()] };
+        let scores = match crate::synth::judge::judge(judge.as_ref(), &triples) {
+            Ok(scores) => scores,
+            Err(error) => {
+                tracing::warn!(run = self.run_id, "the LLM judge failed: {error}");
+                vec![None; triples.len()]
+            }
+        };
+        report.judged += scores.iter().filter(|s| s.is_some()).count() as u64;
+        report.judge_failed += scores.iter().filter(|s| s.is_none()).count() as u64;
+        scores
     }
 }
 

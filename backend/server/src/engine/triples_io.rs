@@ -183,6 +183,8 @@ pub fn import(path: &Path) -> Result<(Vec<NewTripleRow>, Vec<Skipped>), EngineEr
             prompt: None,
             synth_run_id: None,
             filter_reason: None,
+            judge: None,
+            approved: false,
         })
         .collect();
     Ok((rows, skipped))

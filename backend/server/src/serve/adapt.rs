@@ -77,6 +77,7 @@ pub async fn start(
             limit: None,
             filters: None,
             answers: None,
+            judge: None,
         },
     )
     .await?;

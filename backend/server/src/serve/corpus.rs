@@ -183,7 +183,8 @@ fn filter_of(query: &TripleQuery) -> Result<TripleFilter, AppError> {
         Some("newest") => TripleSort::Newest,
         Some("updated") => TripleSort::RecentlyUpdated,
         Some("question") => TripleSort::Question,
-        Some(s) => return Err(invalid(format!("sort={s:?}: expected oldest, newest, updated or question"))),
+        Some("judge") => TripleSort::Judge,
+        Some(s) => return Err(invalid(format!("sort={s:?}: expected oldest, newest, updated, question or judge"))),
     };
     check_search(query.q.as_deref())?;
     let reason = check_reason(query.reason.as_deref())?;
@@ -276,6 +277,8 @@ pub async fn create_triple(
         prompt: None,
         synth_run_id: None,
         filter_reason: None,
+        judge: None,
+        approved: false,
     };
     let id = state.store().insert_triples(&[row]).await?[0];
     let triple = state.store().triple(id).await?.ok_or_else(|| not_found("triple", id))?;
@@ -521,8 +524,30 @@ pub(super) async fn begin_synth(state: &AppState, request: SynthRequest) -> Resu
         .validate()
         .map_err(|message| AppError::Invalid { code: "invalid_body", message: format!("filters: {message}") })?;
     let answers = request.answers.unwrap_or(AnswerStyle::default_for(&llm));
-    let config =
-        SynthRunConfig { llm, model, questions_per_passage: questions, prompts, document_id, filters, answers };
+    if let Some(judge) = request.judge {
+        judge
+            .validate()
+            .map_err(|message| AppError::Invalid { code: "invalid_body", message: format!("judge: {message}") })?;
+        // The judge reads the passages: only the server the user configured gets them.
+        if settings.llm_base_url.is_none() || settings.llm_model.is_none() {
+            return Err(AppError::Invalid {
+                code: "judge_needs_a_server",
+                message: "the LLM judge is the OpenAI-compatible server of the settings: save its URL and model \
+                          there first (PUT /api/v1/settings, llm_base_url and llm_model)"
+                    .into(),
+            });
+        }
+    }
+    let config = SynthRunConfig {
+        llm,
+        model,
+        questions_per_passage: questions,
+        prompts,
+        document_id,
+        filters,
+        answers,
+        judge: request.judge,
+    };
     let run = state.store().create_synth_run(&config, &passages).await?;
     spawn_synth(state, run.id)?;
     Ok(run)
@@ -565,14 +590,30 @@ pub(super) fn spawn_synth(state: &AppState, run_id: i64) -> Result<(), AppError>
                     state.publisher().publish_synth(&run, None);
                     return Ok(run);
                 };
-                let configured = runtime.block_on(state.store().settings())?.llm_base_url;
+                let settings = runtime.block_on(state.store().settings())?;
+                let configured = settings.llm_base_url.clone();
                 let llm = build_llm(&state, &run.llm, configured.as_deref())?;
+                // The judge is the server of the settings now (a resumed run follows a change).
+                let judge = match (run.judge, settings.llm_base_url, settings.llm_model) {
+                    (None, _, _) => None,
+                    (Some(judge), Some(base_url), Some(model)) => {
+                        let choice = LlmChoice::OpenAi { base_url, model };
+                        Some((judge, build_llm(&state, &choice, configured.as_deref())?))
+                    }
+                    (Some(_), _, _) => {
+                        return Err(EngineError::Invalid(
+                            "this run asks an LLM judge, and the settings name no OpenAI-compatible server any more"
+                                .into(),
+                        ));
+                    }
+                };
                 let device = crate::model::device::select(&state.config().device_spec)
                     .map_err(crate::synth::SynthError::Local)?;
                 SynthJob {
                     run_id,
                     store: state.store().clone(),
                     llm,
+                    judge,
                     filters: run.filters,
                     retriever: state.config().models_dir.join(crate::model::catalog::DEFAULT_RETRIEVER_NAME),
                     device,

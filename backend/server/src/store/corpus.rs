@@ -48,6 +48,10 @@ pub struct NewTripleRow {
     pub synth_run_id: Option<i64>,
     /// Set for a candidate a filter dropped: stored as `filtered`, with this reason.
     pub filter_reason: Option<String>,
+    /// The LLM judge's scores.
+    pub judge: Option<attune_shared::JudgeScores>,
+    /// Stored approved (the judge's scores reached the run's threshold) rather than pending.
+    pub approved: bool,
 }
 
 /// What happens to a deleted document's triples.
@@ -80,6 +84,8 @@ pub enum TripleSort {
     Newest,
     RecentlyUpdated,
     Question,
+    /// The LLM judge's scores, best first.
+    Judge,
 }
 
 const DOCUMENT_COLUMNS: &str = "d.id, d.name, d.kind, d.sha256, d.bytes, d.pages, d.created_at,
@@ -89,7 +95,7 @@ const DOCUMENT_COLUMNS: &str = "d.id, d.name, d.kind, d.sha256, d.bytes, d.pages
     (SELECT COUNT(*) FROM triples t WHERE t.document_id = d.id AND t.status = 'rejected') AS rejected";
 
 const TRIPLE_COLUMNS: &str = "id, question, answer, passage, passage_id, document_id, status, origin, model, prompt,
-    synth_run_id, version, created_at, updated_at, filter_reason,
+    synth_run_id, version, created_at, updated_at, filter_reason, judge_grounded, judge_useful,
     (SELECT d.name FROM documents d WHERE d.id = triples.document_id) AS document_name,
     (SELECT p.page_start FROM passages p WHERE p.id = triples.passage_id) AS passage_page_start,
     (SELECT p.page_end FROM passages p WHERE p.id = triples.passage_id) AS passage_page_end";
@@ -158,6 +164,13 @@ fn triple(row: &SqliteRow) -> Result<Triple, sqlx::Error> {
         document: row.try_get("document_name")?,
         page_start: row.try_get::<Option<i64>, _>("passage_page_start")?.map(|p| p as u32),
         page_end: row.try_get::<Option<i64>, _>("passage_page_end")?.map(|p| p as u32),
+        judge: match (row.try_get::<Option<i64>, _>("judge_grounded")?, row.try_get::<Option<i64>, _>("judge_useful")?)
+        {
+            (Some(grounded), Some(useful)) => {
+                Some(attune_shared::JudgeScores { grounded: grounded as u8, useful: useful as u8 })
+            }
+            _ => None,
+        },
     })
 }
 
@@ -175,6 +188,8 @@ pub struct SynthRunConfig {
     pub filters: attune_shared::FilterSettings,
     #[serde(default)]
     pub answers: attune_shared::AnswerStyle,
+    #[serde(default)]
+    pub judge: Option<attune_shared::JudgeSettings>,
 }
 
 fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
@@ -197,6 +212,7 @@ fn synth_run(row: &SqliteRow) -> Result<SynthRun, StoreError> {
         document_id: config.document_id,
         filters: config.filters,
         answers: config.answers,
+        judge: config.judge,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -356,6 +372,11 @@ impl Store {
             TripleSort::Newest => " ORDER BY id DESC",
             TripleSort::RecentlyUpdated => " ORDER BY updated_at DESC, id DESC",
             TripleSort::Question => " ORDER BY question COLLATE NOCASE, id",
+            // The judge's best first (the lower score, then both), unscored last.
+            TripleSort::Judge => {
+                " ORDER BY min(judge_grounded, judge_useful) IS NULL, min(judge_grounded, judge_useful) DESC,
+                  judge_grounded + judge_useful DESC, id"
+            }
         });
         query.push(" LIMIT ").push_bind(i64::from(per_page));
         query.push(" OFFSET ").push_bind((i64::from(page) - 1) * i64::from(per_page));
@@ -654,8 +675,8 @@ async fn record_edit(tx: &mut sqlx::Transaction<'_, Sqlite>, current: &Triple) -
 async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRow) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "INSERT INTO triples (question, answer, passage, passage_id, document_id, origin, model, prompt, synth_run_id,
-                              status, filter_reason)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                              status, filter_reason, judge_grounded, judge_useful)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&row.question)
     .bind(&row.answer)
@@ -666,8 +687,14 @@ async fn insert_triple(tx: &mut sqlx::Transaction<'_, Sqlite>, row: &NewTripleRo
     .bind(&row.model)
     .bind(&row.prompt)
     .bind(row.synth_run_id)
-    .bind(if row.filter_reason.is_some() { "filtered" } else { "pending" })
+    .bind(match (&row.filter_reason, row.approved) {
+        (Some(_), _) => "filtered",
+        (None, true) => "approved",
+        (None, false) => "pending",
+    })
     .bind(&row.filter_reason)
+    .bind(row.judge.map(|j| i64::from(j.grounded)))
+    .bind(row.judge.map(|j| i64::from(j.useful)))
     .fetch_one(&mut **tx)
     .await?)
 }
