@@ -391,7 +391,7 @@ async fn synth_stage(args: &AdaptArgs, store: &Store, state: &mut AdaptState) ->
                 });
             }
             let retriever = model_path("default", &args.models_dir, crate::DEFAULT_RETRIEVER);
-            run = run_synth_job(store, &run, &generator, retriever, &args.device, cancel).await?;
+            run = run_synth_job(store, &run, &generator, retriever, &args.device, cancel, None).await?;
             finished.store(true, Ordering::Relaxed);
             if run.report.failed_passages > 0 {
                 bail!(

@@ -16,7 +16,7 @@ use attune::openai::{OpenAiLlm, OpenAiSettings};
 use attune::store::Store;
 use attune::store::corpus::SynthRunConfig;
 use attune::synth::{FilterSettings, Llm, LocalLlm, prompt};
-use attune_shared::{AnswerStyle, LlmChoice, TripleStatus};
+use attune_shared::{AnswerStyle, JudgeSettings, LlmChoice, TripleStatus};
 
 use super::{model_path, progress_bar};
 
@@ -191,6 +191,13 @@ pub struct SynthArgs {
     device: String,
     #[command(flatten)]
     filters: FilterArgs,
+    /// Have the OpenAI-compatible server of --llm-base-url/--llm-model score each kept triple 1–5
+    /// for groundedness and usefulness (LLM-as-judge), also with --llm local.
+    #[arg(long)]
+    judge: bool,
+    /// With the judge: approve a triple at once when both its scores are at least this (1–5).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    judge_approve_at: Option<u8>,
 }
 
 /// The filters' thresholds (a resumed run keeps its own).
@@ -276,7 +283,15 @@ pub async fn run_synth_job(
     retriever: PathBuf,
     device: &str,
     cancel: Arc<AtomicBool>,
+    judge: Option<LlmChoice>,
 ) -> anyhow::Result<attune_shared::SynthRun> {
+    let judge = match (run.judge, judge) {
+        (None, _) => None,
+        (Some(settings), Some(server)) => Some((settings, server)),
+        (Some(_), None) => {
+            bail!("synthesis run {} asks an LLM judge: name its server (--llm-base-url, --llm-model)", run.id)
+        }
+    };
     let bar = progress_bar(
         run.passages_total,
         "{spinner} synthesising [{bar:30}] {pos}/{len} passages, {msg} ({elapsed}, eta {eta})",
@@ -291,7 +306,10 @@ pub async fn run_synth_job(
             run_id,
             store,
             llm: build_llm(&choice, &generator, &device_spec)?,
-            judge: None,
+            judge: match judge {
+                Some((settings, server)) => Some((settings, build_llm(&server, &generator, &device_spec)?)),
+                None => None,
+            },
             filters,
             retriever,
             device: attune::model::device::select(&device_spec)?,
@@ -309,6 +327,9 @@ pub async fn run_synth_job(
 }
 
 pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    if (args.judge || args.judge_approve_at.is_some()) && (args.llm_base_url.is_none() || args.llm_model.is_none()) {
+        bail!("--judge needs the server to ask: --llm-base-url and --llm-model");
+    }
     let store = Store::open(&args.data_dir).await?;
     let saved = store.settings().await?;
     let generator = model_path(&args.generator, &args.models_dir, crate::DEFAULT_GENERATOR);
@@ -341,14 +362,23 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
                 document_id: None,
                 filters: args.filters.settings()?,
                 answers,
-                judge: None,
+                judge: (args.judge || args.judge_approve_at.is_some())
+                    .then_some(JudgeSettings { approve_at: args.judge_approve_at }),
             };
             store.create_synth_run(&config, &passages).await?
         }
     };
     let retriever = model_path(&args.retriever, &args.models_dir, crate::DEFAULT_RETRIEVER);
-    let run =
-        run_synth_job(&store, &run, &generator, retriever, &args.device, Arc::new(AtomicBool::new(false))).await?;
+    // The judge is the server the flags name (also for a resumed run that asked for one).
+    let judge = match (run.judge, &args.llm_base_url, &args.llm_model) {
+        (Some(_), Some(base_url), Some(model)) => {
+            Some(LlmChoice::OpenAi { base_url: base_url.clone(), model: model.clone() })
+        }
+        (Some(_), _, _) => bail!("--judge needs the server to ask: --llm-base-url and --llm-model"),
+        (None, _, _) => None,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let run = run_synth_job(&store, &run, &generator, retriever, &args.device, cancel, judge).await?;
     let r = &run.report;
     let filtered: Vec<String> = r.filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
     println!(
@@ -364,6 +394,12 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
         r.seconds / 60.0,
         r.kept as f64 / (r.seconds / 60.0).max(1e-9),
     );
+    if run.judge.is_some() {
+        println!(
+            "judge: {} scored, {} approved by their scores, {} left unscored",
+            r.judged, r.judge_approved, r.judge_failed
+        );
+    }
     if let Some(error) = &run.error {
         eprintln!("{error}");
     }

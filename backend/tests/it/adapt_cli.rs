@@ -103,8 +103,13 @@ async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
                 let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_lowercase();
                 let (_, _, question, answer) =
                     TOPICS.iter().find(|(word, ..)| prompt.contains(word)).copied().unwrap_or(("", "", "What?", "?"));
-                let content =
-                    if prompt.contains("different questions") { format!("1. {question}") } else { answer.to_owned() };
+                let content = if prompt.contains("groundedness: n") {
+                    "Groundedness: 5\nUsefulness: 4".to_owned()
+                } else if prompt.contains("different questions") {
+                    format!("1. {question}")
+                } else {
+                    answer.to_owned()
+                };
                 axum::Json(json!({"choices": [{"message": {"role": "assistant", "content": content}}]}))
             }
         }),
@@ -289,11 +294,23 @@ async fn synth_from_the_command_line_with_a_server() {
         "stand-in",
         "--questions-per-passage",
         "1",
+        "--judge-approve-at",
+        "4",
     ]
     .map(String::from)
     .to_vec();
     let output = attune(synth).await.unwrap();
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("2 passages, 2 questions, 2 kept"), "{}", text(&output));
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    // Questions, answers, and the judge's scores (both at least 4: approved at once).
+    assert!(
+        text(&output).contains("judge: 2 scored, 2 approved by their scores, 0 left unscored"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    // A judge needs a server to ask.
+    let refused = attune(["synth", "--judge"].map(String::from).to_vec()).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("--judge needs the server to ask"), "{}", text(&refused));
 }
