@@ -104,6 +104,9 @@ pub struct SynthBench {
     pub same_answers: Option<bool>,
 }
 
+/// The row of the questions decoded without the list's form held.
+const FREE_QUESTIONS: &str = "extractive, side by side, questions decoded free";
+
 /// The local model one prompt at a time, as [`LocalLlm`] worked before it decoded side by side.
 struct OneAtATime<'a>(&'a LocalLlm);
 
@@ -293,7 +296,7 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
     let generator_path = config.models_dir.join(catalog::DEFAULT_GENERATOR_NAME);
     let generator = Generator::load(&generator_path, &device)
         .with_context(|| format!("loading the generator {}", generator_path.display()))?;
-    let local = LocalLlm::new(generator, catalog::DEFAULT_GENERATOR_NAME.to_owned());
+    let mut local = LocalLlm::new(generator, catalog::DEFAULT_GENERATOR_NAME.to_owned());
     let n = config.questions_per_passage;
     let extractive = ("extractive, side by side", AnswerStyle::Extractive);
     let written = ("written, side by side", AnswerStyle::Written);
@@ -305,6 +308,11 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
         let before = ("written, one at a time", AnswerStyle::Written);
         synthesis.push(synthesize_all(&OneAtATime(&local), &local, before, &passages, n, 1)?);
     }
+    // The questions decoded free (as before the list's form held them), the rest the same.
+    local.constrained_questions = false;
+    let free = (FREE_QUESTIONS, AnswerStyle::Extractive);
+    synthesis.push(synthesize_all(&local, &local, free, &passages, n, BATCH_PASSAGES)?);
+    local.constrained_questions = crate::synth::llm::CONSTRAINED_QUESTIONS;
     let rows = questions_of(&config.qa, config.answer_questions)?;
     let answer_quality = answer_quality(&local, &rows)?;
     let mut answers = vec![answer_all(&local.generator, "side by side", &rows, MAX_BATCH_ROWS)?];
@@ -312,14 +320,19 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
         answers.push(answer_all(&local.generator, "one at a time", &rows, 1)?);
     }
     let pair = |a: f64, b: Option<f64>| b.map(|b| a / b);
+    // Written answers one prompt at a time: its pace, and whether it kept what side by side kept.
+    let one_at_a_time = synthesis
+        .iter()
+        .find(|s| s.mode == "written, one at a time")
+        .map(|s| (s.kept_per_minute, s.triples == synthesis[1].triples));
     Ok(SynthBench {
         pdf: config.pdf.display().to_string(),
         passages: format!("{}–{}", config.first, config.first + config.count - 1),
         questions_per_passage: n,
         threads: candle_core::utils::get_num_threads(),
-        synthesis_speedup: pair(synthesis[0].kept_per_minute, synthesis.get(2).map(|s| s.kept_per_minute)),
+        synthesis_speedup: pair(synthesis[0].kept_per_minute, one_at_a_time.map(|s| s.0)),
         answer_speedup: pair(answers[0].answers_per_second, answers.get(1).map(|a| a.answers_per_second)),
-        same_triples: synthesis.get(2).map(|s| s.triples == synthesis[1].triples),
+        same_triples: one_at_a_time.map(|s| s.1),
         same_answers: answers.get(1).map(|a| a.predictions == answers[0].predictions),
         synthesis,
         answers,
@@ -365,7 +378,7 @@ pub fn report(bench: &SynthBench) -> String {
             bench.same_answers.unwrap_or(false)
         );
     }
-    for s in bench.synthesis.iter().take(2) {
+    for s in bench.synthesis.iter().filter(|s| s.mode != "written, one at a time") {
         let filtered: Vec<String> = s.filtered.reasons().iter().map(|(n, what)| format!("{n} {what}")).collect();
         out += &format!("filtered ({}): {}\n", s.mode, filtered.join(", "));
     }

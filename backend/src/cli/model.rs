@@ -154,6 +154,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         repetition_penalty: args.repetition_penalty,
         stop_on_loop: args.stop_on_loop,
         allowed_tokens: Vec::new(),
+        line_rule: None,
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;

@@ -56,6 +56,49 @@ pub struct GenerationConfig {
     /// Constrained decoding: when not empty, only these tokens can be generated (every other
     /// token's logit is dropped before picking; end of sequence too unless listed).
     pub allowed_tokens: Vec<u32>,
+    /// Constrained decoding of a list: see [`LineRule`].
+    pub line_rule: Option<LineRule>,
+}
+
+/// A list held to its form while it is decoded: a line may end (a token holding `line_break`, or
+/// the end of the sequence) only once it ends with `end` — "?" for questions — and has content,
+/// and generation stops once `lines` such lines are complete. A llama.cpp-style grammar for
+/// "n questions, one a line", as a token mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRule {
+    pub lines: usize,
+    pub end: char,
+    pub line_break: char,
+}
+
+impl LineRule {
+    /// `lines` questions, one a line.
+    pub fn questions(lines: usize) -> Self {
+        LineRule { lines, end: '?', line_break: '\n' }
+    }
+
+    /// Whether `line` (after the last break) may end here.
+    fn may_end(&self, line: &str) -> bool {
+        line.trim_end().ends_with(self.end) && line.chars().any(char::is_alphanumeric)
+    }
+
+    /// The complete lines of `text`, and the byte where the last of the first `lines` ends.
+    fn complete(&self, text: &str) -> (usize, Option<usize>) {
+        let mut count = 0;
+        let mut start = 0;
+        for (at, c) in text.char_indices() {
+            if c == self.line_break {
+                if self.may_end(&text[start..at]) {
+                    count += 1;
+                    if count == self.lines {
+                        return (count, Some(at));
+                    }
+                }
+                start = at + c.len_utf8();
+            }
+        }
+        (count, None)
+    }
 }
 
 impl Default for GenerationConfig {
@@ -69,6 +112,7 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             stop_on_loop: false,
             allowed_tokens: Vec::new(),
+            line_rule: None,
         }
     }
 }
@@ -130,6 +174,9 @@ pub struct Generator {
     template_tokens: TemplateTokens,
     eos_ids: Vec<u32>,
     device: Device,
+    /// Per line-break character, the tokens whose text holds it, each with its text before it
+    /// (read from the vocabulary on first use, for [`LineRule`]).
+    line_breaks: std::sync::Mutex<std::collections::HashMap<char, std::sync::Arc<Vec<(u32, String)>>>>,
 }
 
 impl Generator {
@@ -174,7 +221,15 @@ impl Generator {
     ) -> Self {
         let eos_ids = end_of_reply_ids(model.config(), &tokenizer, chat_template.as_deref());
         let template_tokens = template_tokens(model.config(), &tokenizer, &names, &eos_ids);
-        Generator { model, tokenizer, chat_template, template_tokens, eos_ids, device: device.clone() }
+        Generator {
+            model,
+            tokenizer,
+            chat_template,
+            template_tokens,
+            eos_ids,
+            device: device.clone(),
+            line_breaks: Default::default(),
+        }
     }
 
     /// Assembles a generator from parts (tests build tiny random ones this way).
@@ -192,7 +247,26 @@ impl Generator {
             template_tokens: TemplateTokens::default(),
             eos_ids,
             device: device.clone(),
+            line_breaks: Default::default(),
         }
+    }
+
+    /// The tokens whose text holds `line_break`, each with its text before the first one.
+    fn line_break_tokens(&self, line_break: char) -> Result<std::sync::Arc<Vec<(u32, String)>>> {
+        let mut cached = self.line_breaks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tokens) = cached.get(&line_break) {
+            return Ok(tokens.clone());
+        }
+        let mut tokens = Vec::new();
+        for id in 0..self.tokenizer.get_vocab_size(true) as u32 {
+            let text = self.tokenizer.decode(&[id], false).map_err(|e| ModelError::Tokenize(e.to_string()))?;
+            if let Some((before, _)) = text.split_once(line_break) {
+                tokens.push((id, before.to_owned()));
+            }
+        }
+        let tokens = std::sync::Arc::new(tokens);
+        cached.insert(line_break, tokens.clone());
+        Ok(tokens)
     }
 
     pub fn model(&self) -> &Llama {
@@ -564,6 +638,24 @@ impl<'c> Continuation<'c> {
             }
             logits = held;
         }
+        if let Some(rule) = config.line_rule {
+            // A line ends only once it is a whole item of the list.
+            let line = self.text.rsplit(rule.line_break).next().unwrap_or("");
+            for (token, before) in generator.line_break_tokens(rule.line_break)?.iter() {
+                if !rule.may_end(&format!("{line}{before}"))
+                    && let Some(logit) = logits.get_mut(*token as usize)
+                {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+            if !rule.may_end(line) && !line.trim().is_empty() {
+                for &eos in &generator.eos_ids {
+                    if let Some(logit) = logits.get_mut(eos as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         let next = pick(&logits, config, &mut self.rng);
         if generator.eos_ids.contains(&next) {
             self.stop_reason = Some(StopReason::EndOfSequence);
@@ -571,7 +663,11 @@ impl<'c> Continuation<'c> {
         }
         self.tokens.push(next);
         self.text = generator.decode(&self.tokens)?;
-        if config.stop_on_loop && repeating_tail(&self.tokens) {
+        let listed = config.line_rule.and_then(|rule| rule.complete(&self.text).1);
+        if let Some(cut) = listed {
+            self.text.truncate(cut);
+            self.stop_reason = Some(StopReason::StopString);
+        } else if config.stop_on_loop && repeating_tail(&self.tokens) {
             self.stop_reason = Some(StopReason::Repetition);
         } else if let Some(cut) = config.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
             self.text.truncate(cut);
@@ -940,6 +1036,11 @@ mod tests {
                 ..GenerationConfig::default()
             },
             GenerationConfig { max_new_tokens: 3, allowed_tokens: vec![6, 9, 13], ..GenerationConfig::default() },
+            GenerationConfig {
+                max_new_tokens: 16,
+                line_rule: Some(LineRule { lines: 2, end: '?', line_break: '.' }),
+                ..GenerationConfig::default()
+            },
         ];
         let mut stops = std::collections::HashSet::new();
         for config in &configs {
@@ -951,6 +1052,39 @@ mod tests {
             }
         }
         assert!(stops.len() >= 2, "the rows stopped for different reasons: {stops:?}");
+    }
+
+    /// A list held to its form: no line ends before it ends with the rule's mark, and decoding stops
+    /// once the lines asked for are complete — where free decoding of the same prompts breaks lines
+    /// anywhere.
+    #[test]
+    fn a_line_rule_ends_lines_only_after_their_mark_and_stops_at_the_count() {
+        let (_, generator, _, _) = crate::train::test_models::tiny_models(DType::F32, 7);
+        // "." is the line break here (the tiny vocabulary has no newline), "?" the mark.
+        let rule = LineRule { lines: 2, end: '?', line_break: '.' };
+        let (mut broke_freely, mut held_lines) = (false, 0);
+        for seed in 0..16u32 {
+            // Sampled hot, so that the tiny model writes both marks and breaks.
+            let free = GenerationConfig { max_new_tokens: 40, temperature: 1.5, seed: seed.into(), ..Default::default() };
+            let held = GenerationConfig { line_rule: Some(rule), ..free.clone() };
+            let prompt: Vec<u32> = (0..6).map(|i| 4 + (seed * 5 + i * 3) % 15).collect();
+            let generation = generator.generate(&prompt, &held, |_| ControlFlow::Continue(())).unwrap();
+            held_lines += rule.complete(&format!("{}.", generation.text)).0;
+            let lines: Vec<&str> = generation.text.split('.').collect();
+            for line in &lines[..lines.len() - 1] {
+                assert!(line.trim_end().ends_with('?'), "{:?} ends a line early", generation.text);
+            }
+            if generation.stop_reason == StopReason::StopString {
+                assert_eq!(lines.len(), 2, "stopped at the second complete line: {:?}", generation.text);
+            }
+            let alone = generator.generate(&prompt, &free, |_| ControlFlow::Continue(())).unwrap();
+            broke_freely |= alone.text.split('.').rev().skip(1).any(|l| !l.trim_end().ends_with('?'));
+        }
+        assert!(broke_freely, "the rule held something the free model would not have done");
+        assert!(held_lines > 0, "held, the model still wrote whole lines");
+        let rule = LineRule::questions(3);
+        assert_eq!(rule.complete("1. A?\nnot one\n2. B?\n3. C?\n4. D?"), (3, Some(25)));
+        assert_eq!(rule.complete("?\n1. A?"), (0, None), "a bare mark is no line");
     }
 
     /// Constrained decoding: only the allowed tokens come out, and each is the most likely of them.

@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::model::generator::{ChatMessage, GenerationConfig, Generator};
+use crate::model::generator::{ChatMessage, GenerationConfig, Generator, LineRule};
+
+/// Whether the local model's questions are decoded held to "one question a line" by default.
+pub const CONSTRAINED_QUESTIONS: bool = true;
 
 use super::SynthError;
 
@@ -22,6 +25,17 @@ pub trait Llm: Send + Sync {
     fn choose(&self, prompts: &[(String, usize)]) -> Result<Vec<Result<Option<usize>, SynthError>>, SynthError> {
         let texts: Vec<String> = prompts.iter().map(|(prompt, _)| prompt.clone()).collect();
         read_choices(self.complete(&texts, 8)?, prompts)
+    }
+    /// Completions of question prompts asking for `n` questions each: [`Llm::complete`], which a
+    /// local model decodes held to `n` lines that each end with "?" (constrained decoding).
+    #[allow(clippy::type_complexity)]
+    fn questions(
+        &self,
+        prompts: &[String],
+        _n: usize,
+        max_tokens: usize,
+    ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        self.complete(prompts, max_tokens)
     }
     /// Passages whose prompts a synthesis run sends in one call: 1 (a server batches requests
     /// itself; each passage is then its own call, cancelled and resumed on its own).
@@ -49,11 +63,13 @@ pub struct LocalLlm {
     pub name: String,
     /// Tokens generated so far, over every call (the synthesis benchmark's tokens per second).
     pub tokens_generated: AtomicU64,
+    /// Questions are decoded held to the list's form ([`LineRule`]).
+    pub constrained_questions: bool,
 }
 
 impl LocalLlm {
     pub fn new(generator: Generator, name: String) -> Self {
-        LocalLlm { generator, name, tokens_generated: AtomicU64::new(0) }
+        LocalLlm { generator, name, tokens_generated: AtomicU64::new(0), constrained_questions: CONSTRAINED_QUESTIONS }
     }
 
     /// Token ids of `prompts`, each as one user message in the chat template (or as plain text).
@@ -69,6 +85,20 @@ impl LocalLlm {
             ids.push(self.generator.encode(&text)?);
         }
         Ok(ids)
+    }
+
+    /// Completions of `prompts` decoded side by side with `config`.
+    #[allow(clippy::type_complexity)]
+    fn decode(
+        &self,
+        prompts: &[String],
+        config: GenerationConfig,
+    ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        let ids = self.prompt_ids(prompts.iter())?;
+        let generations = self.generator.generate_batch(&ids, &config)?;
+        let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+        self.tokens_generated.fetch_add(tokens as u64, Ordering::Relaxed);
+        Ok(generations.into_iter().map(|g| Ok(g.text)).collect())
     }
 
     /// The token of each number 1..=n, if each is one token.
@@ -90,12 +120,17 @@ impl Llm for LocalLlm {
     }
 
     fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<Result<String, SynthError>>, SynthError> {
-        let ids = self.prompt_ids(prompts.iter())?;
-        let config = GenerationConfig { max_new_tokens: max_tokens, ..GenerationConfig::default() };
-        let generations = self.generator.generate_batch(&ids, &config)?;
-        let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
-        self.tokens_generated.fetch_add(tokens as u64, Ordering::Relaxed);
-        Ok(generations.into_iter().map(|g| Ok(g.text)).collect())
+        self.decode(prompts, GenerationConfig { max_new_tokens: max_tokens, ..GenerationConfig::default() })
+    }
+
+    fn questions(
+        &self,
+        prompts: &[String],
+        n: usize,
+        max_tokens: usize,
+    ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        let line_rule = self.constrained_questions.then(|| LineRule::questions(n));
+        self.decode(prompts, GenerationConfig { max_new_tokens: max_tokens, line_rule, ..GenerationConfig::default() })
     }
 
     /// One token each, held to the numbers offered: prompts offering as many options go side by

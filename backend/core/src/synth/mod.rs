@@ -112,7 +112,10 @@ pub fn synthesize_batch(
         .iter()
         .map(|p| prompt::render_questions(&prompts.questions, p.text, n))
         .collect::<Result<Vec<_>, _>>()?;
-    let raw_questions = replies(llm, &question_prompts, 48 * n as usize + 32)?;
+    let raw_questions = llm.questions(&question_prompts, n as usize, 48 * n as usize + 32)?;
+    if raw_questions.len() != question_prompts.len() {
+        return Err(SynthError::Replies { asked: question_prompts.len(), got: raw_questions.len() });
+    }
     let mut outs: Vec<Result<PassageTriples, SynthError>> = Vec::with_capacity(passages.len());
     // Per passage, the questions that passed, whose answers are asked for next.
     let mut candidates: Vec<Vec<String>> = Vec::with_capacity(passages.len());

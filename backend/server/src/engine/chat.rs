@@ -482,6 +482,7 @@ impl ChatThread {
             stop_on_loop: true,
             stop: stop_sequences,
             allowed_tokens: Vec::new(),
+            line_rule: None,
         };
         let mut first_token_at = None;
         let generation = pair
