@@ -204,9 +204,10 @@ pub fn AdaptPanel() -> impl IntoView {
         <section class="adapt" data-testid="adapt-panel" aria-labelledby="adapt-title">
             <h2 id="adapt-title">"Adapt automatically"</h2>
             <p class="muted">
-                "One step from documents to a tuned system: the local model writes questions about the passages, "
-                "those that pass the filters are approved (review is optional), a run trains on them, and base "
-                "and tuned are compared on the questions it held out, with BM25 beside them."
+                "One step from documents to a tuned system: the LLM (the server in the settings, else the local "
+                "model) writes questions about the passages, those that pass the filters are approved (review is "
+                "optional), a run trains on them, and base and tuned are compared on the questions it held out, "
+                "with BM25 beside them."
             </p>
             <div class="adapt-form">
                 <label>
