@@ -48,7 +48,7 @@ async fn health_reports_version_models_device_and_database() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["device"]["type"], "cpu");
     assert_eq!(body["database"]["ok"], true);
-    assert_eq!(body["database"]["schema_version"], 4);
+    assert_eq!(body["database"]["schema_version"], 6);
     let models = body["models"].as_array().unwrap();
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["name"], "tiny-bert");

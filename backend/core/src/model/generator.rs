@@ -1065,7 +1065,8 @@ mod tests {
         let (mut broke_freely, mut held_lines) = (false, 0);
         for seed in 0..16u32 {
             // Sampled hot, so that the tiny model writes both marks and breaks.
-            let free = GenerationConfig { max_new_tokens: 40, temperature: 1.5, seed: seed.into(), ..Default::default() };
+            let free =
+                GenerationConfig { max_new_tokens: 40, temperature: 1.5, seed: seed.into(), ..Default::default() };
             let held = GenerationConfig { line_rule: Some(rule), ..free.clone() };
             let prompt: Vec<u32> = (0..6).map(|i| 4 + (seed * 5 + i * 3) % 15).collect();
             let generation = generator.generate(&prompt, &held, |_| ControlFlow::Continue(())).unwrap();

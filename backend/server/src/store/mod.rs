@@ -101,11 +101,11 @@ mod tests {
         let store = Store::open(&dir.path().join("nested/data")).await.unwrap();
         assert!(dir.path().join("nested/data").join(DATABASE_FILE).is_file());
         assert_eq!(store.journal_mode().await.unwrap(), "wal");
-        assert_eq!(store.schema_version().await.unwrap(), 4);
+        assert_eq!(store.schema_version().await.unwrap(), 6);
         store.close().await;
         // Re-opening applies nothing new and keeps the data.
         let again = Store::open(&dir.path().join("nested/data")).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 4);
+        assert_eq!(again.schema_version().await.unwrap(), 6);
     }
 
     #[tokio::test]
@@ -136,7 +136,7 @@ mod tests {
         pool.close().await;
 
         let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 4);
+        assert_eq!(store.schema_version().await.unwrap(), 6);
         let triple = store.triple(7).await.unwrap().expect("the triple survives the rebuild");
         assert_eq!((triple.status, triple.filter_reason), (attune_shared::TripleStatus::Approved, None));
         assert_eq!(store.triple_history(7).await.unwrap().len(), 2, "its history was not cascaded away");
