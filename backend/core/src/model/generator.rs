@@ -166,6 +166,9 @@ pub struct Generation {
     pub stop_reason: StopReason,
 }
 
+/// The tokens whose text holds a line break, each with its text before it.
+type LineBreakTokens = std::sync::Arc<Vec<(u32, String)>>;
+
 /// A loaded generator, ready to continue prompts.
 pub struct Generator {
     model: Llama,
@@ -176,7 +179,7 @@ pub struct Generator {
     device: Device,
     /// Per line-break character, the tokens whose text holds it, each with its text before it
     /// (read from the vocabulary on first use, for [`LineRule`]).
-    line_breaks: std::sync::Mutex<std::collections::HashMap<char, std::sync::Arc<Vec<(u32, String)>>>>,
+    line_breaks: std::sync::Mutex<std::collections::HashMap<char, LineBreakTokens>>,
 }
 
 impl Generator {
@@ -252,7 +255,7 @@ impl Generator {
     }
 
     /// The tokens whose text holds `line_break`, each with its text before the first one.
-    fn line_break_tokens(&self, line_break: char) -> Result<std::sync::Arc<Vec<(u32, String)>>> {
+    fn line_break_tokens(&self, line_break: char) -> Result<LineBreakTokens> {
         let mut cached = self.line_breaks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tokens) = cached.get(&line_break) {
             return Ok(tokens.clone());

@@ -53,7 +53,7 @@ pub fn scores(reply: &str) -> Option<JudgeScores> {
     let score_after = |label: &str| -> Option<u8> {
         let lower = reply.to_lowercase();
         let at = lower.find(label)? + label.len();
-        let digit = lower[at..].chars().skip_while(|c| !c.is_ascii_digit() && *c != '\n').next()?;
+        let digit = lower[at..].chars().find(|c| c.is_ascii_digit() || *c == '\n')?;
         let score = digit.to_digit(10)? as u8;
         (1..=5).contains(&score).then_some(score)
     };

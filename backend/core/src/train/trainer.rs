@@ -149,7 +149,7 @@ fn attach(
 pub fn mining_of(config: &TrainConfig) -> Option<Mining> {
     let hyper = &config.hyper;
     let per_question = config.mined_per_question();
-    (per_question > 0).then(|| Mining {
+    (per_question > 0).then_some(Mining {
         per_question,
         margin: hyper.hard_negative_margin,
         retrieval: hyper.mining_retrieval,
