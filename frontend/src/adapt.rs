@@ -49,7 +49,8 @@ const STAGES: [(AdaptStage, &str); 3] = [
     (AdaptStage::Evaluation, "Compare base and tuned on the questions the run held out"),
 ];
 
-fn order(stage: AdaptStage) -> usize {
+/// Where `stage` comes in a job, from 0.
+pub fn order(stage: AdaptStage) -> usize {
     AdaptStage::ALL.iter().position(|s| *s == stage).unwrap_or(0)
 }
 
@@ -131,6 +132,15 @@ fn mode_words(mode: TrainMode) -> &'static str {
     }
 }
 
+/// Puts `job` on the board (the page's copy until the server's message about it arrives).
+fn remember(link: Option<Link>, job: AdaptJob) {
+    if let Some(link) = link {
+        link.board.update(|b| {
+            b.adapt.insert(job.id, job);
+        });
+    }
+}
+
 /// The newest adapt job the board knows.
 fn newest(board: &JobBoard) -> Option<AdaptJob> {
     board.adapt.values().next_back().cloned()
@@ -174,13 +184,7 @@ pub fn AdaptPanel() -> impl IntoView {
         error.set(None);
         leptos::task::spawn_local(async move {
             match api.start_adapt(&request).await {
-                Ok(job) => {
-                    if let Some(link) = link {
-                        link.board.update(|b| {
-                            b.adapt.insert(job.id, job);
-                        });
-                    }
-                }
+                Ok(job) => remember(link, job),
                 Err(e) => error.set(Some(e.message)),
             }
             busy.set(false);
@@ -189,13 +193,7 @@ pub fn AdaptPanel() -> impl IntoView {
     let act = move |id: i64, action: &'static str| {
         leptos::task::spawn_local(async move {
             match api.adapt_action(id, action).await {
-                Ok(job) => {
-                    if let Some(link) = link {
-                        link.board.update(|b| {
-                            b.adapt.insert(job.id, job);
-                        });
-                    }
-                }
+                Ok(job) => remember(link, job),
                 Err(e) => error.set(Some(e.message)),
             }
         });

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use leptos::prelude::*;
 
-use attune_shared::{AdaptStage, JobStatus};
+use attune_shared::JobStatus;
 
 use crate::api::{Api, RunAction};
 use crate::format::{duration_words, status_label};
@@ -103,7 +103,7 @@ pub fn rows(board: &JobBoard) -> Vec<JobRow> {
     for job in board.adapt.values() {
         let current =
             crate::adapt::stage_lines(job, board).into_iter().find(|line| line.state != crate::adapt::StageState::Done);
-        let stage = AdaptStage::ALL.iter().position(|s| *s == job.stage).unwrap_or(0) as u64;
+        let stage = crate::adapt::order(job.stage) as u64;
         rows.push(JobRow {
             kind: JobKind::Adapt,
             id: job.id,

@@ -240,11 +240,8 @@ pub fn evaluate_generation(
     let mut done = 0;
     for call in order.chunks(per_call) {
         let asked: Vec<Vec<u32>> = call.iter().map(|&i| prompts[i].clone()).collect();
-        let generations = if side_by_side > 1 {
-            generator.generate_batch(&asked, &config)?
-        } else {
-            vec![generator.generate(&asked[0], &config, |_| std::ops::ControlFlow::Continue(()))?]
-        };
+        // One prompt a call (one at a time) is generated alone.
+        let generations = generator.generate_batch(&asked, &config)?;
         for (&i, generation) in call.iter().zip(generations) {
             texts[i] = Some(generation.text.trim().to_owned());
         }

@@ -82,6 +82,14 @@ impl LineRule {
         line.trim_end().ends_with(self.end) && line.chars().any(char::is_alphanumeric)
     }
 
+    /// [`LineRule::may_end`] of `line` followed by `more`, without joining them (this runs for
+    /// every line-break token at every step); `line_has_words` is whether `line` has a word.
+    fn may_end_after(&self, line: &str, line_has_words: bool, more: &str) -> bool {
+        let tail = more.trim_end();
+        let ends = if tail.is_empty() { line.trim_end().ends_with(self.end) } else { tail.ends_with(self.end) };
+        ends && (line_has_words || more.chars().any(char::is_alphanumeric))
+    }
+
     /// The complete lines of `text`, and the byte where the last of the first `lines` ends.
     fn complete(&self, text: &str) -> (usize, Option<usize>) {
         let mut count = 0;
@@ -644,8 +652,9 @@ impl<'c> Continuation<'c> {
         if let Some(rule) = config.line_rule {
             // A line ends only once it is a whole item of the list.
             let line = self.text.rsplit(rule.line_break).next().unwrap_or("");
+            let line_has_words = line.chars().any(char::is_alphanumeric);
             for (token, before) in generator.line_break_tokens(rule.line_break)?.iter() {
-                if !rule.may_end(&format!("{line}{before}"))
+                if !rule.may_end_after(line, line_has_words, before)
                     && let Some(logit) = logits.get_mut(*token as usize)
                 {
                     *logit = f32::NEG_INFINITY;
@@ -1086,6 +1095,13 @@ mod tests {
         }
         assert!(broke_freely, "the rule held something the free model would not have done");
         assert!(held_lines > 0, "held, the model still wrote whole lines");
+        for (line, more) in
+            [("1. Why", "?"), ("1. Why?", "  "), ("1. Why? ", ""), ("", "?"), ("", " A?"), ("1. A", " b")]
+        {
+            let joined = format!("{line}{more}");
+            let has_words = line.chars().any(char::is_alphanumeric);
+            assert_eq!(rule.may_end_after(line, has_words, more), rule.may_end(&joined), "{joined:?}");
+        }
         let rule = LineRule::questions(3);
         assert_eq!(rule.complete("1. A?\nnot one\n2. B?\n3. C?\n4. D?"), (3, Some(25)));
         assert_eq!(rule.complete("?\n1. A?"), (0, None), "a bare mark is no line");

@@ -351,12 +351,13 @@ async fn advance(state: &AppState, job: &mut AdaptJob) -> Result<(), AppError> {
             job.run = Some(run.id);
             job.stage = AdaptStage::Training;
         }
+        // The evaluation succeeded.
+        AdaptStage::Evaluation if job.eval.is_some() => {
+            job.stage = AdaptStage::Done;
+            job.status = JobStatus::Succeeded;
+        }
+        // Training succeeded, or a resumed job's evaluation starts again.
         AdaptStage::Training | AdaptStage::Evaluation => {
-            if job.stage == AdaptStage::Evaluation && job.eval.is_some() {
-                job.stage = AdaptStage::Done;
-                job.status = JobStatus::Succeeded;
-                return Ok(());
-            }
             let run = job.run.ok_or_else(|| stage_job_gone("training run"))?;
             let request = NewEval {
                 runs: vec![run],
