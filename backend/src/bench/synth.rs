@@ -3,7 +3,8 @@
 //! on the same passages and questions: kept triples per minute, tokens per second, and whether the
 //! two ways wrote the same text. Synthesis runs with extractive answers (the local model's default)
 //! and with written ones; on real questions with their gold passages, how often each way's answer
-//! holds the gold answer, beside the sentence sharing most words with the question.
+//! holds the gold answer, beside the sentence sharing most words with the question; and the questions
+//! decoded free and asked without the prompt's worked examples, each beside the default.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,6 +56,9 @@ pub struct SynthFigures {
     pub tokens_generated: u64,
     pub tokens_per_second: f64,
     pub filtered: FilterCounts,
+    /// Kept questions that are one of the few-shot prompt's example questions word for word (the
+    /// text filters keep them; the round trip drops most in a real run).
+    pub copied_examples: u64,
     /// The kept (question, answer) pairs, for comparing the two ways.
     #[serde(skip)]
     pub triples: Vec<(String, String)>,
@@ -106,6 +110,8 @@ pub struct SynthBench {
 
 /// The row of the questions decoded without the list's form held.
 const FREE_QUESTIONS: &str = "extractive, side by side, questions decoded free";
+/// The row of the questions asked with the few-shot prompt (two worked examples).
+const FEW_SHOT_QUESTIONS: &str = "extractive, side by side, questions prompt with worked examples";
 
 /// The local model one prompt at a time, as [`LocalLlm`] worked before it decoded side by side.
 struct OneAtATime<'a>(&'a LocalLlm);
@@ -153,7 +159,10 @@ fn synthesize_all(
     per_passage: u32,
     passages_per_call: usize,
 ) -> anyhow::Result<SynthFigures> {
-    let prompts = prompt::defaults();
+    let mut prompts = prompt::defaults();
+    if mode == FEW_SHOT_QUESTIONS {
+        prompts.questions = prompt::QUESTIONS_FEW_SHOT.to_owned();
+    }
     // The text filters (the corpus filters do no decoding: they are not what this measures, and
     // the figures stay comparable with the first ones).
     let filters = FilterSettings { round_trip_top_k: 0, max_question_similarity: 1.0, ..FilterSettings::default() };
@@ -173,6 +182,7 @@ fn synthesize_all(
         tokens_generated: 0,
         tokens_per_second: 0.0,
         filtered: FilterCounts::default(),
+        copied_examples: 0,
         triples: Vec::new(),
     };
     for batch in asked.chunks(passages_per_call) {
@@ -189,6 +199,9 @@ fn synthesize_all(
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
+    let examples = prompt::few_shot_example_questions();
+    figures.copied_examples =
+        figures.triples.iter().filter(|(q, _)| examples.contains(&filter::normalise_question(q))).count() as u64;
     figures.seconds = started.elapsed().as_secs_f64();
     figures.kept_per_minute = figures.kept as f64 / (figures.seconds / 60.0);
     figures.tokens_generated = local.tokens_generated.load(std::sync::atomic::Ordering::Relaxed) - tokens_before;
@@ -313,6 +326,8 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
     let free = (FREE_QUESTIONS, AnswerStyle::Extractive);
     synthesis.push(synthesize_all(&local, &local, free, &passages, n, BATCH_PASSAGES)?);
     local.constrained_questions = crate::synth::llm::CONSTRAINED_QUESTIONS;
+    let few_shot = (FEW_SHOT_QUESTIONS, AnswerStyle::Extractive);
+    synthesis.push(synthesize_all(&local, &local, few_shot, &passages, n, BATCH_PASSAGES)?);
     let rows = questions_of(&config.qa, config.answer_questions)?;
     let answer_quality = answer_quality(&local, &rows)?;
     let mut answers = vec![answer_all(&local.generator, "side by side", &rows, MAX_BATCH_ROWS)?];
@@ -346,14 +361,16 @@ pub fn report(bench: &SynthBench) -> String {
         "synthesis from {} passages {} ({} questions each), {} threads\n\n",
         bench.pdf, bench.passages, bench.questions_per_passage, bench.threads
     );
-    out += "| way | passages asked | candidates | kept | seconds | kept/min | tokens | tokens/s |\n|---|---|---|---|---|---|---|---|\n";
+    out += "| way | passages asked | candidates | kept | of them copying an example | seconds | kept/min | tokens | \
+            tokens/s |\n|---|---|---|---|---|---|---|---|---|\n";
     for s in &bench.synthesis {
         out += &format!(
-            "| {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.1} |\n",
             s.mode,
             s.passages - s.skipped_passages,
             s.candidates,
             s.kept,
+            s.copied_examples,
             s.seconds,
             s.kept_per_minute,
             s.tokens_generated,

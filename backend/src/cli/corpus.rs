@@ -175,7 +175,8 @@ pub struct SynthArgs {
     /// Continue an interrupted or cancelled run instead of starting one.
     #[arg(long)]
     resume: Option<i64>,
-    /// Template files replacing the default prompts (minijinja: {{ passage }}, {{ n }}, {{ question }}).
+    /// Template files replacing the default prompts (minijinja: {{ passage }}, {{ n }}, {{ question }});
+    /// for the questions also a built-in by name: `default`, or `few-shot` (two worked examples).
     #[arg(long)]
     questions_prompt: Option<PathBuf>,
     #[arg(long)]
@@ -339,7 +340,10 @@ pub async fn synth(args: SynthArgs) -> anyhow::Result<()> {
             let (llm, model) = llm_choice(args.llm, &args.llm_base_url, &args.llm_model, &generator)?;
             let mut prompts = prompt::defaults();
             if let Some(path) = &args.questions_prompt {
-                prompts.questions = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+                prompts.questions = match path.to_str().and_then(prompt::named_questions_prompt) {
+                    Some(built_in) if !path.exists() => built_in.to_owned(),
+                    _ => std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?,
+                };
             }
             if let Some(path) = &args.answer_prompt {
                 prompts.answer = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;

@@ -89,14 +89,18 @@ const TOPICS: [(&str, &str, &str, &str); 12] = [
     ),
 ];
 
-/// Answers question prompts with the passage's question, answer prompts with its answer.
-async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
+/// Answers question prompts with the passage's question, answer prompts with its answer; counts
+/// the calls, and the question prompts that show the few-shot prompt's worked examples.
+async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
+    let few_shot = Arc::new(AtomicUsize::new(0));
+    let few_shot_counted = few_shot.clone();
     let router = Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
             let calls = counted.clone();
+            let few_shot = few_shot_counted.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
@@ -106,6 +110,9 @@ async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
                 let content = if prompt.contains("groundedness: n") {
                     "Groundedness: 5\nUsefulness: 4".to_owned()
                 } else if prompt.contains("different questions") {
+                    if prompt.contains("example 2\npassage:") && prompt.contains("now the passage to ask about") {
+                        few_shot.fetch_add(1, Ordering::SeqCst);
+                    }
                     format!("1. {question}")
                 } else {
                     answer.to_owned()
@@ -117,7 +124,7 @@ async fn stand_in(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}/v1"), calls)
+    (format!("http://{addr}/v1"), calls, few_shot)
 }
 
 fn documents(dir: &Path) {
@@ -186,7 +193,7 @@ async fn documents_in_a_tuned_retriever_and_a_report_out_resumable() {
         .collect();
     lines.push(json!({"question": "Who wrote Hamlet?", "answer": "William Shakespeare"}).to_string());
     std::fs::write(&test, lines.join("\n")).unwrap();
-    let (base_url, calls) = stand_in(0).await;
+    let (base_url, calls, _) = stand_in(0).await;
     let out = dir.path().join("run");
     let extra = ["--test", test.to_str().unwrap(), "--max-steps", "3"];
     let output = adapt(args(&docs, &out, &base_url, &extra)).await;
@@ -238,7 +245,7 @@ async fn a_budget_stops_synthesis_at_a_passage_boundary() {
     let docs = dir.path().join("docs");
     documents(&docs);
     // 400 ms a reply, two replies a passage: a budget of 3 s ends synthesis within the first passages.
-    let (base_url, calls) = stand_in(400).await;
+    let (base_url, calls, _) = stand_in(400).await;
     let out = dir.path().join("run");
     let output = adapt(args(&docs, &out, &base_url, &["--budget-minutes", "0.05"])).await;
     let said = text(&output);
@@ -268,7 +275,7 @@ async fn synth_from_the_command_line_with_a_server() {
     let data = dir.path().join("data");
     let files: Vec<String> =
         ["bread.txt", "chess.txt"].iter().map(|f| docs.join(f).to_str().unwrap().to_owned()).collect();
-    let (base_url, calls) = stand_in(0).await;
+    let (base_url, calls, few_shot) = stand_in(0).await;
     let attune = |args: Vec<String>| {
         let data = data.clone();
         tokio::task::spawn_blocking(move || {
@@ -296,6 +303,8 @@ async fn synth_from_the_command_line_with_a_server() {
         "1",
         "--judge-approve-at",
         "4",
+        "--questions-prompt",
+        "few-shot",
     ]
     .map(String::from)
     .to_vec();
@@ -309,6 +318,8 @@ async fn synth_from_the_command_line_with_a_server() {
         text(&output)
     );
     assert_eq!(calls.load(Ordering::SeqCst), 6);
+    // `--questions-prompt few-shot` asked with the built-in worked examples.
+    assert_eq!(few_shot.load(Ordering::SeqCst), 2);
     // A judge needs a server to ask.
     let refused = attune(["synth", "--judge"].map(String::from).to_vec()).await.unwrap();
     assert!(!refused.status.success());

@@ -1,17 +1,76 @@
 //! The two prompt templates (minijinja): `{{ passage }}` and `{{ n }}` for the questions,
 //! `{{ passage }}` and `{{ question }}` for each answer. Users see and change them; each run
-//! stores the ones it used.
+//! stores the ones it used. A questions prompt with two worked examples (few-shot) is built in beside the default.
 
 use attune_shared::SynthPrompts;
 
 use super::SynthError;
 
+/// The questions prompt (zero-shot: the task and the passage).
 pub const QUESTIONS: &str = "Read the passage below and write {{ n }} different questions that the passage answers. \
 Each question must make sense on its own, without the passage at hand. Write one question per line, numbered \
 1 to {{ n }}, each ending with a question mark. Do not write the answers.
 
 Passage:
 {{ passage }}";
+
+/// The questions prompt with two worked examples (few-shot): the task, two passages each with its
+/// questions (as many as asked for, numbered as the reply must be), then the passage. The examples
+/// come first, so every passage's prompt shares them as a prefix, prefilled once per batch. Not
+/// the default: the default local model (SmolLM2-135M) copies the examples' questions instead of
+/// asking about its passage (`attune bench synth` counts them); a larger model or a server may
+/// gain from it (`attune synth --questions-prompt few-shot`).
+pub const QUESTIONS_FEW_SHOT: &str = r#"Read a passage and write {{ n }} different questions that the passage answers. Each question must make sense on its own, without the passage at hand: name the thing it asks about. Write one question per line, numbered 1 to {{ n }}, each ending with a question mark. Do not write the answers.
+{%- set examples = [
+  ["Metformin is the first-line drug for type 2 diabetes. It lowers blood glucose mainly by reducing glucose production in the liver, and unlike sulfonylureas it rarely causes hypoglycaemia when taken alone. Its most common side effects are nausea and diarrhoea, which are reduced by starting at a low dose taken with meals.",
+   ["Which drug is the first-line treatment for type 2 diabetes?",
+    "How does metformin lower blood glucose?",
+    "Does metformin taken alone often cause hypoglycaemia?",
+    "What are the most common side effects of metformin?",
+    "How can the digestive side effects of metformin be reduced?"]],
+  ["The pip install command installs Python packages from a package index. Adding --upgrade replaces an installed package with its newest version, and --user installs into the home directory, which needs no administrator rights. A requirements file lists one package per line and is installed with pip install -r followed by the file name.",
+   ["Which command installs Python packages from a package index?",
+    "Which pip option replaces an installed package with its newest version?",
+    "How can pip install a package without administrator rights?",
+    "What does a pip requirements file list?",
+    "How is a requirements file installed with pip?"]]
+] %}
+{%- for text, questions in examples %}
+
+Example {{ loop.index }}
+Passage:
+{{ text }}
+Questions:
+{%- for question in questions[:n] %}
+{{ loop.index }}. {{ question }}
+{%- endfor %}
+{%- endfor %}
+
+Now the passage to ask about.
+Passage:
+{{ passage }}"#;
+
+/// The built-in questions prompts by name (what `--questions-prompt` accepts besides a file).
+pub fn named_questions_prompt(name: &str) -> Option<&'static str> {
+    match name {
+        "default" => Some(QUESTIONS),
+        "few-shot" => Some(QUESTIONS_FEW_SHOT),
+        _ => None,
+    }
+}
+
+/// The questions the few-shot prompt's worked examples ask (normalised as duplicates are
+/// compared), for counting replies that copy them.
+pub fn few_shot_example_questions() -> Vec<String> {
+    let rendered = render_questions(QUESTIONS_FEW_SHOT, "", 20).unwrap_or_default();
+    let examples = rendered.split("Now the passage").next().unwrap_or("");
+    examples
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()) && line.ends_with('?'))
+        .flat_map(super::parse::questions)
+        .map(|q| super::filter::normalise_question(&q))
+        .collect()
+}
 
 pub const ANSWER: &str = "Answer the question using only the passage. Reply with the answer alone: a few words \
 or one short sentence, taken from the passage.
@@ -95,6 +154,34 @@ mod tests {
         assert!(validate(&unknown).is_err());
         let no_question = SynthPrompts { questions: QUESTIONS.into(), answer: "{{ passage }}".into() };
         assert!(validate(&no_question).unwrap_err().to_string().contains("{{ question }}"));
+    }
+
+    /// The few-shot prompt's worked examples show as many questions as asked for (up to the five each has), in the
+    /// numbered form the reply must take and [`super::super::parse::questions`] reads.
+    #[test]
+    fn the_examples_show_n_numbered_questions_the_parser_reads() {
+        for n in [1, 3, 5, 8] {
+            let text = render_questions(QUESTIONS_FEW_SHOT, "THE PASSAGE", n).unwrap();
+            let (examples, rest) = text.split_once("Now the passage").unwrap();
+            assert!(rest.ends_with("Passage:\nTHE PASSAGE"), "{rest:?}");
+            assert!(examples.contains(&format!("write {n} different questions")));
+            let blocks: Vec<&str> = examples.split("Questions:\n").skip(1).collect();
+            assert_eq!(blocks.len(), 2, "two examples: {examples}");
+            for block in blocks {
+                let listed = block.split("\n\n").next().unwrap();
+                let questions = crate::synth::parse::questions(listed);
+                assert_eq!(questions.len(), (n as usize).min(5), "{listed:?}");
+                assert!(listed.starts_with("1. ") && questions.iter().all(|q| q.ends_with('?')), "{listed:?}");
+            }
+        }
+        let zero_shot = render_questions(QUESTIONS, "THE PASSAGE", 3).unwrap();
+        assert!(zero_shot.contains("write 3 different questions") && !zero_shot.contains("Example"));
+        let copied = few_shot_example_questions();
+        assert_eq!(copied.len(), 10, "{copied:?}");
+        assert!(copied.contains(&crate::synth::filter::normalise_question("How does metformin lower blood glucose?")));
+        assert_eq!(named_questions_prompt("few-shot"), Some(QUESTIONS_FEW_SHOT));
+        assert_eq!(named_questions_prompt("default"), Some(QUESTIONS));
+        assert_eq!(named_questions_prompt("./my-prompt.txt"), None);
     }
 
     /// Before the fuel limit this template ran ~10^12 iterations on a tokio worker.
