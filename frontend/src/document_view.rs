@@ -124,6 +124,7 @@ pub fn DocumentView() -> impl IntoView {
     let jump_error = RwSignal::new(None::<String>);
     let use_server = RwSignal::new(false);
     let judge = RwSignal::new(false);
+    let few_shot = RwSignal::new(false);
     let approve_at = RwSignal::new(None::<u8>);
     let filters = RwSignal::new(FilterSettings::default());
     let base_url = RwSignal::new(String::new());
@@ -213,6 +214,7 @@ pub fn DocumentView() -> impl IntoView {
                 answers: None,
                 judge: (use_server.get_untracked() && judge.get_untracked())
                     .then(|| attune_shared::JudgeSettings { approve_at: approve_at.get_untracked() }),
+                few_shot: use_server.get_untracked() && few_shot.get_untracked(),
             };
             start_error.set(None);
             leptos::task::spawn_local(async move {
@@ -319,6 +321,11 @@ pub fn DocumentView() -> impl IntoView {
                     </label>
                     <label>"Model "
                         <input type="text" prop:value=move || model.get() on:input=move |e| model.set(event_target_value(&e)) />
+                    </label>
+                    <label>
+                        <input type="checkbox" data-testid="few-shot" prop:checked=move || few_shot.get()
+                            on:change=move |e| few_shot.set(event_target_checked(&e)) />
+                        " Show it two worked examples of questions (few-shot: helps a capable model; the local model only copies them)"
                     </label>
                     <label>
                         <input type="checkbox" data-testid="judge" prop:checked=move || judge.get()

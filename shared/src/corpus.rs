@@ -406,6 +406,10 @@ pub struct SynthRequest {
     /// Score each kept triple with the settings' OpenAI-compatible server as a judge.
     #[serde(default)]
     pub judge: Option<JudgeSettings>,
+    /// Ask for questions with the built-in template that shows two worked examples (few-shot);
+    /// not with custom `prompts`.
+    #[serde(default)]
+    pub few_shot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1033,11 +1033,22 @@ async fn a_judge_scores_kept_triples_and_approves_the_best() {
     let (status, body) = call(&app, json_request("POST", "/api/v1/synth/runs", ask(json!({"approve_at": 9})))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body")));
 
+    // The built-in worked-examples template (few-shot) is not combined with custom templates.
+    let (_, defaults) = call(&app, get("/api/v1/synth/prompts")).await;
+    let both = json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"},
+                      "filters": text_filters, "few_shot": true, "prompts": defaults});
+    let (status, body) = call(&app, json_request("POST", "/api/v1/synth/runs", both)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("few_shot"), "{body}");
+
     let request = json!({"document_id": document, "llm": {"type": "open_ai", "base_url": base_url, "model": "stand-in-7b"},
-                         "filters": text_filters, "judge": {"approve_at": 4}});
+                         "filters": text_filters, "judge": {"approve_at": 4}, "few_shot": true});
     let (status, run) = call(&app, json_request("POST", "/api/v1/synth/runs", request)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{run}");
     assert_eq!(run["judge"], json!({"approve_at": 4}));
+    let asked = run["prompts"]["questions"].as_str().unwrap();
+    assert!(asked.contains("Example 2\nPassage:") && asked != defaults["questions"], "the run stores the few-shot template");
+    assert_eq!(run["prompts"]["answer"], defaults["answer"]);
     let run = wait_for_run(&app, run["id"].as_i64().unwrap(), finished).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let report = &run["report"];

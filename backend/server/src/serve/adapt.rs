@@ -78,6 +78,7 @@ pub async fn start(
             filters: None,
             answers: None,
             judge: None,
+            few_shot: false,
         },
     )
     .await?;

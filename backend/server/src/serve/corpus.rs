@@ -449,7 +449,18 @@ pub async fn start_synth(
 /// behind others of the same LLM).
 pub(super) async fn begin_synth(state: &AppState, request: SynthRequest) -> Result<SynthRun, AppError> {
     let settings = state.store().settings().await?;
-    let prompts = request.prompts.unwrap_or_else(prompt::defaults);
+    if request.few_shot && request.prompts.is_some() {
+        return Err(AppError::Invalid {
+            code: "invalid_body",
+            message: "few_shot asks with the built-in worked-examples template: leave out custom prompts, or put \
+                      examples in them"
+                .into(),
+        });
+    }
+    let mut prompts = request.prompts.unwrap_or_else(prompt::defaults);
+    if request.few_shot {
+        prompts.questions = prompt::QUESTIONS_FEW_SHOT.to_owned();
+    }
     // Templates are the caller's code: checked off the async threads, with fuel and a deadline.
     let checked = prompts.clone();
     let validation = tokio::time::timeout(
