@@ -1047,7 +1047,10 @@ async fn a_judge_scores_kept_triples_and_approves_the_best() {
     assert_eq!(status, StatusCode::ACCEPTED, "{run}");
     assert_eq!(run["judge"], json!({"approve_at": 4}));
     let asked = run["prompts"]["questions"].as_str().unwrap();
-    assert!(asked.contains("Example 2\nPassage:") && asked != defaults["questions"], "the run stores the few-shot template");
+    assert!(
+        asked.contains("Example {{ loop.index }}") && asked != defaults["questions"],
+        "the run stores the few-shot template"
+    );
     assert_eq!(run["prompts"]["answer"], defaults["answer"]);
     let run = wait_for_run(&app, run["id"].as_i64().unwrap(), finished).await;
     assert_eq!(run["status"], "succeeded", "{run}");
