@@ -11,10 +11,16 @@ let server;
 let browser;
 let llm;
 
+/** Question prompts that show the built-in worked examples (few-shot). */
+let fewShotPrompts = 0;
+
 /** Questions for question prompts, an answer from the passage for answer prompts; 100 ms each. */
-const catsAndDogs = (prompt) => prompt.includes("different questions")
-  ? "1. How long does a domestic cat sleep?\n2. What do dogs help farmers with?"
-  : prompt.includes("How long") ? "about fifteen hours a day" : "herd sheep across the hills";
+const catsAndDogs = (prompt) => {
+  if (prompt.includes("different questions") && prompt.includes("Now the passage to ask about")) fewShotPrompts += 1;
+  return prompt.includes("different questions")
+    ? "1. How long does a domestic cat sleep?\n2. What do dogs help farmers with?"
+    : prompt.includes("How long") ? "about fifteen hours a day" : "herd sheep across the hills";
+};
 
 before(async () => {
   server = await startServer();
@@ -45,10 +51,12 @@ test("a document's passages, then generation watched live", async () => {
   await form.getByLabel("Server URL").fill(`http://127.0.0.1:${llm.address().port}/v1`);
   await form.getByLabel("Model", { exact: true }).fill("stand-in");
   await form.getByLabel("Questions per passage").fill("2");
+  await form.getByLabel(/two worked examples/).check();
   await form.getByRole("button", { name: "Start for the whole document" }).click();
   const progress = page.getByTestId("synth-progress");
   await page.waitForSelector('[data-testid="synth-progress"][data-status="finished"]', { timeout: 30_000 });
   assert.match(await progress.innerText(), /1 of 1 passages · 2 triples kept · 0 filtered/);
+  assert.equal(fewShotPrompts, 1, "the server was shown the worked examples");
   // The counts above follow: two new pending triples.
   await page.getByText(/2 pending, 0 approved, 0 rejected/).waitFor();
 
