@@ -80,6 +80,13 @@ test("adapt automatically: one button, its stages live, a stop before training s
   // The mode the API takes when none is named is the one the form starts on.
   assert.equal(await panel.getByTestId("adapt-mode").inputValue(), "retriever");
   await panel.getByTestId("adapt-limit").fill("1");
+  // The list reloading (another upload) keeps what the form holds.
+  const dir = await mkdtemp(path.join(tmpdir(), "attune-e2e-files-"));
+  const more = path.join(dir, "owls.md");
+  await writeFile(more, "# Owls\n\nOwls hunt at night and can turn their heads a long way round.");
+  await page.getByLabel("Choose files to upload").setInputFiles(more);
+  await page.waitForFunction(() => document.querySelectorAll(".documents-table tbody tr").length === 2);
+  assert.equal(await panel.getByTestId("adapt-limit").inputValue(), "1");
   await panel.getByTestId("adapt-start").click();
   const job = panel.getByTestId("adapt-job");
   await job.waitFor();

@@ -143,6 +143,7 @@ fn send_file(file: web_sys::File, api: Api, state: RwSignal<UploadState>, done: 
 pub fn DocumentsPage() -> impl IntoView {
     let api = Api::from_context();
     let documents = RwSignal::new(None::<Result<Vec<Document>, ApiError>>);
+    let has_documents = Memo::new(move |_| documents.with(|d| matches!(d, Some(Ok(list)) if !list.is_empty())));
     let refresh = {
         move || {
             leptos::task::spawn_local(async move {
@@ -245,6 +246,11 @@ pub fn DocumentsPage() -> impl IntoView {
                     </div>
                 }
             })}
+            // Outside the list's view: a reload of the list (an upload, a deletion) keeps what its
+            // form holds.
+            <Show when=move || has_documents.get()>
+                <crate::adapt::AdaptPanel />
+            </Show>
             {move || match documents.get() {
                 None => view! { <p class="loading">"Loading documents…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error">{format!("Cannot list the documents: {}", error.message)}</p> }.into_any(),
@@ -252,7 +258,6 @@ pub fn DocumentsPage() -> impl IntoView {
                     <div class="empty-state"><p>"No documents yet: upload one above to start."</p></div>
                 }.into_any(),
                 Some(Ok(list)) => view! {
-                    <crate::adapt::AdaptPanel />
                     <table class="documents-table">
                         <thead>
                             <tr>
