@@ -4,13 +4,13 @@
 //! two ways wrote the same text. Synthesis runs with extractive answers (the local model's default)
 //! and with written ones; on real questions with their gold passages, how often each way's answer
 //! holds the gold answer, beside the sentence sharing most words with the question; and the questions
-//! decoded free and asked without the prompt's worked examples, each beside the default.
+//! decoded free, and asked with the few-shot prompt (two worked examples), each beside the default.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use attune_shared::{AnswerStyle, FilterCounts};
+use attune_shared::{AnswerStyle, FilterCounts, SynthPrompts};
 use serde::Serialize;
 
 use crate::eval::run::{GenerationSettings, evaluate_generation};
@@ -154,15 +154,12 @@ pub fn passages_of(
 fn synthesize_all(
     llm: &dyn Llm,
     local: &LocalLlm,
-    (mode, answers): (&'static str, AnswerStyle),
+    (mode, answers, questions_prompt): (&'static str, AnswerStyle, &str),
     passages: &[String],
     per_passage: u32,
     passages_per_call: usize,
 ) -> anyhow::Result<SynthFigures> {
-    let mut prompts = prompt::defaults();
-    if mode == FEW_SHOT_QUESTIONS {
-        prompts.questions = prompt::QUESTIONS_FEW_SHOT.to_owned();
-    }
+    let prompts = SynthPrompts { questions: questions_prompt.to_owned(), ..prompt::defaults() };
     // The text filters (the corpus filters do no decoding: they are not what this measures, and
     // the figures stay comparable with the first ones).
     let filters = FilterSettings { round_trip_top_k: 0, max_question_similarity: 1.0, ..FilterSettings::default() };
@@ -311,22 +308,22 @@ pub fn measure(config: &SynthBenchConfig) -> anyhow::Result<SynthBench> {
         .with_context(|| format!("loading the generator {}", generator_path.display()))?;
     let mut local = LocalLlm::new(generator, catalog::DEFAULT_GENERATOR_NAME.to_owned());
     let n = config.questions_per_passage;
-    let extractive = ("extractive, side by side", AnswerStyle::Extractive);
-    let written = ("written, side by side", AnswerStyle::Written);
+    let extractive = ("extractive, side by side", AnswerStyle::Extractive, prompt::QUESTIONS);
+    let written = ("written, side by side", AnswerStyle::Written, prompt::QUESTIONS);
     let mut synthesis = vec![
         synthesize_all(&local, &local, extractive, &passages, n, BATCH_PASSAGES)?,
         synthesize_all(&local, &local, written, &passages, n, BATCH_PASSAGES)?,
     ];
     if config.one_at_a_time {
-        let before = ("written, one at a time", AnswerStyle::Written);
+        let before = ("written, one at a time", AnswerStyle::Written, prompt::QUESTIONS);
         synthesis.push(synthesize_all(&OneAtATime(&local), &local, before, &passages, n, 1)?);
     }
     // The questions decoded free (as before the list's form held them), the rest the same.
     local.constrained_questions = false;
-    let free = (FREE_QUESTIONS, AnswerStyle::Extractive);
+    let free = (FREE_QUESTIONS, AnswerStyle::Extractive, prompt::QUESTIONS);
     synthesis.push(synthesize_all(&local, &local, free, &passages, n, BATCH_PASSAGES)?);
     local.constrained_questions = crate::synth::llm::CONSTRAINED_QUESTIONS;
-    let few_shot = (FEW_SHOT_QUESTIONS, AnswerStyle::Extractive);
+    let few_shot = (FEW_SHOT_QUESTIONS, AnswerStyle::Extractive, prompt::QUESTIONS_FEW_SHOT);
     synthesis.push(synthesize_all(&local, &local, few_shot, &passages, n, BATCH_PASSAGES)?);
     let rows = questions_of(&config.qa, config.answer_questions)?;
     let answer_quality = answer_quality(&local, &rows)?;
