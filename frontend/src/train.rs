@@ -122,6 +122,11 @@ pub fn fields() -> Vec<Field> {
             "Distractors",
             "Generator mode: mined passages put beside the gold one in each prompt, so it learns to ignore near misses (0: none)."
         ),
+        field!(
+            cloze_pairs,
+            "Cloze pairs",
+            "Retriever mode: add this many pairs from the documents' passages, a sentence as the question and the rest of its passage as the answer to find (0: none)."
+        ),
         field!(max_passage_tokens, "Passage tokens", "Passages are cut to this many tokens for training."),
         field!(max_answer_tokens, "Answer tokens", "Answers are cut to this many tokens."),
         field!(test_fraction, "Held out", "Share of passages whose triples are kept for evaluation, never trained on."),
@@ -749,7 +754,7 @@ mod tests {
         assert_eq!(h.max_steps, Some(12));
         (max_steps.set)(&mut h, "").unwrap();
         assert_eq!(h.max_steps, None);
-        assert_eq!(fields().len(), 32, "one field per hyper-parameter");
+        assert_eq!(fields().len(), 33, "one field per hyper-parameter");
     }
 
     #[test]

@@ -270,6 +270,11 @@ pub struct Hyper {
     /// random order, so the generator learns to answer from the right passage among near misses
     /// (RAFT). 0: the gold passage alone. Missing from stored settings: 0.
     pub distractors: u32,
+    /// Retriever mode: inverse cloze pairs added to the triples (ORQA): up to N passages of the
+    /// run's corpus each give one, a sentence as the question and the rest of the passage as its
+    /// positive, so the retriever learns the documents' own words and names (other modes ignore
+    /// it: a pair has no answer to generate). 0: none. Missing from stored settings: 0.
+    pub cloze_pairs: u32,
     /// Train on the first N training rows only.
     pub max_train_examples: Option<u32>,
     /// Generator sequences (question × candidate passage) in one graph at a time: more is faster
@@ -326,6 +331,7 @@ impl Default for Hyper {
             lsr_temperature: 1.0,
             oracle_fraction: 1.0,
             distractors: 0,
+            cloze_pairs: 0,
             max_train_examples: None,
             sequences_per_chunk: 8,
             activation_checkpointing: false,
@@ -340,7 +346,7 @@ impl Hyper {
     /// Checks ranges types cannot; the message names the setting and its field. The one validation
     /// of a run's settings: the API, the command line and the trainer all call it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 29] = [
+        let checks: [(bool, &str); 30] = [
             ((1..=1000).contains(&self.epochs), "epochs must be between 1 and 1000"),
             (
                 self.max_steps.is_none_or(|s| (1..=10_000_000).contains(&s)),
@@ -377,6 +383,7 @@ impl Hyper {
             ),
             ((0.0..=1.0).contains(&self.oracle_fraction), "oracle_fraction must be between 0 and 1"),
             (self.distractors <= 16, "distractors must be at most 16"),
+            (self.cloze_pairs <= 1_000_000, "cloze_pairs must be at most 1000000"),
             ((1..=4096).contains(&self.sequences_per_chunk), "sequences_per_chunk must be between 1 and 4096"),
             (self.max_train_examples.is_none_or(|n| n >= 1), "max_train_examples must be at least 1"),
             ((1..=1000).contains(&self.keep_checkpoints), "keep_checkpoints must be between 1 and 1000"),
@@ -697,6 +704,17 @@ pub const ADAPT_DEFAULT_MODE: TrainMode = TrainMode::Retriever;
 
 fn adapt_default_mode() -> TrainMode {
     ADAPT_DEFAULT_MODE
+}
+
+/// Inverse cloze pairs an adapt run in retriever mode adds to its synthetic triples
+/// ([`Hyper::cloze_pairs`]): on HaluEval they moved the retriever where the local model's questions
+/// did not (README).
+pub const ADAPT_CLOZE_PAIRS: u32 = 1000;
+
+/// The settings an adapt run trains with: the defaults (epochs for [`Hyper::min_steps`] steps,
+/// early stopping) with [`ADAPT_CLOZE_PAIRS`], stopped after `max_steps` if given.
+pub fn adapt_hyper(max_steps: Option<u32>) -> Hyper {
+    Hyper { max_steps, cloze_pairs: ADAPT_CLOZE_PAIRS, ..Hyper::default() }
 }
 
 /// Fewer approved triples than this are not worth a training run (`attune adapt` and the web

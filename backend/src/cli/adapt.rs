@@ -90,6 +90,11 @@ pub struct AdaptArgs {
     /// early stopping on the held-out loss).
     #[arg(long)]
     max_steps: Option<u32>,
+    /// Retriever mode: add up to N inverse cloze pairs drawn from the documents' passages (a
+    /// sentence as the question, the rest of its passage as the positive) to the synthetic triples
+    /// (0: the triples alone).
+    #[arg(long, default_value_t = attune_shared::ADAPT_CLOZE_PAIRS)]
+    cloze_pairs: u32,
     #[command(flatten)]
     pub negatives: super::train::NegativeArgs,
     /// The seed of the training run (data order, adapters, dropout).
@@ -160,6 +165,9 @@ struct TrainingSummary {
     mode: String,
     triples: usize,
     train_examples: usize,
+    /// Inverse cloze pairs trained on beside the `train_examples` triples.
+    #[serde(default)]
+    cloze_pairs: usize,
     held_out: usize,
     epochs: usize,
     steps_per_epoch: usize,
@@ -257,12 +265,17 @@ pub async fn run(args: AdaptArgs) -> anyhow::Result<()> {
             let approved = store.all_triples(&[TripleStatus::Approved]).await?;
             let (out, mode, models_dir, device) =
                 (args.out.clone(), args.mode, args.models_dir.clone(), args.device.clone());
-            let hyper = args.negatives.apply(Hyper { max_steps: args.max_steps, seed: args.seed, ..Hyper::default() });
+            let hyper = args.negatives.apply(Hyper {
+                seed: args.seed,
+                cloze_pairs: args.cloze_pairs,
+                ..attune_shared::adapt_hyper(args.max_steps)
+            });
             let triples: Vec<Triple> = approved
                 .iter()
                 .map(|t| Triple { question: t.question.clone(), passage: t.passage.clone(), answer: t.answer.clone() })
                 .collect();
-            // Hard negatives come from every passage of the documents, not only those with triples.
+            // Hard negatives and cloze pairs come from every passage of the documents, not only
+            // those with triples.
             let passages: Vec<String> = store.indexed_passages().await?.into_iter().map(|p| p.text).collect();
             let summary = tokio::task::spawn_blocking(move || {
                 train_stage(&out, &triples, passages, mode, &hyper, &models_dir, &device)
@@ -488,13 +501,18 @@ fn train_stage(
     bar.set_position(trainer.step() as u64);
     let started = Instant::now();
     let (mut epochs, mut steps_per_epoch, mut kept_step, mut stopped_early) = (0, 0, None, false);
+    let (mut cloze_pairs, mut planned_steps) = (0, trainer.total_steps());
     let outcome = trainer.run(&mut |event| {
         match event {
-            TrainEvent::Started { epochs: e, steps_per_epoch: s, total_steps, .. } => {
-                (epochs, steps_per_epoch) = (*e, *s);
+            TrainEvent::Started { epochs: e, steps_per_epoch: s, total_steps, cloze_pairs: c, .. } => {
+                (epochs, steps_per_epoch, cloze_pairs, planned_steps) = (*e, *s, *c, *total_steps);
+                let cloze = match c {
+                    0 => String::new(),
+                    c => format!(" and {c} inverse cloze pairs"),
+                };
                 bar.println(format!(
-                    "training {mode} on {train_examples} triples ({held_out} held out): {s} steps an epoch, {e} epochs, \
-                     {total_steps} steps at most"
+                    "training {mode} on {train_examples} triples{cloze} ({held_out} held out): {s} steps an epoch, {e} \
+                     epochs, {total_steps} steps at most"
                 ));
             }
             TrainEvent::Step(point) => {
@@ -521,10 +539,11 @@ fn train_stage(
         mode: mode.to_string(),
         triples: triples.len(),
         train_examples,
+        cloze_pairs,
         held_out,
         epochs,
         steps_per_epoch,
-        planned_steps: config.total_steps(train_examples),
+        planned_steps,
         steps,
         first_loss: points.first().map(|p| p.loss),
         last_loss: points.last().map(|p| p.loss),
@@ -681,12 +700,16 @@ fn report_markdown(report: &AdaptReport) -> String {
     let t = &report.training;
     let loss = |l: Option<f64>| l.map(|l| format!("{l:.4}")).unwrap_or_else(|| "–".into());
     md += &format!(
-        "\n## Training\n\n{} on {} triples ({} train, {} held out): {} epochs of {} steps, {} of {} steps run in {:.1} \
-         min; training loss {} → {}.",
+        "\n## Training\n\n{} on {} triples ({} train, {} held out){}: {} epochs of {} steps, {} of {} steps run in \
+         {:.1} min; training loss {} → {}.",
         t.mode,
         t.triples,
         t.train_examples,
         t.held_out,
+        match t.cloze_pairs {
+            0 => String::new(),
+            n => format!(" and {n} inverse cloze pairs from the passages"),
+        },
         t.epochs,
         t.steps_per_epoch,
         t.steps,

@@ -137,6 +137,10 @@ pub struct TrainArgs {
     /// Train on the first N training rows only.
     #[arg(long)]
     max_train_examples: Option<u32>,
+    /// Retriever mode: add up to N inverse cloze pairs drawn from the corpus (--corpus, else the
+    /// triples' passages): a sentence as the question, the rest of its passage as the positive.
+    #[arg(long, default_value_t = defaults().cloze_pairs)]
+    cloze_pairs: u32,
     #[command(flatten)]
     columns: ColumnArgs,
     /// Continue a run (its folder, or one of its checkpoints) exactly where it stopped.
@@ -221,6 +225,7 @@ impl TrainArgs {
             oracle_fraction: self.oracle_fraction,
             symmetric: self.symmetric,
             max_train_examples: self.max_train_examples,
+            cloze_pairs: self.cloze_pairs,
             sequences_per_chunk: self.sequences_per_chunk,
             activation_checkpointing: self.activation_checkpointing,
             ..self.negatives.apply(defaults())
@@ -310,14 +315,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             TrainEvent::Eval { step, loss, .. } => bar.println(format!("step {step}: held-out loss {loss:.4}")),
             TrainEvent::Checkpoint { path, .. } => bar.println(format!("checkpoint {}", path.display())),
             TrainEvent::Failed { step, error } => bar.println(format!("failed at step {step}: {error}")),
-            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, .. } => bar.println(format!(
-                "{examples} examples, {steps_per_epoch} steps an epoch: {epochs} epochs, {total_steps} steps{}",
-                if *epochs > epochs_set as usize {
-                    format!(" (more than --epochs {epochs_set}: --min-steps {min_steps})")
-                } else {
-                    String::new()
-                }
-            )),
+            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, cloze_pairs, .. } => {
+                bar.println(format!(
+                    "{examples} examples{}, {steps_per_epoch} steps an epoch: {epochs} epochs, {total_steps} steps{}",
+                    match cloze_pairs {
+                        0 => String::new(),
+                        n => format!(" ({n} of them inverse cloze pairs)"),
+                    },
+                    if *epochs > epochs_set as usize {
+                        format!(" (more than --epochs {epochs_set}: --min-steps {min_steps})")
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
             TrainEvent::KeptBest { step, loss, stopped_early } => bar.println(format!(
                 "{}kept the adapters of step {step}, the best held-out loss ({loss:.4})",
                 if *stopped_early { "held-out loss stopped falling: stopped early and " } else { "" }

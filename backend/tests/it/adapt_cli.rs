@@ -17,7 +17,8 @@ use super::common::workspace;
 const TOPICS: [(&str, &str, &str, &str); 12] = [
     (
         "volcano",
-        "The volcano near the village erupted in 1783 and covered the fields in ash.",
+        "The volcano near the village erupted in 1783 and covered the fields in ash. The villagers rebuilt their \
+         houses of stone within ten years.",
         "When did the volcano near the village erupt?",
         "1783",
     ),
@@ -214,6 +215,8 @@ async fn documents_in_a_tuned_retriever_and_a_report_out_resumable() {
     let training = &report["training"];
     assert_eq!(training["steps"], 3, "{report}");
     assert_eq!(training["mode"], "retriever");
+    // The one passage of two sentences gives an inverse cloze pair beside the triples.
+    assert_eq!(training["cloze_pairs"], 1, "{report}");
     assert!(out.join("train/retriever/adapter_model.safetensors").is_file());
     let evaluation = &report["evaluation"];
     assert_eq!((evaluation["questions"].as_u64(), evaluation["unmatched"].as_u64()), (Some(4), Some(1)), "{report}");
@@ -228,6 +231,7 @@ async fn documents_in_a_tuned_retriever_and_a_report_out_resumable() {
     );
     let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(markdown.contains("## Evaluation") && markdown.contains("| bm25 |"), "{markdown}");
+    assert!(markdown.contains("1 inverse cloze pairs from the passages"), "{markdown}");
 
     // A second call finds every stage done: no LLM call, no training.
     let again = adapt(args(&docs, &out, &base_url, &extra)).await;

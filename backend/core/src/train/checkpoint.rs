@@ -252,6 +252,7 @@ mod legacy {
                 lsr_temperature: defaults.lsr_temperature,
                 oracle_fraction: 1.0,
                 distractors: 0,
+                cloze_pairs: 0,
             };
             TrainConfig {
                 data: old.data,

@@ -5,6 +5,7 @@
 //! Nothing in here depends on tokio, axum or sqlx.
 
 pub mod checkpoint;
+pub mod cloze;
 pub mod config;
 pub mod data;
 pub mod error;

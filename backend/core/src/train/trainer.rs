@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use attune_shared::StepPoint;
+use attune_shared::{StepPoint, TrainMode};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::rngs::StdRng;
@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::checkpoint::{self, CheckpointState, OPTIMIZER_FILE};
+use super::cloze;
 pub use super::config::{BaseModels, Part, TrainConfig};
 use super::data::Triple;
 use super::error::{Result, TrainError};
@@ -39,6 +40,8 @@ pub enum TrainEvent {
         /// Epochs the run takes: the setting, or more to reach `min_steps`.
         epochs: usize,
         examples: usize,
+        /// Of `examples`, the inverse cloze pairs drawn from the corpus (`Hyper::cloze_pairs`).
+        cloze_pairs: usize,
         resumed_at: Option<usize>,
     },
     /// One optimiser step's figures, as the store, the wire and `log.jsonl` hold them.
@@ -94,7 +97,7 @@ pub struct RunSetup {
     pub train: Vec<Triple>,
     /// Triples whose loss the `Eval` events report.
     pub held_out: Vec<Triple>,
-    /// Passages hard negatives are mined from.
+    /// Passages hard negatives are mined from, and inverse cloze pairs drawn from.
     pub corpus: Vec<String>,
     /// The checkpoint to continue from; `None`: a fresh run.
     pub resume: Option<PathBuf>,
@@ -111,7 +114,9 @@ pub struct Trainer {
     config: TrainConfig,
     loss: LossConfig,
     out: PathBuf,
+    /// The triples, then the inverse cloze pairs.
     train: Vec<Triple>,
+    cloze_pairs: usize,
     held_out: Vec<Triple>,
     retriever: Option<Retriever>,
     generator: Option<Generator>,
@@ -160,11 +165,18 @@ impl Trainer {
     /// Prepares a run in `setup.out`: attaches fresh, seeded adapters (or, with `resume`, the
     /// checkpoint's) and writes `config.json`.
     pub fn new(setup: RunSetup) -> Result<Self> {
-        let RunSetup { config, out, models, train, held_out, corpus, resume } = setup;
+        let RunSetup { config, out, models, mut train, held_out, corpus, resume } = setup;
         config.validate()?;
         if train.is_empty() {
             return Err(TrainError::Data("no training examples".into()));
         }
+        // Drawn the same on a resume (same corpus, same seed), so the data order is too.
+        let cloze_pairs = match config.mode {
+            TrainMode::Retriever => cloze::cloze_pairs(&corpus, config.hyper.cloze_pairs as usize, config.hyper.seed),
+            _ => Vec::new(),
+        };
+        let cloze_pairs_count = cloze_pairs.len();
+        train.extend(cloze_pairs);
         let BaseModels { mut retriever, mut generator } = models;
         let mode = config.mode;
         let loss = config.loss();
@@ -206,6 +218,7 @@ impl Trainer {
             config,
             out,
             train,
+            cloze_pairs: cloze_pairs_count,
             held_out,
             retriever,
             generator,
@@ -307,6 +320,7 @@ impl Trainer {
             steps_per_epoch,
             epochs: self.config.epochs(self.train.len()),
             examples: self.train.len(),
+            cloze_pairs: self.cloze_pairs,
             resumed_at,
         })
         .is_break();
@@ -999,6 +1013,54 @@ mod tests {
         joined.extend(losses(&resumed_events));
         assert_eq!(joined, losses(&straight_events), "same losses step by step");
         assert_eq!(negatives::load(dir.path(), 4, 10), Some(saved), "the same step-4 negatives");
+    }
+
+    /// Retriever mode adds the inverse cloze pairs drawn from the corpus to its triples (and
+    /// trains on them: other losses); e2e mode, which would have to generate their answers, does not.
+    #[test]
+    fn retriever_mode_trains_on_cloze_pairs_from_the_corpus_and_e2e_mode_ignores_them() {
+        let corpus: Vec<String> = [
+            "The cat sat on the mat. A dog ran in the park. The dogs sat in the park.",
+            "A bird sat on the mat. The park is green. Cats and dogs ran in the park.",
+            "The dogs ran on the mat. A cat sat in the park. The bird is green.",
+            "A single sentence of no use here.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let run = |mode: TrainMode, cloze_pairs: u32| {
+            let config = config_with(mode, |h| {
+                (h.max_steps, h.epochs, h.batch_size) = (Some(2), 1, 4);
+                h.cloze_pairs = cloze_pairs;
+            });
+            let (retriever, generator, _, _) = tiny_models(DType::F32, 5);
+            let models = BaseModels { retriever: Some(retriever), generator: Some(generator) };
+            let dir = tempfile::tempdir().unwrap();
+            let setup =
+                RunSetup { corpus: corpus.clone(), ..setup(config, dir.path(), models, triples(6), triples(2)) };
+            let mut events = Vec::new();
+            Trainer::new(setup)
+                .unwrap()
+                .run(&mut |e| {
+                    events.push(e.clone());
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            let started = events.iter().find_map(|e| match e {
+                TrainEvent::Started { examples, cloze_pairs, steps_per_epoch, .. } => {
+                    Some((*examples, *cloze_pairs, *steps_per_epoch))
+                }
+                _ => None,
+            });
+            (started.unwrap(), losses(&events))
+        };
+        let (plain, plain_losses) = run(TrainMode::Retriever, 0);
+        assert_eq!(plain, (6, 0, 2));
+        // Three passages of several sentences: three pairs at most, however many are asked for.
+        let (with_cloze, cloze_losses) = run(TrainMode::Retriever, 10);
+        assert_eq!(with_cloze, (9, 3, 3));
+        assert_ne!(plain_losses, cloze_losses);
+        let (e2e, _) = run(TrainMode::E2e, 10);
+        assert_eq!(e2e, (6, 0, 2));
     }
 
     /// Generator mode with distractors (RAFT) mines them once with the base retriever, never

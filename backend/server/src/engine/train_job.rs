@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use attune_shared::{Hyper, JobStatus, LogLevel, NewRun, Run, TripleStatus};
+use attune_shared::{Hyper, JobStatus, LogLevel, NewRun, Run, TrainMode, TripleStatus};
 
 use super::EngineError;
 use super::job::{Control, EventSink, JobContext, JobEvent, device_label, finish_run, write_triples};
@@ -162,10 +162,13 @@ fn train(
     let started = context.runtime.block_on(context.store.set_run_status(id, JobStatus::Running, None))?;
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
-    // Hard negatives and distractors come from every passage of the documents, not only those with triples.
-    let corpus = match crate::train::trainer::mining_of(&config) {
-        None => dataset.corpus,
-        Some(_) => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
+    // Hard negatives, distractors and cloze pairs come from every passage of the documents, not
+    // only those with triples.
+    let from_documents = crate::train::trainer::mining_of(&config).is_some()
+        || (config.mode == TrainMode::Retriever && config.hyper.cloze_pairs > 0);
+    let corpus = match from_documents {
+        false => dataset.corpus,
+        true => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
     };
     let (models, device) = BaseModels::load(&config)?;
     let (hyper_epochs, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
@@ -235,18 +238,22 @@ fn train(
                 }
                 stored
             }
-            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, resumed_at } => {
+            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, cloze_pairs, resumed_at } => {
                 // The step the trainer restored, which is the checkpoint it resumed from.
                 let at = resumed_at.map(|s| format!(", resumed from the checkpoint at step {s}")).unwrap_or_default();
                 let chosen = match *epochs > hyper_epochs as usize {
                     true => format!(" (more than the {hyper_epochs} set, to reach {min_steps} steps)"),
                     false => String::new(),
                 };
+                let cloze = match cloze_pairs {
+                    0 => String::new(),
+                    n => format!(" ({n} of them inverse cloze pairs from the documents' passages)"),
+                };
                 log(
                     LogLevel::Info,
                     format!(
-                        "training on {examples} examples, {steps_per_epoch} steps an epoch: {epochs} epochs{chosen}, \
-                         {total_steps} steps{at}"
+                        "training on {examples} examples{cloze}, {steps_per_epoch} steps an epoch: {epochs} \
+                         epochs{chosen}, {total_steps} steps{at}"
                     ),
                 );
                 Ok(())

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use attune_shared::{
-    ADAPT_MIN_TRIPLES, AdaptJob, AdaptRequest, AdaptStage, Hyper, JobStatus, ModelKind, NewEval, NewRun, SynthRequest,
+    ADAPT_MIN_TRIPLES, AdaptJob, AdaptRequest, AdaptStage, JobStatus, ModelKind, NewEval, NewRun, SynthRequest,
     TestSet, TripleOrigin, TripleStatus,
 };
 
@@ -43,7 +43,7 @@ pub async fn start(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AdaptRequest>,
 ) -> Result<(StatusCode, Json<AdaptJob>), AppError> {
-    Hyper { max_steps: request.max_steps, ..Hyper::default() }
+    attune_shared::adapt_hyper(request.max_steps)
         .validate()
         .map_err(|message| AppError::Invalid { code: "invalid_hyper_parameters", message })?;
     if request.limit == Some(0) {
@@ -344,8 +344,9 @@ async fn advance(state: &AppState, job: &mut AdaptJob) -> Result<(), AppError> {
                     generator: None,
                     preset: Some("adapt automatically".into()),
                     // The defaults choose epochs for at least `min_steps` steps on a small set
-                    // and stop early on the held-out loss, keeping the best adapters.
-                    hyper: Hyper { max_steps: job.request.max_steps, ..Hyper::default() },
+                    // and stop early on the held-out loss, keeping the best adapters; in
+                    // retriever mode inverse cloze pairs from the documents join the triples.
+                    hyper: attune_shared::adapt_hyper(job.request.max_steps),
                 },
             )
             .await?;

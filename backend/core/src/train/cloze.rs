@@ -1,0 +1,117 @@
+//! Inverse cloze pairs (ORQA's inverse cloze task): one sentence of a corpus passage is the
+//! question and the rest of the passage its positive, so a retriever learns the corpus' own words
+//! and names without any question written for it. A retriever-mode run adds them to its triples
+//! (`Hyper::cloze_pairs`).
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::data::Triple;
+use crate::synth::extract::spans;
+
+/// The share of pairs whose positive keeps the question's sentence (ORQA keeps it in 10%), so the
+/// retriever still learns that a passage holding the very words matches.
+const KEEP_SENTENCE: f64 = 0.1;
+
+/// A sentence shorter than this many words says too little to be a question.
+const MIN_QUESTION_WORDS: usize = 5;
+
+/// Mixed into the run's seed so the pairs do not share the data order's random stream.
+const SEED_SALT: u64 = 0x636c_6f7a_6521;
+
+/// Up to `count` pairs from distinct passages of `corpus` drawn at random with `seed` (the same
+/// corpus and seed give the same pairs, so a resumed run trains on what it started with). A
+/// passage of fewer than two sentences, or without one of [`MIN_QUESTION_WORDS`] words, gives none.
+/// Each pair's answer is its question's sentence (retriever mode never reads it).
+pub fn cloze_pairs(corpus: &[String], count: usize, seed: u64) -> Vec<Triple> {
+    let mut rng = StdRng::seed_from_u64(seed ^ SEED_SALT);
+    let mut order: Vec<usize> = (0..corpus.len()).collect();
+    order.shuffle(&mut rng);
+    let mut pairs = Vec::with_capacity(count.min(corpus.len()));
+    for index in order {
+        if pairs.len() == count {
+            break;
+        }
+        let passage = &corpus[index];
+        let sentences = spans(passage);
+        let askable: Vec<usize> =
+            (0..sentences.len()).filter(|&i| sentences[i].split_whitespace().count() >= MIN_QUESTION_WORDS).collect();
+        if sentences.len() < 2 || askable.is_empty() {
+            continue;
+        }
+        let asked = askable[rng.random_range(0..askable.len())];
+        let positive = if rng.random_bool(KEEP_SENTENCE) {
+            passage.clone()
+        } else {
+            let rest: Vec<&str> =
+                sentences.iter().enumerate().filter(|&(i, _)| i != asked).map(|(_, s)| s.as_str()).collect();
+            rest.join(" ")
+        };
+        let question = sentences[asked].clone();
+        pairs.push(Triple { answer: question.clone(), question, passage: positive });
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus() -> Vec<String> {
+        (0..50)
+            .map(|i| {
+                format!(
+                    "Station {i} was opened in the year 19{i:02} by the railway. It serves the town of Place{i} and its \
+                     harbour. Trains to the capital leave from platform {i} every hour."
+                )
+            })
+            .chain(["One sentence only, with enough words in it.".to_owned(), "Too short. Both.".to_owned()])
+            .collect()
+    }
+
+    #[test]
+    fn a_pair_asks_one_sentence_of_its_passage_and_mostly_leaves_it_out_of_the_positive() {
+        let corpus = corpus();
+        let pairs = cloze_pairs(&corpus, 1000, 7);
+        // Every three-sentence passage gives one; the one-sentence and too-short passages none.
+        assert_eq!(pairs.len(), 50);
+        let mut kept_whole = 0;
+        let mut sources = Vec::new();
+        for pair in &pairs {
+            let source_index = corpus
+                .iter()
+                .position(|p| p.contains(&pair.question))
+                .expect("the question is a sentence of a passage");
+            sources.push(source_index);
+            let source = &corpus[source_index];
+            assert!(pair.question.split_whitespace().count() >= MIN_QUESTION_WORDS);
+            assert_eq!(pair.answer, pair.question);
+            if pair.passage == *source {
+                kept_whole += 1;
+            } else {
+                assert!(!pair.passage.contains(&pair.question), "{pair:?}");
+                // The rest of the passage: its other two sentences.
+                assert_eq!(
+                    pair.passage.split_whitespace().count() + pair.question.split_whitespace().count(),
+                    source.split_whitespace().count()
+                );
+            }
+        }
+        assert!(kept_whole < 15, "about a tenth keep the sentence: {kept_whole} of 50");
+        // Distinct passages: none asked twice.
+        sources.sort();
+        sources.dedup();
+        assert_eq!(sources.len(), 50);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_pairs_and_count_caps_them() {
+        let corpus = corpus();
+        assert_eq!(cloze_pairs(&corpus, 10, 3), cloze_pairs(&corpus, 10, 3));
+        assert_ne!(cloze_pairs(&corpus, 10, 3), cloze_pairs(&corpus, 10, 4));
+        assert_eq!(cloze_pairs(&corpus, 10, 3).len(), 10);
+        assert!(cloze_pairs(&corpus, 0, 3).is_empty());
+        assert!(cloze_pairs(&[], 10, 3).is_empty());
+    }
+}
