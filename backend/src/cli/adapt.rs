@@ -168,6 +168,9 @@ struct TrainingSummary {
     /// Inverse cloze pairs trained on beside the `train_examples` triples.
     #[serde(default)]
     cloze_pairs: usize,
+    /// Inverse cloze pairs held out beside the `held_out` triples.
+    #[serde(default)]
+    held_out_cloze_pairs: usize,
     held_out: usize,
     epochs: usize,
     steps_per_epoch: usize,
@@ -501,14 +504,22 @@ fn train_stage(
     bar.set_position(trainer.step() as u64);
     let started = Instant::now();
     let (mut epochs, mut steps_per_epoch, mut kept_step, mut stopped_early) = (0, 0, None, false);
-    let (mut cloze_pairs, mut planned_steps) = (0, trainer.total_steps());
+    let (mut cloze_pairs, mut held_out_cloze_pairs, mut planned_steps) = (0, 0, trainer.total_steps());
     let outcome = trainer.run(&mut |event| {
         match event {
-            TrainEvent::Started { epochs: e, steps_per_epoch: s, total_steps, cloze_pairs: c, .. } => {
-                (epochs, steps_per_epoch, cloze_pairs, planned_steps) = (*e, *s, *c, *total_steps);
+            TrainEvent::Started {
+                epochs: e,
+                steps_per_epoch: s,
+                total_steps,
+                cloze_pairs: c,
+                held_out_cloze_pairs: h,
+                ..
+            } => {
+                (epochs, steps_per_epoch, cloze_pairs, held_out_cloze_pairs, planned_steps) =
+                    (*e, *s, *c, *h, *total_steps);
                 let cloze = match c {
                     0 => String::new(),
-                    c => format!(" and {c} inverse cloze pairs"),
+                    c => format!(" and {c} inverse cloze pairs ({h} more held out)"),
                 };
                 bar.println(format!(
                     "training {mode} on {train_examples} triples{cloze} ({held_out} held out): {s} steps an epoch, {e} \
@@ -540,6 +551,7 @@ fn train_stage(
         triples: triples.len(),
         train_examples,
         cloze_pairs,
+        held_out_cloze_pairs,
         held_out,
         epochs,
         steps_per_epoch,
@@ -708,7 +720,7 @@ fn report_markdown(report: &AdaptReport) -> String {
         t.held_out,
         match t.cloze_pairs {
             0 => String::new(),
-            n => format!(" and {n} inverse cloze pairs from the passages"),
+            n => format!(" and {n} inverse cloze pairs from the passages ({} more held out)", t.held_out_cloze_pairs),
         },
         t.epochs,
         t.steps_per_epoch,

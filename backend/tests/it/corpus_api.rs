@@ -995,6 +995,8 @@ async fn adapt_automatically_runs_questions_training_and_evaluation_as_one_job()
         "{run}"
     );
     assert_eq!(run["name"], format!("adapt-{id}"));
+    // In retriever mode the documents' passages give inverse cloze pairs beside the triples.
+    assert_eq!(run["hyper"]["cloze_pairs"], attune_shared::ADAPT_CLOZE_PAIRS, "{run}");
     let (_, eval) = call(&app, get(&format!("/api/v1/evals/{}", job["eval"]))).await;
     assert_eq!(eval["status"], "succeeded", "{eval}");
     assert_eq!(eval["request"]["runs"], json!([job["run"]]));

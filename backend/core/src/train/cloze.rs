@@ -34,7 +34,7 @@ pub fn cloze_pairs(corpus: &[String], count: usize, seed: u64) -> Vec<Triple> {
             break;
         }
         let passage = &corpus[index];
-        let sentences = spans(passage);
+        let sentences = spans(&unglue_sentences(passage));
         let askable: Vec<usize> =
             (0..sentences.len()).filter(|&i| sentences[i].split_whitespace().count() >= MIN_QUESTION_WORDS).collect();
         if sentences.len() < 2 || askable.is_empty() {
@@ -52,6 +52,30 @@ pub fn cloze_pairs(corpus: &[String], count: usize, seed: u64) -> Vec<Triple> {
         pairs.push(Triple { answer: question.clone(), question, passage: positive });
     }
     pairs
+}
+
+/// `text` with a space after each sentence end that runs into the next sentence ("in 2014.The
+/// band"), as text joined from several sources or pulled from a PDF often has: Unicode sentence
+/// boundaries need the space. Only a lowercase letter, digit or closing quote or bracket, then
+/// `.`, `!` or `?`, then a capital followed by a lowercase letter counts, so "U.S.A." stays
+/// whole.
+fn unglue_sentences(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, &c) in chars.iter().enumerate() {
+        out.push(c);
+        let ends = matches!(c, '.' | '!' | '?')
+            && i > 0
+            && (chars[i - 1].is_lowercase()
+                || chars[i - 1].is_ascii_digit()
+                || "\"')\u{201d}\u{2019}".contains(chars[i - 1]));
+        let next_starts =
+            chars.get(i + 1).is_some_and(|c| c.is_uppercase()) && chars.get(i + 2).is_some_and(|c| c.is_lowercase());
+        if ends && next_starts {
+            out.push(' ');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -103,6 +127,22 @@ mod tests {
         sources.sort();
         sources.dedup();
         assert_eq!(sources.len(), 50);
+    }
+
+    #[test]
+    fn sentences_run_together_are_parted_and_abbreviations_are_not() {
+        assert_eq!(
+            unglue_sentences("It was released on 26 May 2014.The 1975 is the band's debut.Robbers is a song."),
+            "It was released on 26 May 2014. The 1975 is the band's debut. Robbers is a song."
+        );
+        assert_eq!(unglue_sentences("a song by the band.\"Robbers\" is"), "a song by the band.\"Robbers\" is");
+        assert_eq!(unglue_sentences("the band (\"The 1975\").Its debut"), "the band (\"The 1975\"). Its debut");
+        assert_eq!(unglue_sentences("Born in the U.S.A. He sang.Then"), "Born in the U.S.A. He sang. Then");
+        assert_eq!(unglue_sentences("see e.g.Smith"), "see e.g. Smith");
+        // A passage run together still gives a pair.
+        let glued =
+            ["The station opened in the year 1901 by the railway.Trains to the capital leave every hour.".to_owned()];
+        assert_eq!(cloze_pairs(&glued, 5, 1).len(), 1);
     }
 
     #[test]

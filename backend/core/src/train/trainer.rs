@@ -42,6 +42,8 @@ pub enum TrainEvent {
         examples: usize,
         /// Of `examples`, the inverse cloze pairs drawn from the corpus (`Hyper::cloze_pairs`).
         cloze_pairs: usize,
+        /// Cloze pairs held out with the held-out triples (the triples' test fraction of them).
+        held_out_cloze_pairs: usize,
         resumed_at: Option<usize>,
     },
     /// One optimiser step's figures, as the store, the wire and `log.jsonl` hold them.
@@ -116,7 +118,8 @@ pub struct Trainer {
     out: PathBuf,
     /// The triples, then the inverse cloze pairs.
     train: Vec<Triple>,
-    cloze_pairs: usize,
+    /// Inverse cloze pairs at the end of `train`, and of `held_out`.
+    cloze_pairs: (usize, usize),
     held_out: Vec<Triple>,
     retriever: Option<Retriever>,
     generator: Option<Generator>,
@@ -165,16 +168,20 @@ impl Trainer {
     /// Prepares a run in `setup.out`: attaches fresh, seeded adapters (or, with `resume`, the
     /// checkpoint's) and writes `config.json`.
     pub fn new(setup: RunSetup) -> Result<Self> {
-        let RunSetup { config, out, models, mut train, held_out, corpus, resume } = setup;
+        let RunSetup { config, out, models, mut train, mut held_out, corpus, resume } = setup;
         config.validate()?;
         if train.is_empty() {
             return Err(TrainError::Data("no training examples".into()));
         }
-        // Drawn the same on a resume (same corpus, same seed), so the data order is too.
-        let cloze_pairs = match config.mode {
+        // Drawn the same on a resume (same corpus, same seed), so the data order is too. A share
+        // (the triples' test fraction) is held out beside the held-out triples, so the held-out
+        // loss (and early stopping) weighs what the pairs teach as well.
+        let mut cloze_pairs = match config.mode {
             TrainMode::Retriever => cloze::cloze_pairs(&corpus, config.hyper.cloze_pairs as usize, config.hyper.seed),
             _ => Vec::new(),
         };
+        let held_out_pairs = (cloze_pairs.len() as f64 * config.hyper.test_fraction).round() as usize;
+        held_out.extend(cloze_pairs.drain(..held_out_pairs));
         let cloze_pairs_count = cloze_pairs.len();
         train.extend(cloze_pairs);
         let BaseModels { mut retriever, mut generator } = models;
@@ -218,7 +225,7 @@ impl Trainer {
             config,
             out,
             train,
-            cloze_pairs: cloze_pairs_count,
+            cloze_pairs: (cloze_pairs_count, held_out_pairs),
             held_out,
             retriever,
             generator,
@@ -320,7 +327,8 @@ impl Trainer {
             steps_per_epoch,
             epochs: self.config.epochs(self.train.len()),
             examples: self.train.len(),
-            cloze_pairs: self.cloze_pairs,
+            cloze_pairs: self.cloze_pairs.0,
+            held_out_cloze_pairs: self.cloze_pairs.1,
             resumed_at,
         })
         .is_break();
@@ -1029,7 +1037,7 @@ mod tests {
         .to_vec();
         let run = |mode: TrainMode, cloze_pairs: u32| {
             let config = config_with(mode, |h| {
-                (h.max_steps, h.epochs, h.batch_size) = (Some(2), 1, 4);
+                (h.max_steps, h.epochs, h.batch_size, h.eval_every) = (Some(2), 1, 4, 2);
                 h.cloze_pairs = cloze_pairs;
             });
             let (retriever, generator, _, _) = tiny_models(DType::F32, 5);
@@ -1051,16 +1059,21 @@ mod tests {
                 }
                 _ => None,
             });
-            (started.unwrap(), losses(&events))
+            let held_out = events.iter().find_map(|e| match e {
+                TrainEvent::Eval { examples, .. } => Some(*examples),
+                _ => None,
+            });
+            (started.unwrap(), held_out.unwrap(), losses(&events))
         };
-        let (plain, plain_losses) = run(TrainMode::Retriever, 0);
-        assert_eq!(plain, (6, 0, 2));
-        // Three passages of several sentences: three pairs at most, however many are asked for.
-        let (with_cloze, cloze_losses) = run(TrainMode::Retriever, 10);
-        assert_eq!(with_cloze, (9, 3, 3));
+        let (plain, plain_held_out, plain_losses) = run(TrainMode::Retriever, 0);
+        assert_eq!((plain, plain_held_out), ((6, 0, 2), 2));
+        // Three passages of several sentences: three pairs at most, however many are asked for; a
+        // fifth of them (one) is held out beside the held-out triples.
+        let (with_cloze, cloze_held_out, cloze_losses) = run(TrainMode::Retriever, 10);
+        assert_eq!((with_cloze, cloze_held_out), ((8, 2, 2), 3));
         assert_ne!(plain_losses, cloze_losses);
-        let (e2e, _) = run(TrainMode::E2e, 10);
-        assert_eq!(e2e, (6, 0, 2));
+        let (e2e, e2e_held_out, _) = run(TrainMode::E2e, 10);
+        assert_eq!((e2e, e2e_held_out), ((6, 0, 2), 2));
     }
 
     /// Generator mode with distractors (RAFT) mines them once with the base retriever, never

@@ -238,7 +238,15 @@ fn train(
                 }
                 stored
             }
-            TrainEvent::Started { total_steps, steps_per_epoch, epochs, examples, cloze_pairs, resumed_at } => {
+            TrainEvent::Started {
+                total_steps,
+                steps_per_epoch,
+                epochs,
+                examples,
+                cloze_pairs,
+                held_out_cloze_pairs,
+                resumed_at,
+            } => {
                 // The step the trainer restored, which is the checkpoint it resumed from.
                 let at = resumed_at.map(|s| format!(", resumed from the checkpoint at step {s}")).unwrap_or_default();
                 let chosen = match *epochs > hyper_epochs as usize {
@@ -247,7 +255,10 @@ fn train(
                 };
                 let cloze = match cloze_pairs {
                     0 => String::new(),
-                    n => format!(" ({n} of them inverse cloze pairs from the documents' passages)"),
+                    n => format!(
+                        " ({n} of them inverse cloze pairs from the documents' passages, {held_out_cloze_pairs} more \
+                         held out)"
+                    ),
                 };
                 log(
                     LogLevel::Info,
