@@ -87,6 +87,8 @@ def main():
     p.add_argument("--mode", default="retriever")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ceiling-seeds", help="seeds the ceiling (real training triples) is trained with (default: --seeds)")
+    p.add_argument("--ceiling-sample", type=int,
+                   help="train the ceiling on this many real training triples drawn at random (as many as synthetic)")
     p.add_argument("--json")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -113,10 +115,16 @@ def main():
     ceiling = {}
     ceiling_seeds = [int(s) for s in a.ceiling_seeds.split(",")] if a.ceiling_seeds else seeds
     for seed in ceiling_seeds:
-        out = os.path.join(a.work, f"real-{seed}")
+        real_file, out = os.path.join(a.work, "real_train.jsonl"), os.path.join(a.work, f"real-{seed}")
+        if a.ceiling_sample:
+            rows = open(real_file).readlines()
+            random.Random(1).shuffle(rows)
+            real_file, out = os.path.join(a.work, f"real_train_{a.ceiling_sample}.jsonl"), f"{out}-of-{a.ceiling_sample}"
+            with open(real_file, "w") as f:
+                f.writelines(rows[:a.ceiling_sample])
         if not os.path.exists(os.path.join(out, "retriever")):
             shutil.rmtree(out, ignore_errors=True)
-            run([a.attune, "train", "--data", os.path.join(a.work, "real_train.jsonl"), "--out", out, "--mode",
+            run([a.attune, "train", "--data", real_file, "--out", out, "--mode",
                  a.mode, "--seed", str(seed), "--models-dir", a.models_dir], log)
         evaluated = subprocess.run([a.attune, "eval", "--data", os.path.join(a.work, "slice.jsonl"),
                                     "--retriever-adapter", os.path.join(out, "retriever"), "--json",
@@ -135,13 +143,13 @@ def main():
     }
     figures = {
         "dataset": a.dataset, "corpus_passages": corpus, "test_questions": questions,
-        "evaluated_questions": first["evaluation"]["questions"], "real_train_triples": real, "mode": a.mode,
+        "evaluated_questions": first["evaluation"]["questions"], "real_train_triples": min(real, a.ceiling_sample or real), "mode": a.mode,
         "seeds": seeds, "ceiling_seeds": ceiling_seeds, "synthesis": first["synthesis"],
         "training": {s: synthetic[s]["training"] for s in seeds}, "retrieval": table,
     }
     print(f"{a.dataset}: {questions} real test questions over {corpus} passages; synthesis from "
           f"{first['synthesis']['passages_done']} passages kept {first['synthesis']['kept']} triples; "
-          f"ceiling: {real} real training triples; seeds {seeds} (ceiling: {ceiling_seeds})")
+          f"ceiling: {min(real, a.ceiling_sample or real)} real training triples; seeds {seeds} (ceiling: {ceiling_seeds})")
     print(f"{'':34}" + "".join(f"{m:>16}" for m in METRICS))
     for name, row in table.items():
         print(f"{name:34}" + "".join(f"{row[m]['mean']:>9.4f} ±{row[m]['spread']:.4f}" for m in METRICS))
