@@ -204,8 +204,9 @@ pub fn AdaptPanel() -> impl IntoView {
             <p class="muted">
                 "One step from documents to a tuned system: the LLM (the server in the settings, else the local "
                 "model) writes questions about the passages, those that pass the filters are approved (review is "
-                "optional), a run trains on them, and base and tuned are compared on the questions it held out, "
-                "with BM25 beside them."
+                "optional), a run trains on them (a retriever also on sentences of the passages as questions, "
+                "the rest of each passage as the answer to find), and base and tuned are compared on the "
+                "questions it held out, with BM25 beside them."
             </p>
             <div class="adapt-form">
                 <label>
