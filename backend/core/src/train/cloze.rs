@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::data::Triple;
 use crate::synth::extract::spans;
+use crate::synth::reference::reference_matter;
 
 /// The share of pairs whose positive keeps the question's sentence (ORQA keeps it in 10%), so the
 /// retriever still learns that a passage holding the very words matches.
@@ -22,7 +23,8 @@ const SEED_SALT: u64 = 0x636c_6f7a_6521;
 
 /// Up to `count` pairs from distinct passages of `corpus` drawn at random with `seed` (the same
 /// corpus and seed give the same pairs, so a resumed run trains on what it started with). A
-/// passage of fewer than two sentences, or without one of [`MIN_QUESTION_WORDS`] words, gives none.
+/// passage of fewer than two sentences, or without one of [`MIN_QUESTION_WORDS`] words, gives none,
+/// as does reference matter (a table of contents, an index, a bibliography: synthesis skips it too).
 /// Each pair's answer is its question's sentence (retriever mode never reads it).
 pub fn cloze_pairs(corpus: &[String], count: usize, seed: u64) -> Vec<Triple> {
     let mut rng = StdRng::seed_from_u64(seed ^ SEED_SALT);
@@ -34,6 +36,9 @@ pub fn cloze_pairs(corpus: &[String], count: usize, seed: u64) -> Vec<Triple> {
             break;
         }
         let passage = &corpus[index];
+        if reference_matter(passage).is_some() {
+            continue;
+        }
         let sentences = spans(&unglue_sentences(passage));
         let askable: Vec<usize> =
             (0..sentences.len()).filter(|&i| sentences[i].split_whitespace().count() >= MIN_QUESTION_WORDS).collect();
@@ -82,6 +87,12 @@ fn unglue_sentences(text: &str) -> String {
 mod tests {
     use super::*;
 
+    const BIBLIOGRAPHY: &str = "References Andersen, P. K. and Gill, R. D. (1982). Cox's regression model for \
+        counting processes. Annals of Statistics 10, 1100–1120. Grambsch, P. and Therneau, T. (1994). \
+        Proportional hazards tests. Biometrika 81, 515–526. Therneau, T. et al. (2000). Modeling Survival Data. \
+        Springer Press. doi:10.1007/978-1-4757-3294-8. Klein, J. (1992). Journal of the American Statistical \
+        Association, vol. 87, pp. 23–30.";
+
     fn corpus() -> Vec<String> {
         (0..50)
             .map(|i| {
@@ -91,6 +102,7 @@ mod tests {
                 )
             })
             .chain(["One sentence only, with enough words in it.".to_owned(), "Too short. Both.".to_owned()])
+            .chain([BIBLIOGRAPHY.to_owned()])
             .collect()
     }
 
@@ -98,8 +110,10 @@ mod tests {
     fn a_pair_asks_one_sentence_of_its_passage_and_mostly_leaves_it_out_of_the_positive() {
         let corpus = corpus();
         let pairs = cloze_pairs(&corpus, 1000, 7);
-        // Every three-sentence passage gives one; the one-sentence and too-short passages none.
+        // Every three-sentence passage gives one; the one-sentence and too-short passages and the
+        // bibliography none.
         assert_eq!(pairs.len(), 50);
+        assert!(reference_matter(BIBLIOGRAPHY).is_some() && spans(BIBLIOGRAPHY).len() > 2, "it would give one");
         let mut kept_whole = 0;
         let mut sources = Vec::new();
         for pair in &pairs {
