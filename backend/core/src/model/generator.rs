@@ -1112,21 +1112,19 @@ mod tests {
     fn allowed_tokens_hold_the_output_to_the_best_of_them() {
         let (_, generator, _, _) = crate::train::test_models::tiny_models(DType::F32, 3);
         let prompt: Vec<u32> = vec![4, 8, 15, 16];
-        let free = generator
-            .generate(&prompt, &GenerationConfig { max_new_tokens: 1, ..Default::default() }, |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap();
         let mut cache = KvCache::default();
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let logits: Vec<f32> =
             generator.model.next_token_logits(&input, &mut cache, None).unwrap().get(0).unwrap().to_vec1().unwrap();
-        // Two tokens that are not the free choice: the better of the two comes out.
-        let others: Vec<u32> = (4..logits.len() as u32).filter(|&t| t != free.tokens[0]).take(2).collect();
+        // The free choice (which may be the end of the sequence: then it emits no token).
+        let free = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap() as u32;
+        // Two tokens that are neither the free choice nor an end: the better of the two comes out.
+        let others: Vec<u32> =
+            (4..logits.len() as u32).filter(|&t| t != free && !generator.eos_ids().contains(&t)).take(2).collect();
         let best = *others.iter().max_by(|&&a, &&b| logits[a as usize].total_cmp(&logits[b as usize])).unwrap();
         let config = GenerationConfig { max_new_tokens: 1, allowed_tokens: others.clone(), ..Default::default() };
         let held = generator.generate(&prompt, &config, |_| ControlFlow::Continue(())).unwrap();
-        assert_eq!(held.tokens, [best], "free choice {:?}, allowed {others:?}", free.tokens);
+        assert_eq!(held.tokens, [best], "free choice {free}, allowed {others:?}");
         let batch = generator.generate_batch(&[prompt.clone(), vec![5, 6, 7]], &config).unwrap();
         assert_eq!(batch[0].tokens, [best]);
         assert!(others.contains(&batch[1].tokens[0]));
