@@ -3,7 +3,7 @@
 (a training mode and its flags) and each seed, `attune train` on the first N training triples of a
 shared QA dataset, its negatives mined from the dataset's whole corpus; each tuned retriever is
 evaluated by `attune eval` on the real test questions over every passage of the corpus, dense, BM25
-and hybrid (their reciprocal rank fusion). The table gives mean ± spread (half the range) over the
+and hybrid (the two fused, `rag/hybrid.rs`). The table gives mean ± spread (half the range) over the
 seeds, the mean optimiser step time (index refreshes included) and, with --json, every figure.
 
   python3 scripts/retrieval-loop-proof.py --dataset ../shared/data/qa/halueval_qa --work /tmp/loop \\

@@ -899,10 +899,8 @@ pub enum RetrievalMethod {
     Dense,
     /// Words shared with the question (BM25).
     Bm25,
-    /// Both rankings fused by reciprocal rank fusion: the default, as the one that is never far
-    /// from the better of the two — on HaluEval's 2000 test questions it lifts the dense hit@1 by 5
-    /// to 7 points, finds the most in the top 5 and 10, and is within 2 points of BM25's hit@1,
-    /// where questions share their passage's words (README, "Status").
+    /// Both rankings fused (their normalised scores weighed): the default, as on both real QA sets
+    /// it puts more gold passages first than either ranking alone (README, "Status").
     #[default]
     Hybrid,
 }

@@ -2,7 +2,7 @@
 //! passages, for base models and, when adapters are given, tuned ones beside them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -50,7 +50,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,3", value_parser = clap::value_parser!(u32).range(1..=20))]
     passages_per_prompt: Vec<u32>,
     /// Which ranking the generation prompts take their passages from: dense (the retriever), bm25,
-    /// or hybrid (both, by reciprocal rank fusion). Retrieval metrics are reported for all three.
+    /// or hybrid (both, their normalised scores weighed). Retrieval metrics are reported for all three.
     #[arg(long, default_value = "dense", value_parser = ["dense", "bm25", "hybrid"])]
     retrieval: String,
     #[arg(long, default_value_t = 128)]
@@ -73,6 +73,11 @@ pub struct EvalArgs {
     /// Write every prediction (question, answer, prediction, passages) to this JSONL file.
     #[arg(long)]
     predictions: Option<PathBuf>,
+    /// Write each question's rankings to this JSONL file: its gold passage and, for every dense run
+    /// (`base`, `tuned`) and `bm25`, the top passages with their scores (corpus index, score), as
+    /// hybrid retrieval fuses them.
+    #[arg(long)]
+    rankings: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long, default_value = "auto")]
@@ -101,7 +106,7 @@ struct Report {
     retriever_base: Option<BTreeMap<String, f64>>,
     /// BM25 over the same corpus.
     bm25: BTreeMap<String, f64>,
-    /// The retriever as given fused with BM25 (reciprocal rank fusion).
+    /// The retriever as given fused with BM25 (hybrid retrieval).
     hybrid: BTreeMap<String, f64>,
     /// The base retriever fused with BM25, when an adapter was given.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +118,26 @@ struct Report {
     /// Every pairing evaluated (base/tuned retriever × base/tuned generator).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     generation: Vec<GenerationRow>,
+}
+
+/// One JSON line per question: its text, gold passage (corpus index) and each ranking's candidates.
+fn write_rankings(
+    path: &Path,
+    rows: &[Triple],
+    corpus: &[String],
+    dense: &[(&'static str, RetrievalRun)],
+    bm25: &RetrievalRun,
+) -> anyhow::Result<()> {
+    let gold = run::gold_indices(corpus, rows)?;
+    let mut lines = String::new();
+    for (i, (row, gold)) in rows.iter().zip(gold).enumerate() {
+        let mut line = serde_json::json!({"question": row.question, "gold": gold, "bm25": bm25.candidates[i]});
+        for (name, run) in dense {
+            line[*name] = serde_json::json!(run.candidates[i]);
+        }
+        lines += &format!("{line}\n");
+    }
+    std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A dense run's name fused with BM25.
@@ -188,6 +213,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     // BM25, and each dense run fused with it.
     let bm25 = run::evaluate_bm25(&corpus, &rows, &args.k, &mut progress)?;
+    if let Some(path) = &args.rankings {
+        write_rankings(path, &rows, &corpus, &runs, &bm25)?;
+    }
     let dense_names: Vec<&'static str> = runs.iter().map(|(n, _)| *n).collect();
     for name in &dense_names {
         let dense = &runs.iter().find(|(n, _)| n == name).expect("listed above").1;

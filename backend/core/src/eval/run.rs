@@ -11,13 +11,12 @@ use super::error::{EvalError, Result};
 use super::metrics::{AnswerMetrics, RetrievalMetrics};
 use crate::model::generator::{GenerationConfig, Generator, MAX_BATCH_ROWS};
 use crate::model::retriever::{Retriever, TextRole};
+use crate::rag::hybrid::FUSION_DEPTH;
 use crate::rag::prompt::{self, PromptLimits};
 use crate::train::data::Triple;
 
 /// Rankings are kept this deep (MRR@10 and nDCG@10 need 10).
 const RANKING_DEPTH: usize = 10;
-/// Candidates each ranking gives to reciprocal rank fusion (hybrid retrieval).
-pub const FUSION_DEPTH: usize = 100;
 
 /// Progress of a long evaluation: (done, total) of the current phase, named.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
@@ -27,15 +26,17 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 pub struct RetrievalRun {
     pub metrics: RetrievalMetrics,
     pub rankings: Vec<Vec<usize>>,
-    /// Each question's [`FUSION_DEPTH`] best passages, for fusing with another ranking.
-    pub candidates: Vec<Vec<usize>>,
+    /// Each question's [`FUSION_DEPTH`] best passages with their scores (cosine similarity, BM25
+    /// score or fused score), for fusing with another ranking.
+    pub candidates: Vec<Vec<(usize, f32)>>,
 }
 
 impl RetrievalRun {
     /// Metrics of `candidates` (best first, at least [`RANKING_DEPTH`] deep where the corpus allows).
-    fn of(candidates: Vec<Vec<usize>>, gold: &[usize], ks: &[usize]) -> Self {
+    fn of(candidates: Vec<Vec<(usize, f32)>>, gold: &[usize], ks: &[usize]) -> Self {
         let depth = ks.iter().copied().max().unwrap_or(1).max(RANKING_DEPTH);
-        let rankings: Vec<Vec<usize>> = candidates.iter().map(|c| c.iter().copied().take(depth).collect()).collect();
+        let rankings: Vec<Vec<usize>> =
+            candidates.iter().map(|c| c.iter().map(|&(passage, _)| passage).take(depth).collect()).collect();
         let relevant: Vec<HashSet<usize>> = gold.iter().map(|&g| HashSet::from([g])).collect();
         RetrievalRun { metrics: RetrievalMetrics::compute(&rankings, &relevant, ks), rankings, candidates }
     }
@@ -79,7 +80,7 @@ pub fn evaluate_bm25(corpus: &[String], rows: &[Triple], ks: &[usize], progress:
     let mut candidates = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let hits = index.search(&row.question, depth).map_err(|e| EvalError::Data(e.to_string()))?;
-        candidates.push(hits.into_iter().map(|(position, _)| position).collect());
+        candidates.push(hits);
         if i % 64 == 0 {
             progress("searching with BM25", i, rows.len());
         }
@@ -87,7 +88,7 @@ pub fn evaluate_bm25(corpus: &[String], rows: &[Triple], ks: &[usize], progress:
     Ok(RetrievalRun::of(candidates, &gold, ks))
 }
 
-/// Hybrid retrieval: the two runs' candidates fused by reciprocal rank fusion.
+/// Hybrid retrieval: the two runs' candidates fused ([`crate::rag::hybrid::fuse`]).
 pub fn fuse(
     dense: &RetrievalRun,
     lexical: &RetrievalRun,
@@ -100,7 +101,7 @@ pub fn fuse(
         .candidates
         .iter()
         .zip(&lexical.candidates)
-        .map(|(a, b)| crate::rag::bm25::reciprocal_rank_fusion(&[a, b], FUSION_DEPTH))
+        .map(|(dense, lexical)| crate::rag::hybrid::fuse(dense, lexical, FUSION_DEPTH))
         .collect();
     Ok(RetrievalRun::of(candidates, &gold, ks))
 }
@@ -138,7 +139,7 @@ fn embed_in_batches(
 }
 
 /// The `depth` best passages for each query (by dot product of normalised embeddings).
-pub fn rank(queries: &Tensor, passages: &Tensor, depth: usize) -> Result<Vec<Vec<usize>>> {
+pub fn rank(queries: &Tensor, passages: &Tensor, depth: usize) -> Result<Vec<Vec<(usize, f32)>>> {
     let mut rankings = Vec::with_capacity(queries.dim(0)?);
     let count = queries.dim(0)?;
     let mut start = 0;
@@ -153,7 +154,7 @@ pub fn rank(queries: &Tensor, passages: &Tensor, depth: usize) -> Result<Vec<Vec
                 order.truncate(keep);
             }
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            rankings.push(order);
+            rankings.push(order.into_iter().map(|passage| (passage, row[passage])).collect());
         }
         start += len;
     }
@@ -307,7 +308,10 @@ mod tests {
     fn ranking_is_exact_and_best_first() {
         let q = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
         let p = Tensor::new(&[[0.1f32, 0.9], [0.9, 0.1], [0.5, 0.5], [1.0, 0.0]], &Device::Cpu).unwrap();
-        assert_eq!(rank(&q, &p, 3).unwrap(), vec![vec![3, 1, 2], vec![0, 2, 1]]);
+        let ranked = rank(&q, &p, 3).unwrap();
+        let ids: Vec<Vec<usize>> = ranked.iter().map(|r| r.iter().map(|c| c.0).collect()).collect();
+        assert_eq!(ids, vec![vec![3, 1, 2], vec![0, 2, 1]]);
+        assert_eq!(ranked[0].iter().map(|c| c.1).collect::<Vec<_>>(), [1.0, 0.9, 0.5], "each with its score");
         assert_eq!(rank(&q, &p, 10).unwrap()[0].len(), 4, "never deeper than the corpus");
     }
 

@@ -1,15 +1,10 @@
 //! Lexical retrieval: BM25 over the passages with tantivy (an index in memory, words lower-cased
-//! and stemmed), and reciprocal rank fusion of several rankings (BM25 + dense = hybrid retrieval).
-
-use std::collections::HashMap;
+//! and stemmed). Fused with the dense ranking in [`super::hybrid`].
 
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::{Index, IndexReader, TantivyDocument, doc};
-
-/// RRF's constant (Cormack et al. 2009): a passage ranked r by one ranking adds 1 / (k + r).
-pub const RRF_K: f64 = 60.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Bm25Error {
@@ -71,20 +66,6 @@ impl Bm25Index {
     }
 }
 
-/// Reciprocal rank fusion: every ranking (best first) adds `1 / (RRF_K + rank)` to each passage
-/// it holds; the fused ranking is by that sum (ties: the smaller position first), `depth` deep.
-pub fn reciprocal_rank_fusion(rankings: &[&[usize]], depth: usize) -> Vec<usize> {
-    let mut scores: HashMap<usize, f64> = HashMap::new();
-    for ranking in rankings {
-        for (rank, &passage) in ranking.iter().enumerate() {
-            *scores.entry(passage).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
-        }
-    }
-    let mut fused: Vec<(usize, f64)> = scores.into_iter().collect();
-    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    fused.into_iter().take(depth).map(|(passage, _)| passage).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,14 +103,5 @@ mod tests {
         assert_eq!(index.search("carved", 4).unwrap().first().map(|h| h.0), Some(0));
         // A word that is not English passes as it is.
         assert_eq!(index.search("SURVFIT", 4).unwrap().first().map(|h| h.0), Some(2));
-    }
-
-    #[test]
-    fn fusion_rewards_agreement_between_rankings() {
-        // Passage 7 is second in both rankings; 1 and 9 are first in one each and absent elsewhere.
-        let fused = reciprocal_rank_fusion(&[&[1, 7, 3], &[9, 7, 4]], 3);
-        assert_eq!(fused[0], 7, "{fused:?}");
-        assert_eq!(fused[1..], [1, 9], "ties go to the smaller position: {fused:?}");
-        assert_eq!(reciprocal_rank_fusion(&[&[5, 6]], 1), vec![5], "one ranking is kept as it is, cut to depth");
     }
 }

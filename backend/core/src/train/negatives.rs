@@ -13,8 +13,8 @@ use super::checkpoint::NEGATIVES_FILE;
 use super::data::Triple;
 use super::error::{Result, TrainError};
 use crate::model::retriever::{Retriever, TextRole};
-use crate::rag::bm25::{Bm25Index, reciprocal_rank_fusion};
-use crate::rag::hybrid::FUSION_DEPTH;
+use crate::rag::bm25::Bm25Index;
+use crate::rag::hybrid::{self, FUSION_DEPTH};
 use attune_shared::RetrievalMethod;
 
 /// How negatives are mined.
@@ -110,20 +110,17 @@ pub fn mine(retriever: &Retriever, train: &[Triple], corpus: &[String], mining: 
         let picked: Vec<usize> = match &lexical {
             None => pick(row, gold, mining, is_gold).collect(),
             Some(index) => {
-                let words: Vec<usize> = index
-                    .search(&triple.question, FUSION_DEPTH)
-                    .map_err(|e| TrainError::Data(e.to_string()))?
-                    .into_iter()
-                    .map(|(position, _)| position)
-                    .collect();
+                let words =
+                    index.search(&triple.question, FUSION_DEPTH).map_err(|e| TrainError::Data(e.to_string()))?;
                 let order = match mining.retrieval {
                     RetrievalMethod::Hybrid => {
                         let mut dense: Vec<usize> = (0..row.len()).collect();
                         dense.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
                         dense.truncate(FUSION_DEPTH);
-                        reciprocal_rank_fusion(&[&dense, &words], FUSION_DEPTH)
+                        let dense: Vec<(usize, f32)> = dense.into_iter().map(|i| (i, row[i])).collect();
+                        hybrid::fuse(&dense, &words, FUSION_DEPTH).into_iter().map(|(i, _)| i).collect()
                     }
-                    _ => words,
+                    _ => words.into_iter().map(|(position, _)| position).collect(),
                 };
                 pick_in_order(order, row, gold, mining, is_gold)
             }

@@ -441,7 +441,7 @@ impl ChatThread {
                 }
                 let bm25 = index.lexical.as_ref().expect("built above");
                 let hits = bm25.search(&question, FUSION_DEPTH).map_err(failure("index_failed"))?;
-                hits.into_iter().map(|(position, _)| index.lexical_ids[position]).collect()
+                hits.into_iter().map(|(position, score)| (index.lexical_ids[position], score)).collect()
             }
         };
         let index = &self.indexes[&rk];
