@@ -51,9 +51,43 @@ fn retriever_mode_trains_evaluates_and_resumes() {
     assert!(text(&resumed).contains("done: 4 steps"), "{}", text(&resumed));
 
     let adapter = out.join("retriever");
-    let eval = attune(&["eval", "--data", path(&data), "--retriever-adapter", path(&adapter), "--k", "1,3", "--json"]);
+    let rankings = dir.path().join("rankings.jsonl");
+    let eval = attune(&[
+        "eval",
+        "--data",
+        path(&data),
+        "--retriever-adapter",
+        path(&adapter),
+        "--k",
+        "1,3",
+        "--rankings",
+        path(&rankings),
+        "--json",
+    ]);
     assert!(eval.status.success(), "{}", text(&eval));
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    // The rankings file: one line a question, each ranking best first with its scores, and the
+    // metrics the report gives follow from it.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&rankings).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, report["questions"].as_u64().unwrap());
+    for name in ["base", "tuned", "bm25"] {
+        let mut first = 0;
+        for line in &lines {
+            assert!(line["question"].is_string(), "{line}");
+            let ranking = line[name].as_array().unwrap_or_else(|| panic!("no {name}: {line}"));
+            let scores: Vec<f64> = ranking.iter().map(|c| c[1].as_f64().unwrap()).collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{name} best first: {scores:?}");
+            first += usize::from(ranking.first().map(|c| &c[0]) == Some(&line["gold"]));
+        }
+        let key = match name {
+            "base" => "retriever_base",
+            "tuned" => "retriever",
+            _ => "bm25",
+        };
+        let hit1 = report[key]["hit@1"].as_f64().unwrap();
+        assert!((first as f64 / lines.len() as f64 - hit1).abs() < 1e-9, "{name}: {first} first, hit@1 {hit1}");
+    }
     for key in ["hit@1", "hit@3", "recall@3", "mrr@10", "ndcg@10"] {
         let value = report["retriever"][key].as_f64().unwrap_or_else(|| panic!("no {key}: {report}"));
         assert!((0.0..=1.0).contains(&value));
