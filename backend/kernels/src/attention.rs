@@ -232,13 +232,21 @@ impl Attention<'_> {
     /// `(batch, heads, queries, head_dim + 1)`: each query's output and, in the last column, its
     /// log-sum-exp (`+inf` for a query that sees no key; its output is zeros).
     pub fn forward<T: Scalar>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        self.forward_blocked(q, k, v, self.dims.keys * self.dims.head_dim)
+    }
+
+    /// [`Attention::forward`] with each (batch, kv head)'s keys and values starting `kv_block`
+    /// elements after the previous one's (at least `keys × head_dim`): the first positions of a
+    /// longer KV cache, read where they lie.
+    pub fn forward_blocked<T: Scalar>(&self, q: &[T], k: &[T], v: &[T], kv_block: usize) -> Vec<T> {
         let Dims { batch, heads, kv_heads, queries, keys, head_dim: d } = self.dims;
+        assert!(kv_block >= keys * d, "attention: key blocks of {kv_block} elements hold no {keys} keys");
         let width = d + 1;
         let mut out = vec![T::zero(); batch * heads * queries * width];
         out.par_chunks_mut(queries * width).enumerate().for_each(|(head, out)| {
             let kv = (head / heads) * kv_heads + (head % heads) / self.dims.group();
-            let k = view(&k[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
-            let v = view(&v[kv * keys * d..(kv + 1) * keys * d], keys, d, d);
+            let k = view(&k[kv * kv_block..kv * kv_block + keys * d], keys, d, d);
+            let v = view(&v[kv * kv_block..kv * kv_block + keys * d], keys, d, d);
             let q = view(&q[head * queries * d..(head + 1) * queries * d], queries, d, d);
             let mut probs = Array2::zeros((queries, keys));
             let mut lse = vec![T::zero(); queries];
@@ -378,5 +386,28 @@ mod tests {
         let out = attention.forward(&[1.0f64, 2.0, 3.0, 4.0], &[0.5, 0.5, 1.0, 1.0], &[7.0, 8.0, 9.0, 10.0]);
         // Row 0: softmax of one score is 1, so the output is v and the log-sum-exp the score (1.5).
         assert_eq!(out, vec![7.0, 8.0, 1.5, 0.0, 0.0, f64::INFINITY]);
+    }
+
+    /// Keys and values read in place from the first positions of longer blocks (a KV cache with
+    /// spare columns, filled with what must not be read) give what the same keys packed give.
+    #[test]
+    fn keys_read_from_longer_blocks_give_what_packed_keys_give() {
+        let dims = Dims { batch: 2, heads: 4, kv_heads: 2, queries: 1, keys: 3, head_dim: 2 };
+        let attention = Attention {
+            dims,
+            scale: 0.7,
+            visibility: Visibility { causal: true, ..Visibility::default() },
+            dropout: None,
+        };
+        let value = |i: usize| ((i * 7 % 11) as f64 - 5.0) / 4.0;
+        let q: Vec<f64> = (0..2 * 4 * 2).map(value).collect();
+        let (packed_k, packed_v): (Vec<f64>, Vec<f64>) =
+            (0..2 * 2 * 3 * 2).map(|i| (value(i + 3), value(i + 5))).unzip();
+        // Blocks of 5 positions, the last 2 of each holding garbage.
+        let spread = |packed: &[f64]| -> Vec<f64> {
+            packed.chunks(3 * 2).flat_map(|block| block.iter().copied().chain([1e6; 4])).collect()
+        };
+        let packed = attention.forward(&q, &packed_k, &packed_v);
+        assert_eq!(attention.forward_blocked(&q, &spread(&packed_k), &spread(&packed_v), 5 * 2), packed);
     }
 }

@@ -128,6 +128,28 @@ impl Llm for OneAtATime<'_> {
         }
         Ok(out)
     }
+
+    /// Held to the list's form as side by side is, so that both ways can write the same triples.
+    fn questions(
+        &self,
+        prompts: &[String],
+        n: usize,
+        max_tokens: usize,
+    ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            out.extend(self.0.questions(std::slice::from_ref(prompt), n, max_tokens)?);
+        }
+        Ok(out)
+    }
+
+    fn choose(&self, prompts: &[(String, usize)]) -> Result<Vec<Result<Option<usize>, SynthError>>, SynthError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            out.extend(self.0.choose(std::slice::from_ref(prompt))?);
+        }
+        Ok(out)
+    }
 }
 
 /// The passages `first..first + count` of `pdf`, chunked as ingestion chunks them.

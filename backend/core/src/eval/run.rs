@@ -228,7 +228,7 @@ pub fn evaluate_generation(
         prompts.push(generator.encode(&text)?);
         chosen_passages.push(chosen);
     }
-    // Several questions decoded side by side (on a CPU a step of 16 rows costs little more than
+    // Several questions decoded side by side (on a CPU a step of many rows costs little more than
     // one), longest prompts first so that those prefilled together pad little; each call holds
     // several batches' worth, so a finished row's place goes to the next question at once.
     let side_by_side = settings.batch_rows.clamp(1, MAX_BATCH_ROWS);

@@ -115,7 +115,29 @@ pub fn attention(
         _ => None,
     };
     let op = FusedAttention { scale, mask: mask.clone(), dropout: draw };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?.narrow(3, 0, head_dim)
+    // Keys and values that are the first positions of a longer cache are read where they lie.
+    let blocked = |t: &Tensor| if block_stride(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() };
+    q.contiguous()?.apply_op3(&blocked(k)?, &blocked(v)?, op)?.narrow(3, 0, head_dim)
+}
+
+/// Elements from each (batch, head) block of `layout` `(batch, heads, rows, dim)` to the next, when
+/// every block's rows are contiguous and the blocks evenly spaced (a contiguous tensor, or the first
+/// rows of a longer one's).
+fn block_stride(layout: &Layout) -> Option<usize> {
+    let (_, heads, rows, dim) = layout.shape().dims4().ok()?;
+    let stride = layout.stride();
+    (stride[3] == 1 && stride[2] == dim && stride[1] >= rows * dim && stride[0] == heads * stride[1])
+        .then_some(stride[1])
+}
+
+/// The elements of a `(batch, heads, rows, dim)` tensor laid out in evenly spaced blocks
+/// ([`block_stride`]), from its first block's start to its last one's end, and the spacing.
+fn head_blocks<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [T], usize)> {
+    let Some(block) = block_stride(layout) else { candle_core::bail!("attention: keys and values must be contiguous") };
+    let (batch, heads, rows, dim) = layout.shape().dims4()?;
+    let start = layout.start_offset();
+    let len = if batch * heads == 0 { 0 } else { (batch * heads - 1) * block + rows * dim };
+    Ok((&storage.as_slice::<T>()?[start..start + len], block))
 }
 
 /// The same attention from candle's ops (the mask materialised), with `dropout` applied to the
@@ -191,10 +213,14 @@ impl CustomOp3 for FusedAttention {
         let kernel = self.kernel(q_layout.shape(), k_layout.shape())?;
         fn run<T: Scalar + WithDType>(
             kernel: &Attention<'_>,
-            inputs: [(&CpuStorage, &Layout); 3],
+            [q, k, v]: [(&CpuStorage, &Layout); 3],
         ) -> Result<CpuStorage> {
-            let [q, k, v] = inputs.map(|(storage, layout)| cpu_slice::<T>(storage, layout, "attention"));
-            Ok(T::to_cpu_storage_owned(kernel.forward(q?, k?, v?)))
+            let q = cpu_slice::<T>(q.0, q.1, "attention")?;
+            let ((k, k_block), (v, v_block)) = (head_blocks::<T>(k.0, k.1)?, head_blocks::<T>(v.0, v.1)?);
+            if k_block != v_block {
+                candle_core::bail!("attention: keys and values lie in blocks of {k_block} and {v_block} elements");
+            }
+            Ok(T::to_cpu_storage_owned(kernel.forward_blocked(q, k, v, k_block)))
         }
         let inputs = [(q, q_layout), (k, k_layout), (v, v_layout)];
         let out = match q.dtype() {

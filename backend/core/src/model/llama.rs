@@ -425,7 +425,7 @@ impl Attention {
         rotary: &Rotary,
         positions: Positions<'_>,
         mask: &AttentionMask,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerCache>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq_len, _) = xs.dims3()?;
@@ -440,11 +440,7 @@ impl Attention {
         let k = heads(self.k_proj.forward_t(xs, mode)?, self.num_kv_heads, self.k_norm.as_ref())?;
         let (q, k) = (rotary.apply_at(&q, positions)?, rotary.apply_at(&k, positions)?);
         let v = heads(self.v_proj.forward_t(xs, mode)?, self.num_kv_heads, None)?;
-        let (k, v) = match cache.take() {
-            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = LayerCache::extend(cache, k, v)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = attention(&q, &k, &v, scale, mask, 0.0, mode)?.transpose(1, 2)?.reshape((
             batch,
@@ -504,7 +500,7 @@ impl DecoderLayer {
         rotary: &Rotary,
         positions: Positions<'_>,
         mask: &AttentionMask,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerCache>,
         mode: Mode<'_>,
     ) -> candle_core::Result<Tensor> {
         let attended =
@@ -533,13 +529,72 @@ pub struct Checkpointed {
 /// Keys and values of the positions seen so far, one entry per layer.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
+}
+
+/// One layer's keys and values `(batch, kv_heads, capacity, head_dim)`, the first `len` positions
+/// real. Decoding writes each new position into the spare columns in place; copying the whole
+/// cache into a longer one on every step (as `cat` does) cost a fifth of a 64-row decoding step.
+pub struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Spare positions a layer's cache grows by when it is full (a step that outgrows it copies it).
+const CACHE_GROWTH: usize = 32;
+
+impl LayerCache {
+    /// Appends `k` and `v` `(batch, kv_heads, seq, head_dim)` to `cache` (a fresh one holds them
+    /// as they are) and gives the keys and values of every position so far, as views of the cache.
+    /// Tensors on a gradient's path are concatenated instead (writing in place would change what
+    /// the backward pass reads), and so are those the fused CPU attention does not read where they
+    /// lie (other devices and dtypes, unmeasured there).
+    fn extend(cache: &mut Option<LayerCache>, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let seq = k.dim(2)?;
+        let Some(mut layer) = cache.take() else {
+            *cache = Some(LayerCache { k: k.clone(), v: v.clone(), len: seq });
+            return Ok((k, v));
+        };
+        let len = layer.len + seq;
+        let on_a_gradient_path = [&k, &v, &layer.k, &layer.v].iter().any(|t| t.track_op());
+        if on_a_gradient_path || !super::ops::cpu_float(&k) {
+            let past = |t: &Tensor| t.narrow(2, 0, layer.len);
+            let (k, v) = (Tensor::cat(&[&past(&layer.k)?, &k], 2)?, Tensor::cat(&[&past(&layer.v)?, &v], 2)?);
+            *cache = Some(LayerCache { k: k.clone(), v: v.clone(), len });
+            return Ok((k, v));
+        }
+        if len > layer.capacity() {
+            let grown = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let (b, h, _, d) = t.dims4()?;
+                let spare = Tensor::zeros((b, h, len + CACHE_GROWTH - layer.len, d), t.dtype(), t.device())?;
+                Tensor::cat(&[&t.narrow(2, 0, layer.len)?, &spare], 2)
+            };
+            layer.k = grown(&layer.k)?;
+            layer.v = grown(&layer.v)?;
+        }
+        layer.k.slice_set(&k.contiguous()?, 2, layer.len)?;
+        layer.v.slice_set(&v.contiguous()?, 2, layer.len)?;
+        layer.len = len;
+        let views = (layer.k.narrow(2, 0, len)?, layer.v.narrow(2, 0, len)?);
+        *cache = Some(layer);
+        Ok(views)
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    /// The real positions, contiguous.
+    fn filled(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, self.len)?.contiguous()?, self.v.narrow(2, 0, self.len)?.contiguous()?))
+    }
 }
 
 impl KvCache {
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |layer| layer.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -547,19 +602,18 @@ impl KvCache {
     }
 
     /// Appends `other`'s sequences after these, both padded with zero columns to `columns`
-    /// positions (which the caller's mask must hide).
+    /// positions (which the caller's mask must hide), with spare columns to decode into.
     pub fn append_rows(&mut self, other: KvCache, columns: usize) -> candle_core::Result<()> {
         let pad = |t: Tensor| -> candle_core::Result<Tensor> {
             let (b, h, len, d) = t.dims4()?;
-            if len == columns {
-                return Ok(t);
-            }
-            let zeros = Tensor::zeros((b, h, columns - len, d), t.dtype(), t.device())?;
+            let zeros = Tensor::zeros((b, h, columns + CACHE_GROWTH - len, d), t.dtype(), t.device())?;
             Tensor::cat(&[&t, &zeros], 2)
         };
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
-            if let (Some((k, v)), Some((k2, v2))) = (mine.take(), theirs) {
-                *mine = Some((Tensor::cat(&[pad(k)?, pad(k2)?], 0)?, Tensor::cat(&[pad(v)?, pad(v2)?], 0)?));
+            if let (Some(layer), Some(other)) = (mine.take(), theirs) {
+                let ((k, v), (k2, v2)) = (layer.filled()?, other.filled()?);
+                let (k, v) = (Tensor::cat(&[pad(k)?, pad(k2)?], 0)?, Tensor::cat(&[pad(v)?, pad(v2)?], 0)?);
+                *mine = Some(LayerCache { k, v, len: columns });
             }
         }
         Ok(())
@@ -568,9 +622,10 @@ impl KvCache {
     /// Keeps the sequences `rows` (in that order, a row may repeat) of a batched cache.
     pub fn select_rows(&mut self, rows: &[usize]) -> candle_core::Result<()> {
         let Some(first) = self.layers.iter().flatten().next() else { return Ok(()) };
-        let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), first.0.device())?;
+        let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), first.k.device())?;
         for layer in self.layers.iter_mut().flatten() {
-            *layer = (layer.0.index_select(&index, 0)?, layer.1.index_select(&index, 0)?);
+            layer.k = layer.k.index_select(&index, 0)?;
+            layer.v = layer.v.index_select(&index, 0)?;
         }
         Ok(())
     }
@@ -986,20 +1041,45 @@ mod tests {
     #[test]
     fn incremental_decoding_equals_the_full_forward() {
         let (model, _) = tiny_model();
-        let tokens = [3u32, 17, 5, 29, 11, 2, 38, 7];
+        // Long enough for the cache to grow twice: past the prompt, then past its spare columns.
+        let tokens: Vec<u32> = (0..3 + CACHE_GROWTH as u32 + 20).map(|i| (3 + i * 17) % 40).collect();
+        assert!(tokens.len() <= 64, "within the tiny model's positions");
         let full = model.forward(&ids(&tokens), &mut KvCache::default(), None).unwrap();
         // Prompt of 3, then one token at a time, then the last 2 together.
         let mut cache = KvCache::default();
         let mut parts = vec![model.forward(&ids(&tokens[..3]), &mut cache, None).unwrap()];
-        for t in &tokens[3..6] {
+        let last_two = tokens.len() - 2;
+        for t in &tokens[3..last_two] {
             parts.push(model.forward(&ids(&[*t]), &mut cache, None).unwrap());
         }
-        parts.push(model.forward(&ids(&tokens[6..]), &mut cache, None).unwrap());
+        parts.push(model.forward(&ids(&tokens[last_two..]), &mut cache, None).unwrap());
         assert_eq!(cache.len(), tokens.len());
         let incremental = Tensor::cat(&parts, 1).unwrap();
         // Same kernels, other matrix shapes: f32 rounding only (seen up to ~1e-5 on O(1) logits).
         let diff = max_abs_diff(&full, &incremental);
         assert!(diff < 1e-4, "incremental decoding differs by {diff}");
+    }
+
+    /// The same with frozen weights: decoding writes into the cache's spare columns in place
+    /// (trainable weights, as above, concatenate), and a grown cache keeps what it held.
+    #[test]
+    fn decoding_into_spare_cache_columns_equals_the_full_forward() {
+        let (_, varmap) = tiny_model();
+        let frozen: std::collections::HashMap<String, Tensor> =
+            varmap.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect();
+        let model = Llama::load(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &tiny_config()).unwrap();
+        let tokens: Vec<u32> = (0..3 + CACHE_GROWTH as u32 + 20).map(|i| (5 + i * 13) % 40).collect();
+        let full = model.forward(&ids(&tokens), &mut KvCache::default(), None).unwrap();
+        let mut cache = KvCache::default();
+        let mut parts = vec![model.forward(&ids(&tokens[..3]), &mut cache, None).unwrap()];
+        for t in &tokens[3..] {
+            parts.push(model.forward(&ids(&[*t]), &mut cache, None).unwrap());
+            let layer = cache.layers[0].as_ref().unwrap();
+            assert!(layer.capacity() > layer.len || layer.len == 3 + CACHE_GROWTH + 1, "spare columns");
+        }
+        assert_eq!(cache.len(), tokens.len());
+        let diff = max_abs_diff(&full, &Tensor::cat(&parts, 1).unwrap());
+        assert!(diff < 1e-4, "decoding into spare columns differs by {diff}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum SynthError {
 
 /// Passages whose questions (then answers) go to the local model in one call: it decodes them
 /// side by side, one row per passage while questions are written, then their answers (three a
-/// passage) 16 rows at a time; a stopped run loses at most this many passages' work.
+/// passage) up to 64 rows at a time; a stopped run loses at most this many passages' work.
 pub const BATCH_PASSAGES: usize = 16;
 
 /// What one passage gave.
