@@ -565,13 +565,8 @@ impl LayerCache {
             return Ok((k, v));
         }
         if len > layer.capacity() {
-            let grown = |t: &Tensor| -> candle_core::Result<Tensor> {
-                let (b, h, _, d) = t.dims4()?;
-                let spare = Tensor::zeros((b, h, len + CACHE_GROWTH - layer.len, d), t.dtype(), t.device())?;
-                Tensor::cat(&[&t.narrow(2, 0, layer.len)?, &spare], 2)
-            };
-            layer.k = grown(&layer.k)?;
-            layer.v = grown(&layer.v)?;
+            layer.k = with_spare_columns(&layer.k, layer.len, len + CACHE_GROWTH)?;
+            layer.v = with_spare_columns(&layer.v, layer.len, len + CACHE_GROWTH)?;
         }
         layer.k.slice_set(&k.contiguous()?, 2, layer.len)?;
         layer.v.slice_set(&v.contiguous()?, 2, layer.len)?;
@@ -584,11 +579,14 @@ impl LayerCache {
     fn capacity(&self) -> usize {
         self.k.dim(2).unwrap_or(0)
     }
+}
 
-    /// The real positions, contiguous.
-    fn filled(&self) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((self.k.narrow(2, 0, self.len)?.contiguous()?, self.v.narrow(2, 0, self.len)?.contiguous()?))
-    }
+/// The first `len` positions of `t` `(batch, heads, positions, head_dim)`, then zero columns up to
+/// `capacity` positions.
+fn with_spare_columns(t: &Tensor, len: usize, capacity: usize) -> candle_core::Result<Tensor> {
+    let (batch, heads, _, head_dim) = t.dims4()?;
+    let spare = Tensor::zeros((batch, heads, capacity - len, head_dim), t.dtype(), t.device())?;
+    Tensor::cat(&[&t.narrow(2, 0, len)?, &spare], 2)
 }
 
 impl KvCache {
@@ -604,16 +602,15 @@ impl KvCache {
     /// Appends `other`'s sequences after these, both padded with zero columns to `columns`
     /// positions (which the caller's mask must hide), with spare columns to decode into.
     pub fn append_rows(&mut self, other: KvCache, columns: usize) -> candle_core::Result<()> {
-        let pad = |t: Tensor| -> candle_core::Result<Tensor> {
-            let (b, h, len, d) = t.dims4()?;
-            let zeros = Tensor::zeros((b, h, columns + CACHE_GROWTH - len, d), t.dtype(), t.device())?;
-            Tensor::cat(&[&t, &zeros], 2)
-        };
+        let capacity = columns + CACHE_GROWTH;
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
             if let (Some(layer), Some(other)) = (mine.take(), theirs) {
-                let ((k, v), (k2, v2)) = (layer.filled()?, other.filled()?);
-                let (k, v) = (Tensor::cat(&[pad(k)?, pad(k2)?], 0)?, Tensor::cat(&[pad(v)?, pad(v2)?], 0)?);
-                *mine = Some(LayerCache { k, v, len: columns });
+                let both = |a: &Tensor, b: &Tensor| {
+                    let padded =
+                        [with_spare_columns(a, layer.len, capacity)?, with_spare_columns(b, other.len, capacity)?];
+                    Tensor::cat(&padded, 0)
+                };
+                *mine = Some(LayerCache { k: both(&layer.k, &other.k)?, v: both(&layer.v, &other.v)?, len: columns });
             }
         }
         Ok(())
