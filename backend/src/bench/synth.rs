@@ -122,11 +122,7 @@ impl Llm for OneAtATime<'_> {
     }
 
     fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<Result<String, SynthError>>, SynthError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            out.extend(self.0.complete(std::slice::from_ref(prompt), max_tokens)?);
-        }
-        Ok(out)
+        one_by_one(prompts, |prompt| self.0.complete(prompt, max_tokens))
     }
 
     /// Held to the list's form as side by side is, so that both ways can write the same triples.
@@ -136,20 +132,24 @@ impl Llm for OneAtATime<'_> {
         n: usize,
         max_tokens: usize,
     ) -> Result<Vec<Result<String, SynthError>>, SynthError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            out.extend(self.0.questions(std::slice::from_ref(prompt), n, max_tokens)?);
-        }
-        Ok(out)
+        one_by_one(prompts, |prompt| self.0.questions(prompt, n, max_tokens))
     }
 
     fn choose(&self, prompts: &[(String, usize)]) -> Result<Vec<Result<Option<usize>, SynthError>>, SynthError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            out.extend(self.0.choose(std::slice::from_ref(prompt))?);
-        }
-        Ok(out)
+        one_by_one(prompts, |prompt| self.0.choose(prompt))
     }
+}
+
+/// `ask` called with one prompt at a time, the replies in order.
+fn one_by_one<P, R>(
+    prompts: &[P],
+    mut ask: impl FnMut(&[P]) -> Result<Vec<R>, SynthError>,
+) -> Result<Vec<R>, SynthError> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        out.extend(ask(std::slice::from_ref(prompt))?);
+    }
+    Ok(out)
 }
 
 /// The passages `first..first + count` of `pdf`, chunked as ingestion chunks them.
