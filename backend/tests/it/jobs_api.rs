@@ -171,6 +171,55 @@ fn assert_contiguous(metrics: &Value, last: u64) {
     assert_eq!(steps, (1..=last).collect::<Vec<_>>(), "every step once, in order");
 }
 
+/// The Standard and GPU presets mine hard negatives from the documents' passages; triples imported
+/// with no documents behind them mine from their own passages instead (before, a web run mined
+/// from nothing and trained on in-batch negatives alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_documents_mines_its_hard_negatives_from_the_triples_passages() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_models(dir.path());
+    let data = dir.path().join("data");
+    let server = start(&data, &models).await;
+    let client = reqwest::Client::new();
+    approved_triples(&client, &server).await;
+    let request = json!({
+        "mode": "retriever",
+        "hyper": {"max_steps": 2, "epochs": 1000, "batch_size": 4, "max_passage_tokens": 48,
+                  "hard_negatives": 2, "hard_negative_margin": 0.0, "refresh_negatives_every": 0}
+    });
+    let (status, run) = call(&client, "POST", &server.url("/runs"), Some(request)).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_i64().unwrap();
+    let url = server.url(&format!("/runs/{id}"));
+    let run =
+        wait_for(&client, &url, "the run", |r| matches!(r["status"].as_str(), Some("succeeded" | "failed"))).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (_, triples) = call(&client, "GET", &server.url("/triples?per_page=100"), None).await;
+    let passages: std::collections::HashSet<String> = triples["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{triples}"))
+        .iter()
+        .map(|t| t["passage"].as_str().unwrap().split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(passages.len() > 3, "{triples}");
+    let mined: Value =
+        serde_json::from_slice(&std::fs::read(data.join(format!("runs/run-{id}/hard_negatives.json"))).unwrap())
+            .unwrap();
+    let negatives: Vec<&str> = mined["negatives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n.as_array().unwrap())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(!negatives.is_empty(), "negatives mined from the triples' passages: {mined}");
+    for negative in negatives {
+        let negative = negative.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(passages.contains(&negative), "{negative:?} is one of the triples' passages");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_live_cancel_resume_evaluate_and_list_models() {
     let dir = tempfile::tempdir().unwrap();

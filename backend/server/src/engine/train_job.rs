@@ -163,12 +163,17 @@ fn train(
     sink(JobEvent::Run(Box::new(started)));
     let dataset = config.load_data()?;
     // Hard negatives, distractors and cloze pairs come from every passage of the documents, not
-    // only those with triples.
+    // only those with triples; with no documents (triples imported alone), from the triples' own
+    // passages, as on the command line.
     let from_documents = crate::train::trainer::mining_of(&config).is_some()
         || (config.mode == TrainMode::Retriever && config.hyper.cloze_pairs > 0);
     let corpus = match from_documents {
         false => dataset.corpus,
-        true => context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect(),
+        true => {
+            let documents: Vec<String> =
+                context.runtime.block_on(context.store.indexed_passages())?.into_iter().map(|p| p.text).collect();
+            if documents.is_empty() { dataset.corpus } else { documents }
+        }
     };
     let (models, device) = BaseModels::load(&config)?;
     let (hyper_epochs, min_steps) = (config.hyper.epochs, config.hyper.min_steps);
