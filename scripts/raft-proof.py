@@ -24,11 +24,9 @@ import statistics
 import subprocess
 import sys
 
+from proof_common import kept_report, spread, step_seconds, write_training_triples
+
 ANSWER_METRICS = ["exact_match", "f1"]
-
-
-def spread(values):
-    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
 
 
 def run_logged(args, log):
@@ -40,34 +38,13 @@ def run_logged(args, log):
 def evaluate(a, out):
     """`attune eval`'s JSON for the run's generator adapter (with the base generator beside it),
     kept in the run's folder."""
-    kept = os.path.join(out, f"eval-{a.test_questions or 'all'}.json")
-    if os.path.exists(kept):
-        with open(kept) as f:
-            return json.load(f)
     args = [a.attune, "eval", "--data", f"{a.dataset}.jsonl", "--json", "--models-dir", a.models_dir,
             "--generator", "default", "--generator-adapter", os.path.join(out, "generator"),
             "--passages-per-prompt", "1,3", "--retrieval", a.retrieval,
             "--predictions", os.path.join(out, "predictions.jsonl")]
     if a.test_questions:
         args += ["--max-questions", str(a.test_questions)]
-    print("+", " ".join(args), file=sys.stderr, flush=True)
-    report = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
-    with open(kept + ".partial", "w") as f:
-        json.dump(report, f)
-    os.rename(kept + ".partial", kept)
-    return report
-
-
-def step_seconds(out):
-    """Mean step time over the run's steps after the first (warm-up)."""
-    times = []
-    with open(os.path.join(out, "log.jsonl")) as f:
-        for line in f:
-            point = json.loads(line)
-            if "step_seconds" in point:
-                times.append(point["step_seconds"])
-    times = times[1:] or times
-    return statistics.fmean(times) if times else None
+    return kept_report(os.path.join(out, f"eval-{a.test_questions or 'all'}.json"), args)
 
 
 def answers(report, generator, passages):
@@ -93,14 +70,8 @@ def main():
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     log = os.path.join(a.work, "log.txt")
-    rows = [json.loads(line) for line in open(f"{a.dataset}.jsonl")]
-    split = dict(line.rstrip("\n").split("\t")[:2] for line in open(f"{a.dataset}.split.tsv")
-                 if not line.startswith("query-id"))
-    train = [r for r in rows if split[r["id"]] == "train"][: a.train_triples]
     train_file = os.path.join(a.work, "train.jsonl")
-    with open(train_file, "w") as f:
-        for r in train:
-            f.write(json.dumps({"question": r["question"], "passage": r["passage"], "answer": r["answer"]}) + "\n")
+    train = write_training_triples(a.dataset, a.train_triples, train_file)
     seeds = [int(s) for s in a.seeds.split(",")]
     table, runs, base_reports, retrieval = {}, {}, [], None
     for name, flags in (v.split("=", 1) for v in a.variant):

@@ -31,13 +31,10 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
+
+from proof_common import kept_report, spread, step_seconds, write_training_triples
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
-
-
-def spread(values):
-    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
 
 
 def evaluate(a, adapter=None):
@@ -49,27 +46,7 @@ def evaluate(a, adapter=None):
     if adapter:
         args += ["--retriever-adapter", adapter, "--skip-base"]
     kept = os.path.join(os.path.dirname(adapter) if adapter else a.work, f"eval-{a.test_questions or 'all'}.json")
-    if os.path.exists(kept):
-        with open(kept) as f:
-            return json.load(f)
-    print("+", " ".join(args), file=sys.stderr, flush=True)
-    report = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
-    with open(kept + ".partial", "w") as f:
-        json.dump(report, f)
-    os.rename(kept + ".partial", kept)
-    return report
-
-
-def step_seconds(out):
-    """Mean step time over the run's steps after the first (warm-up), refreshes included."""
-    times = []
-    with open(os.path.join(out, "log.jsonl")) as f:
-        for line in f:
-            point = json.loads(line)
-            if "step_seconds" in point:
-                times.append(point["step_seconds"] + (point.get("refresh_seconds") or 0.0))
-    times = times[1:] or times
-    return statistics.fmean(times) if times else None
+    return kept_report(kept, args)
 
 
 def train_variant(a, name, spec, seed, train_file, log):
@@ -146,14 +123,8 @@ def main():
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     log = os.path.join(a.work, "log.txt")
-    rows = [json.loads(line) for line in open(f"{a.dataset}.jsonl")]
-    split = dict(line.rstrip("\n").split("\t")[:2] for line in open(f"{a.dataset}.split.tsv")
-                 if not line.startswith("query-id"))
-    train = [r for r in rows if split[r["id"]] == "train"][: a.train_triples]
     train_file = os.path.join(a.work, "train.jsonl")
-    with open(train_file, "w") as f:
-        for r in train:
-            f.write(json.dumps({"question": r["question"], "passage": r["passage"], "answer": r["answer"]}) + "\n")
+    train = write_training_triples(a.dataset, a.train_triples, train_file)
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.no_eval:
         return cost_only(a, train_file, seeds)
