@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -89,8 +90,12 @@ def main():
     p.add_argument("--ceiling-seeds", help="seeds the ceiling (real training triples) is trained with (default: --seeds)")
     p.add_argument("--ceiling-sample", type=int,
                    help="train the ceiling on this many real training triples drawn at random (as many as synthetic)")
+    p.add_argument("--train-flags", default="",
+                   help="training flags given to attune adapt and to the ceiling's attune train alike (hard negatives "
+                        "are then mined from the slice's passages on both sides), e.g. \"--hard-negatives 3\"")
     p.add_argument("--json")
     a = p.parse_args()
+    train_flags = shlex.split(a.train_flags)
     os.makedirs(a.work, exist_ok=True)
     log = os.path.join(a.work, "log.txt")
     corpus, questions, real = slice_dataset(a.dataset, a.work, a.test_questions, a.other_passages, 0)
@@ -109,7 +114,7 @@ def main():
         run([a.attune, "adapt", "--documents", os.path.join(a.work, "docs"), "--out", out, "--mode", a.mode,
              "--max-passages", str(a.max_passages), "--questions-per-passage", str(a.questions_per_passage),
              "--test", os.path.join(a.work, "slice.jsonl"), "--skip-answers", "--seed", str(seed),
-             "--models-dir", a.models_dir]
+             "--models-dir", a.models_dir] + train_flags
             + (["--budget-minutes", str(a.budget_minutes)] if a.budget_minutes else []), log)
         synthetic[seed] = json.load(open(os.path.join(out, "report.json")))
     ceiling = {}
@@ -124,8 +129,9 @@ def main():
                 f.writelines(rows[:a.ceiling_sample])
         if not os.path.exists(os.path.join(out, "retriever")):
             shutil.rmtree(out, ignore_errors=True)
+            corpus_flags = ["--corpus", os.path.join(a.work, "slice.corpus.jsonl")] if train_flags else []
             run([a.attune, "train", "--data", real_file, "--out", out, "--mode",
-                 a.mode, "--seed", str(seed), "--models-dir", a.models_dir], log)
+                 a.mode, "--seed", str(seed), "--models-dir", a.models_dir] + corpus_flags + train_flags, log)
         evaluated = subprocess.run([a.attune, "eval", "--data", os.path.join(a.work, "slice.jsonl"),
                                     "--retriever-adapter", os.path.join(out, "retriever"), "--json",
                                     "--models-dir", a.models_dir], check=True, capture_output=True, text=True)
@@ -142,6 +148,7 @@ def main():
                                              for m in METRICS},
     }
     figures = {
+        "command": " ".join(sys.argv), "train_flags": train_flags,
         "dataset": a.dataset, "corpus_passages": corpus, "test_questions": questions,
         "evaluated_questions": first["evaluation"]["questions"], "real_train_triples": min(real, a.ceiling_sample or real), "mode": a.mode,
         "seeds": seeds, "ceiling_seeds": ceiling_seeds, "synthesis": first["synthesis"],
