@@ -11,16 +11,16 @@ runs for each seed (synthesis once: greedy decoding gives the same triples); the
       --max-passages 150 --budget-minutes 18 --json bench/adapt-halueval.json
 """
 
-import argparse
 import hashlib
 import json
 import os
 import random
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
+
+from proof_common import proof_arguments, spread
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 
@@ -68,25 +68,14 @@ def run(args, log):
         subprocess.run(args, check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
-def spread(values):
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
-    p.add_argument("--work", required=True)
-    p.add_argument("--attune", default="target/release/attune")
-    p.add_argument("--models-dir", default="./models")
+    p = proof_arguments(__doc__)
     p.add_argument("--test-questions", type=int, default=300)
     p.add_argument("--other-passages", type=int, default=700)
     p.add_argument("--max-passages", type=int, default=150, help="passages synthesised from")
     p.add_argument("--questions-per-passage", type=int, default=3)
     p.add_argument("--budget-minutes", type=float, help="synthesis time (adapt's --budget-minutes)")
     p.add_argument("--mode", default="retriever")
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ceiling-seeds", help="seeds the ceiling (real training triples) is trained with (default: --seeds)")
     p.add_argument("--ceiling-sample", type=int,
                    help="train the ceiling on this many real training triples drawn at random (as many as synthetic)")

@@ -14,15 +14,15 @@ every figure.
       --variant "refreshed=--hard-negatives 3 --refresh-negatives-every 50"
 """
 
-import argparse
 import importlib.util
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
+
+from proof_common import proof_arguments, spread
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,10 +35,6 @@ def adapt_proof():
     return module
 
 
-def spread(values):
-    return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}
-
-
 def evaluate(attune, work, models_dir, adapter=None):
     args = [attune, "eval", "--data", os.path.join(work, "slice.jsonl"), "--json", "--models-dir", models_dir]
     if adapter:
@@ -48,14 +44,9 @@ def evaluate(attune, work, models_dir, adapter=None):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
-    p.add_argument("--work", required=True)
-    p.add_argument("--attune", default="target/release/attune")
-    p.add_argument("--models-dir", default="./models")
+    p = proof_arguments(__doc__)
     p.add_argument("--test-questions", type=int, default=300)
     p.add_argument("--other-passages", type=int, default=700)
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", required=True, help="NAME=FLAGS for attune train")
     p.add_argument("--synthetic", help="triples JSONL synthesised from the slice (attune adapt's triples.jsonl)")
     p.add_argument("--no-real", action="store_true", help="train on the synthetic triples only")

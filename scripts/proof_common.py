@@ -1,11 +1,25 @@
-"""What the proof scripts (`retrieval-loop-proof.py`, `raft-proof.py`) share: the first training triples
-of a shared QA dataset, a run's mean step time, an `attune` report kept on disk, and mean ± spread."""
+"""What the proof scripts (`adapt-proof.py`, `negatives-proof.py`, `retrieval-loop-proof.py`, `raft-proof.py`)
+share: their common arguments, the first training triples of a shared QA dataset, a run's mean step time,
+an `attune` report kept on disk, and mean ± spread."""
 
+import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
+
+
+def proof_arguments(doc):
+    """A parser with the arguments every proof script takes (the dataset, the work folder, the
+    binary, the models and the seeds); each script adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
+    p.add_argument("--work", required=True)
+    p.add_argument("--attune", default="target/release/attune")
+    p.add_argument("--models-dir", default="./models")
+    p.add_argument("--seeds", default="0,1,2")
+    return p
 
 
 def spread(values):

@@ -16,7 +16,6 @@ Each run's folder keeps its adapters and its evaluation (eval-N.json), so a seco
 same work folder continues where the first stopped.
 """
 
-import argparse
 import json
 import os
 import shlex
@@ -24,7 +23,7 @@ import statistics
 import subprocess
 import sys
 
-from proof_common import kept_report, spread, step_seconds, write_training_triples
+from proof_common import kept_report, proof_arguments, spread, step_seconds, write_training_triples
 
 ANSWER_METRICS = ["exact_match", "f1"]
 
@@ -55,15 +54,10 @@ def answers(report, generator, passages):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
-    p.add_argument("--work", required=True)
-    p.add_argument("--attune", default="target/release/attune")
-    p.add_argument("--models-dir", default="./models")
+    p = proof_arguments(__doc__)
     p.add_argument("--train-triples", type=int, default=1000)
     p.add_argument("--test-questions", type=int, help="the first N test questions (default: all)")
     p.add_argument("--retrieval", default="dense", help="which ranking fills the prompts: dense, bm25 or hybrid")
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", required=True,
                    help="NAME=FLAGS for attune train --mode generator (empty: the gold passage alone)")
     p.add_argument("--json")

@@ -24,7 +24,6 @@ candidates against today's, an index refresh spread over --refresh-interval step
                  --retriever-loss contrastive+lsr --refresh-negatives-every 3"
 """
 
-import argparse
 import json
 import os
 import shlex
@@ -32,7 +31,7 @@ import statistics
 import subprocess
 import sys
 
-from proof_common import kept_report, spread, step_seconds, write_training_triples
+from proof_common import kept_report, proof_arguments, spread, step_seconds, write_training_triples
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 
@@ -106,14 +105,9 @@ def cost_only(a, train_file, seeds):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="path without extension, e.g. ../shared/data/qa/halueval_qa")
-    p.add_argument("--work", required=True)
-    p.add_argument("--attune", default="target/release/attune")
-    p.add_argument("--models-dir", default="./models")
+    p = proof_arguments(__doc__)
     p.add_argument("--train-triples", type=int, default=1000)
     p.add_argument("--test-questions", type=int, help="the first N test questions (default: all)")
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", required=True, help="NAME=MODE [FLAGS] for attune train")
     p.add_argument("--no-eval", action="store_true",
                    help="train only and compare step times (the first variant is the reference of the ratio)")
