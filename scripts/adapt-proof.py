@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-from proof_common import proof_arguments, spread
+from proof_common import parse_proof_arguments, proof_arguments, spread
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 
@@ -83,12 +83,9 @@ def main():
                    help="training flags given to attune adapt and to the ceiling's attune train alike (hard negatives "
                         "are then mined from the slice's passages on both sides), e.g. \"--hard-negatives 3\"")
     p.add_argument("--json")
-    a = p.parse_args()
+    a, seeds, log = parse_proof_arguments(p)
     train_flags = shlex.split(a.train_flags)
-    os.makedirs(a.work, exist_ok=True)
-    log = os.path.join(a.work, "log.txt")
     corpus, questions, real = slice_dataset(a.dataset, a.work, a.test_questions, a.other_passages, 0)
-    seeds = [int(s) for s in a.seeds.split(",")]
     synthetic = {}
     for seed in seeds:
         out = os.path.join(a.work, f"adapt-{seed}")

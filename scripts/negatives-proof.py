@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from proof_common import proof_arguments, spread
+from proof_common import parse_proof_arguments, proof_arguments, spread
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,11 +51,8 @@ def main():
     p.add_argument("--synthetic", help="triples JSONL synthesised from the slice (attune adapt's triples.jsonl)")
     p.add_argument("--no-real", action="store_true", help="train on the synthetic triples only")
     p.add_argument("--json")
-    a = p.parse_args()
-    os.makedirs(a.work, exist_ok=True)
-    log = os.path.join(a.work, "log.txt")
+    a, seeds, log = parse_proof_arguments(p)
     corpus, questions, real = adapt_proof().slice_dataset(a.dataset, a.work, a.test_questions, a.other_passages, 0)
-    seeds = [int(s) for s in a.seeds.split(",")]
     variants = [v.split("=", 1) for v in a.variant]
     data = {"synthetic": a.synthetic} if a.synthetic else {}
     if not a.no_real:

@@ -22,6 +22,14 @@ def proof_arguments(doc):
     return p
 
 
+def parse_proof_arguments(p):
+    """The parsed arguments, the seeds as numbers and the work folder's log file (the folder made
+    if missing)."""
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    return a, [int(s) for s in a.seeds.split(",")], os.path.join(a.work, "log.txt")
+
+
 def spread(values):
     """Mean and spread (half the range) of one figure over the seeds."""
     return {"mean": statistics.fmean(values), "spread": (max(values) - min(values)) / 2, "values": values}

@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 
-from proof_common import kept_report, proof_arguments, spread, step_seconds, write_training_triples
+from proof_common import kept_report, parse_proof_arguments, proof_arguments, spread, step_seconds, write_training_triples
 
 ANSWER_METRICS = ["exact_match", "f1"]
 
@@ -61,12 +61,9 @@ def main():
     p.add_argument("--variant", action="append", required=True,
                    help="NAME=FLAGS for attune train --mode generator (empty: the gold passage alone)")
     p.add_argument("--json")
-    a = p.parse_args()
-    os.makedirs(a.work, exist_ok=True)
-    log = os.path.join(a.work, "log.txt")
+    a, seeds, log = parse_proof_arguments(p)
     train_file = os.path.join(a.work, "train.jsonl")
     train = write_training_triples(a.dataset, a.train_triples, train_file)
-    seeds = [int(s) for s in a.seeds.split(",")]
     table, runs, base_reports, retrieval = {}, {}, [], None
     for name, flags in (v.split("=", 1) for v in a.variant):
         flags = shlex.split(flags)

@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 
-from proof_common import kept_report, proof_arguments, spread, step_seconds, write_training_triples
+from proof_common import kept_report, parse_proof_arguments, proof_arguments, spread, step_seconds, write_training_triples
 
 METRICS = ["hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
 
@@ -114,12 +114,9 @@ def main():
     p.add_argument("--refresh-interval", type=int, default=50,
                    help="with --no-eval: steps between index refreshes that a refresh's time is spread over")
     p.add_argument("--json")
-    a = p.parse_args()
-    os.makedirs(a.work, exist_ok=True)
-    log = os.path.join(a.work, "log.txt")
+    a, seeds, log = parse_proof_arguments(p)
     train_file = os.path.join(a.work, "train.jsonl")
     train = write_training_triples(a.dataset, a.train_triples, train_file)
-    seeds = [int(s) for s in a.seeds.split(",")]
     if a.no_eval:
         return cost_only(a, train_file, seeds)
     base = evaluate(a)
