@@ -90,8 +90,8 @@ fn llama_config() -> llama::Config {
     .unwrap()
 }
 
-/// A tiny retriever and generator (sharing a 19-word vocabulary) with adapters; `lora_B` is
-/// random so the adapters matter from the start. Returns the adapters' variables too.
+/// A tiny retriever and generator (sharing a 19-word vocabulary) with adapters, every weight drawn
+/// from `seed` (the same models each time); `lora_B` is random so the adapters matter from the start. Returns the adapters' variables too.
 pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, VarMap) {
     tiny_models_with_dropout(dtype, seed, 0.0)
 }
@@ -141,9 +141,12 @@ pub fn tiny_models_with_dropout(dtype: DType, seed: u64, lora_dropout: f32) -> (
         let data = varmap.data().lock().unwrap();
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
-        for name in names.into_iter().filter(|n| n.contains("lora_B")) {
+        // Both factors from the seed: candle draws `lora_A` from its own generator, which cannot be
+        // seeded, so a model built twice would differ. `lora_A` at about its Kaiming bound (fan-in 16).
+        for name in names.into_iter().filter(|n| n.contains("lora_")) {
             let var = &data[name];
-            let values = rng.values(var.elem_count(), 0.4);
+            let scale = if name.contains("lora_B") { 0.4 } else { 0.6 };
+            let values = rng.values(var.elem_count(), scale);
             var.set(&Tensor::from_vec(values, var.shape(), &device).unwrap().to_dtype(dtype).unwrap()).unwrap();
         }
     }
