@@ -12,6 +12,7 @@ use super::metrics::{AnswerMetrics, RetrievalMetrics};
 use crate::model::generator::{GenerationConfig, Generator, MAX_BATCH_ROWS};
 use crate::model::retriever::{Retriever, TextRole};
 use crate::rag::hybrid::FUSION_DEPTH;
+use crate::rag::index::best_first;
 use crate::rag::prompt::{self, PromptLimits};
 use crate::train::data::Triple;
 
@@ -147,13 +148,7 @@ pub fn rank(queries: &Tensor, passages: &Tensor, depth: usize) -> Result<Vec<Vec
         let len = 256.min(count - start);
         let scores = queries.narrow(0, start, len)?.matmul(&passages.t()?)?.to_vec2::<f32>()?;
         for row in scores {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            let keep = depth.min(order.len());
-            if keep < order.len() {
-                order.select_nth_unstable_by(keep, |&a, &b| row[b].total_cmp(&row[a]));
-                order.truncate(keep);
-            }
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let order = best_first((0..row.len()).collect(), &row, depth);
             rankings.push(order.into_iter().map(|passage| (passage, row[passage])).collect());
         }
         start += len;

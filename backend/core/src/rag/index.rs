@@ -175,19 +175,42 @@ impl VectorIndex for ExactIndex {
             return Ok(Vec::new());
         }
         let scores = self.embeddings.matmul(&query.unsqueeze(1)?)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        let k = k.min(order.len());
-        order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| scores[b].total_cmp(&scores[a]));
-        order.truncate(k);
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let order = best_first((0..scores.len()).collect(), &scores, k);
         Ok(order.into_iter().map(|i| Hit { id: self.ids[i], score: scores[i] }).collect())
     }
+}
+
+/// The `k` of `candidates` (positions in `scores`) with the highest scores, best first, ties in
+/// position order: a partial selection, then a sort of the `k` alone.
+pub fn best_first(mut candidates: Vec<usize>, scores: &[f32], k: usize) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if k < candidates.len() {
+        candidates.select_nth_unstable_by(k, order);
+        candidates.truncate(k);
+    }
+    candidates.sort_by(order);
+    candidates
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::train::test_models::tiny_models;
+
+    #[test]
+    fn best_first_is_the_head_of_a_full_sort_with_ties_in_position_order() {
+        let scores = [0.5f32, 0.9, 0.5, -1.0, 0.9, 0.7, 0.5];
+        assert_eq!(best_first((0..7).collect(), &scores, 3), vec![1, 4, 5]);
+        assert_eq!(
+            best_first((0..7).collect(), &scores, 5),
+            vec![1, 4, 5, 0, 2],
+            "the tie at the cut: 0 and 2 of 0, 2, 6"
+        );
+        assert_eq!(best_first((0..7).collect(), &scores, 99), vec![1, 4, 5, 0, 2, 6, 3]);
+        assert_eq!(best_first(vec![6, 3, 2], &scores, 2), vec![2, 6], "candidates in any order");
+        assert!(best_first((0..7).collect(), &scores, 0).is_empty());
+        assert!(best_first(Vec::new(), &scores, 3).is_empty());
+    }
 
     fn key(revision: i64) -> IndexKey {
         IndexKey { retriever: "tiny".into(), revision }

@@ -15,6 +15,7 @@ use super::error::{Result, TrainError};
 use crate::model::retriever::{Retriever, TextRole};
 use crate::rag::bm25::Bm25Index;
 use crate::rag::hybrid::{self, FUSION_DEPTH};
+use crate::rag::index::best_first;
 use attune_shared::RetrievalMethod;
 
 /// How negatives are mined.
@@ -114,9 +115,7 @@ pub fn mine(retriever: &Retriever, train: &[Triple], corpus: &[String], mining: 
                     index.search(&triple.question, FUSION_DEPTH).map_err(|e| TrainError::Data(e.to_string()))?;
                 let order = match mining.retrieval {
                     RetrievalMethod::Hybrid => {
-                        let mut dense: Vec<usize> = (0..row.len()).collect();
-                        dense.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                        dense.truncate(FUSION_DEPTH);
+                        let dense = best_first((0..row.len()).collect(), row, FUSION_DEPTH);
                         let dense: Vec<(usize, f32)> = dense.into_iter().map(|i| (i, row[i])).collect();
                         hybrid::fuse(&dense, &words, FUSION_DEPTH).into_iter().map(|(i, _)| i).collect()
                     }
@@ -138,10 +137,8 @@ fn as_u32(indices: &[usize]) -> Vec<u32> {
 /// `gold − margin · |gold|`, best first.
 fn pick(row: &[f32], gold: f32, mining: Mining, is_gold: impl Fn(usize) -> bool) -> impl Iterator<Item = usize> {
     let ceiling = gold as f64 - mining.margin * (gold as f64).abs();
-    let mut order: Vec<usize> = (0..row.len()).filter(|&i| !is_gold(i) && row[i] as f64 <= ceiling).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-    order.truncate(mining.per_question);
-    order.into_iter()
+    let below: Vec<usize> = (0..row.len()).filter(|&i| !is_gold(i) && row[i] as f64 <= ceiling).collect();
+    best_first(below, row, mining.per_question).into_iter()
 }
 
 /// The first `per_question` columns of `order` (another ranking, best first) that are not
