@@ -91,7 +91,8 @@ fn llama_config() -> llama::Config {
 }
 
 /// A tiny retriever and generator (sharing a 19-word vocabulary) with adapters, every weight drawn
-/// from `seed` (the same models each time); `lora_B` is random so the adapters matter from the start. Returns the adapters' variables too.
+/// from `seed` (the same models each time); `lora_B` is random so the adapters matter from the
+/// start. Returns the adapters' variables too.
 pub fn tiny_models(dtype: DType, seed: u64) -> (Retriever, Generator, VarMap, VarMap) {
     tiny_models_with_dropout(dtype, seed, 0.0)
 }
